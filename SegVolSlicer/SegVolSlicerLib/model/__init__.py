@@ -1,0 +1,7 @@
+"""The SegVol network, one file per part (as Meta's segment_anything), and its checkpoint loader."""
+
+from ..errors import CheckpointError
+from .build import DEVICES, build_segvol, load_segvol, resolve_device
+from .segvol import SegVol
+
+__all__ = ["DEVICES", "CheckpointError", "SegVol", "build_segvol", "load_segvol", "resolve_device"]
