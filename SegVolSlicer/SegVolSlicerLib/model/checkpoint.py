@@ -54,7 +54,7 @@ def _read_file(path: Path) -> dict:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        if "global" in str(error).lower():  # the weights-only unpickler met a class or function reference
             raise CheckpointError(f"refusing to load {path}: it contains Python objects or code, not just tensors "
                                   "(only weights_only files are loaded); re-download the official weights") from None
         raise CheckpointError(f"cannot read {path}: corrupt or not a PyTorch checkpoint; {_HINT}") from None
