@@ -24,9 +24,11 @@ class ImageEncoderViT3D(ViT):
                          classification=False, dropout_rate=0.0, qkv_bias=False, save_attn=False)
         for block in self.blocks:
             block.norm_cross_attn = nn.Identity()
+        self.set_sdpa(True)
 
     def set_sdpa(self, enabled: bool) -> None:
-        """Scaled-dot-product attention instead of MONAI's explicit softmax(QK^T)V (~1e-6 difference)."""
+        """Scaled-dot-product attention (default) instead of MONAI's explicit softmax(QK^T)V, which the
+        official code runs: ~1.5x faster on CPU, more on GPU, ~1e-6 difference in the embedding."""
         for block in self.blocks:
             block.attn.use_flash_attention = enabled
 

@@ -73,6 +73,7 @@ class SegVol(nn.Module):
         sparse, dense = self.prompt_encoder(points, boxes, text_embedding)
         low_res = self.mask_decoder(image_embedding.to(device), self.prompt_encoder.get_dense_pe(), sparse, dense,
                                     text_embedding)
+        low_res = low_res.float()  # fp32 logits even under autocast, so thresholds see the same numbers
         if not upsample:
             return low_res
         return F.interpolate(low_res, size=WINDOW_SIZE, mode="trilinear", align_corners=False)
