@@ -1,0 +1,265 @@
+"""The only module that touches MRML: volume node -> array + IJK-to-RAS, markups -> prompts, mask -> segment.
+
+Call everything here on Slicer's main thread (MRML is not thread-safe); the engine only sees numpy arrays.
+Markups and ROIs are read in world RAS (parent transforms applied) and mapped onto the voxel grid of the input
+volume through its world IJK-to-RAS matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from . import terminology, vocabulary
+from .errors import InputError
+from .prompts import NEGATIVE, POSITIVE, Box, Points, label_from_description
+
+# Node attribute telling what a markups node is for; kept in the scene file, so prompts survive save/reload.
+ROLE_ATTRIBUTE = "SegVol.PromptRole"
+POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
+# Segment tag naming the text target that produced the segment: re-running that target updates the segment.
+TARGET_TAG = "SegVol.Target"
+DEFAULT_SEGMENT_PREFIX = "SegVol"
+
+
+def _array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def _to_world(node) -> np.ndarray:
+    """Node-to-world matrix of a transformable node; non-linear transforms cannot map voxels to voxels."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(f"'{node.GetName()}' is under a non-linear transform: harden the transform "
+                         "(Data module, right-click the node) and try again")
+    matrix = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(matrix)
+    return _array(matrix)
+
+
+def world_ijk_to_ras(volume_node) -> np.ndarray:
+    """4x4 matrix from (i, j, k, 1) voxel indices to world RAS millimetres, parent transforms included."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return _to_world(volume_node) @ _array(matrix)
+
+
+def read_volume(volume_node) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels (K,J,I) as a private copy, world IJK-to-RAS 4x4) of a scalar volume node."""
+    if volume_node is None:
+        raise InputError("no input volume: select a CT volume")
+    image = volume_node.GetImageData()
+    if image is None or min(image.GetDimensions()) < 1:
+        raise InputError(f"volume '{volume_node.GetName()}' has no voxels: load a CT volume")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} components "
+                         "per voxel (colour or vector image): select a scalar CT volume")
+    # arrayFromVolume is a view of VTK memory; the worker thread must not see later edits.
+    return slicer.util.arrayFromVolume(volume_node).copy(), world_ijk_to_ras(volume_node)
+
+
+def node_role(node) -> str | None:
+    return node.GetAttribute(ROLE_ATTRIBUTE) if node is not None else None
+
+
+def read_points(point_nodes, ijk_to_ras) -> Points | None:
+    """Defined control points of fiducial nodes as IJK points of the volume, or None if there are none.
+
+    A point's polarity is its description ("positive"/"negative"); an empty description takes the node's role,
+    and positive for a node without one. Points still being placed (preview) are ignored.
+    """
+    ras, labels = [], []
+    for node in point_nodes:
+        if node is None:
+            continue
+        default = NEGATIVE if node_role(node) == NEGATIVE_ROLE else POSITIVE
+        for index in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointPositionStatus(index) != node.PositionDefined:
+                continue
+            description = node.GetNthControlPointDescription(index) or ""
+            labels.append(label_from_description(description) if description.strip() else default)
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            ras.append(position)
+    if not ras:
+        return None
+    return Points.from_ras(np.array(ras), np.array(labels), ijk_to_ras)
+
+
+def roi_corners_ras(roi_node) -> np.ndarray:
+    """The 8 corners (8,3) of a (possibly rotated, transformed) ROI in world RAS."""
+    half = np.asarray(roi_node.GetSize(), dtype=np.float64) / 2
+    corners = np.array(list(itertools.product(*[(-h, h) for h in half])))
+    object_to_world = _array(roi_node.GetObjectToWorldMatrix())
+    return corners @ object_to_world[:3, :3].T + object_to_world[:3, 3]
+
+
+def read_box(roi_node, ijk_to_ras) -> Box | None:
+    """The voxels of the volume covered by an ROI (IJK bounding box of its corners), or None if not placed."""
+    if roi_node is None or roi_node.GetNumberOfDefinedControlPoints() == 0:
+        return None
+    return Box.from_ras_corners(roi_corners_ras(roi_node), ijk_to_ras)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Where one result goes: an existing segment (segment_id) or a new one with this name, colour and codes."""
+
+    name: str
+    color: tuple[float, float, float]
+    terminology_entry: str | None = None
+    target_key: str | None = None    # TARGET_TAG value: finds the segment of an earlier run of the same text
+    segment_id: str | None = None    # refine this segment
+
+
+def spec_for_text(text: str) -> SegmentSpec:
+    """Name, colour and codes of a text target: Slicer's standard anatomy where the category maps to it."""
+    training_name, known = vocabulary.resolve_name(text)
+    term = terminology.standard_term(training_name) if known else None
+    name = term.label if term is not None else training_name
+    color = term.color if term is not None and term.color is not None else vocabulary.colour_for(training_name)
+    # Keyed by the segment name, so that synonyms of one structure ("kidney left", "left kidney") share a segment.
+    return SegmentSpec(name, tuple(color), term.entry if term is not None else None, target_key=name)
+
+
+def spec_for_new_segment(segmentation_node) -> SegmentSpec:
+    """A segment for a prompt without text: "SegVol 1", "SegVol 2", ... (first unused number)."""
+    segmentation = segmentation_node.GetSegmentation()
+    used = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    number = next(n for n in itertools.count(1) if f"{DEFAULT_SEGMENT_PREFIX} {n}" not in used)
+    name = f"{DEFAULT_SEGMENT_PREFIX} {number}"
+    return SegmentSpec(name, tuple(vocabulary.colour_for(name)))
+
+
+def spec_for_segment(segmentation_node, segment_id: str) -> SegmentSpec:
+    """Refine an existing segment: its name, colour and codes stay as they are."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"segment '{segment_id}' no longer exists: select another segment or a new one")
+    return SegmentSpec(segment.GetName(), tuple(segment.GetColor()), segment_id=segment_id)
+
+
+def find_target_segment(segmentation_node, target_key: str) -> str | None:
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = vtk.reference("")
+        if segment.GetTag(TARGET_TAG, value) and value.get() == target_key:
+            return segmentation.GetNthSegmentID(index)
+    return None
+
+
+class SegmentWriter:
+    """Writes masks into a segmentation as a Segment Editor effect would.
+
+    Each `write` is one undo step (state saved before anything changes, new segments included) and goes through
+    vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap, so overwrite and masking settings apply exactly as in
+    the Segment Editor. Without an `editor_node` the writer uses its own: other segments are never modified
+    (overlap allowed), editing allowed everywhere. `save_state_for_undo` is the undo owner (the Segment Editor
+    widget's `saveStateForUndo` in Slicer, so Ctrl+Z there walks back AI steps and manual edits alike);
+    without it the writer keeps its own undo history (`undo`/`redo`).
+    """
+
+    def __init__(self, segmentation_node, volume_node, editor_node=None, save_state_for_undo=None):
+        scene = segmentation_node.GetScene()
+        self.segmentation_node, self.volume_node = segmentation_node, volume_node
+        if editor_node is None:
+            editor_node = slicer.vtkMRMLSegmentEditorNode()
+            editor_node.SetHideFromEditors(True)
+            editor_node.SetSaveWithScene(False)
+            editor_node.SetOverwriteMode(editor_node.OverwriteNone)
+            editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+            scene.AddNode(editor_node)
+            self._own_editor_node = editor_node
+        else:
+            self._own_editor_node = None
+        self._logic = slicer.vtkSlicerSegmentEditorLogic()
+        self._logic.SetMRMLScene(scene)
+        app = getattr(slicer, "app", None)  # absent in plain slicer-core without the test shim
+        if app is not None:
+            self._logic.SetMRMLApplicationLogic(app.applicationLogic())
+        self._logic.SetSegmentEditorNode(editor_node)
+        if editor_node.GetSegmentationNode() is not segmentation_node:
+            self._logic.SetSegmentationNode(segmentation_node)
+        if editor_node.GetSourceVolumeNode() is not volume_node:
+            self._logic.SetSourceVolumeNode(volume_node)
+        self._save_state = save_state_for_undo or self._logic.SaveStateForUndo
+        if not segmentation_node.GetDisplayNode():
+            segmentation_node.CreateDefaultDisplayNodes()
+        if not segmentation_node.GetSegmentation().GetNumberOfSegments():
+            # As the Segment Editor does: an empty segmentation takes the geometry of the volume it segments.
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+
+    def close(self):
+        """Remove the writer's private editor node from the scene."""
+        if self._own_editor_node is not None and self._own_editor_node.GetScene() is not None:
+            self._own_editor_node.GetScene().RemoveNode(self._own_editor_node)
+        self._own_editor_node = None
+
+    def write(self, results: list[tuple[SegmentSpec, np.ndarray]]) -> list[str]:
+        """Write (spec, mask (K,J,I) on the volume grid) pairs as one undo step; returns the segment IDs."""
+        ijk_to_segmentation = np.linalg.inv(_to_world(self.segmentation_node)) @ world_ijk_to_ras(self.volume_node)
+        expected_shape = slicer.util.arrayFromVolume(self.volume_node).shape
+        for _, mask in results:
+            if mask.shape != expected_shape:
+                raise InputError(f"a mask of shape {mask.shape} does not fit volume "
+                                 f"'{self.volume_node.GetName()}' of shape {expected_shape}")
+        self._save_state()
+        segment_ids = []
+        for spec, mask in results:
+            segment_id = self._segment_for(spec)
+            self._logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id,
+                                                _oriented_labelmap(mask, ijk_to_segmentation),
+                                                self._logic.ModificationModeSet, True, False)
+            segment_ids.append(segment_id)
+        return segment_ids
+
+    def _segment_for(self, spec: SegmentSpec) -> str:
+        segmentation = self.segmentation_node.GetSegmentation()
+        if spec.segment_id is not None and segmentation.GetSegment(spec.segment_id) is not None:
+            return spec.segment_id
+        if spec.target_key is not None:
+            existing = find_target_segment(self.segmentation_node, spec.target_key)
+            if existing is not None:
+                return existing
+        segment_id = segmentation.AddEmptySegment("", spec.name, list(spec.color))
+        segment = segmentation.GetSegment(segment_id)
+        # Model names and colours are final: keep Slicer's terminology UI from regenerating them.
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        if spec.terminology_entry:
+            segment.SetTag(terminology.TERMINOLOGY_ENTRY_TAG, spec.terminology_entry)
+        if spec.target_key is not None:
+            segment.SetTag(TARGET_TAG, spec.target_key)
+        return segment_id
+
+    def undo(self) -> None:
+        self._logic.Undo()
+
+    def redo(self) -> None:
+        self._logic.Redo()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._logic.CanUndo())
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._logic.CanRedo())
+
+
+def _oriented_labelmap(mask: np.ndarray, ijk_to_ras: np.ndarray):
+    """A binary vtkOrientedImageData holding mask (K,J,I) with the given voxel-to-RAS matrix."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(mask.shape)[:] = mask != 0
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    return image

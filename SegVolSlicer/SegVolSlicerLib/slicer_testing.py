@@ -1,0 +1,336 @@
+"""Checks of the Slicer side, shared by pytest (slicer-core + shim) and SegVolSlicerTest (the real application).
+
+Each `check_*` function builds its own nodes in `slicer.mrmlScene`, raises AssertionError on failure and removes
+nothing the user made (run it in an empty scene). Synthetic data only; no file or network access except a
+temporary folder for the .seg.nrrd round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+import slicer
+import vtk
+
+from . import slicer_bridge, terminology
+from .geometry import ModelAxes, ijk_to_ras_points
+from .prompts import Box
+
+SHAPE_KJI = (12, 20, 24)
+
+
+def oblique_lps_ijk_to_ras(spacing=(0.8, 0.9, 2.5), origin=(30.0, -12.0, 7.0), degrees=20.0) -> np.ndarray:
+    """An oblique, anisotropic IJK-to-RAS matrix whose i and j axes point to L and P (as in DICOM/LPS files)."""
+    angle = math.radians(degrees)
+    rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0],
+                         [math.sin(angle), math.cos(angle), 0.0],
+                         [0.0, 0.0, 1.0]])
+    directions = np.diag([-1.0, -1.0, 1.0]) @ rotation  # LPS flip of a rotated frame
+    matrix = np.eye(4)
+    matrix[:3, :3] = directions @ np.diag(spacing)
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def lps_flipped_ijk_to_ras(spacing=(0.7, 0.7, 3.0)) -> np.ndarray:
+    matrix = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    matrix[:3, 3] = (120.0, 95.0, -40.0)
+    return matrix
+
+
+def geometries() -> dict[str, np.ndarray]:
+    return {"oblique LPS": oblique_lps_ijk_to_ras(), "LPS flipped": lps_flipped_ijk_to_ras()}
+
+
+def make_volume(ijk_to_ras: np.ndarray, name="SegVol test CT", shape_kji=SHAPE_KJI):
+    """A scalar volume with distinct voxel values (so any axis mix-up shows) and the given geometry."""
+    voxels = (np.arange(np.prod(shape_kji)).reshape(shape_kji) % 2000 - 1000).astype(np.int16)
+    return slicer.util.addVolumeFromArray(voxels, ijk_to_ras, name)
+
+
+def _check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def _add_points(name, ras_points, role=None, descriptions=None):
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    if role is not None:
+        node.SetAttribute(slicer_bridge.ROLE_ATTRIBUTE, role)
+    for index, ras in enumerate(ras_points):
+        point = node.AddControlPoint(*[float(v) for v in ras])
+        if descriptions is not None:
+            node.SetNthControlPointDescription(point, descriptions[index])
+    return node
+
+
+def set_roi_to_box(roi_node, box: Box, ijk_to_ras: np.ndarray) -> None:
+    """Make an ROI cover exactly the voxels of box, with the ROI axes along the volume's voxel axes."""
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    axes = ijk_to_ras[:3, :3] / spacing
+    if np.linalg.det(axes) < 0:  # an ROI frame must be right-handed; the box is symmetric about its centre
+        axes[:, 0] = -axes[:, 0]
+    centre_ijk = (np.asarray(box.ijk_min) + np.asarray(box.ijk_max)) / 2
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes
+    object_to_node[:3, 3] = ijk_to_ras_points(ijk_to_ras, centre_ijk)
+    roi_node.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(object_to_node))
+    roi_node.SetCenter(*object_to_node[:3, 3])
+    roi_node.SetSize(*((np.asarray(box.ijk_max) - np.asarray(box.ijk_min) + 1) * spacing))
+
+
+def check_volume_geometry():
+    """A volume node becomes its own voxels and its world IJK-to-RAS, for oblique, flipped and transformed volumes."""
+    for label, ijk_to_ras in geometries().items():
+        volume = make_volume(ijk_to_ras, label)
+        voxels, matrix = slicer_bridge.read_volume(volume)
+        _check(np.array_equal(voxels, slicer.util.arrayFromVolume(volume)), f"{label}: voxels differ")
+        _check(np.allclose(matrix, ijk_to_ras, atol=1e-9), f"{label}: IJK-to-RAS differs")
+        voxels[0, 0, 0] += 1
+        _check(slicer.util.arrayFromVolume(volume)[0, 0, 0] != voxels[0, 0, 0], f"{label}: voxels are not a copy")
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        shift = np.eye(4)
+        shift[:3, 3] = (5.0, -3.0, 11.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        _, matrix = slicer_bridge.read_volume(volume)
+        _check(np.allclose(matrix, shift @ ijk_to_ras), f"{label}: parent transform ignored")
+
+
+def check_point_prompts():
+    """Positive/negative markups map RAS -> IJK exactly and on to model (D,H,W) space and back."""
+    ijk = np.array([[3.0, 4.0, 5.0], [10.0, 2.0, 7.0], [20.0, 15.0, 1.0], [0.0, 19.0, 11.0]])
+    for label, ijk_to_ras in geometries().items():
+        make_volume(ijk_to_ras, label)
+        ras = ijk_to_ras_points(ijk_to_ras, ijk)
+        positive = _add_points("positive", ras[:2], slicer_bridge.POSITIVE_ROLE)
+        negative = _add_points("negative", ras[2:3], slicer_bridge.NEGATIVE_ROLE)
+        # An untagged node: an empty description counts as positive, "negative" as negative.
+        mixed = _add_points("mixed", [ras[3], ras[0]], descriptions=["", "negative"])
+        preview = positive.AddControlPoint(0.0, 0.0, 0.0)
+        positive.SetNthControlPointPosition(preview, 0.0, 0.0, 0.0, positive.PositionPreview)
+
+        points = slicer_bridge.read_points([positive, negative, mixed], ijk_to_ras)
+        _check(np.allclose(points.ijk, np.vstack([ijk, ijk[:1]]), atol=1e-6), f"{label}: IJK {points.ijk}")
+        _check(list(points.labels) == [1, 1, 0, 1, 0], f"{label}: labels {points.labels}")
+
+        axes = ModelAxes.from_ijk_to_ras(ijk_to_ras)
+        dhw = axes.ijk_to_model(points.ijk)
+        voxels = slicer.util.arrayFromVolume(slicer.mrmlScene.GetFirstNodeByName(label))
+        model_voxels = axes.to_model(voxels)
+        for p_ijk, p_dhw in zip(np.round(points.ijk).astype(int), np.round(dhw).astype(int)):
+            _check(voxels[p_ijk[2], p_ijk[1], p_ijk[0]] == model_voxels[tuple(p_dhw)],
+                   f"{label}: model-space point {p_dhw} is not voxel {p_ijk}")
+        _check(np.allclose(axes.model_to_ijk(dhw), points.ijk), f"{label}: model -> IJK round trip")
+
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        shift = np.eye(4)
+        shift[:3, 3] = (4.0, 2.0, -6.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        moved = _add_points("moved", ras[:1] - shift[:3, 3], slicer_bridge.POSITIVE_ROLE)
+        moved.SetAndObserveTransformNodeID(transform.GetID())
+        _check(np.allclose(slicer_bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
+               f"{label}: point under a transform")
+        _check(slicer_bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")],
+                                         ijk_to_ras) is None, f"{label}: an empty node gave points")
+
+
+def check_roi_prompt():
+    """An ROI maps to the voxel box it covers: aligned round trip, rotated ROI, ROI under a transform."""
+    box = Box((2, 3, 1), (17, 12, 9))
+    for label, ijk_to_ras in geometries().items():
+        make_volume(ijk_to_ras, label)
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+        _check(slicer_bridge.read_box(roi, ijk_to_ras) is None, f"{label}: an unplaced ROI gave a box")
+        set_roi_to_box(roi, box, ijk_to_ras)
+        _check(slicer_bridge.read_box(roi, ijk_to_ras) == box, f"{label}: {slicer_bridge.read_box(roi, ijk_to_ras)}")
+
+        rotated = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "rotated")
+        rotation = vtk.vtkTransform()
+        rotation.RotateZ(45)
+        rotated.SetAndObserveObjectToNodeMatrix(rotation.GetMatrix())
+        centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
+        rotated.SetCenter(*centre)
+        rotated.SetSize(8.0, 8.0, 8.0)
+        corners_ijk = slicer_bridge.roi_corners_ras(rotated) @ np.linalg.inv(ijk_to_ras)[:3, :3].T \
+            + np.linalg.inv(ijk_to_ras)[:3, 3]
+        got = slicer_bridge.read_box(rotated, ijk_to_ras)
+        _check(np.all(np.asarray(got.ijk_min) >= corners_ijk.min(axis=0) - 1e-6)
+               and np.all(np.asarray(got.ijk_min) - 1 < corners_ijk.min(axis=0))
+               and np.all(np.asarray(got.ijk_max) <= corners_ijk.max(axis=0) + 1e-6)
+               and np.all(np.asarray(got.ijk_max) + 1 > corners_ijk.max(axis=0)),
+               f"{label}: rotated ROI {got} vs corners {corners_ijk.min(axis=0)}..{corners_ijk.max(axis=0)}")
+
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        shift = np.eye(4)
+        shift[:3, 3] = (-7.0, 3.0, 2.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        moved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "moved")
+        set_roi_to_box(moved, box, np.linalg.inv(shift) @ ijk_to_ras)
+        moved.SetAndObserveTransformNodeID(transform.GetID())
+        _check(slicer_bridge.read_box(moved, ijk_to_ras) == box, f"{label}: ROI under a transform")
+
+
+def _segment_array(segmentation_node, segment_id, volume_node) -> np.ndarray:
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node).astype(np.uint8)
+
+
+def _blob(shape, low, high) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[tuple(slice(a, b) for a, b in zip(low, high))] = 1
+    return mask
+
+
+def _segmentation_with_manual_segments(volume):
+    """A segmentation holding two hand-made segments, one overlapping where the AI result will go."""
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    manual = {}
+    for name, low, high in (("manual A", (0, 0, 0), (4, 6, 6)), ("manual B", (3, 5, 5), (9, 14, 16))):
+        segment_id = segmentation.GetSegmentation().AddEmptySegment("", name, [0.5, 0.5, 0.5])
+        slicer.util.updateSegmentBinaryLabelmapFromArray(_blob(shape, low, high), segmentation, segment_id, volume)
+        manual[segment_id] = _segment_array(segmentation, segment_id, volume)
+    return segmentation, manual
+
+
+def check_mask_to_segment():
+    """A mask becomes a named, coloured, coded segment on the volume grid; other segments stay bit-identical."""
+    for label, ijk_to_ras in geometries().items():
+        volume = make_volume(ijk_to_ras, label)
+        segmentation, manual = _segmentation_with_manual_segments(volume)
+        shape = slicer.util.arrayFromVolume(volume).shape
+        writer = slicer_bridge.SegmentWriter(segmentation, volume)
+        liver, spleen = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (5, 0, 10), (12, 9, 24))
+        liver_id, spleen_id = writer.write([(slicer_bridge.spec_for_text("Liver"), liver),
+                                            (slicer_bridge.spec_for_text("spleen"), spleen)])
+        _check(np.array_equal(_segment_array(segmentation, liver_id, volume), liver), f"{label}: liver voxels")
+        stored = slicer.vtkOrientedImageData()
+        segmentation.GetBinaryLabelmapRepresentation(liver_id, stored)
+        image_to_world = vtk.vtkMatrix4x4()
+        stored.GetImageToWorldMatrix(image_to_world)
+        _check(np.allclose(slicer.util.arrayFromVTKMatrix(image_to_world), ijk_to_ras, atol=1e-6),
+               f"{label}: the segment is not stored on the volume's grid")
+        _check(np.array_equal(_segment_array(segmentation, spleen_id, volume), spleen), f"{label}: spleen voxels")
+        for segment_id, before in manual.items():
+            _check(np.array_equal(_segment_array(segmentation, segment_id, volume), before),
+                   f"{label}: segment {segment_id} was modified")
+        segment = segmentation.GetSegmentation().GetSegment(liver_id)
+        expected = terminology.standard_term("liver")
+        _check(segment.GetName() == "liver", f"{label}: name {segment.GetName()}")
+        _check(np.allclose(segment.GetColor(), expected.color), f"{label}: colour {segment.GetColor()}")
+        entry = vtk.reference("")
+        segment.GetTag(terminology.TERMINOLOGY_ENTRY_TAG, entry)
+        _check(entry.get() == expected.entry, f"{label}: terminology {entry.get()}")
+        _check(not segment.GetNameAutoGenerated() and not segment.GetColorAutoGenerated(),
+               f"{label}: name/colour still auto-generated")
+        writer.close()
+
+
+def check_rerun_updates_in_place():
+    """Re-running a text target replaces its segment's voxels; refining targets the chosen segment."""
+    volume = make_volume(oblique_lps_ijk_to_ras())
+    segmentation, manual = _segmentation_with_manual_segments(volume)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    first, second = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (6, 1, 2), (11, 7, 9))
+    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("kidney left"), first)])
+    count = segmentation.GetSegmentation().GetNumberOfSegments()
+    (again,) = writer.write([(slicer_bridge.spec_for_text("left kidney"), second)])
+    _check(again == segment_id, "re-run created a new segment")
+    _check(segmentation.GetSegmentation().GetNumberOfSegments() == count, "segment count changed")
+    _check(np.array_equal(_segment_array(segmentation, segment_id, volume), second), "re-run did not replace")
+    manual_id = next(iter(manual))
+    (refined,) = writer.write([(slicer_bridge.spec_for_segment(segmentation, manual_id), first)])
+    _check(refined == manual_id, "refine wrote elsewhere")
+    _check(np.array_equal(_segment_array(segmentation, manual_id, volume), first), "refine did not replace")
+    new_spec = slicer_bridge.spec_for_new_segment(segmentation)
+    _check(new_spec.name == "SegVol 1", f"first default name {new_spec.name}")
+    writer.write([(new_spec, second)])
+    _check(slicer_bridge.spec_for_new_segment(segmentation).name == "SegVol 2", "default names do not count up")
+    writer.close()
+
+
+def check_undo_steps():
+    """Each write is one undo step (a new segment included); manual edits in between interleave."""
+    volume = make_volume(lps_flipped_ijk_to_ras())
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    shape = slicer.util.arrayFromVolume(volume).shape
+    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    masks = [_blob(shape, (1, 1, 1), (4 + n, 6, 6)) for n in range(3)]
+    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("aorta"), masks[0])])
+    writer.write([(slicer_bridge.spec_for_text("aorta"), masks[1])])
+    writer._save_state()  # a manual edit, as the Segment Editor records it
+    slicer.util.updateSegmentBinaryLabelmapFromArray(masks[2], segmentation, segment_id, volume)
+    states = [_segment_array(segmentation, segment_id, volume)]
+    for expected in (masks[1], masks[0]):
+        writer.undo()
+        states.append(_segment_array(segmentation, segment_id, volume))
+        _check(np.array_equal(states[-1], expected), "undo did not walk back one step")
+    writer.undo()
+    _check(segmentation.GetSegmentation().GetSegment(segment_id) is None, "undo did not remove the new segment")
+    writer.redo()
+    _check(np.array_equal(_segment_array(segmentation, segment_id, volume), masks[0]), "redo")
+    writer.close()
+
+
+def check_overwrite_settings():
+    """With the Segment Editor's settings (overwrite all, or masking), other segments change as there."""
+    volume = make_volume(oblique_lps_ijk_to_ras())
+    segmentation, manual = _segmentation_with_manual_segments(volume)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    editor_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor_node.SetOverwriteMode(editor_node.OverwriteAllSegments)
+    writer = slicer_bridge.SegmentWriter(segmentation, volume, editor_node=editor_node)
+    mask = _blob(shape, (2, 4, 4), (8, 12, 14))
+    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("stomach"), mask)])
+    for other, before in manual.items():
+        after = _segment_array(segmentation, other, volume)
+        _check(np.array_equal(after, before * (1 - mask)), f"overwrite-all did not carve {other}")
+    editor_node.SetOverwriteMode(editor_node.OverwriteNone)
+    editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+    before = {sid: _segment_array(segmentation, sid, volume) for sid in manual}
+    bigger = _blob(shape, (0, 0, 0), (12, 20, 24))
+    writer.write([(slicer_bridge.spec_for_text("stomach"), bigger)])
+    outside = 1 - np.maximum.reduce(list(before.values()))
+    _check(np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
+           "mask 'outside all segments' was not honoured")
+    writer.close()
+
+
+def check_seg_nrrd_roundtrip(folder=None):
+    """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
+    volume = make_volume(oblique_lps_ijk_to_ras())
+    segmentation, manual = _segmentation_with_manual_segments(volume)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    written = writer.write([(slicer_bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
+                            (slicer_bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3)))])
+    writer.close()
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        path = os.path.join(tmp, "result.seg.nrrd")
+        _check(slicer.util.saveNode(segmentation, path), "saving .seg.nrrd failed")
+        loaded = slicer.util.loadSegmentation(path)
+    for segment_id in list(manual) + list(written):
+        original = segmentation.GetSegmentation().GetSegment(segment_id)
+        copy = loaded.GetSegmentation().GetSegment(segment_id)
+        _check(copy is not None, f"segment {segment_id} lost")
+        _check(copy.GetName() == original.GetName(), f"name {copy.GetName()}")
+        _check(np.allclose(copy.GetColor(), original.GetColor(), atol=1e-6), f"colour of {copy.GetName()}")
+        for tag in (terminology.TERMINOLOGY_ENTRY_TAG, slicer_bridge.TARGET_TAG):
+            a, b = vtk.reference(""), vtk.reference("")
+            original.GetTag(tag, a)
+            copy.GetTag(tag, b)
+            _check(a.get() == b.get(), f"tag {tag} of {copy.GetName()}: {b.get()!r}")
+        _check(np.array_equal(_segment_array(loaded, segment_id, volume),
+                              _segment_array(segmentation, segment_id, volume)), f"voxels of {copy.GetName()}")
+    target = vtk.reference("")
+    loaded.GetSegmentation().GetSegment(written[0]).GetTag(slicer_bridge.TARGET_TAG, target)
+    _check(target.get() == "inferior vena cava", "target tag lost")
+
+BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
+                 check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_seg_nrrd_roundtrip)
