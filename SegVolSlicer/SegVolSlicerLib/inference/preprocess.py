@@ -1,0 +1,173 @@
+"""Stage 1: volume -> normalised, foreground-cropped image in model axis order, plus its zoom-out copy.
+
+The official steps (data_process/demo_data_process.py; the Hugging Face port's SegVolProcessor):
+  ForegroundNormalization: threshold = mean of all voxels; clip to the 0.05th/99.95th percentiles of the
+    voxels above it; subtract their mean, divide by their std (>= 1e-8);
+  DimTranspose + MinMaxNormalization: subtract the min, divide by the max (>= 1e-8) -> [0, 1];
+  CropForegroundd: keep the bounding box of the voxels > 0;
+  Resized(32, 256, 256, 'nearest-exact'): the zoom-out image.
+The arithmetic is done in float32 with the same numpy operations, in the same order, as the official code
+(which loads images as float32 through MONAI), so the normalised values are bit-identical. Only the mean and
+std depend on summation order; they are taken over the voxels in the official (i, j, k) C order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms.utils import generate_spatial_bounding_box
+
+from ..errors import InputError
+from ..geometry import ModelAxes, as_matrix
+
+WINDOW = (32, 256, 256)
+# Integer volumes with at most this many distinct possible values are normalised through a lookup table:
+# the same float32 operations per value, without full-volume float temporaries.
+_MAX_LOOKUP_VALUES = 1 << 20
+
+
+@dataclass(frozen=True)
+class IntensityStatistics:
+    """The foreground statistics of ForegroundNormalization, and the min/max of the z-scored volume."""
+
+    lower: np.float32
+    upper: np.float32
+    mean: np.float32
+    std: np.float32
+    z_min: np.float32
+    z_range: np.float32
+
+    def z_score(self, values: np.ndarray) -> np.ndarray:
+        clipped = np.clip(values, self.lower, self.upper)
+        return (clipped - self.mean) / max(self.std, 1e-8)
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        """float32 values -> the official [0, 1] image values."""
+        return (self.z_score(values) - self.z_min) / self.z_range
+
+
+def check_volume(volume: np.ndarray) -> np.ndarray:
+    """The volume as a 3-D array, or an InputError saying what is wrong with it."""
+    volume = np.asarray(volume)
+    if volume.ndim > 3:
+        raise InputError(f"the image has {volume.ndim} dimensions {volume.shape}: give a single 3-D CT volume "
+                         "(not a time series or a multi-component image)")
+    if volume.ndim < 3 or min(volume.shape) < 2:
+        raise InputError(f"the image is 2-D {volume.shape}: SegVol needs a 3-D CT volume (several slices)")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)
+            or volume.dtype == np.bool_):
+        raise InputError(f"the image voxels must be numbers, got {volume.dtype}")
+    if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume)):
+        raise InputError("the image contains NaN or infinite voxels: fix or mask them before segmenting")
+    return volume
+
+
+def intensity_statistics(volume_dhw: np.ndarray) -> IntensityStatistics:
+    # The official code flattens the (i, j, k) array; float32 pairwise sums depend on that order.
+    flat = volume_dhw.transpose(2, 1, 0).astype(np.float32, order="C").ravel()
+    threshold = np.mean(flat)
+    foreground = flat[flat > threshold]
+    if foreground.size == 0:
+        raise InputError("the image is constant (every voxel has the same value): nothing to segment")
+    # Two separate calls: a list of percentiles would come back as float64 and change the arithmetic.
+    upper = np.percentile(foreground, 99.95)
+    lower = np.percentile(foreground, 0.05)
+    stats = IntensityStatistics(lower, upper, np.mean(foreground), np.std(foreground), np.float32(0), np.float32(1))
+    # Correctly rounded operations are monotonic, so the z-scored extremes are those of the extreme voxels.
+    extremes = stats.z_score(np.array([flat.min(), flat.max()], dtype=np.float32))
+    z_range = np.clip(extremes[1] - extremes[0], a_min=1e-8, a_max=None)
+    return IntensityStatistics(lower, upper, stats.mean, stats.std, extremes[0], z_range)
+
+
+class _Normaliser:
+    """Applies the statistics to any part of the volume; integer volumes go through a lookup table."""
+
+    def __init__(self, volume_dhw: np.ndarray, stats: IntensityStatistics):
+        self.volume, self.stats, self.table, self.offset = volume_dhw, stats, None, 0
+        if np.issubdtype(volume_dhw.dtype, np.integer) or volume_dhw.dtype == np.bool_:
+            low, high = int(volume_dhw.min()), int(volume_dhw.max())
+            if high - low < _MAX_LOOKUP_VALUES:
+                values = np.arange(low, high + 1, dtype=np.int64).astype(np.float32)
+                self.table, self.offset = stats.normalise(values).astype(np.float32), low
+
+    def __call__(self, region: tuple[slice, ...] = (slice(None),) * 3) -> np.ndarray:
+        values = self.volume[region]
+        if self.table is not None:
+            return self.table[values.astype(np.int64) - self.offset]
+        return self.stats.normalise(values.astype(np.float32)).astype(np.float32)
+
+    def foreground(self) -> np.ndarray:
+        if self.table is not None:
+            return (self.table > 0)[self.volume.astype(np.int64) - self.offset]
+        return self() > 0
+
+
+@dataclass
+class PreparedVolume:
+    """The volume as the model sees it.
+
+    image: (D', H', W') float32 normalised foreground crop, model axis order (CPU tensor).
+    zoom_out_image: (1, 1, 32, 256, 256) nearest-exact resize of `image`.
+    crop_start / crop_stop: the crop in the full model-ordered grid (D, H, W) of the volume.
+    """
+
+    axes: ModelAxes
+    shape_kji: tuple[int, int, int]
+    crop_start: tuple[int, int, int]
+    crop_stop: tuple[int, int, int]
+    image: torch.Tensor
+    zoom_out_image: torch.Tensor
+    statistics: IntensityStatistics
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        return self.axes.shape_to_model(self.shape_kji)
+
+    @property
+    def cropped_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape)
+
+    @property
+    def crop_slices_kji(self) -> tuple[slice, slice, slice]:
+        """The crop as slices of the input (K, J, I) array."""
+        by_model_axis = [slice(a, b) for a, b in zip(self.crop_start, self.crop_stop)]
+        slices = [slice(None)] * 3
+        for model_axis, array_axis in enumerate(self.axes.order):
+            slices[array_axis] = by_model_axis[model_axis]
+        return tuple(slices)
+
+    def crop_kji(self, array_kji: np.ndarray) -> np.ndarray:
+        """Any array on the input grid -> its crop, in model axis order."""
+        return self.axes.to_model(array_kji[self.crop_slices_kji])
+
+    def paste_kji(self, cropped_dhw: np.ndarray) -> np.ndarray:
+        """A cropped (D', H', W') array -> the input (K, J, I) grid, zero outside the crop."""
+        full = np.zeros(self.model_shape, dtype=cropped_dhw.dtype)
+        full[tuple(slice(a, b) for a, b in zip(self.crop_start, self.crop_stop))] = cropped_dhw
+        return np.ascontiguousarray(self.axes.from_model(full))
+
+
+def resize_nearest_exact(image: torch.Tensor, size=WINDOW) -> torch.Tensor:
+    """(D', H', W') -> (1, 1, *size), as MONAI Resized(mode='nearest-exact') does it (a torch interpolate)."""
+    return F.interpolate(image[None, None], size=tuple(size), mode="nearest-exact")
+
+
+def prepare_volume(volume_kji: np.ndarray, ijk_to_ras) -> PreparedVolume:
+    """Stage 1 for a volume in Slicer's (K, J, I) order with its IJK-to-RAS matrix."""
+    volume_kji = check_volume(volume_kji)
+    axes = ModelAxes.from_ijk_to_ras(as_matrix(ijk_to_ras))
+    volume_dhw = axes.to_model(volume_kji)
+    stats = intensity_statistics(volume_dhw)
+    normaliser = _Normaliser(volume_dhw, stats)
+    start, stop = generate_spatial_bounding_box(normaliser.foreground()[None])
+    if any(b <= a for a, b in zip(start, stop)):
+        raise InputError("the image has no intensity contrast inside the body after normalisation: "
+                         "it does not look like a CT volume")
+    crop = tuple(slice(a, b) for a, b in zip(start, stop))
+    image = torch.from_numpy(np.ascontiguousarray(normaliser(crop)))
+    return PreparedVolume(axes=axes, shape_kji=tuple(int(s) for s in volume_kji.shape),
+                          crop_start=tuple(int(a) for a in start), crop_stop=tuple(int(b) for b in stop),
+                          image=image, zoom_out_image=resize_nearest_exact(image), statistics=stats)

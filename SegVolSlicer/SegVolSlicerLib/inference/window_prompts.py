@@ -1,0 +1,122 @@
+"""Stage 4b: the prompts each zoom-in window gets (official `sliding_window_inference`, lines 224-239).
+
+- text: the same text in every window;
+- box mode: with one window, the bounding box of the user's box map inside it; with two or more windows,
+  the bounding box of the zoom-out prediction inside each window (the user's box is ignored);
+- point mode: clicks drawn with `select_points` from the positive-click map inside the window (negative
+  clicks never reach the zoom-in), plus the bounding box of the zoom-out prediction inside the window;
+- an empty map gives the sentinel box (-1, ..., -1), which is still fed to the model.
+Padding quirk (kept for parity): when the ROI is shorter than the window, the image and the zoom-out
+prediction are padded but the box and click maps are not, so window slices meant for the padded ROI cut the
+unpadded maps and their boxes and clicks come out shifted by the padding.
+
+The maps are kept sparse (a box, a list of clicked voxels, the 32x256x256 zoom-out mask plus index maps)
+and only one window's worth is ever materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model_space import ModelSpace
+from .point_sampling import select_points
+from .preprocess import WINDOW
+from .windows import Window, WindowPlan
+
+SENTINEL_BOX = (-1.0,) * 6
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[float, ...]:
+    """Official `generate_box` without jitter: inclusive min/max index per axis, or the sentinel box."""
+    if not mask.any():
+        return SENTINEL_BOX
+    low, high = [], []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        low.append(float(hits[0]))
+        high.append(float(hits[-1]))
+    return (*low, *high)
+
+
+@dataclass(frozen=True)
+class BoxMap:
+    """The filled box the user's box prompt becomes at crop resolution: [low, high] inclusive, per axis
+    (None when it covers no crop voxel)."""
+
+    low: tuple[int, int, int] | None
+    high: tuple[int, int, int] | None
+
+    def window_box(self, plan: WindowPlan, window: Window) -> tuple[float, ...]:
+        if self.low is None:
+            return SENTINEL_BOX
+        low, high = [], []
+        for axis in range(3):
+            # Window slice of the padded ROI applied to the unpadded ROI map (the padding quirk).
+            start = plan.roi.start[axis] + window.padded_start[axis]
+            stop = min(start + WINDOW[axis], plan.roi.stop[axis])
+            first, last = max(self.low[axis], start), min(self.high[axis], stop - 1)
+            if last < first:
+                return SENTINEL_BOX
+            low.append(float(first - start))
+            high.append(float(last - start))
+        return (*low, *high)
+
+
+@dataclass(frozen=True)
+class ClickMap:
+    """The positive clicks at crop resolution: (M, 3) integer crop voxels."""
+
+    voxels: np.ndarray
+
+    def window_map(self, plan: WindowPlan, window: Window) -> torch.Tensor:
+        """The window's binary click map, cut from the unpadded ROI map (the padding quirk)."""
+        start = np.asarray(plan.roi.start) + np.asarray(window.padded_start)
+        stop = np.minimum(start + np.asarray(WINDOW), np.asarray(plan.roi.stop))
+        window_map = torch.zeros(tuple(int(n) for n in stop - start), dtype=torch.float32)
+        inside = np.all((self.voxels >= start) & (self.voxels < stop), axis=1)
+        local = torch.from_numpy(self.voxels[inside] - start)
+        window_map[local[:, 0], local[:, 1], local[:, 2]] = 1.0
+        return window_map
+
+    def window_points(self, plan: WindowPlan, window: Window, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return select_points(self.window_map(plan, window), generator)
+
+
+class ZoomOutPrediction:
+    """The zoom-out mask (sigmoid > 0.5 at 32x256x256) as the crop sees it after nearest up-sampling."""
+
+    def __init__(self, zoom_out_mask: np.ndarray, space: ModelSpace):
+        self.mask, self.sources = zoom_out_mask, space.upsample_source
+
+    def crop_region(self, start, stop) -> np.ndarray:
+        """The up-sampled mask over crop indices [start, stop) (inside the crop)."""
+        return self.mask[np.ix_(*(source[a:b] for source, a, b in zip(self.sources, start, stop)))]
+
+    def window_box(self, window: Window) -> tuple[float, ...]:
+        """Bounding box of the prediction inside a window of the padded ROI, whose padding reads 0."""
+        mask = np.zeros(WINDOW, dtype=bool)
+        inner = tuple(slice(a - o, b - o) for a, b, o in zip(window.valid_start, window.valid_stop, window.crop_offset))
+        mask[inner] = self.crop_region(window.valid_start, window.valid_stop)
+        return _bounding_box(mask)
+
+
+@dataclass
+class WindowPrompts:
+    boxes: torch.Tensor | None  # (1, 6)
+    points: tuple[torch.Tensor, torch.Tensor] | None  # (1, N, 3), (1, N)
+
+
+def window_prompts(plan: WindowPlan, window: Window, box_map: BoxMap | None, click_map: ClickMap | None,
+                   prediction: ZoomOutPrediction, generator) -> WindowPrompts:
+    """The official per-window prompts. Point mode wins when both maps exist: it also carries a box."""
+    if click_map is not None:
+        coords, labels = click_map.window_points(plan, window, generator)
+        box = prediction.window_box(window)
+        return WindowPrompts(torch.tensor([box]), (coords[None], labels[None]))
+    if box_map is not None:
+        box = box_map.window_box(plan, window) if len(plan) == 1 else prediction.window_box(window)
+        return WindowPrompts(torch.tensor([box]), None)
+    return WindowPrompts(None, None)
