@@ -1,0 +1,355 @@
+"""`segvol`: segment CT volumes with SegVol from the command line.
+
+    segvol segment CT.nii.gz --text liver --text spleen -o out.seg.nrrd
+    segvol evaluate --image CT.nii.gz --label GT.nii.gz --class liver=1 --prompt text+box --output-dir eval/
+    segvol demo
+
+User mistakes end with one line "segvol: error: ..." on stderr and exit code 2, never a traceback, and
+never a partial output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import Cancelled, InputError, SegVolError
+
+SEGMENTATION_ENDINGS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
+
+
+# --- helpers shared by the commands ---
+
+def _fail_if_unwritable(path: Path, endings=SEGMENTATION_ENDINGS) -> None:
+    if not str(path).lower().endswith(endings):
+        raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz "
+                         "(labelmap)")
+    parent = path.expanduser().parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"cannot write {path}: permission denied")
+
+
+def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = None):
+    from .model import load_segvol
+    from .weights import resolve_weights
+
+    return load_segvol(resolve_weights(checkpoint, cache_dir), device=device)
+
+
+class _ProgressBars:
+    """A tqdm bar per zoom-in (windows done / total) on stderr."""
+
+    def __init__(self, label: str = ""):
+        self.label, self.bar = label, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != "zoom-in":
+            return
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"{self.label} zoom-in".strip(), unit="window", file=sys.stderr,
+                            leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _warn(messages: Sequence[str]) -> None:
+    for message in messages:
+        print(f"segvol: warning: {message}", file=sys.stderr)
+
+
+def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
+    return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
+
+
+def _segment_all(session, targets, zoom_in: bool):
+    results = []
+    for target in targets:
+        bars = _ProgressBars(target.name)
+        try:
+            results.append(session.segment(target, zoom_in=zoom_in, progress=bars))
+        finally:
+            bars.close()
+    return results
+
+
+# --- segment ---
+
+def _targets_from_args(args, volume):
+    from .imageio import points_from_files, read_roi_corners
+    from .prompts import Box, Points, Target
+
+    texts = [t for t in (args.text or []) if t.strip()]
+    clicks = []
+    if args.point_ijk:
+        clicks.append(Points(np.asarray(args.point_ijk), np.ones(len(args.point_ijk), dtype=np.int64)))
+    if args.negative_point_ijk:
+        clicks.append(Points(np.asarray(args.negative_point_ijk), np.zeros(len(args.negative_point_ijk), dtype=np.int64)))
+    clicks.append(points_from_files(args.points, args.negative_points, volume.ijk_to_ras))
+    points = Points.concatenate(*clicks)
+    box = None
+    if args.box_ijk:
+        box = Box(args.box_ijk[:3], args.box_ijk[3:])
+    if args.roi:
+        if box is not None:
+            raise InputError("give the box either as --box-ijk or as --roi, not both")
+        box = Box.from_ras_corners(read_roi_corners(args.roi), volume.ijk_to_ras)
+    if points is not None:
+        points.check_inside(volume.shape)
+    if box is not None:
+        box = box.clipped(volume.shape)
+    spatial = points is not None or box is not None
+    if not texts and not spatial:
+        raise InputError("no prompt: give --text NAME, a box (--box-ijk / --roi) or points (--point-ijk / --points)")
+    if spatial and len(texts) > 1:
+        raise InputError("box and point prompts describe one target: give at most one --text with them "
+                         "(run once per target)")
+    if spatial:
+        return [Target(args.name or (texts[0] if texts else "SegVol 1"), texts[0] if texts else None, points, box)]
+    return [Target(text, text) for text in texts]
+
+
+def cmd_segment(args) -> int:
+    from .imageio import Segment, read_volume, write_segmentation
+    from .inference import SegVolSession
+    from .vocabulary import colour_for
+
+    output = Path(args.output)
+    _fail_if_unwritable(output)
+    volume = read_volume(args.image)
+    targets = _targets_from_args(args, volume)
+    model = _load_model(args.checkpoint, args.device, args.cache_dir)
+    session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
+    results = _segment_all(session, targets, zoom_in=not args.no_zoom_in)
+    segments = []
+    for result in results:
+        _warn(result.warnings)
+        name = result.name
+        segments.append(Segment(name, result.mask, colour_for(result.text or name)))
+        print(f"{name}: {np.count_nonzero(result.mask)} voxels, {_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
+              + (f", {result.windows} zoom-in window(s)" if result.windows else ""))
+    _warn(write_segmentation(output, segments, volume.reference))
+    print(f"wrote {output}")
+    return 0
+
+
+# --- evaluate ---
+
+def _parse_classes(specs: Sequence[str]) -> list[tuple[str, int]]:
+    classes = []
+    for spec in specs:
+        name, sep, value = spec.rpartition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--class {spec!r}: write it as NAME=LABEL, e.g. liver=1")
+        try:
+            classes.append((name.strip(), int(value)))
+        except ValueError:
+            raise InputError(f"--class {spec!r}: the label value must be an integer") from None
+    return classes
+
+
+def _safe_file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "class"
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import PromptMode, dice, label_prompts
+    from .imageio import atomic_output, read_label_volume, read_volume, write_mask
+    from .inference import SegVolSession
+    from .vocabulary import resolve_name
+
+    mode = PromptMode.parse(args.prompt)
+    classes = _parse_classes(args.classes)
+    output_dir = Path(args.output_dir).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file, not a folder")
+    volume = read_volume(args.image)
+    labels = read_label_volume(args.label, volume)
+    present = set(np.unique(labels).tolist())
+    absent = [f"{name}={value}" for name, value in classes if value not in present]
+    if absent:
+        raise InputError(f"label value(s) absent from {args.label}: {', '.join(absent)} (values present: "
+                         f"{', '.join(str(v) for v in sorted(present) if v)})")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
+    for name, _ in classes:
+        _fail_if_unwritable(output_dir / f"{_safe_file_name(name)}.nii.gz")
+    model = _load_model(args.checkpoint, args.device, args.cache_dir)
+    session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
+    rows = []
+    for name, value in classes:
+        truth = (labels == value).astype(np.uint8)
+        text, _ = resolve_name(name)
+        prompts = label_prompts(truth, text, mode, session.prepared, session.space,
+                                seed=args.seed if args.point_sampling == "seeded" else None)
+        bars = _ProgressBars(name)
+        try:
+            result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars)
+        finally:
+            bars.close()
+        _warn(result.warnings)
+        crop = result.crop
+        row = {"class": name, "label": value, "prompt": args.prompt,
+               "dice": dice(result.mask[crop], truth[crop]),
+               "zoom_out_dice": dice(result.zoom_out_mask[crop], truth[crop]), "windows": result.windows}
+        rows.append(row)
+        write_mask(output_dir / f"{_safe_file_name(name)}.nii.gz", result.mask, volume.reference)
+        print(f"{name}: Dice {row['dice']:.4f} (zoom-out {row['zoom_out_dice']:.4f})")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+    with atomic_output(output_dir / "metrics.csv") as tmp:
+        tmp.write_text(table.getvalue())
+    print(f"wrote {output_dir / 'metrics.csv'}")
+    return 0
+
+
+# --- demo ---
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(source=args.source, output_dir=Path(args.output_dir), device=args.device,
+             zoom_in=not args.no_zoom_in, targets=args.text or DEMO_TARGETS, progress_bars=_ProgressBars)
+    return 0
+
+
+# --- parser ---
+
+def _add_common(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    parser.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where the model runs (default: auto = CUDA, then Apple MPS, then CPU)")
+    parser.add_argument("--no-zoom-in", action="store_true",
+                        help="run the zoom-out pass only (one model pass; faster, coarser)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="folder for downloaded weights (default: $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--point-sampling", default="seeded", choices=("seeded", "official"),
+                        help="zoom-in click sampling: 'seeded' (default, reproducible) or 'official' (unseeded "
+                             "random draws, as the official code)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 'seeded' click sampling (default 0)")
+
+
+CHECKPOINT_HELP = ("SegVol weights: SegVol_v1.pth, a BAAI/SegVol snapshot folder, pytorch_model.bin or .safetensors "
+                   "(default: download the BAAI/SegVol snapshot from the Hugging Face hub, cached)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segvol", description="SegVol promptable 3-D CT segmentation "
+                                     "(BAAI-DCAI/SegVol, zoom-out-zoom-in inference).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser(
+        "segment", help="segment a CT volume from text, box and point prompts",
+        description="Segment IMAGE (NIfTI, NRRD, MHA or a DICOM folder). One target per --text; box and point "
+                    "prompts (voxel indices i j k, or Slicer markups files) form one target, optionally with one "
+                    "--text. Coordinates: IJK are 0-based voxel indices of IMAGE (as in Slicer); markups files "
+                    "are read in LPS or RAS as their coordinateSystem says.")
+    segment.add_argument("image", help="CT volume file or DICOM folder")
+    segment.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="output: *.seg.nrrd (Slicer segmentation, one named coloured segment per target) or "
+                              "*.nii.gz / *.nrrd / *.mha (labelmap: value n = n-th target)")
+    segment.add_argument("--text", action="append", metavar="NAME",
+                         help="anatomy to segment, e.g. liver; repeat for several targets; any text is allowed, "
+                              "the 222 SegVol training names and common synonyms work best")
+    segment.add_argument("--box-ijk", nargs=6, type=float, metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+                         help="box prompt: inclusive voxel index range")
+    segment.add_argument("--point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"),
+                         help="positive click at voxel (i, j, k); repeat for more")
+    segment.add_argument("--negative-point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"),
+                         help="negative click at voxel (i, j, k); repeat for more")
+    segment.add_argument("--points", metavar="FILE.mrk.json",
+                         help="Slicer point list; a point whose description is empty or 'positive' is positive, "
+                              "'negative' is negative")
+    segment.add_argument("--negative-points", metavar="FILE.mrk.json", help="Slicer point list of negative clicks")
+    segment.add_argument("--roi", metavar="FILE.mrk.json", help="Slicer ROI (box, may be rotated) as box prompt")
+    segment.add_argument("--name", help="segment name for a box/point target (default: its text, else 'SegVol 1')")
+    _add_common(segment, CHECKPOINT_HELP)
+    _add_sampling(segment)
+    segment.set_defaults(run=cmd_segment)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="reproduce the official evaluation: prompts from a label map, Dice",
+        description="Run the official evaluation protocol: for each --class, prompts are derived from the label "
+                    "map exactly as the official demo derives them, the zoom-out-zoom-in result is written to "
+                    "OUTPUT_DIR/<class>.nii.gz (uint8, on the image's grid) and Dice (official formula "
+                    "2|P&G|/(|P|+|G|+1), also for the zoom-out pass alone) to OUTPUT_DIR/metrics.csv.")
+    evaluate.add_argument("--image", required=True, help="CT volume file or DICOM folder")
+    evaluate.add_argument("--label", required=True, help="label map on the CT's grid")
+    evaluate.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME=VALUE",
+                          help="a class to evaluate: its name (the text prompt) and its label value, e.g. "
+                               "liver=1; repeat for more")
+    evaluate.add_argument("--prompt", default="text+box", choices=("text", "box", "point", "text+box", "text+point"),
+                          help="prompt mode (default text+box, the official demo's)")
+    evaluate.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")
+    _add_common(evaluate, CHECKPOINT_HELP)
+    _add_sampling(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="download SegVol and its demo CT, segment a few organs, write .seg.nrrd + PNG",
+        description="The first thing to run: fetches the BAAI/SegVol weights and demo CT from the Hugging Face "
+                    "hub (or uses --source), segments a few organs by text, and writes a Slicer segmentation "
+                    "and a PNG preview.")
+    demo.add_argument("--source", metavar="FOLDER",
+                      help="a local BAAI/SegVol snapshot folder holding the weights and Case_image_00001_0000.nii.gz "
+                           "(default: download into $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)")
+    demo.add_argument("--output-dir", default="segvol-demo", metavar="DIR", help="where to write (default ./segvol-demo)")
+    demo.add_argument("--text", action="append", metavar="NAME",
+                      help=f"organs to segment (default: {', '.join(DEMO_TARGETS)})")
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                      help="where the model runs (default: auto)")
+    demo.add_argument("--no-zoom-in", action="store_true", help="zoom-out pass only (faster)")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Cancelled:
+        print("segvol: cancelled", file=sys.stderr)
+        return 130
+    except SegVolError as error:
+        print(f"segvol: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segvol: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("segvol: error: out of memory: use a machine with more memory or a smaller volume", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "out of memory" in str(error).lower():
+            print("segvol: error: the device ran out of memory: retry with --device cpu", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

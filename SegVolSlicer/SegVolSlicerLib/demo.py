@@ -1,0 +1,55 @@
+"""`segvol demo`: the BAAI/SegVol demo CT segmented by text, as a Slicer segmentation and a PNG preview."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .imageio import Segment, read_volume, write_segmentation
+from .inference import SegVolSession
+from .model import load_segvol
+from .preview import write_preview_png
+from .vocabulary import colour_for
+from .weights import default_folder, resolve_demo_ct, resolve_weights
+from .prompts import Target
+
+
+def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
+             targets: Sequence[str] = ("liver",), progress_bars=None) -> tuple[Path, Path]:
+    """Segment `targets` in the demo CT; returns (segmentation path, PNG path)."""
+    folder = Path(source).expanduser() if source else default_folder()
+    if source and not folder.is_dir():
+        raise InputError(f"--source {folder} is not a folder: give a BAAI/SegVol snapshot folder")
+    ct_path = resolve_demo_ct(folder)  # first: offline, its message names every file to fetch
+    weights = resolve_weights(folder if source else None)
+    output_dir = output_dir.expanduser()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create {output_dir}: {error.strerror}") from None
+    seg_path, png_path = output_dir / "demo.seg.nrrd", output_dir / "demo.png"
+
+    volume = read_volume(ct_path)
+    print(f"demo CT {ct_path}: {volume.shape[2]}x{volume.shape[1]}x{volume.shape[0]} voxels; weights {weights}")
+    session = SegVolSession(load_segvol(weights, device=device), volume.array, volume.ijk_to_ras)
+    segments = []
+    for name in targets:
+        bars = progress_bars(name) if progress_bars else None
+        try:
+            result = session.segment(Target(name, name), zoom_in=zoom_in, progress=bars)
+        finally:
+            if bars is not None:
+                bars.close()
+        for warning in result.warnings:
+            print(f"segvol: warning: {warning}", file=sys.stderr)
+        print(f"{name}: {np.count_nonzero(result.mask)} voxels")
+        segments.append(Segment(name, result.mask, colour_for(name)))
+    write_segmentation(seg_path, segments, volume.reference)
+    write_preview_png(png_path, volume.array, volume.ijk_to_ras, segments)
+    print(f"wrote {seg_path} (open it in 3D Slicer together with {ct_path})")
+    print(f"wrote {png_path}")
+    return seg_path, png_path

@@ -1,0 +1,302 @@
+"""Files in and out: CT volumes (NIfTI, NRRD, MHA, DICOM folders), Slicer markups JSON, segmentations.
+
+Everything goes through SimpleITK. ITK's physical space is LPS and Slicer's is RAS, so
+IJK-to-RAS = diag(-1, -1, 1) @ IJK-to-LPS; arrays are (K, J, I) as `sitk.GetArrayFromImage` and
+`slicer.util.arrayFromVolume` both give them. Every file is written next to its target under a temporary
+name and renamed into place, so a failed or interrupted run never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import LPS_TO_RAS, lps_to_ras_points, transform_points
+from .prompts import Points, label_from_description
+
+
+@dataclass
+class Volume:
+    array: np.ndarray  # (K, J, I)
+    ijk_to_ras: np.ndarray  # (4, 4)
+    reference: sitk.Image  # the image as read: output files copy its geometry
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+
+def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
+    dimension = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction[:3, :3] @ np.diag(image.GetSpacing()[:3])
+    ijk_to_lps[:3, 3] = image.GetOrigin()[:3]
+    return LPS_TO_RAS @ ijk_to_lps
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder} is a folder without DICOM images: give a CT file (.nii.gz, .nrrd, .mha) "
+                         "or a folder holding one DICOM series")
+    # Several series: take the one with the most slices (the main CT, not a scout or dose report).
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"image not found: {path}")
+    try:
+        return _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise InputError(f"cannot read image {path}: not a readable NIfTI/NRRD/MHA file or DICOM folder "
+                         f"({first_line[:160]})") from None
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """A 3-D scalar volume with its IJK-to-RAS matrix."""
+    image = read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel: give a "
+                         "single-channel CT volume")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    size = "x".join(map(str, image.GetSize()))
+    if image.GetDimension() > 3:
+        raise InputError(f"{path} is a {image.GetDimension()}-D image of size {size}: give one 3-D CT volume "
+                         "(not a time series)")
+    if image.GetDimension() < 3 or min(image.GetSize()) < 2:
+        raise InputError(f"{path} is a 2-D image of size {size}: SegVol needs a 3-D CT volume (several slices)")
+    return Volume(sitk.GetArrayFromImage(image), ijk_to_ras_of(image), image)
+
+
+# --- markups ---
+
+def _read_markups(path: str | os.PathLike) -> list[dict]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"markups file not found: {path}")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        markups = content["markups"]
+        if not isinstance(markups, list) or not markups:
+            raise ValueError
+        return markups
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InputError(f"{path} is not a Slicer markups file (.mrk.json with a 'markups' list): save the "
+                         "points or ROI from Slicer as .mrk.json") from None
+
+
+def _to_ras(markup: dict, points, path) -> np.ndarray:
+    system = str(markup.get("coordinateSystem", "LPS")).upper()
+    if system not in ("LPS", "RAS"):
+        raise InputError(f"{path}: unknown coordinateSystem {system!r} (expected LPS or RAS)")
+    points = np.asarray(points, dtype=np.float64)
+    return lps_to_ras_points(points) if system == "LPS" else points
+
+
+def read_points(path: str | os.PathLike, force_label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Control points of every point list in the file -> (RAS (N,3), labels (N,)).
+
+    The label comes from each point's description (empty = positive), or is `force_label` for a file of
+    negative points.
+    """
+    ras, labels = [], []
+    for markup in _read_markups(path):
+        for point in markup.get("controlPoints", []):
+            if point.get("positionStatus", "defined") != "defined":
+                continue
+            try:
+                position = [float(v) for v in point["position"]]
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{path}: a control point has no valid 'position'") from None
+            ras.append(_to_ras(markup, position, path))
+            labels.append(force_label if force_label is not None else label_from_description(point.get("description")))
+    if not ras:
+        raise InputError(f"{path} contains no placed control points")
+    return np.asarray(ras), np.asarray(labels, dtype=np.int64)
+
+
+def read_roi_corners(path: str | os.PathLike) -> np.ndarray:
+    """The 8 RAS corners of the (possibly rotated) box ROI in the file."""
+    rois = [m for m in _read_markups(path) if str(m.get("type", "")).upper() == "ROI"]
+    if not rois:
+        raise InputError(f"{path} holds no ROI markup: draw a box ROI in Slicer and save it as .mrk.json")
+    roi = rois[0]
+    try:
+        centre = np.asarray(roi["center"], dtype=np.float64).reshape(3)
+        size = np.asarray(roi["size"], dtype=np.float64).reshape(3)
+        axes = np.asarray(roi.get("orientation", np.eye(3).flatten()), dtype=np.float64).reshape(3, 3)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: the ROI needs 'center', 'size' and 'orientation'") from None
+    if np.any(size <= 0) or not np.all(np.isfinite(size)):
+        raise InputError(f"{path}: the ROI has zero size {size.tolist()}: give it an extent along every axis")
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    corners = centre + (signs * size / 2) @ axes.T  # orientation columns are the ROI axes
+    return _to_ras(roi, corners, path)
+
+
+def points_from_files(positive_or_tagged: str | None, negative: str | None, ijk_to_ras) -> Points | None:
+    parts = []
+    if positive_or_tagged:
+        parts.append(Points.from_ras(*read_points(positive_or_tagged), ijk_to_ras))
+    if negative:
+        parts.append(Points.from_ras(*read_points(negative, force_label=0), ijk_to_ras))
+    return Points.concatenate(*parts)
+
+
+# --- output ---
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path` (same name ending, so writers pick the same format) and moves
+    it onto `path` only if the block succeeds."""
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {path.parent} is not writable")
+    tmp = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(image: sitk.Image, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:
+            raise InputError(f"cannot write {path}: {str(error).strip().splitlines()[-1][:160]}") from None
+
+
+def _on_reference(array: np.ndarray, reference: sitk.Image, is_vector: bool = False) -> sitk.Image:
+    image = sitk.GetImageFromArray(array, isVector=is_vector)
+    image.SetOrigin(reference.GetOrigin())
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, reference: sitk.Image) -> None:
+    """A uint8 mask on the reference image's grid (any ITK format, e.g. .nii.gz)."""
+    _write(_on_reference(np.ascontiguousarray(mask, dtype=np.uint8), reference), Path(path))
+
+
+@dataclass
+class Segment:
+    name: str
+    mask: np.ndarray  # (K, J, I) 0/1
+    colour: tuple[float, float, float]  # RGB 0..1
+
+
+def is_segmentation_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith((".seg.nrrd", ".seg.nhdr"))
+
+
+def _assign_layers(segments: Sequence[Segment]) -> list[tuple[int, int]]:
+    """(layer, label value) per segment: segments share a layer while they do not overlap (as Slicer does)."""
+    layers: list[np.ndarray] = []
+    placement = []
+    for segment in segments:
+        mask = segment.mask > 0
+        for index, occupied in enumerate(layers):
+            if not np.any(occupied & mask):
+                occupied |= mask
+                placement.append((index, sum(1 for layer, _ in placement if layer == index) + 1))
+                break
+        else:
+            layers.append(mask.copy())
+            placement.append((len(layers) - 1, 1))
+    return placement
+
+
+def _extent(mask: np.ndarray) -> str:
+    """Slicer's Segment{N}_Extent: i0 i1 j0 j1 k0 k1 of the non-empty voxels ("0 -1 ..." when empty)."""
+    if not mask.any():
+        return "0 -1 0 -1 0 -1"
+    bounds = []
+    for axis in (2, 1, 0):  # i, j, k
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        bounds += [int(hits[0]), int(hits[-1])]
+    return " ".join(map(str, bounds))
+
+
+def write_segmentation(path: str | os.PathLike, segments: Sequence[Segment], reference: sitk.Image) -> list[str]:
+    """Write the segments on the reference grid; returns warnings.
+
+    `.seg.nrrd`: a Slicer segmentation, one named coloured segment per entry (overlapping segments go to
+    separate layers, as Slicer stores them). Any other ending (.nii.gz, .nrrd, .mha): a labelmap with value
+    n for the n-th segment, where a later segment wins a voxel claimed by several.
+    """
+    path = Path(path).expanduser()
+    if not segments:
+        raise InputError("nothing to write: no segment was produced")
+    if not is_segmentation_path(path):
+        labelmap = np.zeros(segments[0].mask.shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+        warnings = []
+        for value, segment in enumerate(segments, start=1):
+            overlap = int(np.count_nonzero(labelmap[segment.mask > 0]))
+            if overlap:
+                warnings.append(f"'{segment.name}' overlaps earlier segments on {overlap} voxel(s); the labelmap "
+                                f"keeps '{segment.name}' there (write a .seg.nrrd to keep overlaps)")
+            labelmap[segment.mask > 0] = value
+        _write(_on_reference(labelmap, reference), path)
+        return warnings
+    placement = _assign_layers(segments)
+    layer_count = max(layer for layer, _ in placement) + 1
+    layers = np.zeros((*segments[0].mask.shape, layer_count), dtype=np.uint8)
+    for segment, (layer, value) in zip(segments, placement):
+        layers[..., layer][segment.mask > 0] = value
+    image = _on_reference(layers[..., 0] if layer_count == 1 else layers, reference, is_vector=layer_count > 1)
+    for number, (segment, (layer, value)) in enumerate(zip(segments, placement)):
+        fields = {"ID": f"Segment_{number + 1}", "Name": segment.name,
+                  "Color": " ".join(f"{c:.6g}" for c in segment.colour), "LabelValue": str(value),
+                  "Layer": str(layer), "Extent": _extent(segment.mask > 0), "NameAutoGenerated": "0",
+                  "ColorAutoGenerated": "0", "Tags": "Segmentation.Status:completed|"}
+        for key, value_text in fields.items():
+            image.SetMetaData(f"Segment{number}_{key}", value_text)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    _write(image, path)
+    return []
+
+
+def read_label_volume(path: str | os.PathLike, reference: Volume) -> np.ndarray:
+    """A label image that must share the CT's voxel grid: (K, J, I) integer array."""
+    labels = read_volume(path)
+    if labels.shape != reference.shape:
+        raise InputError(f"the label image {path} has {labels.shape[2]}x{labels.shape[1]}x{labels.shape[0]} voxels but "
+                         f"the CT has {reference.shape[2]}x{reference.shape[1]}x{reference.shape[0]}: give the label "
+                         "map of this CT")
+    corner = transform_points(labels.ijk_to_ras, np.asarray(labels.shape[::-1]) - 1.0)
+    if not np.allclose(labels.ijk_to_ras[:3, 3], reference.ijk_to_ras[:3, 3], atol=1e-2) or not np.allclose(
+            corner, transform_points(reference.ijk_to_ras, np.asarray(reference.shape[::-1]) - 1.0), atol=1e-2):
+        raise InputError(f"the label image {path} is not on the CT's grid (different origin, spacing or "
+                         "orientation): resample it onto the CT first")
+    if not np.issubdtype(labels.array.dtype, np.integer):
+        rounded = np.rint(labels.array)
+        if not np.array_equal(rounded, labels.array):
+            raise InputError(f"the label image {path} has non-integer values: give a label map")
+        return rounded.astype(np.int64)
+    return labels.array

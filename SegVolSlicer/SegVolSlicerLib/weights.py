@@ -1,0 +1,102 @@
+"""Where the SegVol weights (and the demo CT) come from: a local file or folder, or the `BAAI/SegVol` hub.
+
+Without an explicit source, the weights live in one folder, `$SEGVOL_HOME` or ~/.cache/segvol/BAAI-SegVol:
+if it already holds them they are used as they are; otherwise huggingface_hub downloads the snapshot's
+weights and tokenizer files into it (resumable, with progress). Offline, the error says which files to put
+there by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError
+from .model.checkpoint import WEIGHT_FILES, find_weights
+
+HUB_REPO = "BAAI/SegVol"
+HUB_URL = f"https://huggingface.co/{HUB_REPO}/resolve/main"
+DEMO_CT = "Case_image_00001_0000.nii.gz"
+_SNAPSHOT_FILES = ["config.json", "pytorch_model.bin", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                   "vocab.json", "merges.txt", "special_tokens_map.json"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def default_folder() -> Path:
+    return Path(os.environ.get("SEGVOL_HOME") or Path.home() / ".cache" / "segvol" / "BAAI-SegVol").expanduser()
+
+
+def _progress_bar(progress: Progress | None):
+    """A tqdm class reporting byte progress to `progress` ("download", done, total), or None for tqdm's own."""
+    if progress is None:
+        return None
+
+    class _Reporting(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            progress("download", int(self.n), int(self.total or 0))
+            return shown
+
+    return _Reporting
+
+
+def _offline_help(folder: Path, files: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot download {files} from the Hugging Face hub ({HUB_REPO}): {str(error).splitlines()[0][:160]}. "
+        f"Download {HUB_URL}/pytorch_model.bin (724 MB) and {HUB_URL}/config.json"
+        + (f" and {HUB_URL}/{DEMO_CT}" if "demo" in files else "")
+        + f" into {folder}, or give a local SegVol_v1.pth / snapshot folder as the checkpoint")
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
+def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                    progress: Progress | None = None) -> Path:
+    """A validated weights path: `source` (SegVol_v1.pth, a snapshot folder, pytorch_model.bin, .safetensors)
+    or, if None, the `BAAI/SegVol` snapshot folder in `cache_dir` (default `default_folder()`), downloaded
+    when missing."""
+    if source is not None:
+        path = Path(source).expanduser()
+        find_weights(path)  # raises CheckpointError naming what is wrong
+        if path.is_file() and not os.access(path, os.R_OK):
+            raise CheckpointError(f"cannot read {path}: permission denied")
+        return path
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_folder()
+    if _has_weights(folder):
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        snapshot_download(HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES,
+                          tqdm_class=_progress_bar(progress))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise _offline_help(folder, "the SegVol weights", error) from None
+    if not _has_weights(folder):
+        raise CheckpointError(f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
+                              f"({', '.join(WEIGHT_FILES)}); download {HUB_URL}/pytorch_model.bin there by hand")
+    return folder
+
+
+def resolve_demo_ct(folder: str | os.PathLike | None = None, progress: Progress | None = None) -> Path:
+    """The demo CT of the `BAAI/SegVol` snapshot (Case_image_00001_0000.nii.gz) in `folder`, downloaded when
+    missing."""
+    folder = Path(folder).expanduser() if folder is not None else default_folder()
+    path = folder / DEMO_CT
+    if path.is_file():
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(hf_hub_download(HUB_REPO, DEMO_CT, local_dir=folder, tqdm_class=_progress_bar(progress)))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise _offline_help(folder, "the demo CT", error) from None
