@@ -8,6 +8,7 @@ volume through its world IJK-to-RAS matrix.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from vtk.util import numpy_support
 
 from . import terminology, vocabulary
 from .errors import InputError
-from .prompts import NEGATIVE, POSITIVE, Box, Points, label_from_description
+from .prompts import NEGATIVE, POSITIVE, Box, Points, Target, label_from_description
 
 # Node attribute telling what a markups node is for; kept in the scene file, so prompts survive save/reload.
 ROLE_ATTRIBUTE = "SegVol.PromptRole"
@@ -25,6 +26,12 @@ POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
+# Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...
+_PROMPT_LOOKS = {
+    POSITIVE_ROLE: ("SegVol positive", (0.15, 0.80, 0.30), "+%d"),
+    NEGATIVE_ROLE: ("SegVol negative", (0.95, 0.20, 0.20), "-%d"),
+    BOX_ROLE: ("SegVol box", (1.00, 0.84, 0.04), None),
+}
 
 
 def _array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -93,6 +100,38 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
     return Points.from_ras(np.array(ras), np.array(labels), ijk_to_ras)
 
 
+def create_prompt_node(scene, role: str):
+    """A markups node for positive clicks, negative clicks or the box, tagged with its role and coloured."""
+    name, color, label_format = _PROMPT_LOOKS[role]
+    node_class = "vtkMRMLMarkupsROINode" if role == BOX_ROLE else "vtkMRMLMarkupsFiducialNode"
+    node = scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName(name))
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetSelectedColor(color)
+    display.SetColor(color)
+    display.SetActiveColor(color)
+    if label_format is not None:
+        node.SetControlPointLabelFormat(label_format)
+    return node
+
+
+def tag_point_descriptions(node) -> None:
+    """Write a role node's polarity into empty point descriptions, so saved .mrk.json files say it too."""
+    role = node_role(node)
+    if role not in (POSITIVE_ROLE, NEGATIVE_ROLE):
+        return
+    for index in range(node.GetNumberOfControlPoints()):
+        if not (node.GetNthControlPointDescription(index) or "").strip():
+            node.SetNthControlPointDescription(index, role)
+
+
+def clear_prompts(nodes) -> None:
+    for node in nodes:
+        if node is not None:
+            node.RemoveAllControlPoints()
+
+
 def roi_corners_ras(roi_node) -> np.ndarray:
     """The 8 corners (8,3) of a (possibly rotated, transformed) ROI in world RAS."""
     half = np.asarray(roi_node.GetSize(), dtype=np.float64) / 2
@@ -144,6 +183,33 @@ def spec_for_segment(segmentation_node, segment_id: str) -> SegmentSpec:
     if segment is None:
         raise InputError(f"segment '{segment_id}' no longer exists: select another segment or a new one")
     return SegmentSpec(segment.GetName(), tuple(segment.GetColor()), segment_id=segment_id)
+
+
+def split_names(text: str) -> list[str]:
+    """Anatomy names typed as "liver, spleen; left kidney" -> ["liver", "spleen", "left kidney"] (no repeats)."""
+    names = [" ".join(part.split()) for part in re.split(r"[,;\n]", text or "")]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def plan_targets(names: list[str], points: Points | None, box: Box | None, segmentation_node,
+                 refine_segment_id: str | None = None) -> list[tuple[Target, SegmentSpec]]:
+    """What to segment and where each result goes.
+
+    Each name is one target and one segment (re-running a name updates its segment); clicks and the box join
+    the single named target. Without a name, the prompts refine `refine_segment_id` or make a new "SegVol N".
+    """
+    if not names and points is None and box is None:
+        raise InputError("nothing to segment: type an anatomy name, place a positive point or draw a box")
+    if len(names) > 1 and (points is not None or box is not None):
+        raise InputError("points and a box describe one structure: type a single name with them "
+                         "(or none), or clear the points and box to segment several names at once")
+    if names:
+        specs = [(name, spec_for_text(name)) for name in names]
+    elif refine_segment_id:
+        specs = [(None, spec_for_segment(segmentation_node, refine_segment_id))]
+    else:
+        specs = [(None, spec_for_new_segment(segmentation_node))]
+    return [(Target(spec.name, text=name, points=points, box=box), spec) for name, spec in specs]
 
 
 def find_target_segment(segmentation_node, target_key: str) -> str | None:

@@ -332,5 +332,65 @@ def check_seg_nrrd_roundtrip(folder=None):
     loaded.GetSegmentation().GetSegment(written[0]).GetTag(slicer_bridge.TARGET_TAG, target)
     _check(target.get() == "inferior vena cava", "target tag lost")
 
+def synthetic_model(folder=None):
+    """SegVol with the project's deterministic synthetic weights, loaded on the CPU (needs torch)."""
+    from .model import load_segvol
+    from .testing.synthetic_weights import save_checkpoint, synthetic_state_dict
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        path = save_checkpoint(synthetic_state_dict(), os.path.join(tmp, "SegVol_v1.pth"), "pth")
+        return load_segvol(path, device="cpu")
+
+
+def check_logic_end_to_end(logic, model):
+    """The module logic on a synthetic CT: names, clicks and a box become segments; sessions are reused and dropped."""
+    from .prompts import Target
+    from .testing.synthetic_ct import make_synthetic_ct
+
+    ct = make_synthetic_ct()
+    volume = slicer.util.addVolumeFromArray(ct.volume, ct.ijk_to_ras, "synthetic CT")
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SegVol result")
+    logic.useModel(model)
+
+    segment_ids, _ = logic.process(volume, segmentation, names="liver, spleen", zoomIn=False)
+    session = logic.cachedSession(volume.GetID())
+    _check(session is not None, "no session kept for the volume")
+    for segment_id, name in zip(segment_ids, ("liver", "spleen")):
+        segment = segmentation.GetSegmentation().GetSegment(segment_id)
+        _check(segment.GetName() == name, f"segment name {segment.GetName()}")
+        _check(np.allclose(segment.GetColor(), terminology.standard_term(name).color), f"{name} colour")
+        expected = session.segment(Target(name, text=name), zoom_in=False).mask
+        _check(expected.any(), f"{name}: the synthetic model found nothing, the check would prove little")
+        _check(np.array_equal(_segment_array(segmentation, segment_id, volume), expected),
+               f"{name}: the segment differs from the engine's mask")
+
+    liver = np.argwhere(ct.labels == 1)
+    centre_kji = liver.mean(axis=0)
+    clicks = _add_points("clicks", ijk_to_ras_points(ct.ijk_to_ras, [centre_kji[::-1]]), slicer_bridge.POSITIVE_ROLE)
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    box = Box(tuple(liver.min(axis=0)[::-1]), tuple(liver.max(axis=0)[::-1]))
+    set_roi_to_box(roi, box, ct.ijk_to_ras)
+    (clicked_id,), _ = logic.process(volume, segmentation, pointNodes=[clicks], roiNode=roi, zoomIn=False)
+    _check(segmentation.GetSegmentation().GetSegment(clicked_id).GetName() == "SegVol 1", "prompt-only segment name")
+    _check(logic.cachedSession(volume.GetID()) is session, "the session was not reused")
+    request = logic.prepare(volume, segmentation, pointNodes=[clicks], roiNode=roi, zoomIn=False)
+    (target, _), = request.targets
+    _check(target.box == box and np.allclose(target.points.ijk, [centre_kji[::-1]]), "prompts reached the engine changed")
+
+    count = segmentation.GetSegmentation().GetNumberOfSegments()
+    (again,), _ = logic.process(volume, segmentation, names="Liver", zoomIn=False)
+    _check(again == segment_ids[0] and segmentation.GetSegmentation().GetNumberOfSegments() == count,
+           "re-running 'liver' did not update its segment in place")
+
+    slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(volume)
+    logic.process(volume, segmentation, names="aorta", zoomIn=False)
+    _check(logic.cachedSession(volume.GetID()) is not session, "the session survived a change of the voxels")
+    other = slicer.util.addVolumeFromArray(ct.volume[:24], ct.ijk_to_ras, "other CT")
+    slicer.mrmlScene.RemoveNode(volume)
+    logic.process(other, segmentation, names="liver", zoomIn=False)
+    _check(logic.cachedSession(volume.GetID()) is None, "the session of a removed volume was kept")
+
+
 BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
                  check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_seg_nrrd_roundtrip)

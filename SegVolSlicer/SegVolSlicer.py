@@ -1,0 +1,687 @@
+"""SegVol in 3D Slicer: segment CT structures from anatomy names, clicks and a box.
+
+Module, widget, logic and self-test on Slicer's scripted-module template. The widget only collects input (in a
+parameter node) and shows progress; SegVolSlicerLogic is Qt-free and imports in plain Python (pytest runs it
+against slicer-core); everything it calls lives in SegVolSlicerLib.
+"""
+
+import logging
+import os
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+import slicer
+import vtk
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode)
+from slicer.util import VTKObservationMixin
+
+from SegVolSlicerLib import backends, slicer_bridge, slicer_testing, vocabulary
+from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
+
+try:  # inside the Slicer application
+    import ctk
+    import qt
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+    from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+    IN_SLICER_APP = True
+except ImportError:  # plain Python with slicer-core: the logic and the checks work, the GUI does not exist
+    import unittest
+
+    IN_SLICER_APP = False
+
+    def _(text):
+        return text
+
+    def parameterNodeWrapper(cls):
+        return cls
+
+    class Choice:
+        def __init__(self, choices):
+            self.choices = choices
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            raise RuntimeError("the SegVolSlicer panel needs the 3D Slicer application")
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            self.moduleName = "SegVolSlicer"
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            logging.info(message)
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+# Slicer's own packages: installing SegVol's requirements must never replace them.
+PROTECTED_PACKAGES = ("numpy", "SimpleITK", "torch", "requests")
+DEVICES = ["auto", "cuda", "cpu", "mps"]
+WEIGHTS_SETTING = "SegVolSlicer/Weights"
+STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
+                "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
+
+
+class SegVolSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        if not IN_SLICER_APP:
+            return
+        self.parent.title = _("SegVol")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SegVolSlicer contributors"]
+        self.parent.helpText = _("""
+Promptable CT segmentation with <a href="https://github.com/BAAI-DCAI/SegVol">SegVol</a>: type anatomy names
+(several at once, comma separated), click positive (P) and negative (N) points, or draw a box (B), then press
+Segment. Each name gives one segment; clicks and the box refine the selected segment or make a new one.
+""")
+        self.parent.acknowledgementText = _("""
+SegVol: Du Y., Bai F., Huang T., Zhao B. "SegVol: Universal and Interactive Volumetric Medical Image
+Segmentation", NeurIPS 2024. Weights: BAAI/SegVol on the Hugging Face hub (MIT licence).
+""")
+
+
+@parameterNodeWrapper
+class SegVolSlicerParameterNode:
+    """GUI state, saved with the scene.
+
+    inputVolume - the CT to segment; outputSegmentation - where segments go;
+    targetNames - anatomy names, comma separated; positivePoints / negativePoints / boxROI - prompt nodes;
+    zoomIn - SegVol's zoom-in refinement; autoUpdate - rerun when a prompt changes;
+    device - where the model runs; useSegmentEditorSettings - honour the Segment Editor's overwrite/mask options.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    targetNames: str = ""
+    positivePoints: vtkMRMLMarkupsFiducialNode
+    negativePoints: vtkMRMLMarkupsFiducialNode
+    boxROI: vtkMRMLMarkupsROINode
+    zoomIn: bool = True
+    autoUpdate: bool = False
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    useSegmentEditorSettings: bool = False
+
+
+#
+# Logic (Qt-free)
+#
+
+
+@dataclass
+class SegmentationRequest:
+    """Everything a run needs, read from the scene on the GUI thread; the worker thread only reads it."""
+
+    volumeNodeID: str
+    volumeSignature: tuple
+    voxels: np.ndarray
+    ijkToRas: np.ndarray
+    targets: list  # [(prompts.Target, slicer_bridge.SegmentSpec)]
+    zoomIn: bool
+
+
+class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
+    """Prepare (GUI thread) -> run (any thread) -> apply (GUI thread); `process` does all three in a row.
+
+    Keeps the loaded model and one inference session per volume (its embedding caches make a new click cost a
+    decoder pass), dropped when the volume changes or is removed.
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.cacheBudgetMB = 2048
+        self._model, self._modelKey = None, None
+        self._sessions = {}  # volume node ID -> (signature, model, SegVolSession)
+        self._lock = threading.Lock()
+
+    def getParameterNode(self):
+        return SegVolSlicerParameterNode(super().getParameterNode())
+
+    # --- model and sessions ---
+
+    def useModel(self, model) -> None:
+        """Run with an already loaded SegVol (scripts, tests) instead of loading weights."""
+        with self._lock:
+            self._model, self._modelKey = model, ("given", str(model.device))
+            self._sessions.clear()
+
+    def loadModel(self, weights: str | None, device: str, reporter: backends.Reporter):
+        """The model for these weights (None or "": download BAAI/SegVol) on this device, loaded once."""
+        with self._lock:
+            if self._modelKey is not None and (self._modelKey[0] == "given" or self._modelKey == (weights, device)):
+                return self._model
+        from SegVolSlicerLib.model import load_segvol
+        from SegVolSlicerLib.weights import resolve_weights
+
+        path = resolve_weights(weights or None, progress=reporter.progress)
+        reporter.progress("load", 0, 1)
+        model = load_segvol(path, device=device)
+        reporter.progress("load", 1, 1)
+        with self._lock:
+            self._model, self._modelKey = model, (weights, device)
+            self._sessions.clear()  # embeddings belong to the previous model
+        return model
+
+    def forgetVolume(self, volumeNodeID: str) -> None:
+        """Drop the session of a volume (removed from the scene, or its voxels changed)."""
+        with self._lock:
+            self._sessions.pop(volumeNodeID, None)
+
+    def cachedSession(self, volumeNodeID: str):
+        """The inference session kept for a volume, or None."""
+        with self._lock:
+            cached = self._sessions.get(volumeNodeID)
+        return cached[2] if cached is not None else None
+
+    def _session(self, request: SegmentationRequest, model, reporter: backends.Reporter):
+        from SegVolSlicerLib.inference.session import SegVolSession
+
+        with self._lock:
+            cached = self._sessions.get(request.volumeNodeID)
+        if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
+            return cached[2]
+        session = SegVolSession(model, request.voxels, request.ijkToRas, cache_budget_mb=self.cacheBudgetMB,
+                                progress=reporter.progress)
+        with self._lock:
+            self._sessions[request.volumeNodeID] = (request.volumeSignature, model, session)
+        return session
+
+    # --- the three steps ---
+
+    def prepare(self, volumeNode, segmentationNode, names="", pointNodes=(), roiNode=None,
+                refineSegmentID=None, zoomIn=True) -> SegmentationRequest:
+        """Read the volume and prompts from the scene (GUI thread). Raises InputError for unusable input."""
+        if segmentationNode is None:
+            raise InputError("no output segmentation: select or create one")
+        voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
+        self._dropRemovedVolumes(volumeNode.GetScene())
+        points = slicer_bridge.read_points(pointNodes, ijkToRas)
+        box = slicer_bridge.read_box(roiNode, ijkToRas)
+        targets = slicer_bridge.plan_targets(slicer_bridge.split_names(names), points, box, segmentationNode,
+                                             refineSegmentID)
+        signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
+        return SegmentationRequest(volumeNode.GetID(), signature, voxels, ijkToRas, targets, bool(zoomIn))
+
+    def run(self, request: SegmentationRequest, reporter: backends.Reporter, weights=None, device="auto"):
+        """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
+        from SegVolSlicerLib.model import resolve_device
+
+        def attempt(deviceName):
+            model = self.loadModel(weights, deviceName, reporter)
+            session = self._session(request, model, reporter)
+            return session.segment_many([target for target, _ in request.targets], request.zoomIn,
+                                        reporter.progress, reporter.cancel)
+
+        def onFallback(message):
+            with self._lock:
+                if self._model is not None:
+                    self._model.to("cpu")
+                    self._modelKey = (self._modelKey[0], "cpu") if self._modelKey[0] == "given" else None
+                self._sessions.clear()
+            reporter.notice(message)
+
+        return backends.run_with_cpu_fallback(attempt, str(resolve_device(device)), onFallback)
+
+    def apply(self, request: SegmentationRequest, segmentationNode, volumeNode, results, editorNode=None,
+              saveStateForUndo=None) -> list[str]:
+        """Write the results as segments, one undo step (GUI thread); returns the segment IDs."""
+        if volumeNode is None or volumeNode.GetID() != request.volumeNodeID:
+            raise InputError("the input volume changed during segmentation: run again")
+        writer = slicer_bridge.SegmentWriter(segmentationNode, volumeNode, editorNode, saveStateForUndo)
+        try:
+            return writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
+        finally:
+            writer.close()
+
+    def process(self, volumeNode, segmentationNode, names="", pointNodes=(), roiNode=None, refineSegmentID=None,
+                zoomIn=True, weights=None, device="auto", editorNode=None, saveStateForUndo=None):
+        """Prepare, run and apply in the calling thread; returns (segment IDs, warnings)."""
+        request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
+        reporter = backends.Reporter()
+        results = self.run(request, reporter, weights, device)
+        segmentIDs = self.apply(request, segmentationNode, volumeNode, results, editorNode, saveStateForUndo)
+        notices = [event.message for event in reporter.drain() if isinstance(event, backends.Notice)]
+        return segmentIDs, notices + [warning for result in results for warning in result.warnings]
+
+    def _dropRemovedVolumes(self, scene) -> None:
+        with self._lock:
+            for nodeID in [n for n in self._sessions if scene.GetNodeByID(n) is None]:
+                del self._sessions[nodeID]
+
+
+def missingRequirements(requirementsFile=REQUIREMENTS_FILE) -> list[str]:
+    """Lines of the requirements file that the running Python does not satisfy."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    with open(requirementsFile, encoding="utf-8") as file:
+        lines = [line.split("#")[0].strip() for line in file]
+    for line in filter(None, lines):
+        requirement = Requirement(line)
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def protectedPackageConstraints(folder) -> str:
+    """A pip constraints file pinning Slicer's own packages at their installed versions; returns its path."""
+    import importlib.metadata
+
+    lines = []
+    for name in PROTECTED_PACKAGES:
+        try:
+            lines.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    path = os.path.join(folder, "SegVolSlicer-constraints.txt")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    return path
+
+
+#
+# Widget (Qt, Slicer application only)
+#
+
+
+class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._request = None
+        self._rerunPending = False
+        self._shortcuts = []
+        self._observedPromptNodes = []
+
+    # --- set-up and teardown ---
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegVolSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SegVolSlicerLogic()
+
+        for placeWidget, multiple in ((self.ui.positivePlaceWidget, True), (self.ui.negativePlaceWidget, True),
+                                      (self.ui.boxPlaceWidget, False)):
+            placeWidget.buttonsVisible = False
+            placeWidget.placeButton().show()
+            placeWidget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
+                                                else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
+        self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
+        self.ui.targetSegmentSelector.noneEnabled = True
+        self.ui.targetSegmentSelector.noneDisplay = _("(new segment)")
+        self._setUpNameCompletion()
+
+        self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
+        self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
+        self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
+        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
+                                            lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(100)
+        self._pollTimer.connect("timeout()", self._pollJob)
+        self._autoTimer = qt.QTimer()
+        self._autoTimer.setSingleShot(True)
+        self._autoTimer.setInterval(400)  # one run after a burst of prompt edits
+        self._autoTimer.connect("timeout()", self._autoRun)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.clearPromptsButton.connect("clicked(bool)", self.onClearPrompts)
+        self.ui.newSegmentButton.connect("clicked(bool)", self.onNewSegment)
+        self.ui.undoButton.connect("clicked(bool)", lambda: self._segmentEditor().undo())
+        self.ui.redoButton.connect("clicked(bool)", lambda: self._segmentEditor().redo())
+        self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
+                                                   self.ui.targetSegmentSelector.setCurrentNode)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self._job is not None:
+            self._job.cancel()
+        self._removeShortcuts()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self._installShortcuts()
+
+    def exit(self):
+        self._removeShortcuts()
+        for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget, self.ui.boxPlaceWidget):
+            placeWidget.setPlaceModeEnabled(False)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+
+    def onSceneStartClose(self, caller, event):
+        if self._job is not None:
+            self._job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(self, caller, event, node):
+        if node.IsA("vtkMRMLVolumeNode"):
+            self.logic.forgetVolume(node.GetID())
+
+    # --- parameter node ---
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        node = self._parameterNode
+        if not node.inputVolume:
+            node.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        for attribute, role in (("positivePoints", slicer_bridge.POSITIVE_ROLE),
+                                ("negativePoints", slicer_bridge.NEGATIVE_ROLE), ("boxROI", slicer_bridge.BOX_ROLE)):
+            if not getattr(node, attribute):
+                setattr(node, attribute, slicer_bridge.create_prompt_node(slicer.mrmlScene, role))
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+        self._updateGUI()
+
+    def _updateGUI(self, caller=None, event=None):
+        node = self._parameterNode
+        running = self._job is not None
+        ready = bool(node and node.inputVolume)
+        self.ui.applyButton.text = _("Cancel") if running else _("Segment")
+        self.ui.applyButton.enabled = running or ready
+        self.ui.applyButton.toolTip = _("Stop the running segmentation") if running else (
+            _("Segment the input volume with the prompts above") if ready else _("Select an input volume"))
+        if not node:
+            return
+        self.ui.positivePlaceWidget.setCurrentNode(node.positivePoints)
+        self.ui.negativePlaceWidget.setCurrentNode(node.negativePoints)
+        self.ui.boxPlaceWidget.setCurrentNode(node.boxROI)
+        self.ui.targetSegmentSelector.setCurrentNode(node.outputSegmentation)
+        if node.inputVolume:
+            self.ui.outputSegmentationSelector.baseName = _("{volume_name} SegVol").format(
+                volume_name=node.inputVolume.GetName())
+        self._observePromptNodes([node.positivePoints, node.negativePoints, node.boxROI])
+
+    def _observePromptNodes(self, nodes):
+        nodes = [n for n in nodes if n is not None]
+        if nodes == self._observedPromptNodes:
+            return
+        for old in self._observedPromptNodes:
+            self.removeObserver(old, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
+            for event in (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.removeObserver(old, event, self._onPromptChanged)
+        for new in nodes:
+            self.addObserver(new, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
+            for event in (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.addObserver(new, event, self._onPromptChanged)
+        self._observedPromptNodes = nodes
+
+    # --- prompts ---
+
+    def _setUpNameCompletion(self):
+        """Complete the name being typed (the text after the last comma) from SegVol's training names."""
+        self._completer = qt.QCompleter(list(vocabulary.category_names()))
+        self._completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self._completer.setFilterMode(qt.Qt.MatchContains)
+        self._completer.setWidget(self.ui.targetNamesEdit)
+        self._completer.connect("activated(QString)", self._insertCompletion)
+        self.ui.targetNamesEdit.connect("textEdited(QString)", self._completeLastName)
+
+    def _completeLastName(self, text):
+        prefix = text.split(",")[-1].strip()
+        if len(prefix) < 2:
+            self._completer.popup().hide()
+            return
+        self._completer.setCompletionPrefix(prefix)
+        self._completer.complete()
+
+    def _insertCompletion(self, name):
+        typed = [n.strip() for n in self.ui.targetNamesEdit.text.split(",")[:-1] if n.strip()]
+        self.ui.targetNamesEdit.text = ", ".join(typed + [name])
+
+    def _onPointDefined(self, caller, event):
+        slicer_bridge.tag_point_descriptions(caller)
+        self._onPromptChanged()
+
+    def _onPromptChanged(self, caller=None, event=None):
+        if self._parameterNode and self._parameterNode.autoUpdate:
+            self._autoTimer.start()
+
+    def _autoRun(self):
+        if self._job is not None:
+            self._rerunPending = True
+        else:
+            self.runSegmentation(interactive=False)
+
+    def onClearPrompts(self):
+        node = self._parameterNode
+        slicer_bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
+
+    def onNewSegment(self):
+        """Start a new structure: the next clicks make a new segment."""
+        self.onClearPrompts()
+        self.ui.targetSegmentSelector.setCurrentSegmentID("")
+
+    def _installShortcuts(self):
+        self._removeShortcuts()
+        for key, placeWidget in (("P", self.ui.positivePlaceWidget), ("N", self.ui.negativePlaceWidget),
+                                 ("B", self.ui.boxPlaceWidget)):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda w=placeWidget: w.setPlaceModeEnabled(not w.placeModeEnabled))
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self):
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+        self._shortcuts = []
+
+    # --- running ---
+
+    def onApplyButton(self):
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        self.runSegmentation(interactive=True)
+
+    def runSegmentation(self, interactive=True):
+        node = self._parameterNode
+        if not ensureDependencies(interactive):
+            return
+        if not node.outputSegmentation:
+            self.ui.outputSegmentationSelector.addNode()
+        try:
+            self._request = self.logic.prepare(
+                node.inputVolume, node.outputSegmentation, node.targetNames,
+                [node.positivePoints, node.negativePoints], node.boxROI,
+                self.ui.targetSegmentSelector.currentSegmentID() or None, node.zoomIn)
+        except SegVolError as error:
+            self._showError(error, interactive)
+            return
+        weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
+        request = self._request
+        self._job = backends.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
+        self.ui.progressBar.setRange(0, 0)
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
+        self._pollTimer.start()
+        self._updateGUI()
+
+    def _pollJob(self):
+        for event in self._job.reporter.drain():
+            if isinstance(event, backends.Notice):
+                self.ui.statusLabel.text = event.message
+                slicer.util.showStatusMessage(event.message, 5000)
+                continue
+            title = STAGE_TITLES.get(event.stage, event.stage)
+            self.ui.progressBar.setRange(0, max(event.total, 1))
+            self.ui.progressBar.setValue(event.done)
+            self.ui.progressBar.setFormat(f"{title} {event.done} of {event.total}" if event.stage == "zoom-in"
+                                          else f"{title} %p%")
+        if not self._job.finished:
+            return
+        self._pollTimer.stop()
+        job, self._job = self._job, None
+        self.ui.progressBar.hide()
+        try:
+            self._finish(job.outcome())
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
+        except SegVolError as error:
+            self._showError(error, interactive=True)
+        except Exception as error:  # a bug, not a user mistake: full details for the report
+            logging.error(traceback.format_exc())
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
+                                     detailedText=traceback.format_exc())
+        self._updateGUI()
+        if self._rerunPending:
+            self._rerunPending = False
+            self._autoRun()
+
+    def _finish(self, results):
+        node = self._parameterNode
+        volume, segmentation = node.inputVolume, node.outputSegmentation
+        editor = self._segmentEditor()
+        editorNode = editor.mrmlSegmentEditorNode() if node.useSegmentEditorSettings else None
+        segmentIDs = self.logic.apply(self._request, segmentation, volume, results, editorNode,
+                                      editor.saveStateForUndo)
+        segmentation.GetDisplayNode().SetVisibility(True)
+        if len(segmentIDs) == 1 and self._request.targets[0][0].text is None:
+            self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
+        warnings = [w for result in results for w in result.warnings]
+        names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
+        self.ui.statusLabel.text = "\n".join([_("Done: {names}.").format(names=names), *warnings])
+
+    def _segmentEditor(self):
+        """The Segment Editor module's editor, on this segmentation: its undo stack holds our steps too."""
+        editorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
+        editorModule.selectParameterNode()
+        editor = editorModule.editor
+        node = self._parameterNode
+        if node.outputSegmentation and editor.segmentationNode() != node.outputSegmentation:
+            editor.setSegmentationNode(node.outputSegmentation)
+        if node.inputVolume and editor.sourceVolumeNode() != node.inputVolume:
+            editor.setSourceVolumeNode(node.inputVolume)
+        return editor
+
+    def _showError(self, error, interactive):
+        self.ui.statusLabel.text = str(error)
+        if interactive:
+            slicer.util.errorDisplay(str(error))
+
+
+def ensureDependencies(interactive=True) -> bool:
+    """Install what SegVol needs into Slicer's Python on first use, after asking. False: not available (yet)."""
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        slicer.util.errorDisplay(_("SegVol needs the PyTorch extension: install 'PyTorch' from the Extensions "
+                                   "Manager, restart Slicer and try again."))
+        return False
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        if not interactive:
+            return False
+        # PyTorchUtils asks first and picks the CUDA/CPU build for this computer.
+        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
+            return False
+    missing = missingRequirements()
+    if not missing:
+        return True
+    if not interactive:
+        return False
+    constraints = protectedPackageConstraints(slicer.app.temporaryPath)
+    try:
+        if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
+            # Asks, installs, and offers a restart if an already imported package was updated.
+            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(REQUIREMENTS_FILE),
+                                        constraints=constraints, requester="SegVol")
+        else:
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("SegVol needs these Python packages. Install them now (needs a network connection)?"),
+                    detailedText="\n".join(missing)):
+                return False
+            import sys
+            loaded = [line for line in missing if line.split("=")[0].replace("-", "_") in sys.modules]
+            with slicer.util.tryWithErrorDisplay(_("Installing SegVol's Python packages failed."), waitCursor=True):
+                slicer.util.pip_install(["-r", REQUIREMENTS_FILE, "-c", constraints])
+            if loaded:
+                slicer.util.infoDisplay(_("Restart Slicer to use the updated packages: {names}").format(
+                    names=", ".join(loaded)))
+                return False
+    except RuntimeError as error:  # the user declined
+        slicer.util.showStatusMessage(str(error), 5000)
+        return False
+    return not missingRequirements()
+
+
+#
+# Self-test
+#
+
+
+class SegVolSlicerTest(ScriptedLoadableModuleTest):
+    """Runs the checks pytest runs (SegVolSlicerLib.slicer_testing), here against the real application."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        for check in slicer_testing.BRIDGE_CHECKS:
+            self.setUp()
+            self.delayDisplay(check.__doc__.splitlines()[0])
+            check()
+        self.setUp()
+        self.test_LogicEndToEnd()
+
+    def test_LogicEndToEnd(self):
+        if missingRequirements() or not _torchAvailable():
+            self.delayDisplay("SegVol's Python packages are not installed: end-to-end check skipped")
+            return
+        self.delayDisplay("Building a SegVol with synthetic weights (about 30 s)")
+        slicer_testing.check_logic_end_to_end(SegVolSlicerLogic(), slicer_testing.synthetic_model(slicer.app.temporaryPath))
+        self.delayDisplay("Test passed")
+
+
+def _torchAvailable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

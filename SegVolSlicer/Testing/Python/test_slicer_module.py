@@ -1,0 +1,149 @@
+"""SegVolSlicer.py in plain Python: it imports without Qt, and its logic runs end to end on real MRML."""
+
+import importlib.util
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+from slicer_core_env import slicer_scene  # noqa: F401  (fixture)
+
+from SegVolSlicerLib import slicer_bridge, slicer_testing
+from SegVolSlicerLib.errors import InputError
+
+MODULE_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def module():
+    spec = importlib.util.spec_from_file_location("SegVolSlicer", MODULE_DIR / "SegVolSlicer.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def test_imports_without_qt(module):
+    assert module.IN_SLICER_APP is False
+    with pytest.raises(RuntimeError, match="Slicer application"):
+        module.SegVolSlicerWidget()
+    assert issubclass(module.SegVolSlicerTest, __import__("unittest").TestCase)
+
+
+def test_parameter_node_matches_the_panel(module):
+    """Every GUI-bound parameter has a widget in the .ui file, and every widget the code uses exists."""
+    tree = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "SegVolSlicer.ui")
+    bound = {prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"}
+    prompt_nodes = {"positivePoints", "negativePoints", "boxROI"}  # set by code, shown by the place widgets
+    assert bound | prompt_nodes == set(module.SegVolSlicerParameterNode.__annotations__)
+    widget_names = {w.get("name") for w in tree.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "SegVolSlicer.py").read_text()))
+    assert used <= widget_names, used - widget_names
+    assert module.SegVolSlicerParameterNode.device == "auto" and module.SegVolSlicerParameterNode.zoomIn is True
+
+
+def test_logic_end_to_end(module, slicer_scene, synthetic_model):  # noqa: F811
+    slicer_testing.check_logic_end_to_end(module.SegVolSlicerLogic(), synthetic_model)
+
+
+def test_logic_refuses_unusable_input(module, slicer_scene):  # noqa: F811
+    logic = module.SegVolSlicerLogic()
+    volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    positive = slicer_bridge.create_prompt_node(slicer.mrmlScene, slicer_bridge.POSITIVE_ROLE)
+    negative = slicer_bridge.create_prompt_node(slicer.mrmlScene, slicer_bridge.NEGATIVE_ROLE)
+    centre = slicer_testing.ijk_to_ras_points(slicer_testing.oblique_lps_ijk_to_ras(), [10.0, 10.0, 6.0])
+    with pytest.raises(InputError, match="no input volume"):
+        logic.prepare(None, segmentation, "liver")
+    with pytest.raises(InputError, match="nothing to segment"):
+        logic.prepare(volume, segmentation, " , ", [positive, negative])
+    negative.AddControlPoint(*centre)
+    with pytest.raises(InputError, match="positive point"):
+        logic.prepare(volume, segmentation, "", [positive, negative])
+    positive.AddControlPoint(*centre)
+    with pytest.raises(InputError, match="single name"):
+        logic.prepare(volume, segmentation, "liver, spleen", [positive, negative])
+    request = logic.prepare(volume, segmentation, "liver", [positive, negative])
+    (target, spec), = request.targets
+    assert target.text == "liver" and list(target.points.labels) == [1, 0] and spec.name == "liver"
+    positive.SetNthControlPointDescription(0, "maybe")
+    with pytest.raises(InputError, match="neither positive nor negative"):
+        logic.prepare(volume, segmentation, "", [positive, negative])
+
+
+def test_prompt_nodes_are_tagged_and_distinct(slicer_scene):  # noqa: F811
+    nodes = {role: slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
+             for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)}
+    colours = {tuple(node.GetDisplayNode().GetSelectedColor()) for node in nodes.values()}
+    assert len(colours) == 3
+    negative = nodes[slicer_bridge.NEGATIVE_ROLE]
+    negative.AddControlPoint(1.0, 2.0, 3.0)
+    slicer_bridge.tag_point_descriptions(negative)
+    assert negative.GetNthControlPointDescription(0) == "negative"
+    slicer_bridge.clear_prompts(nodes.values())
+    assert all(node.GetNumberOfControlPoints() == 0 for node in nodes.values())
+
+
+def test_names_are_split_once_each():
+    assert slicer_bridge.split_names(" liver,spleen ; left  kidney\nliver,, ") == ["liver", "spleen", "left kidney"]
+
+
+def test_missing_requirements(module, tmp_path):
+    import importlib.metadata
+
+    numpy_version = importlib.metadata.version("numpy")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"# comment\nnumpy=={numpy_version}\nnumpy<1.0\nno-such-package-segvol==1.0  # absent\n")
+    assert module.missingRequirements(requirements) == ["numpy<1.0", "no-such-package-segvol==1.0"]
+
+
+def test_shipped_requirements_are_pinned_and_fit_pyproject(module):
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())
+    declared = {Requirement(line).name.lower(): Requirement(line) for line in pyproject["project"]["dependencies"]}
+    lines = [line.split("#")[0].strip() for line in Path(module.REQUIREMENTS_FILE).read_text().splitlines()]
+    pinned = [Requirement(line) for line in lines if line]
+    assert {r.name.lower() for r in pinned} == set(declared) - {"torch", "numpy", "simpleitk"}
+    for requirement in pinned:
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", requirement
+        assert declared[requirement.name.lower()].specifier.contains(spec.version), requirement
+
+
+def test_constraints_protect_slicers_packages(module, tmp_path):
+    import importlib.metadata
+
+    text = Path(module.protectedPackageConstraints(tmp_path)).read_text()
+    assert f"numpy=={importlib.metadata.version('numpy')}" in text.splitlines()
+    assert f"torch=={importlib.metadata.version('torch')}" in text.splitlines()
+
+
+def test_terminology_matches_slicers_own_lookup():
+    """Our JSON reading agrees with vtkSlicerTerminologiesModuleLogic on the vendored files."""
+    from SegVolSlicerLib import terminology
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    contexts = {key: logic.LoadTerminologyFromFile(str(path)) for key, path in terminology.LIST_FILES.items()}
+    assert all(contexts.values())
+    checked = 0
+    for name in terminology.mapped_categories():
+        term = terminology.standard_term(name)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(term.entry, entry), name
+        assert logic.SerializeTerminologyEntry(entry) == term.entry
+        assert entry.GetTerminologyContextName() in contexts.values()
+        found = slicer.vtkSlicerTerminologyEntry()
+        if logic.FindTypeInTerminologyBy3dSlicerLabel(entry.GetTerminologyContextName(), term.label, found):
+            checked += 1
+            assert found.GetTypeObject().GetCodeValue() == entry.GetTypeObject().GetCodeValue(), name
+            assert found.GetTypeModifierObject().GetCodeValue() == entry.GetTypeModifierObject().GetCodeValue(), name
+            modifier_rgb = found.GetTypeModifierObject().GetRecommendedDisplayRGBValue()
+            rgb = modifier_rgb if found.GetTypeModifierObject().GetCodeValue() and tuple(modifier_rgb) != (127, 127, 127) \
+                else found.GetTypeObject().GetRecommendedDisplayRGBValue()
+            assert np.allclose(np.array(term.color) * 255, rgb, atol=0.5), name
+    assert checked >= 50, checked  # every mapped name that has a Slicer label
+    assert terminology.standard_term("liver tumor") is None
