@@ -99,9 +99,9 @@ def test_missing_requirements(module, tmp_path):
 
 
 def test_shipped_requirements_are_pinned_and_fit_pyproject(module):
-    import tomllib
-
     from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     pyproject = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())
     declared = {Requirement(line).name.lower(): Requirement(line) for line in pyproject["project"]["dependencies"]}
