@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 WINDOW = (32, 256, 256)
+GRID = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in WINDOW), indexing="ij"))
 
 
 class FakeSegVol:
@@ -45,7 +46,7 @@ class FakeSegVol:
         logits = F.interpolate(image_embedding, size=WINDOW, mode="nearest") - self.threshold
         if text_embedding is not None:
             logits = logits + text_embedding[:, :1, None, None, None]
-        grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in WINDOW), indexing="ij"))
+        grid = GRID
         if boxes is not None:
             box = boxes.reshape(-1, 6)[0]
             if box[0] >= 0:
