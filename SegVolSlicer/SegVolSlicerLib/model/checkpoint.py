@@ -78,6 +78,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise CheckpointError(f"{path} is not a SegVol checkpoint (no tensor dictionary inside); {_HINT}")
     state = _strip_prefix(content)
+    if not any(key.startswith(("image_encoder.", "mask_decoder.")) for key in state):
+        raise CheckpointError(f"{path} is not a SegVol checkpoint (no image_encoder/mask_decoder weights); {_HINT}")
     return {(_OUR_CLIP + key[len(_OFFICIAL_CLIP):] if key.startswith(_OFFICIAL_CLIP) else key): value
             for key, value in state.items()}
 
@@ -93,8 +95,6 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
     state = {key: value for key, value in state.items() if not key.startswith(_TOLERATED)}
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    if not any(key.startswith(("image_encoder.", "mask_decoder.")) for key in state):
-        raise CheckpointError(f"{path} is not a SegVol checkpoint (no image_encoder/mask_decoder weights); {_HINT}")
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} key(s): {_listing(missing)}")
