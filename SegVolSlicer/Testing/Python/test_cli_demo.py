@@ -1,0 +1,45 @@
+"""`segvol demo`: offline message, and a run from a local snapshot folder."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from huggingface_hub import constants
+
+from fake_segvol import FakeSegVol
+from SegVolSlicerLib import cli, demo
+from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
+from SegVolSlicerLib.weights import DEMO_CT
+
+
+def test_demo_offline_says_what_to_download(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("SEGVOL_HOME", str(tmp_path / "home"))
+    code = cli.main(["demo", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("segvol: error: ")
+    for needed in ("pytorch_model.bin", "config.json", DEMO_CT, str(tmp_path / "home")):
+        assert needed in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
+    snapshot = tmp_path / "BAAI-SegVol"
+    snapshot.mkdir()
+    (snapshot / "pytorch_model.bin").write_bytes(b"")  # found by name; the stand-in model below is used
+    write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
+    monkeypatch.setattr(demo, "load_segvol", lambda weights, device: FakeSegVol())
+    code = cli.main(["demo", "--source", str(snapshot), "--output-dir", str(tmp_path / "out"), "--text", "liver",
+                     "--text", "spleen", "--no-zoom-in"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert str(tmp_path / "out" / "demo.seg.nrrd") in out and str(tmp_path / "out" / "demo.png") in out
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "demo.png")))
+    assert png.ndim == 3 and png.shape[2] == 3 and png.dtype == np.uint8
+    assert (png[..., 0] != png[..., 2]).any()  # coloured overlays on a grey image
+    segmentation = sitk.ReadImage(str(tmp_path / "out" / "demo.seg.nrrd"))
+    assert segmentation.GetMetaData("Segment0_Name") == "liver" and segmentation.GetMetaData("Segment1_Name") == "spleen"
+
+
+def test_demo_source_must_be_a_folder(tmp_path, capsys):
+    code = cli.main(["demo", "--source", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and "is not a folder" in capsys.readouterr().err

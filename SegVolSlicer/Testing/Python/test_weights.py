@@ -1,0 +1,54 @@
+"""Where weights come from: local files and folders, the download folder, and the offline message."""
+
+import pytest
+from huggingface_hub import constants
+
+from SegVolSlicerLib.errors import CheckpointError
+from SegVolSlicerLib.weights import DEMO_CT, resolve_demo_ct, resolve_weights
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No hub access, and an empty download folder."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("SEGVOL_HOME", str(tmp_path / "segvol-home"))
+    return tmp_path / "segvol-home"
+
+
+def test_local_checkpoint_file_is_returned(synthetic_checkpoint):
+    assert resolve_weights(synthetic_checkpoint) == synthetic_checkpoint
+
+
+def test_local_snapshot_folder_is_returned(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    assert resolve_weights(tmp_path) == tmp_path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.pth", "does not exist"),
+    (lambda p: p, "no SegVol weights in folder"),
+])
+def test_bad_local_sources(tmp_path, make, message):
+    with pytest.raises(CheckpointError, match=message):
+        resolve_weights(make(tmp_path))
+
+
+def test_download_folder_with_weights_is_used_without_network(offline):
+    offline.mkdir()
+    (offline / "SegVol_v1.pth").write_bytes(b"")
+    assert resolve_weights() == offline
+
+
+def test_offline_says_what_to_download_and_where(offline):
+    with pytest.raises(CheckpointError) as error:
+        resolve_weights()
+    message = str(error.value)
+    assert "https://huggingface.co/BAAI/SegVol/resolve/main/pytorch_model.bin" in message
+    assert "config.json" in message and str(offline) in message
+    with pytest.raises(CheckpointError, match=DEMO_CT):
+        resolve_demo_ct()
+
+
+def test_demo_ct_found_in_folder(tmp_path):
+    (tmp_path / DEMO_CT).write_bytes(b"")
+    assert resolve_demo_ct(tmp_path) == tmp_path / DEMO_CT
