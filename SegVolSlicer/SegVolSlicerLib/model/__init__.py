@@ -2,6 +2,7 @@
 
 from ..errors import CheckpointError
 from .build import DEVICES, build_segvol, load_segvol, resolve_device
-from .segvol import SegVol
+from .segvol import PRECISIONS, SegVol, default_precision
 
-__all__ = ["DEVICES", "CheckpointError", "SegVol", "build_segvol", "load_segvol", "resolve_device"]
+__all__ = ["DEVICES", "PRECISIONS", "CheckpointError", "SegVol", "build_segvol", "default_precision", "load_segvol",
+           "resolve_device"]
