@@ -39,11 +39,11 @@ def _fail_if_unwritable(path: Path, endings=SEGMENTATION_ENDINGS) -> None:
         raise InputError(f"cannot write {path}: permission denied")
 
 
-def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = None):
+def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = None, precision: str = "auto"):
     from .model import load_segvol
     from .weights import resolve_weights
 
-    return load_segvol(resolve_weights(checkpoint, cache_dir), device=device)
+    return load_segvol(resolve_weights(checkpoint, cache_dir), device=device, precision=precision)
 
 
 class _ProgressBars:
@@ -135,7 +135,7 @@ def cmd_segment(args) -> int:
     _fail_if_unwritable(output)
     volume = read_volume(args.image)
     targets = _targets_from_args(args, volume)
-    model = _load_model(args.checkpoint, args.device, args.cache_dir)
+    model = _load_model(args.checkpoint, args.device, args.cache_dir, args.precision)
     session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
     results = _segment_all(session, targets, zoom_in=not args.no_zoom_in)
     segments = []
@@ -193,17 +193,17 @@ def cmd_evaluate(args) -> int:
         raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
     for name, _ in classes:
         _fail_if_unwritable(output_dir / f"{_safe_file_name(name)}.nii.gz")
-    model = _load_model(args.checkpoint, args.device, args.cache_dir)
+    model = _load_model(args.checkpoint, args.device, args.cache_dir, args.precision)
     session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
     rows = []
     for name, value in classes:
         truth = (labels == value).astype(np.uint8)
         text, _ = resolve_name(name)
-        prompts = label_prompts(truth, text, mode, session.prepared, session.space,
-                                seed=args.seed if args.point_sampling == "seeded" else None)
+        generator = session.new_generator()
+        prompts = label_prompts(truth, text, mode, session.prepared, session.space, generator)
         bars = _ProgressBars(name)
         try:
-            result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars)
+            result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars, generator=generator)
         finally:
             bars.close()
         _warn(result.warnings)
@@ -237,10 +237,13 @@ def cmd_demo(args) -> int:
 
 # --- parser ---
 
-def _add_common(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+def _add_common(parser: argparse.ArgumentParser, checkpoint_help: str, precision: str = "auto") -> None:
     parser.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where the model runs (default: auto = CUDA, then Apple MPS, then CPU)")
+    parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16", "fp16"),
+                        help=f"compute precision (default {precision}; auto = fp32 on CPU/MPS, bf16 or fp16 on "
+                             "CUDA; fp32 is bit-faithful to the official code)")
     parser.add_argument("--no-zoom-in", action="store_true",
                         help="run the zoom-out pass only (one model pass; faster, coarser)")
     parser.add_argument("--cache-dir", metavar="DIR",
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompt", default="text+box", choices=("text", "box", "point", "text+box", "text+point"),
                           help="prompt mode (default text+box, the official demo's)")
     evaluate.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")
-    _add_common(evaluate, CHECKPOINT_HELP)
+    _add_common(evaluate, CHECKPOINT_HELP, precision="fp32")
     _add_sampling(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 

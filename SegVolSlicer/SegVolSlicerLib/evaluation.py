@@ -18,7 +18,7 @@ import torch
 
 from .errors import InputError
 from .inference.model_space import ModelSpace
-from .inference.point_sampling import make_generator, select_points
+from .inference.point_sampling import select_points
 from .inference.preprocess import PreparedVolume, resize_nearest_exact
 from .inference.prompt_mapping import ModelPrompts
 from .inference.window_prompts import BoxMap, ClickMap
@@ -65,12 +65,14 @@ def _upsampled_clicks(coords: torch.Tensor, labels: torch.Tensor, space: ModelSp
 
 
 def label_prompts(label_kji: np.ndarray, text: str | None, mode: PromptMode, prepared: PreparedVolume,
-                  space: ModelSpace, seed: int | None = 0) -> ModelPrompts:
-    """The demo's prompts for one class (`label_kji` binary on the input grid)."""
+                  space: ModelSpace, generator: torch.Generator | None) -> ModelPrompts:
+    """The demo's prompts for one class (`label_kji` binary on the input grid). Clicks are drawn from
+    `generator` (None: torch's global generator); pass the same generator on to the zoom-in, as the official
+    demo's draws continue one random stream."""
     resized = zoom_out_label(label_kji, prepared)
     points = box = box_map = click_map = None
     if mode.point:
-        coords, labels = select_points(resized, make_generator(seed), num_positive_extra=3, num_negative_extra=3)
+        coords, labels = select_points(resized, generator, num_positive_extra=3, num_negative_extra=3)
         points = (coords.numpy().astype(np.float64), labels.numpy().astype(np.float64))
         click_map = _upsampled_clicks(coords, labels, space)
     if mode.box:

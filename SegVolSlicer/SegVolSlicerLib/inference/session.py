@@ -118,9 +118,17 @@ class SegVolSession:
         """One result per target; the image is encoded once and shared windows once."""
         return [self.segment(target, zoom_in, progress, cancel) for target in targets]
 
+    def new_generator(self) -> torch.Generator | None:
+        """The click sampler's random source for one target: seeded, or None for torch's global generator."""
+        return make_generator(self.seed if self.point_sampling == "seeded" else None)
+
     def run(self, name: str, prompts: ModelPrompts, zoom_in: bool = True, progress: Progress | None = None,
-            cancel=None, warnings: Sequence[str] = ()) -> SegmentationResult:
-        """The pipeline for prompts already in model space (segment() and evaluation build them)."""
+            cancel=None, warnings: Sequence[str] = (), generator: torch.Generator | None = None) -> SegmentationResult:
+        """The pipeline for prompts already in model space (segment() and evaluation build them).
+
+        `generator`: the random source of the zoom-in click sampling, when the caller already drew from it
+        (evaluation draws the zoom-out clicks first, as the official demo); default `new_generator()`.
+        """
         warnings = [*warnings, *prompts.warnings]
         self._check_cancel(cancel)
         if progress is not None:
@@ -139,7 +147,7 @@ class SegVolSession:
                                 "skipped and the (empty) zoom-out result kept: check the prompts")
             else:
                 plan = WindowPlan.for_roi(roi)
-                generator = make_generator(self.seed if self.point_sampling == "seeded" else None)
+                generator = generator if generator is not None else self.new_generator()
                 roi_logits = run_zoom_in(self.model, self.encode_windows, plan, prompts, prediction,
                                          text_embedding, generator, progress, cancel, self.window_batch_size)
                 mask, windows = merge_zoom_in(zoom_out_mask, roi, roi_logits), len(plan)

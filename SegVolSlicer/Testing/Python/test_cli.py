@@ -160,7 +160,7 @@ def test_help_documents_every_option(capsys):
     for command, options in {
         "segment": ["--checkpoint", "--text", "--box-ijk", "--point-ijk", "--negative-point-ijk", "--points",
                     "--negative-points", "--roi", "--no-zoom-in", "--device", "--output", "--point-sampling", "--seed"],
-        "evaluate": ["--checkpoint", "--image", "--label", "--class", "--prompt", "--output-dir", "--device"],
+        "evaluate": ["--checkpoint", "--precision", "--image", "--label", "--class", "--prompt", "--output-dir", "--device"],
         "demo": ["--source", "--output-dir", "--device", "--text"],
     }.items():
         with pytest.raises(SystemExit) as exit_info:
