@@ -184,7 +184,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             cached = self._sessions.get(volumeNodeID)
         return cached[2] if cached is not None else None
 
-    def _session(self, request: SegmentationRequest, model, reporter: backends.Reporter):
+    def sessionFor(self, request: SegmentationRequest, model, reporter: backends.Reporter):
+        """The volume's session with this model: the cached one, or a new one (preprocessing only, no encoding)."""
         from SegVolSlicerLib.inference.session import SegVolSession
 
         with self._lock:
@@ -205,12 +206,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         if segmentationNode is None:
             raise InputError("no output segmentation: select or create one")
         voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
-        self._dropRemovedVolumes(volumeNode.GetScene())
+        signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
+        self._dropStaleSessions(volumeNode.GetScene(), volumeNode.GetID(), signature)
         points = slicer_bridge.read_points(pointNodes, ijkToRas)
         box = slicer_bridge.read_box(roiNode, ijkToRas)
         targets = slicer_bridge.plan_targets(slicer_bridge.split_names(names), points, box, segmentationNode,
                                              refineSegmentID)
-        signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
         return SegmentationRequest(volumeNode.GetID(), signature, voxels, ijkToRas, targets, bool(zoomIn))
 
     def run(self, request: SegmentationRequest, reporter: backends.Reporter, weights=None, device="auto"):
@@ -219,7 +220,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         def attempt(deviceName):
             model = self.loadModel(weights, deviceName, reporter)
-            session = self._session(request, model, reporter)
+            session = self.sessionFor(request, model, reporter)
             return session.segment_many([target for target, _ in request.targets], request.zoomIn,
                                         reporter.progress, reporter.cancel)
 
@@ -254,10 +255,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         notices = [event.message for event in reporter.drain() if isinstance(event, backends.Notice)]
         return segmentIDs, notices + [warning for result in results for warning in result.warnings]
 
-    def _dropRemovedVolumes(self, scene) -> None:
+    def _dropStaleSessions(self, scene, volumeNodeID, signature) -> None:
+        """Sessions of volumes no longer in the scene, or of this volume before its voxels or geometry changed."""
         with self._lock:
-            for nodeID in [n for n in self._sessions if scene.GetNodeByID(n) is None]:
-                del self._sessions[nodeID]
+            for nodeID, (cachedSignature, _, _) in list(self._sessions.items()):
+                if scene.GetNodeByID(nodeID) is None or (nodeID == volumeNodeID and cachedSignature != signature):
+                    del self._sessions[nodeID]
 
 
 def missingRequirements(requirementsFile=REQUIREMENTS_FILE) -> list[str]:
@@ -332,8 +335,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
                                                 else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
-        self.ui.targetSegmentSelector.noneEnabled = True
-        self.ui.targetSegmentSelector.noneDisplay = _("(new segment)")
+        self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
 
         self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
@@ -360,8 +362,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", lambda: self._segmentEditor().undo())
         self.ui.redoButton.connect("clicked(bool)", lambda: self._segmentEditor().redo())
         self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
-        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
-                                                   self.ui.targetSegmentSelector.setCurrentNode)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -429,10 +429,12 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Segment the input volume with the prompts above") if ready else _("Select an input volume"))
         if not node:
             return
-        self.ui.positivePlaceWidget.setCurrentNode(node.positivePoints)
-        self.ui.negativePlaceWidget.setCurrentNode(node.negativePoints)
-        self.ui.boxPlaceWidget.setCurrentNode(node.boxROI)
-        self.ui.targetSegmentSelector.setCurrentNode(node.outputSegmentation)
+        for widget, shown in ((self.ui.positivePlaceWidget, node.positivePoints),
+                              (self.ui.negativePlaceWidget, node.negativePoints),
+                              (self.ui.boxPlaceWidget, node.boxROI),
+                              (self.ui.targetSegmentSelector, node.outputSegmentation)):
+            if widget.currentNode() != shown:  # re-setting would reset the widget's state (segment choice)
+                widget.setCurrentNode(shown)
         if node.inputVolume:
             self.ui.outputSegmentationSelector.baseName = _("{volume_name} SegVol").format(
                 volume_name=node.inputVolume.GetName())

@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 import vtk
 
-from . import slicer_bridge, terminology
+from . import backends, slicer_bridge, terminology
 from .geometry import ModelAxes, ijk_to_ras_points
 from .prompts import Box
 
@@ -359,10 +359,10 @@ def check_logic_end_to_end(logic, model):
         segment = segmentation.GetSegmentation().GetSegment(segment_id)
         _check(segment.GetName() == name, f"segment name {segment.GetName()}")
         _check(np.allclose(segment.GetColor(), terminology.standard_term(name).color), f"{name} colour")
-        expected = session.segment(Target(name, text=name), zoom_in=False).mask
-        _check(expected.any(), f"{name}: the synthetic model found nothing, the check would prove little")
-        _check(np.array_equal(_segment_array(segmentation, segment_id, volume), expected),
-               f"{name}: the segment differs from the engine's mask")
+    expected = session.segment(Target("liver", text="liver"), zoom_in=False).mask  # cached embedding: decoder only
+    _check(expected.any(), "the synthetic model found nothing: the check would prove little")
+    _check(np.array_equal(_segment_array(segmentation, segment_ids[0], volume), expected),
+           "the liver segment differs from the engine's mask on the volume grid")
 
     liver = np.argwhere(ct.labels == 1)
     centre_kji = liver.mean(axis=0)
@@ -384,12 +384,15 @@ def check_logic_end_to_end(logic, model):
 
     slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1
     slicer.util.arrayFromVolumeModified(volume)
-    logic.process(volume, segmentation, names="aorta", zoomIn=False)
-    _check(logic.cachedSession(volume.GetID()) is not session, "the session survived a change of the voxels")
-    other = slicer.util.addVolumeFromArray(ct.volume[:24], ct.ijk_to_ras, "other CT")
+    logic.prepare(volume, segmentation, names="aorta")
+    _check(logic.cachedSession(volume.GetID()) is None, "the session survived a change of the voxels")
+    volume_id = volume.GetID()
+    fresh = logic.sessionFor(logic.prepare(volume, segmentation, names="aorta"), model, backends.Reporter())
+    _check(logic.cachedSession(volume_id) is fresh and fresh is not session, "no new session for the changed volume")
+    other = slicer.util.addVolumeFromArray(ct.volume, ct.ijk_to_ras, "other CT")
     slicer.mrmlScene.RemoveNode(volume)
-    logic.process(other, segmentation, names="liver", zoomIn=False)
-    _check(logic.cachedSession(volume.GetID()) is None, "the session of a removed volume was kept")
+    logic.prepare(other, segmentation, names="liver")
+    _check(logic.cachedSession(volume_id) is None, "the session of a removed volume was kept")
 
 
 BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
