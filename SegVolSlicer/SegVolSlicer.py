@@ -676,8 +676,13 @@ class SegVolSlicerTest(ScriptedLoadableModuleTest):
 
     def test_LogicEndToEnd(self):
         if missingRequirements() or not _torchAvailable():
-            self.delayDisplay("SegVol's Python packages are not installed: end-to-end check skipped")
+            self.delayDisplay("SegVol's Python packages are not installed: engine checks skipped")
             return
+        for check in slicer_testing.ENGINE_CHECKS:
+            self.setUp()
+            self.delayDisplay(check.__doc__.splitlines()[0])
+            check()
+        self.setUp()
         self.delayDisplay("Building a SegVol with synthetic weights (about 30 s)")
         slicer_testing.check_logic_end_to_end(SegVolSlicerLogic(), slicer_testing.synthetic_model(slicer.app.temporaryPath))
         self.delayDisplay("Test passed")
