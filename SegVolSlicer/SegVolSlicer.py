@@ -83,12 +83,12 @@ class SegVolSlicer(ScriptedLoadableModule):
         self.parent.contributors = ["SegVolSlicer contributors"]
         self.parent.helpText = _("""
 Promptable CT segmentation with <a href="https://github.com/BAAI-DCAI/SegVol">SegVol</a>: type anatomy names
-(several at once, comma separated), click positive (P) and negative (N) points, or draw a box (B), then press
-Segment. Each name gives one segment; clicks and the box refine the selected segment or make a new one.
+(several at once, comma separated), click positive (P) and negative (N) points, or draw a box (Shift+B), then
+press Segment. Each name gives one segment; clicks and the box refine the selected segment or make a new one.
 """)
         self.parent.acknowledgementText = _("""
 SegVol: Du Y., Bai F., Huang T., Zhao B. "SegVol: Universal and Interactive Volumetric Medical Image
-Segmentation", NeurIPS 2024. Weights: BAAI/SegVol on the Hugging Face hub (MIT licence).
+Segmentation", NeurIPS 2024. Model and weights by BAAI-DCAI (BAAI/SegVol on the Hugging Face hub).
 """)
 
 
@@ -505,7 +505,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _installShortcuts(self):
         self._removeShortcuts()
         for key, placeWidget in (("P", self.ui.positivePlaceWidget), ("N", self.ui.negativePlaceWidget),
-                                 ("B", self.ui.boxPlaceWidget)):
+                                 ("Shift+B", self.ui.boxPlaceWidget)):  # plain "b" steps slices in Slicer
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", lambda w=placeWidget: w.setPlaceModeEnabled(not w.placeModeEnabled))
             self._shortcuts.append(shortcut)
