@@ -159,13 +159,10 @@ class SegmentSpec:
 
 
 def spec_for_text(text: str) -> SegmentSpec:
-    """Name, colour and codes of a text target: Slicer's standard anatomy where the category maps to it."""
-    training_name, known = vocabulary.resolve_name(text)
-    term = terminology.standard_term(training_name) if known else None
-    name = term.label if term is not None else training_name
-    color = term.color if term is not None and term.color is not None else vocabulary.colour_for(training_name)
+    """A text target's segment: Slicer's standard anatomy name, colour and codes where the category maps to it."""
+    look = terminology.look_for_text(text)
     # Keyed by the segment name, so that synonyms of one structure ("kidney left", "left kidney") share a segment.
-    return SegmentSpec(name, tuple(color), term.entry if term is not None else None, target_key=name)
+    return SegmentSpec(look.name, look.color, look.terminology_entry, target_key=look.name)
 
 
 def spec_for_new_segment(segmentation_node) -> SegmentSpec:

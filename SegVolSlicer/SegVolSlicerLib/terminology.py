@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import vocabulary
+
 TERMINOLOGY_DIR = Path(__file__).parent / "data" / "terminology"
 MAP_FILE = TERMINOLOGY_DIR / "segvol-terminology-map.csv"
 LIST_FILES = {
@@ -109,3 +111,23 @@ def standard_term(category_name: str) -> StandardTerm | None:
 
 def mapped_categories() -> list[str]:
     return list(_segvol_map())
+
+
+@dataclass(frozen=True)
+class SegmentLook:
+    """How a text target's segment looks, in Slicer and in .seg.nrrd files alike."""
+
+    name: str
+    color: tuple[float, float, float]
+    terminology_entry: str | None
+
+
+def look_for_text(text: str) -> SegmentLook:
+    """Slicer's standard anatomy name, colour and codes where the (resolved) name maps to them; otherwise the
+    training name (or the text as typed) with the vocabulary's fixed colour and no codes."""
+    training_name, known = vocabulary.resolve_name(text)
+    term = standard_term(training_name) if known else None
+    if term is None:
+        return SegmentLook(training_name, tuple(vocabulary.colour_for(training_name)), None)
+    color = term.color if term.color is not None else vocabulary.colour_for(training_name)
+    return SegmentLook(term.label, tuple(color), term.entry)

@@ -147,3 +147,15 @@ def test_terminology_matches_slicers_own_lookup():
             assert np.allclose(np.array(term.color) * 255, rgb, atol=0.5), name
     assert checked >= 50, checked  # every mapped name that has a Slicer label
     assert terminology.standard_term("liver tumor") is None
+
+
+def test_segment_look_for_text():
+    from SegVolSlicerLib import terminology, vocabulary
+
+    ivc = terminology.look_for_text("IVC")
+    assert ivc.name == "inferior vena cava" and "SCT^64131007^Inferior vena cava" in ivc.terminology_entry
+    assert ivc.color == tuple(vocabulary.colour_for("postcava"))  # the DICOM list recommends no colour
+    assert terminology.look_for_text("Kidney L").name == "left kidney"
+    tumour = terminology.look_for_text("liver tumour")
+    assert (tumour.name, tumour.terminology_entry) == ("liver tumor", None)
+    assert terminology.look_for_text("  my   lesion ").name == "my lesion"
