@@ -255,3 +255,44 @@ def test_bad_evaluate_input(argv, message, ct_files, tmp_path, capsys, fake_mode
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "eval" / "metrics.csv").exists()
+
+
+def write_dicom_series(folder, ct):
+    """The synthetic CT as one DICOM file per slice, with its oblique LPS geometry."""
+    image = sitk.GetImageFromArray(ct.volume)
+    ijk_to_lps = np.diag([-1.0, -1.0, 1.0]) @ ct.ijk_to_ras[:3]
+    spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((ijk_to_lps[:, :3] / spacing).flatten().tolist())
+    image.SetOrigin(ijk_to_lps[:, 3].tolist())
+    d = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    folder.mkdir()
+    for k in range(image.GetDepth()):
+        slice_k = image[:, :, k]
+        slice_k.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.48")  # series instance UID
+        slice_k.SetMetaData("0008|0060", "CT")
+        slice_k.SetMetaData("0020|0037", "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))))
+        slice_k.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
+        slice_k.SetMetaData("0020|0013", str(k))
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(slice_k)
+    return folder
+
+
+def test_dicom_folder_input(tmp_path, ct, fake_model, capsys):
+    folder = write_dicom_series(tmp_path / "dicom", ct)
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, ct.volume)
+    np.testing.assert_allclose(volume.ijk_to_ras, ct.ijk_to_ras, atol=1e-6)
+    code, out, err = run_cli(["segment", folder, "--text", "liver", "--no-zoom-in", "-o", tmp_path / "liver.nrrd"],
+                             capsys)
+    assert code == 0, err
+    assert read_volume(tmp_path / "liver.nrrd").shape == ct.volume.shape
+
+
+def test_folder_without_dicom_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_cli(["segment", tmp_path / "empty", "--text", "liver", "-o", tmp_path / "x.seg.nrrd"], capsys)
+    assert code == 2 and "without DICOM images" in err
