@@ -226,10 +226,10 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         def onFallback(message):
             with self._lock:
-                if self._model is not None:
+                if self._model is not None:  # the next attempt finds it on the CPU instead of reloading it
                     self._model.to("cpu")
-                    self._modelKey = (self._modelKey[0], "cpu") if self._modelKey[0] == "given" else None
-                self._sessions.clear()
+                    self._modelKey = (self._modelKey[0], "cpu")
+                self._sessions.clear()  # their cached embeddings live on the GPU
             reporter.notice(message)
 
         return backends.run_with_cpu_fallback(attempt, str(resolve_device(device)), onFallback)

@@ -94,16 +94,17 @@ def is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
-def run_with_cpu_fallback(run: Callable[[str], object], device: str, notice: Callable[[str], None]):
-    """`run(device)`; if the GPU runs out of memory, say so through `notice` and `run("cpu")` instead."""
+def run_with_cpu_fallback(run: Callable[[str], object], device: str, on_fallback: Callable[[str], None]):
+    """`run(device)`; if the GPU runs out of memory, `on_fallback(message)` (which tells the user and moves the
+    model off the GPU), free the GPU's cache, and `run("cpu")` instead."""
     try:
         return run(device)
     except Exception as error:
         if device == "cpu" or not is_out_of_memory(error):
             raise
+    on_fallback(f"Not enough GPU memory on '{device}': running on the CPU instead (slower). "
+                "Choose device 'cpu' to skip the GPU next time, or free GPU memory.")
     _release_gpu_memory()
-    notice(f"Not enough GPU memory on '{device}': running on the CPU instead (slower). "
-           "Choose device 'cpu' to skip the GPU next time, or free GPU memory.")
     return run("cpu")
 
 

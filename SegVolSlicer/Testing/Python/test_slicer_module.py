@@ -159,3 +159,35 @@ def test_segment_look_for_text():
     tumour = terminology.look_for_text("liver tumour")
     assert (tumour.name, tumour.terminology_entry) == ("liver tumor", None)
     assert terminology.look_for_text("  my   lesion ").name == "my lesion"
+
+
+def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monkeypatch):  # noqa: F811
+    """A GPU out of memory: the model moves to the CPU, the user is told, the run completes there."""
+    import torch
+    from fake_segvol import FakeSegVol
+
+    import SegVolSlicerLib.model
+
+    class FullGpuSegVol(FakeSegVol):
+        def __init__(self):
+            super().__init__()
+            self.device = torch.device("cuda")
+
+        def to(self, device):
+            self.device = torch.device(device)
+            return self
+
+        def encode_image(self, image):
+            if self.device.type != "cpu":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+            return super().encode_image(image)
+
+    monkeypatch.setattr(SegVolSlicerLib.model, "resolve_device", lambda device: torch.device("cuda"))
+    logic = module.SegVolSlicerLogic()
+    model = FullGpuSegVol()
+    logic.useModel(model)
+    volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segment_ids, messages = logic.process(volume, segmentation, names="liver", zoomIn=False, device="cuda")
+    assert model.device.type == "cpu" and model.image_calls == 1
+    assert len(segment_ids) == 1 and any("running on the CPU" in m for m in messages), messages
