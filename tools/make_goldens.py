@@ -51,10 +51,13 @@ MODEL_POINTS = [[[16.0, 100.0, 120.0], [10.0, 140.0, 90.0], [24.0, 200.0, 200.0]
 MODEL_POINT_LABELS = [[1.0, 1.0, 0.0]]
 MODEL_TEXT_BATCH = ["liver", "left kidney"]  # different token lengths: exercises padding
 
-PIPELINE_ORGANS = ["liver", "spleen"]
 # mode -> (text, box, points), as the demo's use_text_prompt / use_box_prompt / use_point_prompt flags.
 PIPELINE_MODES = {"text": (True, False, False), "box": (False, True, False), "text_box": (True, True, False),
                   "points": (False, False, True), "text_points": (True, False, True)}
+# case -> (slices of the synthetic CT, organs, modes). "thin" has exactly 32 slices, so the zoom-in is a
+# single window and the official single-window paths (the user's box cube, the padding offset) run too.
+PIPELINE_CASES = {"full": (slice(None), ["liver", "spleen"], list(PIPELINE_MODES)),
+                  "thin": (slice(8, 40), ["spleen"], ["box", "text_box", "points"])}
 
 
 class _Stub(types.ModuleType):
@@ -182,15 +185,25 @@ def _record_logits(out, name, logits, low_res):
     print(f"  {name:12s} mean {out[f'{name}_stats'][:, 0]} positive {out[f'{name}_stats'][:, 2]}")
 
 
+def _frozen(value):
+    """A copy of tensors (also inside tuples): the official code later edits some arguments in place."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 class _Recorder:
-    """Wraps a callable and keeps (args, kwargs, result) of every call."""
+    """Wraps a callable and keeps (args, kwargs, result) of every call, as they were at call time."""
 
     def __init__(self, function):
         self.function, self.calls = function, []
 
     def __call__(self, *args, **kwargs):
+        frozen_args, frozen_kwargs = _frozen(args), {k: _frozen(v) for k, v in kwargs.items()}
         result = self.function(*args, **kwargs)
-        self.calls.append((args, kwargs, result))
+        self.calls.append((frozen_args, frozen_kwargs, result))
         return result
 
 
@@ -242,73 +255,90 @@ def pipeline_goldens(model, workdir: Path) -> dict[str, np.ndarray]:
     import inference_demo
     import utils.monai_inferers_utils as inferers
 
-    ct = make_synthetic_ct(seed=0)
-    ct_path, label_path = workdir / "synthetic_ct.nii.gz", workdir / "synthetic_labels.nii.gz"
-    write_ct(ct, ct_path, label_path)
-    names = [ct.label_names[value] for value in sorted(ct.label_names)]
+    recorders = {"dense_patch_slices": _Recorder(inferers.dense_patch_slices),
+                 "logits2roi_coor": _Recorder(inference_demo.logits2roi_coor),
+                 "dice_score": _Recorder(inference_demo.dice_score),
+                 "sliding_window_inference": _Recorder(inference_demo.sliding_window_inference)}
+    inferers.dense_patch_slices = recorders["dense_patch_slices"]
+    for name in ("logits2roi_coor", "dice_score", "sliding_window_inference"):
+        setattr(inference_demo, name, recorders[name])
 
-    item, snapshots = preprocess_goldens(ct_path, label_path, names)
     out: dict[str, np.ndarray] = {}
+    full_ct = make_synthetic_ct(seed=0)
+    for case, (slices, organs, modes) in PIPELINE_CASES.items():
+        ct = _slab(full_ct, slices)
+        ct_path, label_path = workdir / f"{case}_ct.nii.gz", workdir / f"{case}_labels.nii.gz"
+        write_ct(ct, ct_path, label_path)
+        names = [ct.label_names[value] for value in sorted(ct.label_names)]
+        item, snapshots = preprocess_goldens(ct_path, label_path, names)
+        image, zoom_out_image, crop = _record_preprocessing(out, f"{case}.pre", ct, item, snapshots)
+        for organ in organs:
+            index = names.index(organ)
+            for mode in modes:
+                use_text, use_box, use_point = PIPELINE_MODES[mode]
+                key = f"{case}.{organ}.{mode}"
+                args = types.SimpleNamespace(spatial_size=SPATIAL_SIZE, infer_overlap=0.5, use_zoom_in=True,
+                                             use_text_prompt=use_text, use_box_prompt=use_box,
+                                             use_point_prompt=use_point)
+                for recorder in recorders.values():
+                    recorder.calls.clear()
+                predictor = _Recorder(model)
+                torch.manual_seed(0)  # point prompts are drawn with torch.randint/randperm
+                start = time.perf_counter()
+                record = inference_demo.zoom_in_zoom_out(
+                    args, predictor, image.unsqueeze(0), zoom_out_image.unsqueeze(0),
+                    item["label"][index:index + 1].unsqueeze(0),
+                    item["zoom_out_label"][index:index + 1].unsqueeze(0), categories=[organ])
+                out[f"{key}.runtime_s"] = np.float64(time.perf_counter() - start)
+                _record_run(out, key, predictor, recorders, record[organ][4], ct, crop, index)
+                print(f"{key}: {len(predictor.calls)} forwards, {out[f'{key}.runtime_s']:.1f} s, "
+                      f"dice zoom-out {out[f'{key}.dice_zoom_out']:.4f} final {out[f'{key}.dice']:.4f}")
+    return out
+
+
+def _slab(ct, slices: slice):
+    """The CT restricted to some slices, its matrix moved so the kept voxels stay where they were."""
+    ijk_to_ras = ct.ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] += ijk_to_ras[:3, 2] * (slices.start or 0)
+    return type(ct)(volume=ct.volume[slices], labels=ct.labels[slices], ijk_to_ras=ijk_to_ras,
+                    label_names=ct.label_names)
+
+
+def _record_preprocessing(out, prefix, ct, item, snapshots):
     normalised_kji = snapshots["ForegroundNormalization"][0].transpose(2, 1, 0)  # (1,i,j,k) -> (K,J,I)
     minmax = snapshots["MinMaxNormalization"][0]
-    out["pre.normalised_stats"] = _image_stats(normalised_kji)
-    out["pre.normalised_sub"] = _sub(normalised_kji)
-    out["pre.minmax_stats"] = _image_stats(minmax)
-    out["pre.minmax_sub"] = _sub(minmax)
+    out[f"{prefix}.input_shape"] = np.array(ct.volume.shape)
+    out[f"{prefix}.input_hu_sum"] = np.int64(ct.volume.astype(np.int64).sum())
+    out[f"{prefix}.input_label_counts"] = np.bincount(ct.labels.ravel(), minlength=6).astype(np.int64)
+    out[f"{prefix}.normalised_stats"] = _image_stats(normalised_kji)
+    out[f"{prefix}.normalised_sub"] = _sub(normalised_kji)
+    out[f"{prefix}.minmax_stats"] = _image_stats(minmax)
+    out[f"{prefix}.minmax_sub"] = _sub(minmax)
     padded_shape = np.array(snapshots["SpatialPadd"].shape[1:])
-    out["pre.pad_before"] = (padded_shape - np.array(ct.volume.shape)) // 2
-    out["pre.crop_start_padded"] = np.asarray(item["foreground_start_coord"], dtype=np.int64)
-    out["pre.crop_end_padded"] = np.asarray(item["foreground_end_coord"], dtype=np.int64)
-    crop_start = out["pre.crop_start_padded"] - out["pre.pad_before"]
-    crop_end = out["pre.crop_end_padded"] - out["pre.pad_before"]
-    out["pre.crop_start"], out["pre.crop_end"] = crop_start, crop_end
+    pad_before = (padded_shape - np.array(ct.volume.shape)) // 2
+    out[f"{prefix}.pad_before"] = pad_before
+    out[f"{prefix}.crop_start_padded"] = np.asarray(item["foreground_start_coord"], dtype=np.int64)
+    out[f"{prefix}.crop_end_padded"] = np.asarray(item["foreground_end_coord"], dtype=np.int64)
+    crop_start = out[f"{prefix}.crop_start_padded"] - pad_before
+    crop_end = out[f"{prefix}.crop_end_padded"] - pad_before
+    out[f"{prefix}.crop_start"], out[f"{prefix}.crop_end"] = crop_start, crop_end
     image = item["image"].float()  # (1, D', H', W')
     crop = tuple(slice(s, e) for s, e in zip(crop_start, crop_end))
     # The demo pads before cropping, the HF port does not: the same voxels, coordinates shifted by the pad.
     assert np.array_equal(image[0].numpy(), minmax[crop]), "crop does not map back onto the input grid"
-    out["pre.cropped_shape"] = np.array(image.shape[1:])
-    out["pre.cropped_stats"] = _image_stats(image)
-    out["pre.cropped_sub"] = _sub(image[0])
+    out[f"{prefix}.cropped_shape"] = np.array(image.shape[1:])
+    out[f"{prefix}.cropped_stats"] = _image_stats(image)
+    out[f"{prefix}.cropped_sub"] = _sub(image[0])
     zoom_out_image = item["zoom_out_image"].float()
-    out["pre.zoom_out_stats"] = _image_stats(zoom_out_image)
-    out["pre.zoom_out_sub"] = _sub(zoom_out_image[0])
-    out["pre.zoom_out_image_sum"] = np.float64(zoom_out_image.double().sum())
-
-    inferers.dense_patch_slices = dense_patch_slices = _Recorder(inferers.dense_patch_slices)
-    inference_demo.logits2roi_coor = logits2roi_coor = _Recorder(inference_demo.logits2roi_coor)
-    inference_demo.dice_score = dice_score = _Recorder(inference_demo.dice_score)
-    inference_demo.sliding_window_inference = sliding_window = _Recorder(inference_demo.sliding_window_inference)
-    runtimes = []
-    for organ in PIPELINE_ORGANS:
-        index = names.index(organ)
-        gt_cropped = np.asarray(item["label"][index]) > 0
-        for mode, (use_text, use_box, use_point) in PIPELINE_MODES.items():
-            key = f"{organ}.{mode}"
-            args = types.SimpleNamespace(spatial_size=SPATIAL_SIZE, infer_overlap=0.5, use_zoom_in=True,
-                                         use_text_prompt=use_text, use_box_prompt=use_box,
-                                         use_point_prompt=use_point)
-            for recorder in (dense_patch_slices, logits2roi_coor, dice_score, sliding_window):
-                recorder.calls.clear()
-            predictor = _Recorder(model)
-            torch.manual_seed(0)  # point prompts are drawn with torch.randint/randperm
-            start = time.perf_counter()
-            record = inference_demo.zoom_in_zoom_out(
-                args, predictor, image.unsqueeze(0), zoom_out_image.unsqueeze(0),
-                item["label"][index:index + 1].unsqueeze(0), item["zoom_out_label"][index:index + 1].unsqueeze(0),
-                categories=[organ])
-            runtimes.append(time.perf_counter() - start)
-            final_logits = record[organ][4]
-            _record_run(out, key, predictor, logits2roi_coor, dense_patch_slices, sliding_window, dice_score,
-                        final_logits, gt_cropped, ct, crop, organ, index)
-            out[f"{key}.runtime_s"] = np.float64(runtimes[-1])
-            print(f"{key}: {len(predictor.calls)} forwards, {runtimes[-1]:.1f} s, "
-                  f"dice zoom-out {out[f'{key}.dice_zoom_out']:.4f} final {out[f'{key}.dice']:.4f}")
-    return out
+    out[f"{prefix}.zoom_out_stats"] = _image_stats(zoom_out_image)
+    out[f"{prefix}.zoom_out_sub"] = _sub(zoom_out_image[0])
+    out[f"{prefix}.zoom_out_image_sum"] = np.float64(zoom_out_image.double().sum())
+    return image, zoom_out_image, crop
 
 
-def _record_run(out, key, predictor, logits2roi_coor, dense_patch_slices, sliding_window, dice_score,
-                final_logits, gt_cropped, ct, crop, organ, index):
-    (zoom_out_image,), zoom_out_prompts, zoom_out_logits = predictor.calls[0]
+def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
+    dice_score = recorders["dice_score"]
+    _, zoom_out_prompts, zoom_out_logits = predictor.calls[0]
     if zoom_out_prompts["boxes"] is not None:
         out[f"{key}.zoom_out_box"] = zoom_out_prompts["boxes"].numpy()
     if zoom_out_prompts["points"] is not None:
@@ -317,20 +347,24 @@ def _record_run(out, key, predictor, logits2roi_coor, dense_patch_slices, slidin
     out[f"{key}.zoom_out_logits_sub"] = zoom_out_logits[..., ::2, ::8, ::8].numpy()
     out[f"{key}.zoom_out_logits_stats"] = _stats(zoom_out_logits)
     out[f"{key}.dice_zoom_out"] = np.float64(dice_score.calls[0][2])
+    # dice_score's first argument is the zoom-out logits, nearest-upsampled to the cropped grid.
+    zoom_out_kji = np.zeros(ct.volume.shape, dtype=bool)
+    zoom_out_kji[crop] = (torch.sigmoid(dice_score.calls[0][0][0]) > 0.5).numpy()
+    out[f"{key}.zoom_out_mask_bits"] = np.packbits(zoom_out_kji)
 
-    roi = logits2roi_coor.calls[0][2]
+    roi = recorders["logits2roi_coor"].calls[0][2]
     if roi[0] is None:
         out[f"{key}.roi"] = np.full(6, -1, dtype=np.int64)
     else:
         out[f"{key}.roi"] = np.array([int(v) for v in roi], dtype=np.int64)
-        (roi_image, *_), _, _ = sliding_window.calls[0]
+        (roi_image, *_), _, _ = recorders["sliding_window_inference"].calls[0]
         out[f"{key}.roi_shape"] = np.array(roi_image.shape[2:])
-        (padded_size, window_size, interval), _, slices = dense_patch_slices.calls[0]
+        (padded_size, _, interval), _, slices = recorders["dense_patch_slices"].calls[0]
         out[f"{key}.windows_padded_roi_shape"] = np.array(padded_size)
         out[f"{key}.windows_interval"] = np.array(interval)
         out[f"{key}.windows_start"] = np.array([[s.start for s in window] for window in slices], dtype=np.int64)
         boxes, points, labels, logits_sub = [], [], [], []
-        for (window_image, text, box, point), _, logits in predictor.calls[1:]:
+        for (_, _, box, point), _, logits in predictor.calls[1:]:  # (window image, text, box, points)
             boxes.append(box[0].numpy() if box is not None else np.full(6, np.nan, dtype=np.float32))
             if point is not None:
                 points.append(point[0][0].numpy())
@@ -343,6 +377,8 @@ def _record_run(out, key, predictor, logits2roi_coor, dense_patch_slices, slidin
         out[f"{key}.windows_logits_sub"] = np.stack(logits_sub)
 
     mask_cropped = (torch.sigmoid(final_logits) > 0.5).numpy()  # the official threshold
+    # sigmoid(x) rounds to exactly 0.5 in fp32 for 0 < x < ~3e-8: count where "logit > 0" would differ.
+    out[f"{key}.threshold_mismatches"] = np.int64((mask_cropped != (final_logits > 0).numpy()).sum())
     out[f"{key}.mask_cropped_bits"] = np.packbits(mask_cropped)
     out[f"{key}.final_logits_sub"] = final_logits[::2, ::8, ::8].numpy()
     out[f"{key}.final_logits_stats"] = _stats(final_logits[None])[0]
@@ -351,7 +387,6 @@ def _record_run(out, key, predictor, logits2roi_coor, dense_patch_slices, slidin
     out[f"{key}.mask_bits"] = np.packbits(mask_kji)
     out[f"{key}.dice_official"] = np.float64(dice_score.calls[-1][2])
     out[f"{key}.dice"] = np.float64(_dice(mask_kji, ct.labels == index + 1))
-    assert _dice(mask_cropped, gt_cropped) == out[f"{key}.dice"]
 
 
 def _versions() -> dict[str, np.ndarray]:
