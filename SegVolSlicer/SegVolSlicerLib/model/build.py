@@ -33,11 +33,11 @@ def build_segvol(tokenizer_folder: str | Path | None = None) -> SegVol:
     return SegVol(load_tokenizer(tokenizer_folder)).eval()
 
 
-def load_segvol(source: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> SegVol:
+def load_segvol(source: str | Path, device: str | torch.device = "auto", precision: str = "fp32") -> SegVol:
     """SegVol with the weights of `source`: SegVol_v1.pth, a BAAI/SegVol snapshot folder, its
     pytorch_model.bin, or a .safetensors file. A snapshot's own tokenizer is used when present, else the
-    bundled copy of the same CLIP tokenizer. precision: "auto" (fp32 on CPU, bf16/fp16 on CUDA), "fp32",
-    "bf16" or "fp16"."""
+    bundled copy of the same CLIP tokenizer. precision: "fp32" (default: parity with the official code),
+    "bf16", "fp16" or "auto" (reduced precision where the hardware runs it natively; see default_precision)."""
     target = resolve_device(device)
     weights, tokenizer_folder = find_weights(Path(source).expanduser())
     state = read_state_dict(weights)

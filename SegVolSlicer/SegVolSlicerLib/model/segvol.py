@@ -16,16 +16,31 @@ from .prompt_encoder import PromptEncoder3D
 from .text_encoder import TextEncoder
 
 Points = tuple[torch.Tensor, torch.Tensor]  # coords (B,N,3) as (d,h,w) voxels, labels (B,N): 1 / 0 / -1
-# Compute precision of the encoder and decoder; logits are always returned in fp32.
+# Compute precision of the image encoder (97 % of the FLOPs). The decoder always runs in fp32: in bf16 its
+# errors pass through the zoom-out mask into the zoom-in prompts (Dice 0.985 vs fp32 on the synthetic CT,
+# against 0.999 with a bf16 encoder only).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_native_bf16() -> bool:
+    """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls natively (oneDNN); elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def default_precision(device: torch.device) -> str:
-    """fp32 on CPU and MPS (exact parity with the official code); bf16 (else fp16) autocast on CUDA, where
-    it is ~4x faster and stays within Dice 0.99 of fp32."""
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """What "auto" means: bf16 autocast where the hardware runs it natively (CUDA with bf16, else fp16;
+    CPUs with AVX512-BF16/AMX), fp32 elsewhere (MPS, older CPUs). Reduced precision stays within Dice 0.99
+    of fp32; fp32 is the exact-parity path."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
 
 
 class SegVol(nn.Module):
@@ -38,7 +53,7 @@ class SegVol(nn.Module):
         self.precision = "fp32"
 
     def set_precision(self, precision: str) -> None:
-        """"fp32", "bf16" or "fp16" autocast for encode_image and decode ("auto": see default_precision)."""
+        """"fp32", "bf16" or "fp16" autocast for encode_image ("auto": see default_precision)."""
         if precision == "auto":
             precision = default_precision(self.device)
         if precision not in PRECISIONS:
@@ -96,11 +111,10 @@ class SegVol(nn.Module):
             points = (coords, labels)
         if text_embedding is not None:
             text_embedding = text_embedding.to(device)
-        with self._autocast():
+        with torch.autocast(device.type, enabled=False):  # fp32 even inside a caller's autocast
             sparse, dense = self.prompt_encoder(points, boxes, text_embedding)
-            low_res = self.mask_decoder(image_embedding.to(device), self.prompt_encoder.get_dense_pe(), sparse,
-                                        dense, text_embedding)
-        low_res = low_res.float()  # fp32 logits even under autocast, so thresholds see the same numbers
+            low_res = self.mask_decoder(image_embedding.to(device, torch.float32),
+                                        self.prompt_encoder.get_dense_pe(), sparse, dense, text_embedding)
         if not upsample:
             return low_res
         return F.interpolate(low_res, size=WINDOW_SIZE, mode="trilinear", align_corners=False)
