@@ -166,7 +166,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         path = resolve_weights(weights or None, progress=reporter.progress)
         reporter.progress("load", 0, 1)
-        model = load_segvol(path, device=device)
+        # Interactive use: reduced precision where the hardware runs it natively (encoder only; Dice >= 0.99).
+        model = load_segvol(path, device=device, precision="auto")
         reporter.progress("load", 1, 1)
         with self._lock:
             self._model, self._modelKey = model, (weights, device)
