@@ -127,7 +127,7 @@ def _targets_from_args(args, volume):
 
 
 def cmd_segment(args) -> int:
-    from .imageio import Segment, read_volume, write_segmentation
+    from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, read_volume, write_segmentation
     from .inference import SegVolSession
     from .vocabulary import colour_for
 
@@ -135,6 +135,8 @@ def cmd_segment(args) -> int:
     _fail_if_unwritable(output)
     volume = read_volume(args.image)
     targets = _targets_from_args(args, volume)
+    # Segments already in an output segmentation are kept; same-named ones are updated.
+    existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
     model = _load_model(args.checkpoint, args.device, args.cache_dir, args.precision)
     session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
     results = _segment_all(session, targets, zoom_in=not args.no_zoom_in)
@@ -145,8 +147,9 @@ def cmd_segment(args) -> int:
         segments.append(Segment(name, result.mask, colour_for(result.text or name)))
         print(f"{name}: {np.count_nonzero(result.mask)} voxels, {_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
               + (f", {result.windows} zoom-in window(s)" if result.windows else ""))
-    _warn(write_segmentation(output, segments, volume.reference))
-    print(f"wrote {output}")
+    kept = [s.name for s in existing if s.name not in {t.name for t in segments}]
+    _warn(write_segmentation(output, merge_segments(existing, segments), volume.reference))
+    print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
     return 0
 
 

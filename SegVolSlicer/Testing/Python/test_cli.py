@@ -296,3 +296,35 @@ def test_folder_without_dicom_is_a_user_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, err = run_cli(["segment", tmp_path / "empty", "--text", "liver", "-o", tmp_path / "x.seg.nrrd"], capsys)
     assert code == 2 and "without DICOM images" in err
+
+
+def test_existing_segmentation_keeps_other_segments(ct_files, tmp_path, fake_model, capsys):
+    image, _ = ct_files
+    output = tmp_path / "organs.seg.nrrd"
+    assert run_cli(["segment", image, "--text", "liver", "--text", "spleen", "--no-zoom-in", "-o", output], capsys)[0] == 0
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    spleen_before = before[..., 1] if before.ndim == 4 else before == 2
+    code, out, err = run_cli(["segment", image, "--text", "liver", "--text", "aorta", "--no-zoom-in", "-o", output],
+                             capsys)
+    assert code == 0 and "kept its other segments: spleen" in out
+    segments = load_segmentation_in_slicer(output)
+    assert list(segments) == ["liver", "spleen", "aorta"]
+    from SegVolSlicerLib.imageio import read_segmentation
+    kept = {s.name: s for s in read_segmentation(output, read_volume(image))}
+    np.testing.assert_array_equal(kept["spleen"].mask.astype(bool), spleen_before.astype(bool))
+
+
+def test_cropped_segmentation_files_are_placed_on_the_full_grid(ct_files, tmp_path):
+    """Slicer saves segmentations cropped to their extent; reading one puts it back where it belongs."""
+    from SegVolSlicerLib.imageio import Segment, read_segmentation, write_segmentation
+
+    volume = read_volume(ct_files[0])
+    sub_reference = volume.reference[10:60, 20:90, 5:30]  # ITK (i, j, k) slicing keeps the physical geometry
+    sub_mask = np.zeros((25, 70, 50), np.uint8)
+    sub_mask[3:7, 10:20, 30:40] = 1
+    write_segmentation(tmp_path / "cropped.seg.nrrd", [Segment("lesion", sub_mask, (1.0, 0.0, 0.0))], sub_reference)
+    (segment,) = read_segmentation(tmp_path / "cropped.seg.nrrd", volume)
+    expected = np.zeros(volume.shape, np.uint8)
+    expected[5 + 3:5 + 7, 20 + 10:20 + 20, 10 + 30:10 + 40] = 1
+    np.testing.assert_array_equal(segment.mask, expected)
+    assert segment.name == "lesion" and segment.colour == (1.0, 0.0, 0.0)
