@@ -98,8 +98,7 @@ class ZoomOutPrediction:
     def window_box(self, window: Window) -> tuple[float, ...]:
         """Bounding box of the prediction inside a window of the padded ROI, whose padding reads 0."""
         mask = np.zeros(WINDOW, dtype=bool)
-        inner = tuple(slice(a - o, b - o) for a, b, o in zip(window.valid_start, window.valid_stop, window.crop_offset))
-        mask[inner] = self.crop_region(window.valid_start, window.valid_stop)
+        mask[window.valid_in_window] = self.crop_region(window.valid_start, window.valid_stop)
         return _bounding_box(mask)
 
 

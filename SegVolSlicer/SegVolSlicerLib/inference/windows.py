@@ -36,14 +36,22 @@ class Window:
         return tuple(slice(s, s + w) for s, w in zip(self.padded_start, WINDOW))
 
     @property
+    def valid_in_window(self) -> tuple[slice, slice, slice]:
+        """Where the real image part lies inside the window."""
+        return tuple(slice(a - o, b - o) for a, b, o in zip(self.valid_start, self.valid_stop, self.crop_offset))
+
+    @property
+    def valid_in_crop(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.valid_start, self.valid_stop))
+
+    @property
     def cache_key(self) -> tuple:
         return ("window", self.crop_offset, self.valid_start, self.valid_stop)
 
     def image(self, cropped_image: torch.Tensor) -> torch.Tensor:
         """The (1, 1, 32, 256, 256) model input: the crop's voxels, zero where the window is padding."""
         window = cropped_image.new_zeros(WINDOW)
-        inner = tuple(slice(a - o, b - o) for a, b, o in zip(self.valid_start, self.valid_stop, self.crop_offset))
-        window[inner] = cropped_image[tuple(slice(a, b) for a, b in zip(self.valid_start, self.valid_stop))]
+        window[self.valid_in_window] = cropped_image[self.valid_in_crop]
         return window[None, None]
 
 
