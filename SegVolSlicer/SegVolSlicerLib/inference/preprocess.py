@@ -29,6 +29,11 @@ WINDOW = (32, 256, 256)
 _MAX_LOOKUP_VALUES = 1 << 20
 
 
+def _z_score(values, lower, upper, mean, std):
+    """ForegroundNormalization's arithmetic (float32 in, float32 out, numpy's operation order)."""
+    return (np.clip(values, lower, upper) - mean) / max(std, 1e-8)
+
+
 @dataclass(frozen=True)
 class IntensityStatistics:
     """The foreground statistics of ForegroundNormalization, and the min/max of the z-scored volume."""
@@ -41,8 +46,7 @@ class IntensityStatistics:
     z_range: np.float32
 
     def z_score(self, values: np.ndarray) -> np.ndarray:
-        clipped = np.clip(values, self.lower, self.upper)
-        return (clipped - self.mean) / max(self.std, 1e-8)
+        return _z_score(values, self.lower, self.upper, self.mean, self.std)
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         """float32 values -> the official [0, 1] image values."""
@@ -75,11 +79,11 @@ def intensity_statistics(volume_dhw: np.ndarray) -> IntensityStatistics:
     # Two separate calls: a list of percentiles would come back as float64 and change the arithmetic.
     upper = np.percentile(foreground, 99.95)
     lower = np.percentile(foreground, 0.05)
-    stats = IntensityStatistics(lower, upper, np.mean(foreground), np.std(foreground), np.float32(0), np.float32(1))
+    mean, std = np.mean(foreground), np.std(foreground)
     # Correctly rounded operations are monotonic, so the z-scored extremes are those of the extreme voxels.
-    extremes = stats.z_score(np.array([flat.min(), flat.max()], dtype=np.float32))
+    extremes = _z_score(np.array([flat.min(), flat.max()], dtype=np.float32), lower, upper, mean, std)
     z_range = np.clip(extremes[1] - extremes[0], a_min=1e-8, a_max=None)
-    return IntensityStatistics(lower, upper, stats.mean, stats.std, extremes[0], z_range)
+    return IntensityStatistics(lower, upper, mean, std, extremes[0], z_range)
 
 
 class _Normaliser:
@@ -93,15 +97,18 @@ class _Normaliser:
                 values = np.arange(low, high + 1, dtype=np.int64).astype(np.float32)
                 self.table, self.offset = stats.normalise(values).astype(np.float32), low
 
+    def _table_index(self, values: np.ndarray) -> np.ndarray:
+        return np.subtract(values, self.offset, dtype=np.int32)
+
     def __call__(self, region: tuple[slice, ...] = (slice(None),) * 3) -> np.ndarray:
         values = self.volume[region]
         if self.table is not None:
-            return self.table[values.astype(np.int64) - self.offset]
+            return self.table[self._table_index(values)]
         return self.stats.normalise(values.astype(np.float32)).astype(np.float32)
 
     def foreground(self) -> np.ndarray:
         if self.table is not None:
-            return (self.table > 0)[self.volume.astype(np.int64) - self.offset]
+            return (self.table > 0)[self._table_index(self.volume)]
         return self() > 0
 
 
