@@ -169,7 +169,9 @@ def _parse_classes(specs: Sequence[str]) -> list[tuple[str, int]]:
 
 
 def _safe_file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "class"
+    """The class name as a file name: kept as typed (spaces too), path separators and controls replaced."""
+    cleaned = "".join("_" if c in '/\\:*?"<>|' or not c.isprintable() else c for c in name).strip(" .")
+    return cleaned or "class"
 
 
 def cmd_evaluate(args) -> int:

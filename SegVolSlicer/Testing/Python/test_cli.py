@@ -149,7 +149,7 @@ def test_evaluate_writes_masks_and_metrics(ct_files, tmp_path, fake_model, capsy
     rows = (output_dir / "metrics.csv").read_text().splitlines()
     assert rows[0] == "class,label,prompt,dice,zoom_out_dice,windows"
     assert rows[1].startswith("liver,1,text+box,") and rows[2].startswith("left kidney,3,text+box,")
-    mask = read_volume(output_dir / "left_kidney.nii.gz")
+    mask = read_volume(output_dir / "left kidney.nii.gz")
     assert mask.array.dtype == np.uint8 and mask.shape == ct.volume.shape
     np.testing.assert_allclose(mask.ijk_to_ras, ct.ijk_to_ras, atol=1e-4)
     box = fake_model.decode_calls[-1][0][0].numpy()
