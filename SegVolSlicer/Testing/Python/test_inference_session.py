@@ -155,3 +155,16 @@ def test_prompt_errors_are_user_errors(ct):
     session = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras)
     with pytest.raises(InputError, match="outside the body"):
         session.segment(Target("x", box=Box((0, 0, 0), (3, 3, 3))))  # a corner of air
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 30), (12, 40, 300), (80, 300, 280)])
+def test_odd_volume_sizes_run_end_to_end(shape):
+    """Volumes thinner or smaller than a window (padding on every axis) and larger ones (many windows)."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(40, 10, shape).astype(np.int16)
+    volume[:, : shape[1] // 4] = -1000  # air above the body
+    matrix = np.diag([0.8, 0.8, 2.5, 1.0])
+    result = SegVolSession(FakeSegVol(threshold=0.55), volume, matrix).segment(
+        Target("x", text="liver", box=Box((1, shape[1] // 2, 0), (shape[2] - 2, shape[1] - 2, shape[0] - 1))))
+    assert result.mask.shape == shape and result.mask.dtype == np.uint8
+    assert result.windows >= 1 and result.zoom_out_mask.any()
