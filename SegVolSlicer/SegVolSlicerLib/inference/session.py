@@ -140,17 +140,20 @@ class SegVolSession:
         prediction = ZoomOutPrediction(zoom_out.mask, self.space)
         zoom_out_mask = zoom_out_crop_mask(prediction, self.prepared.cropped_shape)
         mask, roi, windows = zoom_out_mask, None, 0
-        if zoom_in:
+        if not zoom_out_mask.any():
+            warnings.append(f"SegVol found nothing for '{name}'"
+                            + (" in the zoom-out pass, so the zoom-in was skipped" if zoom_in else "")
+                            + ": check the prompts")
+        elif zoom_in:
             roi = roi_from_zoom_out(zoom_out.mask, self.space)
-            if roi is None:
-                warnings.append(f"SegVol found nothing for '{name}' in the zoom-out pass, so the zoom-in was "
-                                "skipped and the (empty) zoom-out result kept: check the prompts")
-            else:
-                plan = WindowPlan.for_roi(roi)
-                generator = generator if generator is not None else self.new_generator()
-                roi_logits = run_zoom_in(self.model, self.encode_windows, plan, prompts, prediction,
-                                         text_embedding, generator, progress, cancel, self.window_batch_size)
-                mask, windows = merge_zoom_in(zoom_out_mask, roi, roi_logits), len(plan)
+            plan = WindowPlan.for_roi(roi)
+            generator = generator if generator is not None else self.new_generator()
+            roi_logits = run_zoom_in(self.model, self.encode_windows, plan, prompts, prediction,
+                                     text_embedding, generator, progress, cancel, self.window_batch_size)
+            mask, windows = merge_zoom_in(zoom_out_mask, roi, roi_logits), len(plan)
+            if not mask.any():
+                warnings.append(f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
+                                "compare with the zoom-out result")
         return SegmentationResult(name=name, text=prompts.text, mask=self.prepared.paste_kji(mask),
                                   zoom_out_mask=self.prepared.paste_kji(zoom_out_mask), warnings=warnings,
                                   roi=roi, windows=windows, crop=self.prepared.crop_slices_kji, zoom_out=zoom_out)

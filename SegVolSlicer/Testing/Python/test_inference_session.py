@@ -90,7 +90,8 @@ def test_empty_zoom_out_keeps_the_empty_mask_and_says_so(ct):
     session = SegVolSession(FakeSegVol(threshold=5.0), ct.volume, ct.ijk_to_ras)
     result = session.segment(Target("liver", text="liver"))
     assert not result.mask.any() and result.windows == 0 and result.roi is None
-    assert "found nothing" in result.warnings[0]
+    assert "found nothing" in result.warnings[0] and "zoom-in was skipped" in result.warnings[0]
+    assert "found nothing" in session.segment(Target("liver", text="liver"), zoom_in=False).warnings[0]
 
 
 def test_unknown_text_runs_with_a_warning_and_synonyms_resolve(ct):
