@@ -95,6 +95,7 @@ def _segment_all(session, targets, zoom_in: bool):
 def _targets_from_args(args, volume):
     from .imageio import points_from_files, read_roi_corners
     from .prompts import Box, Points, Target
+    from .terminology import look_for_text
 
     texts = [t for t in (args.text or []) if t.strip()]
     clicks = []
@@ -122,14 +123,14 @@ def _targets_from_args(args, volume):
         raise InputError("box and point prompts describe one target: give at most one --text with them "
                          "(run once per target)")
     if spatial:
-        return [Target(args.name or (texts[0] if texts else "SegVol 1"), texts[0] if texts else None, points, box)]
-    return [Target(text, text) for text in texts]
+        name = args.name or (look_for_text(texts[0]).name if texts else "SegVol 1")
+        return [Target(name, texts[0] if texts else None, points, box)]
+    return [Target(look_for_text(text).name, text) for text in texts]
 
 
 def cmd_segment(args) -> int:
     from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, read_volume, write_segmentation
     from .inference import SegVolSession
-    from .vocabulary import colour_for
 
     output = Path(args.output)
     _fail_if_unwritable(output)
@@ -144,7 +145,7 @@ def cmd_segment(args) -> int:
     for result in results:
         _warn(result.warnings)
         name = result.name
-        segments.append(Segment(name, result.mask, colour_for(result.text or name)))
+        segments.append(Segment.for_target(name, result.text, result.mask))
         print(f"{name}: {np.count_nonzero(result.mask)} voxels, {_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
               + (f", {result.windows} zoom-in window(s)" if result.windows else ""))
     kept = [s.name for s in existing if s.name not in {t.name for t in segments}]

@@ -13,9 +13,9 @@ from .imageio import Segment, read_volume, write_segmentation
 from .inference import SegVolSession
 from .model import load_segvol
 from .preview import write_preview_png
-from .vocabulary import colour_for
-from .weights import default_folder, resolve_demo_ct, resolve_weights
 from .prompts import Target
+from .terminology import look_for_text
+from .weights import default_folder, resolve_demo_ct, resolve_weights
 
 
 def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
@@ -40,14 +40,14 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
     for name in targets:
         bars = progress_bars(name) if progress_bars else None
         try:
-            result = session.segment(Target(name, name), zoom_in=zoom_in, progress=bars)
+            result = session.segment(Target(look_for_text(name).name, name), zoom_in=zoom_in, progress=bars)
         finally:
             if bars is not None:
                 bars.close()
         for warning in result.warnings:
             print(f"segvol: warning: {warning}", file=sys.stderr)
-        print(f"{name}: {np.count_nonzero(result.mask)} voxels")
-        segments.append(Segment(name, result.mask, colour_for(name)))
+        print(f"{result.name}: {np.count_nonzero(result.mask)} voxels")
+        segments.append(Segment.for_target(result.name, result.text, result.mask))
     write_segmentation(seg_path, segments, volume.reference)
     write_preview_png(png_path, volume.array, volume.ijk_to_ras, segments)
     print(f"wrote {seg_path} (open it in 3D Slicer together with {ct_path})")

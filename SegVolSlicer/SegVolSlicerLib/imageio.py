@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import LPS_TO_RAS, lps_to_ras_points, transform_points
 from .prompts import Points, label_from_description
+from .vocabulary import colour_for
 
 
 @dataclass
@@ -209,6 +210,18 @@ class Segment:
     mask: np.ndarray  # (K, J, I) 0/1
     colour: tuple[float, float, float]  # RGB 0..1
     fields: dict[str, str] = field(default_factory=dict)  # other Segment{N}_* header fields to keep (ID, Tags...)
+
+    @classmethod
+    def for_target(cls, name: str, text: str | None, mask: np.ndarray) -> Segment:
+        """A result as the Slicer module shows it: the colour and terminology codes of its text where Slicer's
+        anatomy lists have them, else the vocabulary's fixed colour for the name."""
+        from .terminology import TERMINOLOGY_ENTRY_TAG, look_for_text
+
+        if text is None:
+            return cls(name, mask, colour_for(name))
+        look = look_for_text(text)
+        tags = f"Segmentation.Status:completed|{TERMINOLOGY_ENTRY_TAG}:{look.terminology_entry}|"
+        return cls(name, mask, tuple(look.color), {"Tags": tags} if look.terminology_entry else {})
 
 
 def is_segmentation_path(path: str | os.PathLike) -> bool:

@@ -115,8 +115,10 @@ def test_several_texts_give_one_named_segment_each(ct_files, tmp_path, fake_mode
                              capsys)
     assert code == 0, err
     segments = load_segmentation_in_slicer(output)
-    assert list(segments) == ["liver", "IVC"]
+    assert list(segments) == ["liver", "inferior vena cava"]  # Slicer's anatomy names, as the Slicer module
     assert segments["liver"][0] == pytest.approx((221 / 255, 130 / 255, 101 / 255), abs=1e-5)
+    header = sitk.ReadImage(str(output))
+    assert "TerminologyEntry:" in header.GetMetaData("Segment0_Tags") and "Liver" in header.GetMetaData("Segment0_Tags")
 
 
 def test_labelmap_output_with_box_roi_and_negative_points(ct_files, tmp_path, fake_model, capsys, ct):
