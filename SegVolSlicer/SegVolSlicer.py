@@ -19,7 +19,7 @@ from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLSc
                     vtkMRMLSegmentationNode)
 from slicer.util import VTKObservationMixin
 
-from SegVolSlicerLib import backends, slicer_bridge, slicer_testing, vocabulary
+from SegVolSlicerLib import backends, dependencies, slicer_bridge, slicer_testing, vocabulary
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 
 try:  # inside the Slicer application
@@ -64,8 +64,6 @@ except ImportError:  # plain Python with slicer-core: the logic and the checks w
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
-# Slicer's own packages: installing SegVol's requirements must never replace them.
-PROTECTED_PACKAGES = ("numpy", "SimpleITK", "torch", "requests")
 DEVICES = ["auto", "cuda", "cpu", "mps"]
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
 STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
@@ -121,10 +119,12 @@ class SegVolSlicerParameterNode:
 
 @dataclass
 class SegmentationRequest:
-    """Everything a run needs, read from the scene on the GUI thread; the worker thread only reads it."""
+    """Everything a run needs, read from the scene on the GUI thread. The worker thread reads only the arrays
+    and targets; the nodes are where `apply` writes the results, back on the GUI thread."""
 
-    volumeNodeID: str
-    volumeSignature: tuple
+    volumeNode: vtkMRMLScalarVolumeNode
+    segmentationNode: vtkMRMLSegmentationNode
+    volumeSignature: tuple  # (voxels' modification time, world IJK-to-RAS): what the session was made from
     voxels: np.ndarray
     ijkToRas: np.ndarray
     targets: list  # [(prompts.Target, slicer_bridge.SegmentSpec)]
@@ -179,6 +179,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         with self._lock:
             self._sessions.pop(volumeNodeID, None)
 
+    def forgetRemovedVolumes(self, scene) -> None:
+        """Drop the sessions of volumes no longer in `scene` (after a scene close, node IDs are reused)."""
+        with self._lock:
+            for nodeID in [n for n in self._sessions if scene.GetNodeByID(n) is None]:
+                del self._sessions[nodeID]
+
     def cachedSession(self, volumeNodeID: str):
         """The inference session kept for a volume, or None."""
         with self._lock:
@@ -189,31 +195,34 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         """The volume's session with this model: the cached one, or a new one (preprocessing only, no encoding)."""
         from SegVolSlicerLib.inference.session import SegVolSession
 
+        volumeNodeID = request.volumeNode.GetID()
         with self._lock:
-            cached = self._sessions.get(request.volumeNodeID)
+            cached = self._sessions.get(volumeNodeID)
         if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
             return cached[2]
         session = SegVolSession(model, request.voxels, request.ijkToRas, cache_budget_mb=self.cacheBudgetMB,
                                 progress=reporter.progress)
         with self._lock:
-            self._sessions[request.volumeNodeID] = (request.volumeSignature, model, session)
+            self._sessions[volumeNodeID] = (request.volumeSignature, model, session)
         return session
 
     # --- the three steps ---
 
-    def prepare(self, volumeNode, segmentationNode, names="", pointNodes=(), roiNode=None,
+    def prepare(self, volumeNode, segmentationNode=None, names="", pointNodes=(), roiNode=None,
                 refineSegmentID=None, zoomIn=True) -> SegmentationRequest:
-        """Read the volume and prompts from the scene (GUI thread). Raises InputError for unusable input."""
-        if segmentationNode is None:
-            raise InputError("no output segmentation: select or create one")
+        """Read the volume and prompts from the scene (GUI thread). Raises InputError for unusable input.
+
+        Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
+        """
         voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
         signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
         self._dropStaleSessions(volumeNode.GetScene(), volumeNode.GetID(), signature)
-        points = slicer_bridge.read_points(pointNodes, ijkToRas)
-        box = slicer_bridge.read_box(roiNode, ijkToRas)
+        points, box = slicer_bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
         targets = slicer_bridge.plan_targets(slicer_bridge.split_names(names), points, box, segmentationNode,
                                              refineSegmentID)
-        return SegmentationRequest(volumeNode.GetID(), signature, voxels, ijkToRas, targets, bool(zoomIn))
+        if segmentationNode is None:
+            segmentationNode = slicer_bridge.create_segmentation_node(volumeNode)
+        return SegmentationRequest(volumeNode, segmentationNode, signature, voxels, ijkToRas, targets, bool(zoomIn))
 
     def run(self, request: SegmentationRequest, reporter: backends.Reporter, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
@@ -222,25 +231,42 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         def attempt(deviceName):
             model = self.loadModel(weights, deviceName, reporter)
             session = self.sessionFor(request, model, reporter)
-            return session.segment_many([target for target, _ in request.targets], request.zoomIn,
-                                        reporter.progress, reporter.cancel)
+            results = []
+            for index, (target, _) in enumerate(request.targets):
+                reporter.progress("target", index, len(request.targets))
+                results.append(session.segment(target, request.zoomIn, reporter.progress, reporter.cancel))
+            return results
 
         def onFallback(message):
             with self._lock:
                 if self._model is not None:  # the next attempt finds it on the CPU instead of reloading it
                     self._model.to("cpu")
+                    self._model.set_precision("auto")  # a GPU's fp16/bf16 choice does not suit this CPU
                     self._modelKey = (self._modelKey[0], "cpu")
                 self._sessions.clear()  # their cached embeddings live on the GPU
             reporter.notice(message)
 
         return backends.run_with_cpu_fallback(attempt, str(resolve_device(device)), onFallback)
 
-    def apply(self, request: SegmentationRequest, segmentationNode, volumeNode, results, editorNode=None,
-              saveStateForUndo=None) -> list[str]:
-        """Write the results as segments, one undo step (GUI thread); returns the segment IDs."""
-        if volumeNode is None or volumeNode.GetID() != request.volumeNodeID:
-            raise InputError("the input volume changed during segmentation: run again")
-        writer = slicer_bridge.SegmentWriter(segmentationNode, volumeNode, editorNode, saveStateForUndo)
+    def checkNodes(self, request: SegmentationRequest) -> None:
+        """The request's volume and segmentation are still in the scene and the volume's grid is unchanged
+        (the user may remove, move or resample them while the model runs)."""
+        volume, segmentation = request.volumeNode, request.segmentationNode
+        if volume.GetScene() is None or segmentation.GetScene() is None:
+            raise InputError(f"'{volume.GetName() if volume.GetScene() is None else segmentation.GetName()}' was "
+                             "removed while SegVol was running: nothing was written")
+        image = volume.GetImageData()
+        if (image is None or tuple(image.GetDimensions())[::-1] != request.voxels.shape
+                or not np.array_equal(slicer_bridge.world_ijk_to_ras(volume), request.ijkToRas)):
+            raise InputError(f"volume '{volume.GetName()}' was moved or resampled while SegVol was running: "
+                             "nothing was written, segment again")
+
+    def apply(self, request: SegmentationRequest, results, editorNode=None, saveStateForUndo=None) -> list[str]:
+        """Write the results as segments of the request's segmentation, one undo step (GUI thread); returns the
+        segment IDs."""
+        self.checkNodes(request)
+        writer = slicer_bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode,
+                                             saveStateForUndo)
         try:
             return writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
@@ -252,53 +278,17 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
         reporter = backends.Reporter()
         results = self.run(request, reporter, weights, device)
-        segmentIDs = self.apply(request, segmentationNode, volumeNode, results, editorNode, saveStateForUndo)
+        segmentIDs = self.apply(request, results, editorNode, saveStateForUndo)
         notices = [event.message for event in reporter.drain() if isinstance(event, backends.Notice)]
         return segmentIDs, notices + [warning for result in results for warning in result.warnings]
 
     def _dropStaleSessions(self, scene, volumeNodeID, signature) -> None:
         """Sessions of volumes no longer in the scene, or of this volume before its voxels or geometry changed."""
+        self.forgetRemovedVolumes(scene)
         with self._lock:
-            for nodeID, (cachedSignature, _, _) in list(self._sessions.items()):
-                if scene.GetNodeByID(nodeID) is None or (nodeID == volumeNodeID and cachedSignature != signature):
-                    del self._sessions[nodeID]
-
-
-def missingRequirements(requirementsFile=REQUIREMENTS_FILE) -> list[str]:
-    """Lines of the requirements file that the running Python does not satisfy."""
-    import importlib.metadata
-
-    from packaging.requirements import Requirement
-
-    missing = []
-    with open(requirementsFile, encoding="utf-8") as file:
-        lines = [line.split("#")[0].strip() for line in file]
-    for line in filter(None, lines):
-        requirement = Requirement(line)
-        try:
-            installed = importlib.metadata.version(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(line)
-            continue
-        if not requirement.specifier.contains(installed, prereleases=True):
-            missing.append(line)
-    return missing
-
-
-def protectedPackageConstraints(folder) -> str:
-    """A pip constraints file pinning Slicer's own packages at their installed versions; returns its path."""
-    import importlib.metadata
-
-    lines = []
-    for name in PROTECTED_PACKAGES:
-        try:
-            lines.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    path = os.path.join(folder, "SegVolSlicer-constraints.txt")
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(lines) + "\n")
-    return path
+            cached = self._sessions.get(volumeNodeID)
+            if cached is not None and cached[0] != signature:
+                del self._sessions[volumeNodeID]
 
 
 #
@@ -314,8 +304,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
-        self._request = None
+        self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
         self._rerunPending = False
+        self._dependenciesReady = False
         self._shortcuts = []
         self._observedPromptNodes = []
 
@@ -339,12 +330,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
 
-        self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
+        self.ui.weightsPathLineEdit.filters = (ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs
+                                               | ctk.ctkPathLineEdit.Readable)
         self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
         self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
                                             lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
 
+        # The worker thread never touches Qt: the GUI thread polls its queue.
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(100)
         self._pollTimer.connect("timeout()", self._pollJob)
@@ -360,12 +353,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.clearPromptsButton.connect("clicked(bool)", self.onClearPrompts)
         self.ui.newSegmentButton.connect("clicked(bool)", self.onNewSegment)
-        self.ui.undoButton.connect("clicked(bool)", lambda: self._segmentEditor().undo())
-        self.ui.redoButton.connect("clicked(bool)", lambda: self._segmentEditor().redo())
+        self.ui.undoButton.connect("clicked(bool)", lambda: self._undo(redo=False))
+        self.ui.redoButton.connect("clicked(bool)", lambda: self._undo(redo=True))
         self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
         self.initializeParameterNode()
 
     def cleanup(self):
+        self._pollTimer.stop()
+        self._autoTimer.stop()
         if self._job is not None:
             self._job.cancel()
         self._removeShortcuts()
@@ -385,11 +380,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
 
     def onSceneStartClose(self, caller, event):
+        self._autoTimer.stop()
         if self._job is not None:
             self._job.cancel()
+            self._request = None  # its nodes are about to go: the results are dropped
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
+        self.logic.forgetRemovedVolumes(slicer.mrmlScene)
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -497,6 +495,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onClearPrompts(self):
         node = self._parameterNode
         slicer_bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
+        self._autoTimer.stop()  # clearing starts over; it is not a prompt to run
 
     def onNewSegment(self):
         """Start a new structure: the next clicks make a new segment."""
@@ -526,21 +525,25 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runSegmentation(interactive=True)
 
     def runSegmentation(self, interactive=True):
+        """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only."""
         node = self._parameterNode
-        if not ensureDependencies(interactive):
-            return
-        if not node.outputSegmentation:
-            self.ui.outputSegmentationSelector.addNode()
+        if not self._dependenciesReady:
+            problem = dependencies.ensure(REQUIREMENTS_FILE, interactive)
+            if problem is not None:
+                self.ui.statusLabel.text = problem
+                return
+            self._dependenciesReady = True
+        refineSegmentID = self.ui.targetSegmentSelector.currentSegmentID() if node.outputSegmentation else None
         try:
-            self._request = self.logic.prepare(
-                node.inputVolume, node.outputSegmentation, node.targetNames,
-                [node.positivePoints, node.negativePoints], node.boxROI,
-                self.ui.targetSegmentSelector.currentSegmentID() or None, node.zoomIn)
+            request = self.logic.prepare(node.inputVolume, node.outputSegmentation, node.targetNames,
+                                         [node.positivePoints, node.negativePoints], node.boxROI,
+                                         refineSegmentID or None, node.zoomIn)
         except SegVolError as error:
             self._showError(error, interactive)
             return
+        node.outputSegmentation = request.segmentationNode  # a new one when none was selected
         weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
-        request = self._request
+        self._request = request
         self._job = backends.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
@@ -550,26 +553,21 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _pollJob(self):
         for event in self._job.reporter.drain():
-            if isinstance(event, backends.Notice):
-                self.ui.statusLabel.text = event.message
-                slicer.util.showStatusMessage(event.message, 5000)
-                continue
-            title = STAGE_TITLES.get(event.stage, event.stage)
-            self.ui.progressBar.setRange(0, max(event.total, 1))
-            self.ui.progressBar.setValue(event.done)
-            self.ui.progressBar.setFormat(f"{title} {event.done} of {event.total}" if event.stage == "zoom-in"
-                                          else f"{title} %p%")
+            self._showProgress(event)
         if not self._job.finished:
             return
         self._pollTimer.stop()
-        job, self._job = self._job, None
+        job, request = self._job, self._request
+        self._job = self._request = None
         self.ui.progressBar.hide()
         try:
-            self._finish(job.outcome())
+            results = job.outcome()
+            if request is not None:
+                self._finish(request, results)
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
         except SegVolError as error:
-            self._showError(error, interactive=True)
+            self._showError(error, interactive=request is not None)
         except Exception as error:  # a bug, not a user mistake: full details for the report
             logging.error(traceback.format_exc())
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
@@ -579,81 +577,62 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._rerunPending = False
             self._autoRun()
 
-    def _finish(self, results):
-        node = self._parameterNode
-        volume, segmentation = node.inputVolume, node.outputSegmentation
-        editor = self._segmentEditor()
-        editorNode = editor.mrmlSegmentEditorNode() if node.useSegmentEditorSettings else None
-        segmentIDs = self.logic.apply(self._request, segmentation, volume, results, editorNode,
-                                      editor.saveStateForUndo)
+    def _showProgress(self, event):
+        if isinstance(event, backends.Notice):
+            self.ui.statusLabel.text = event.message
+            slicer.util.showStatusMessage(event.message, 5000)
+        elif event.stage == "target":
+            target = self._request.targets[event.done][0] if self._request is not None else None
+            if target is not None and event.total > 1:
+                self.ui.statusLabel.text = _("Segmenting {name} ({index} of {count})...").format(
+                    name=target.name, index=event.done + 1, count=event.total)
+        else:
+            title = STAGE_TITLES.get(event.stage, event.stage)
+            self.ui.progressBar.setRange(0, max(event.total, 1))
+            self.ui.progressBar.setValue(event.done)
+            self.ui.progressBar.setFormat(f"{title} {event.done} of {event.total}" if event.stage == "zoom-in"
+                                          else f"{title} %p%")
+
+    def _finish(self, request, results):
+        self.logic.checkNodes(request)  # before the Segment Editor is pointed at the nodes
+        editor = self._segmentEditor(request.segmentationNode, request.volumeNode)
+        editorNode = editor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
+        segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo)
+        segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
-        if len(segmentIDs) == 1 and self._request.targets[0][0].text is None:
+        if (len(segmentIDs) == 1 and request.targets[0][0].text is None
+                and self._parameterNode.outputSegmentation == segmentation):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         warnings = [w for result in results for w in result.warnings]
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
         self.ui.statusLabel.text = "\n".join([_("Done: {names}.").format(names=names), *warnings])
 
-    def _segmentEditor(self):
+    def _segmentEditor(self, segmentationNode, volumeNode):
         """The Segment Editor module's editor, on this segmentation: its undo stack holds our steps too."""
         editorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
         editorModule.selectParameterNode()
         editor = editorModule.editor
-        node = self._parameterNode
-        if node.outputSegmentation and editor.segmentationNode() != node.outputSegmentation:
-            editor.setSegmentationNode(node.outputSegmentation)
-        if node.inputVolume and editor.sourceVolumeNode() != node.inputVolume:
-            editor.setSourceVolumeNode(node.inputVolume)
+        if editor.segmentationNode() != segmentationNode:
+            editor.setSegmentationNode(segmentationNode)
+        if volumeNode is not None and editor.sourceVolumeNode() != volumeNode:
+            editor.setSourceVolumeNode(volumeNode)
         return editor
+
+    def _undo(self, redo=False):
+        """Undo (or redo) a step of the output segmentation in the Segment Editor's history."""
+        node = self._parameterNode
+        if not node or not node.outputSegmentation:
+            return
+        editor = self._segmentEditor(node.outputSegmentation, node.inputVolume)
+        if redo:
+            editor.redo()
+        else:
+            editor.undo()
 
     def _showError(self, error, interactive):
         self.ui.statusLabel.text = str(error)
         if interactive:
             slicer.util.errorDisplay(str(error))
-
-
-def ensureDependencies(interactive=True) -> bool:
-    """Install what SegVol needs into Slicer's Python on first use, after asking. False: not available (yet)."""
-    try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        slicer.util.errorDisplay(_("SegVol needs the PyTorch extension: install 'PyTorch' from the Extensions "
-                                   "Manager, restart Slicer and try again."))
-        return False
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        if not interactive:
-            return False
-        # PyTorchUtils asks first and picks the CUDA/CPU build for this computer.
-        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.2") is None:
-            return False
-    missing = missingRequirements()
-    if not missing:
-        return True
-    if not interactive:
-        return False
-    constraints = protectedPackageConstraints(slicer.app.temporaryPath)
-    try:
-        if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
-            # Asks, installs, and offers a restart if an already imported package was updated.
-            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(REQUIREMENTS_FILE),
-                                        constraints=constraints, requester="SegVol")
-        else:
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("SegVol needs these Python packages. Install them now (needs a network connection)?"),
-                    detailedText="\n".join(missing)):
-                return False
-            import sys
-            loaded = [line for line in missing if line.split("=")[0].replace("-", "_") in sys.modules]
-            with slicer.util.tryWithErrorDisplay(_("Installing SegVol's Python packages failed."), waitCursor=True):
-                slicer.util.pip_install(["-r", REQUIREMENTS_FILE, "-c", constraints])
-            if loaded:
-                slicer.util.infoDisplay(_("Restart Slicer to use the updated packages: {names}").format(
-                    names=", ".join(loaded)))
-                return False
-    except RuntimeError as error:  # the user declined
-        slicer.util.showStatusMessage(str(error), 5000)
-        return False
-    return not missingRequirements()
 
 
 #
@@ -669,27 +648,20 @@ class SegVolSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for check in slicer_testing.BRIDGE_CHECKS:
-            self.setUp()
-            self.delayDisplay(check.__doc__.splitlines()[0])
-            check()
-        self.setUp()
-        self.test_LogicEndToEnd()
-
-    def test_LogicEndToEnd(self):
-        if missingRequirements() or not _torchAvailable():
+            self._run(check)
+        for check in slicer_testing.LOGIC_CHECKS:
+            self._run(check, SegVolSlicerLogic())
+        if dependencies.unsatisfied([dependencies.TORCH_REQUIREMENT,
+                                     *dependencies.requirement_lines(REQUIREMENTS_FILE)]):
             self.delayDisplay("SegVol's Python packages are not installed: engine checks skipped")
             return
         for check in slicer_testing.ENGINE_CHECKS:
-            self.setUp()
-            self.delayDisplay(check.__doc__.splitlines()[0])
-            check()
-        self.setUp()
-        self.delayDisplay("Building a SegVol with synthetic weights (about 30 s)")
-        slicer_testing.check_logic_end_to_end(SegVolSlicerLogic(), slicer_testing.synthetic_model(slicer.app.temporaryPath))
+            self._run(check)
+        self._run(slicer_testing.check_logic_end_to_end, SegVolSlicerLogic(),
+                  slicer_testing.synthetic_model(slicer.app.temporaryPath))
         self.delayDisplay("Test passed")
 
-
-def _torchAvailable() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
+    def _run(self, check, *args):
+        self.setUp()
+        self.delayDisplay(check.__doc__.splitlines()[0])
+        check(*args)

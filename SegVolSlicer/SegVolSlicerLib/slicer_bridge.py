@@ -26,11 +26,12 @@ POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
-# Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...
+# Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...; negative clicks are also
+# crosses, so that they differ in shape for red-green colour-blind users.
 _PROMPT_LOOKS = {
-    POSITIVE_ROLE: ("SegVol positive", (0.15, 0.80, 0.30), "+%d"),
-    NEGATIVE_ROLE: ("SegVol negative", (0.95, 0.20, 0.20), "-%d"),
-    BOX_ROLE: ("SegVol box", (1.00, 0.84, 0.04), None),
+    POSITIVE_ROLE: ("SegVol positive", (0.15, 0.80, 0.30), "+%d", None),
+    NEGATIVE_ROLE: ("SegVol negative", (0.95, 0.20, 0.20), "-%d", "ThickCross2D"),
+    BOX_ROLE: ("SegVol box", (1.00, 0.84, 0.04), None, None),
 }
 
 
@@ -100,9 +101,19 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
     return Points.from_ras(np.array(ras), np.array(labels), ijk_to_ras)
 
 
+def read_prompts(point_nodes, roi_node, ijk_to_ras, shape_kji) -> tuple[Points | None, Box | None]:
+    """Clicks and box on a volume of shape (K,J,I): a click off the volume is a mistake (it would be ignored
+    silently), a box reaching out of the volume is clipped to it."""
+    points = read_points(point_nodes, ijk_to_ras)
+    if points is not None:
+        points.check_inside(shape_kji)
+    box = read_box(roi_node, ijk_to_ras)
+    return points, None if box is None else box.clipped(shape_kji)
+
+
 def create_prompt_node(scene, role: str):
     """A markups node for positive clicks, negative clicks or the box, tagged with its role and coloured."""
-    name, color, label_format = _PROMPT_LOOKS[role]
+    name, color, label_format, glyph = _PROMPT_LOOKS[role]
     node_class = "vtkMRMLMarkupsROINode" if role == BOX_ROLE else "vtkMRMLMarkupsFiducialNode"
     node = scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName(name))
     node.SetAttribute(ROLE_ATTRIBUTE, role)
@@ -111,8 +122,20 @@ def create_prompt_node(scene, role: str):
     display.SetSelectedColor(color)
     display.SetColor(color)
     display.SetActiveColor(color)
+    if glyph is not None:
+        display.SetGlyphTypeFromString(glyph)
     if label_format is not None:
         node.SetControlPointLabelFormat(label_format)
+    return node
+
+
+def create_segmentation_node(volume_node):
+    """A new segmentation for the results on `volume_node`, named after it, with the volume's geometry."""
+    scene = volume_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                   scene.GenerateUniqueName(f"{volume_node.GetName()} SegVol"))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     return node
 
 
@@ -166,9 +189,12 @@ def spec_for_text(text: str) -> SegmentSpec:
 
 
 def spec_for_new_segment(segmentation_node) -> SegmentSpec:
-    """A segment for a prompt without text: "SegVol 1", "SegVol 2", ... (first unused number)."""
-    segmentation = segmentation_node.GetSegmentation()
-    used = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    """A segment for a prompt without text: "SegVol 1", "SegVol 2", ... (first unused number; None: a
+    segmentation yet to be made)."""
+    used = set()
+    if segmentation_node is not None:
+        segmentation = segmentation_node.GetSegmentation()
+        used = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
     number = next(n for n in itertools.count(1) if f"{DEFAULT_SEGMENT_PREFIX} {n}" not in used)
     name = f"{DEFAULT_SEGMENT_PREFIX} {number}"
     return SegmentSpec(name, tuple(vocabulary.colour_for(name)))

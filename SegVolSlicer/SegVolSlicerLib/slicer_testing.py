@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import types
 
 import numpy as np
 import slicer
 import vtk
 
 from . import backends, slicer_bridge, terminology
+from .errors import InputError
 from .geometry import ModelAxes, ijk_to_ras_points
 from .prompts import Box
 
@@ -207,8 +209,10 @@ def _blob(shape, low, high) -> np.ndarray:
     return mask
 
 
-def _segmentation_with_manual_segments(volume):
-    """A segmentation holding two hand-made segments, one overlapping where the AI result will go."""
+def _volume_with_manual_segments(ijk_to_ras, label="SegVol test CT"):
+    """(volume, segmentation, {segment ID: voxels}, volume shape): a segmentation holding two hand-made
+    segments, one overlapping where the AI results will go."""
+    volume = make_volume(ijk_to_ras, label)
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
     segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
@@ -218,15 +222,13 @@ def _segmentation_with_manual_segments(volume):
         segment_id = segmentation.GetSegmentation().AddEmptySegment("", name, [0.5, 0.5, 0.5])
         slicer.util.updateSegmentBinaryLabelmapFromArray(_blob(shape, low, high), segmentation, segment_id, volume)
         manual[segment_id] = _segment_array(segmentation, segment_id, volume)
-    return segmentation, manual
+    return volume, segmentation, manual, shape
 
 
 def check_mask_to_segment():
     """A mask becomes a named, coloured, coded segment on the volume grid; other segments stay bit-identical."""
     for label, ijk_to_ras in geometries().items():
-        volume = make_volume(ijk_to_ras, label)
-        segmentation, manual = _segmentation_with_manual_segments(volume)
-        shape = slicer.util.arrayFromVolume(volume).shape
+        volume, segmentation, manual, shape = _volume_with_manual_segments(ijk_to_ras, label)
         writer = slicer_bridge.SegmentWriter(segmentation, volume)
         liver, spleen = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (5, 0, 10), (12, 9, 24))
         liver_id, spleen_id = writer.write([(slicer_bridge.spec_for_text("Liver"), liver),
@@ -256,9 +258,7 @@ def check_mask_to_segment():
 
 def check_rerun_updates_in_place():
     """Re-running a text target replaces its segment's voxels; refining targets the chosen segment."""
-    volume = make_volume(oblique_lps_ijk_to_ras())
-    segmentation, manual = _segmentation_with_manual_segments(volume)
-    shape = slicer.util.arrayFromVolume(volume).shape
+    volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     writer = slicer_bridge.SegmentWriter(segmentation, volume)
     first, second = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (6, 1, 2), (11, 7, 9))
     (segment_id,) = writer.write([(slicer_bridge.spec_for_text("kidney left"), first)])
@@ -303,9 +303,7 @@ def check_undo_steps():
 
 def check_overwrite_settings():
     """With the Segment Editor's settings (overwrite all, or masking), other segments change as there."""
-    volume = make_volume(oblique_lps_ijk_to_ras())
-    segmentation, manual = _segmentation_with_manual_segments(volume)
-    shape = slicer.util.arrayFromVolume(volume).shape
+    volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     editor_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor_node.SetOverwriteMode(editor_node.OverwriteAllSegments)
     writer = slicer_bridge.SegmentWriter(segmentation, volume, editor_node=editor_node)
@@ -327,9 +325,7 @@ def check_overwrite_settings():
 
 def check_seg_nrrd_roundtrip(folder=None):
     """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
-    volume = make_volume(oblique_lps_ijk_to_ras())
-    segmentation, manual = _segmentation_with_manual_segments(volume)
-    shape = slicer.util.arrayFromVolume(volume).shape
+    volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     writer = slicer_bridge.SegmentWriter(segmentation, volume)
     written = writer.write([(slicer_bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
                             (slicer_bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3)))])
@@ -354,6 +350,85 @@ def check_seg_nrrd_roundtrip(folder=None):
     target = vtk.reference("")
     loaded.GetSegmentation().GetSegment(written[0]).GetTag(slicer_bridge.TARGET_TAG, target)
     _check(target.get() == "inferior vena cava", "target tag lost")
+
+
+def _expect_input_error(call, words):
+    try:
+        call()
+    except InputError as error:
+        _check(words in str(error), f"the message {str(error)!r} does not say {words!r}")
+        return
+    raise AssertionError(f"no InputError saying {words!r}")
+
+
+def check_logic_refuses_unusable_input(logic):
+    """Unusable input is one InputError saying what to do, and creates nothing; usable input a new segmentation."""
+    ijk_to_ras = oblique_lps_ijk_to_ras()
+    volume = make_volume(ijk_to_ras)
+    positive, negative, roi = (slicer_bridge.create_prompt_node(slicer.mrmlScene, role) for role in
+                               (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE))
+    clicks = [positive, negative]
+    centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
+    _expect_input_error(lambda: logic.prepare(None, None, "liver"), "no input volume")
+    _expect_input_error(lambda: logic.prepare(volume, None, " , ", clicks, roi), "nothing to segment")
+    negative.AddControlPoint(*centre)
+    _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "positive point")
+    positive.AddControlPoint(*centre)
+    _expect_input_error(lambda: logic.prepare(volume, None, "liver, spleen", clicks, roi), "single name")
+    off_volume = positive.AddControlPoint(*ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, SHAPE_KJI[0] + 3.0]))
+    _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "outside the volume")
+    positive.RemoveNthControlPoint(off_volume)
+    set_roi_to_box(roi, Box((30, 30, 20), (40, 40, 30)), ijk_to_ras)
+    _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "outside the volume")
+    positive.SetNthControlPointDescription(0, "maybe")
+    _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "neither positive nor negative")
+    positive.SetNthControlPointDescription(0, "")
+    segmentations = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    _check(segmentations.GetNumberOfItems() == 0, "a refused run left a segmentation behind")
+
+    set_roi_to_box(roi, Box((-3, 2, 1), (5, 30, 4)), ijk_to_ras)  # reaches out of the volume: clipped
+    request = logic.prepare(volume, None, "liver", clicks, roi)
+    (target, spec), = request.targets
+    _check(target.text == "liver" and spec.name == "liver" and list(target.points.labels) == [1, 0],
+           f"targets {request.targets}")
+    _check(target.box == Box((0, 2, 1), (5, SHAPE_KJI[1] - 1, 4)), f"box not clipped to the volume: {target.box}")
+    segmentation = request.segmentationNode
+    _check(segmentation.GetScene() is slicer.mrmlScene and segmentation.GetName() == "SegVol test CT SegVol",
+           "no new segmentation for the results")
+    geometry = segmentation.GetNodeReference(
+        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    _check(geometry is volume, "the new segmentation does not take the volume's geometry")
+
+
+def check_logic_writes_where_it_read(logic):
+    """Results go to the nodes the run read; nothing is written once they were removed, moved or resampled."""
+    volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
+    results = [types.SimpleNamespace(mask=_blob(shape, (2, 4, 4), (8, 12, 14)), warnings=[])]
+    request = logic.prepare(volume, segmentation, "liver")
+    count = segmentation.GetSegmentation().GetNumberOfSegments()
+
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = (0.0, 0.0, 5.0)
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    _expect_input_error(lambda: logic.apply(request, results), "moved or resampled")
+    _check(segmentation.GetSegmentation().GetNumberOfSegments() == count, "a refused result was written")
+    volume.SetAndObserveTransformNodeID(None)
+
+    elsewhere = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "selected meanwhile")
+    (segment_id,) = logic.apply(request, results)  # the selection changed; the request still knows its nodes
+    _check(np.array_equal(_segment_array(segmentation, segment_id, volume), results[0].mask), "result not written")
+    _check(elsewhere.GetSegmentation().GetNumberOfSegments() == 0, "the result went to another segmentation")
+    for other, before in manual.items():
+        _check(np.array_equal(_segment_array(segmentation, other, volume), before), f"segment {other} changed")
+
+    fresh = logic.prepare(volume, None, "spleen")
+    slicer.mrmlScene.RemoveNode(fresh.segmentationNode)
+    _expect_input_error(lambda: logic.apply(fresh, results), "removed")
+    slicer.mrmlScene.RemoveNode(volume)
+    _expect_input_error(lambda: logic.apply(request, results), "removed")
+
 
 def synthetic_model(folder=None):
     """SegVol with the project's deterministic synthetic weights, loaded on the CPU (needs torch)."""
@@ -420,4 +495,5 @@ def check_logic_end_to_end(logic, model):
 
 BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
                  check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_seg_nrrd_roundtrip)
+LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
 ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)
