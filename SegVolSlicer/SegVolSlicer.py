@@ -222,6 +222,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
                                              refineSegmentID)
         if segmentationNode is None:
             segmentationNode = slicer_bridge.create_segmentation_node(volumeNode)
+        slicer_bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
         return SegmentationRequest(volumeNode, segmentationNode, signature, voxels, ijkToRas, targets, bool(zoomIn))
 
     def run(self, request: SegmentationRequest, reporter: backends.Reporter, weights=None, device="auto"):

@@ -26,6 +26,7 @@ POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
+LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 # Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...; negative clicks are also
 # crosses, so that they differ in shape for red-green colour-blind users.
 _PROMPT_LOOKS = {
@@ -235,6 +236,16 @@ def plan_targets(names: list[str], points: Points | None, box: Box | None, segme
     return [(Target(spec.name, text=name, points=points, box=box), spec) for name, spec in specs]
 
 
+def check_labelmap_source(segmentation_node) -> None:
+    """Results are voxels: a segmentation whose segments are stored as surfaces would silently get empty
+    segments (the surfaces are the source, voxels derived from them), and converting it is the user's choice."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSourceRepresentationName() != LABELMAP and segmentation.GetNumberOfSegments():
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' stores its segments as "
+                         f"{segmentation.GetSourceRepresentationName().lower()}s: make 'Binary labelmap' its source "
+                         "representation (Segmentations module, Representations) or choose another segmentation")
+
+
 def find_target_segment(segmentation_node, target_key: str) -> str | None:
     segmentation = segmentation_node.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
@@ -257,6 +268,7 @@ class SegmentWriter:
     """
 
     def __init__(self, segmentation_node, volume_node, editor_node=None, save_state_for_undo=None):
+        check_labelmap_source(segmentation_node)
         scene = segmentation_node.GetScene()
         self.segmentation_node, self.volume_node = segmentation_node, volume_node
         if editor_node is None:
@@ -283,8 +295,10 @@ class SegmentWriter:
         if not segmentation_node.GetDisplayNode():
             segmentation_node.CreateDefaultDisplayNodes()
         if not segmentation_node.GetSegmentation().GetNumberOfSegments():
-            # As the Segment Editor does: an empty segmentation takes the geometry of the volume it segments.
+            # As the Segment Editor does: an empty segmentation takes the geometry of the volume it segments
+            # and stores voxels.
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            segmentation_node.GetSegmentation().SetSourceRepresentationName(LABELMAP)
 
     def close(self):
         """Remove the writer's private editor node from the scene."""

@@ -323,6 +323,38 @@ def check_overwrite_settings():
     writer.close()
 
 
+def _surface_segmentation(volume):
+    """A segmentation whose source representation is closed surfaces (as one made from models)."""
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
+    segmentation.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    sphere = vtk.vtkSphereSource()
+    sphere.SetCenter(*slicer_bridge.world_ijk_to_ras(volume)[:3, 3])
+    sphere.SetRadius(5.0)
+    sphere.Update()
+    segment = slicer.vtkSegment()
+    segment.SetName("model")
+    segment.AddRepresentation("Closed surface", sphere.GetOutput())
+    segmentation.GetSegmentation().AddSegment(segment)
+    return segmentation
+
+
+def check_surface_segmentations():
+    """A segmentation stored as surfaces is refused (its voxel segments would stay empty); an empty one is
+    switched to voxels, as the Segment Editor does."""
+    volume = make_volume(oblique_lps_ijk_to_ras())
+    mask = _blob(slicer.util.arrayFromVolume(volume).shape, (2, 4, 4), (8, 12, 14))
+    surfaces = _surface_segmentation(volume)
+    _expect_input_error(lambda: slicer_bridge.SegmentWriter(surfaces, volume), "Binary labelmap")
+    _check(slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems() == 0,
+           "a refused writer left its editor node in the scene")
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty surfaces")
+    empty.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    writer = slicer_bridge.SegmentWriter(empty, volume)
+    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("liver"), mask)])
+    writer.close()
+    _check(np.array_equal(_segment_array(empty, segment_id, volume), mask), "the result was not stored as voxels")
+
+
 def check_seg_nrrd_roundtrip(folder=None):
     """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
@@ -385,6 +417,7 @@ def check_logic_refuses_unusable_input(logic):
     positive.SetNthControlPointDescription(0, "")
     segmentations = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     _check(segmentations.GetNumberOfItems() == 0, "a refused run left a segmentation behind")
+    _expect_input_error(lambda: logic.prepare(volume, _surface_segmentation(volume), "liver"), "Binary labelmap")
 
     set_roi_to_box(roi, Box((-3, 2, 1), (5, 30, 4)), ijk_to_ras)  # reaches out of the volume: clipped
     request = logic.prepare(volume, None, "liver", clicks, roi)
@@ -494,6 +527,7 @@ def check_logic_end_to_end(logic, model):
 
 
 BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
-                 check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_seg_nrrd_roundtrip)
+                 check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_surface_segmentations,
+                 check_seg_nrrd_roundtrip)
 LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
 ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)
