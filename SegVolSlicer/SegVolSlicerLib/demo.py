@@ -35,7 +35,7 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
 
     volume = read_volume(ct_path)
     print(f"demo CT {ct_path}: {volume.shape[2]}x{volume.shape[1]}x{volume.shape[0]} voxels; weights {weights}")
-    session = SegVolSession(load_segvol(weights, device=device), volume.array, volume.ijk_to_ras)
+    session = SegVolSession(load_segvol(weights, device=device, precision="auto"), volume.array, volume.ijk_to_ras)
     segments = []
     for name in targets:
         bars = progress_bars(name) if progress_bars else None
