@@ -307,6 +307,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
         self._rerunPending = False
+        self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
         self._dependenciesReady = False
         self._shortcuts = []
         self._observedPromptNodes = []
@@ -372,6 +373,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installShortcuts()
 
     def exit(self):
+        self._autoTimer.stop()
         self._removeShortcuts()
         for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget, self.ui.boxPlaceWidget):
             placeWidget.setPlaceModeEnabled(False)
@@ -396,14 +398,22 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNodeAboutToBeRemoved(self, caller, event, node):
         if node.IsA("vtkMRMLVolumeNode"):
             self.logic.forgetVolume(node.GetID())
+        elif slicer_bridge.node_role(node) is not None and self.parent.isEntered:
+            # Placing must keep working: a fresh prompt node once the removal is over.
+            qt.QTimer.singleShot(0, self._createMissingPromptNodes)
 
     # --- parameter node ---
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self._createMissingPromptNodes()
+
+    def _createMissingPromptNodes(self):
         node = self._parameterNode
-        if not node.inputVolume:
-            node.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not node:
+            return
         for attribute, role in (("positivePoints", slicer_bridge.POSITIVE_ROLE),
                                 ("negativePoints", slicer_bridge.NEGATIVE_ROLE), ("boxROI", slicer_bridge.BOX_ROLE)):
             if not getattr(node, attribute):
@@ -484,7 +494,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onPromptChanged()
 
     def _onPromptChanged(self, caller=None, event=None):
-        if self._parameterNode and self._parameterNode.autoUpdate:
+        # Only while the panel is shown: prompts dragged in another module must not rewrite segments unseen.
+        if self.parent.isEntered and self._parameterNode and self._parameterNode.autoUpdate:
             self._autoTimer.start()
 
     def _autoRun(self):
@@ -497,6 +508,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         slicer_bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
         self._autoTimer.stop()  # clearing starts over; it is not a prompt to run
+        self._selectResult = False  # a run still going belongs to the previous structure
 
     def onNewSegment(self):
         """Start a new structure: the next clicks make a new segment."""
@@ -528,6 +540,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def runSegmentation(self, interactive=True):
         """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only."""
         node = self._parameterNode
+        if not node:
+            return
         if not self._dependenciesReady:
             problem = dependencies.ensure(REQUIREMENTS_FILE, interactive)
             if problem is not None:
@@ -544,7 +558,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         node.outputSegmentation = request.segmentationNode  # a new one when none was selected
         weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
-        self._request = request
+        self._request, self._selectResult = request, True
         self._job = backends.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
@@ -601,7 +615,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
-        if (len(segmentIDs) == 1 and request.targets[0][0].text is None
+        if (self._selectResult and len(segmentIDs) == 1 and request.targets[0][0].text is None
                 and self._parameterNode.outputSegmentation == segmentation):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         warnings = [w for result in results for w in result.warnings]
