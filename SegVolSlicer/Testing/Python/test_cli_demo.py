@@ -27,7 +27,7 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     snapshot.mkdir()
     (snapshot / "pytorch_model.bin").write_bytes(b"")  # found by name; the stand-in model below is used
     write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
-    monkeypatch.setattr(demo, "load_segvol", lambda weights, device: FakeSegVol())
+    monkeypatch.setattr(demo, "load_segvol", lambda weights, device, precision: FakeSegVol())
     code = cli.main(["demo", "--source", str(snapshot), "--output-dir", str(tmp_path / "out"), "--text", "liver",
                      "--text", "spleen", "--no-zoom-in"])
     out = capsys.readouterr().out
