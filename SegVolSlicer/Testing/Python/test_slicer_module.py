@@ -134,7 +134,8 @@ def test_segment_look_for_text():
 
 
 def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monkeypatch):  # noqa: F811
-    """A GPU out of memory: the model moves to the CPU, the user is told, the run completes there."""
+    """A GPU out of memory: the model moves to the CPU, the user is told, the run completes there.
+    (An Apple GPU here: a CUDA model would need a CUDA build of torch to stage its input.)"""
     import torch
     from fake_segvol import FakeSegVol
 
@@ -143,7 +144,7 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monk
     class FullGpuSegVol(FakeSegVol):
         def __init__(self):
             super().__init__()
-            self.device, self.precision = torch.device("cuda"), "fp16"
+            self.device, self.precision = torch.device("mps"), "fp16"
 
         def to(self, device):
             self.device = torch.device(device)
@@ -154,16 +155,16 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monk
 
         def encode_image(self, image):
             if self.device.type != "cpu":
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+                raise RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)")
             return super().encode_image(image)
 
-    monkeypatch.setattr(SegVolSlicerLib.model, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(SegVolSlicerLib.model, "resolve_device", lambda device: torch.device("mps"))
     logic = module.SegVolSlicerLogic()
     model = FullGpuSegVol()
     logic.useModel(model)
     volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segment_ids, messages = logic.process(volume, segmentation, names="liver", zoomIn=False, device="cuda")
+    segment_ids, messages = logic.process(volume, segmentation, names="liver", zoomIn=False, device="mps")
     assert model.device.type == "cpu" and model.image_calls == 1
     assert model.precision == ("auto", "cpu")  # chosen again on the CPU: a GPU's fp16 does not run there
     assert len(segment_ids) == 1 and any("running on the CPU" in m for m in messages), messages
