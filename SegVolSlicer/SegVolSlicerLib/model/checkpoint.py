@@ -4,10 +4,12 @@ Formats: the GitHub release `SegVol_v1.pth` ({'model': {'module.' + key}}), the 
 snapshot folder or its `pytorch_model.bin` ({'model.' + key}), and `.safetensors` with the .bin's keys.
 """
 
+import argparse
 import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +25,15 @@ _OUR_CLIP = "text_encoder.clip_text_model."
 _TOLERATED = ("text_encoder.clip_text_model.embeddings.position_ids", "prompt_encoder.mask_downscaling.")
 _HINT = ("use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder "
          "(pytorch_model.bin)")
+
+
+
+def _data_only_globals() -> list:
+    """Plain-data types that training scripts leave next to the weights (an `epoch` saved as a numpy scalar,
+    an argparse `args`); allowed so such files load under weights_only, which still refuses any code."""
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    dtypes = [type(np.dtype(name)) for name in ("bool", "int32", "int64", "float32", "float64")]
+    return [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct, *dtypes]
 
 
 def find_weights(source: Path) -> tuple[Path, Path | None]:
@@ -47,12 +58,13 @@ def _read_file(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({error}); {_HINT}") from None
     try:
-        try:  # memory-mapped: the 724 MB file is not copied into RAM twice
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_data_only_globals()):
+            try:  # memory-mapped: the 724 MB file is not copied into RAM twice
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error).lower():  # the weights-only unpickler met a class or function reference
             raise CheckpointError(f"refusing to load {path}: it contains Python objects or code, not just tensors "

@@ -1,7 +1,10 @@
 """Loading SegVol weights: the three official formats, strict keys, and files that must be refused."""
 
+import argparse
 import os
 import shutil
+
+import numpy as np
 
 import pytest
 import torch
@@ -49,6 +52,16 @@ def test_hugging_face_formats_load_the_same_weights(fmt, name, synthetic_state, 
     _assert_same_weights(model, synthetic_model)
     if fmt == "hf-folder":  # the snapshot's own tokenizer is used
         assert os.path.samefile(model.text_encoder.tokenizer.name_or_path, path)
+
+
+def test_training_checkpoint_with_numpy_and_args_loads(synthetic_state, tmp_path):
+    """SegVol_v1.pth is a training checkpoint: plain-data extras next to 'model' must not block loading."""
+    path = tmp_path / "SegVol_v1.pth"
+    torch.save({"model": {"module." + k: v for k, v in synthetic_state.items()}, "epoch": np.int64(2000),
+                "args": argparse.Namespace(lr=1e-4, spatial_size=(32, 256, 256)), "history": np.zeros(3),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}}, path)
+    state = read_state_dict(path)
+    assert torch.equal(state["mask_decoder.iou_token.weight"], synthetic_state["mask_decoder.iou_token.weight"])
 
 
 def test_missing_and_unexpected_keys_are_named(synthetic_model, synthetic_checkpoint):
