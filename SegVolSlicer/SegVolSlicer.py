@@ -135,12 +135,14 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     """Prepare (GUI thread) -> run (any thread) -> apply (GUI thread); `process` does all three in a row.
 
     Keeps the loaded model and one inference session per volume (its embedding caches make a new click cost a
-    decoder pass), dropped when the volume changes or is removed.
+    decoder pass), dropped when the volume changes or is removed; only the `maxSessions` most recently used are
+    kept (each holds a float copy of its volume and up to `cacheBudgetMB` of embeddings).
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.cacheBudgetMB = 2048
+        self.maxSessions = 2
         self._model, self._modelKey = None, None
         self._sessions = {}  # volume node ID -> (signature, model, SegVolSession)
         self._lock = threading.Lock()
@@ -199,7 +201,14 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         with self._lock:
             cached = self._sessions.get(volumeNodeID)
         if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
+            with self._lock:
+                self._sessions.pop(volumeNodeID, None)
+                self._sessions[volumeNodeID] = cached  # most recently used last
             return cached[2]
+        with self._lock:
+            self._sessions.pop(volumeNodeID, None)
+            while self._sessions and len(self._sessions) >= self.maxSessions:
+                del self._sessions[next(iter(self._sessions))]  # least recently used first
         session = SegVolSession(model, request.voxels, request.ijkToRas, cache_budget_mb=self.cacheBudgetMB,
                                 progress=reporter.progress)
         with self._lock:

@@ -168,3 +168,23 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monk
     assert model.device.type == "cpu" and model.image_calls == 1
     assert model.precision == ("auto", "cpu")  # chosen again on the CPU: a GPU's fp16 does not run there
     assert len(segment_ids) == 1 and any("running on the CPU" in m for m in messages), messages
+
+
+def test_logic_keeps_the_sessions_of_recent_volumes_only(module, slicer_scene):  # noqa: F811
+    """Each session holds a float copy of its volume and its embeddings: old ones must not pile up."""
+    from fake_segvol import FakeSegVol
+
+    logic = module.SegVolSlicerLogic()
+    logic.useModel(FakeSegVol())
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    volumes = [slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras(), f"CT {n}") for n in range(3)]
+
+    def kept():
+        return [logic.cachedSession(volume.GetID()) is not None for volume in volumes]
+
+    for volume in volumes[:2]:
+        logic.process(volume, segmentation, names="liver", zoomIn=False)
+    assert logic.maxSessions == 2 and kept() == [True, True, False]
+    logic.process(volumes[0], segmentation, names="spleen", zoomIn=False)  # volume 0 is now the most recent
+    logic.process(volumes[2], segmentation, names="liver", zoomIn=False)
+    assert kept() == [True, False, True]
