@@ -315,6 +315,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
+        self._interactive = True  # the running job was started by the user (errors in a dialog), not auto-update
         self._rerunPending = False
         self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
         self._dependenciesReady = False
@@ -393,6 +394,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self._autoTimer.stop()
+        self._rerunPending = False
         if self._job is not None:
             self._job.cancel()
             self._request = None  # its nodes are about to go: the results are dropped
@@ -542,6 +544,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self):
         if self._job is not None:
             self._job.cancel()
+            self._rerunPending = False
             self.ui.statusLabel.text = _("Cancelling...")
             return
         self.runSegmentation(interactive=True)
@@ -567,7 +570,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         node.outputSegmentation = request.segmentationNode  # a new one when none was selected
         weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
-        self._request, self._selectResult = request, True
+        self._request, self._selectResult, self._interactive = request, True, interactive
         self._job = backends.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
@@ -591,7 +594,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
         except SegVolError as error:
-            self._showError(error, interactive=request is not None)
+            self._showError(error, self._interactive and request is not None)
         except Exception as error:  # a bug, not a user mistake: full details for the report
             logging.error(traceback.format_exc())
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),

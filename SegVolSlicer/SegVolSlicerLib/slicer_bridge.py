@@ -349,14 +349,6 @@ class SegmentWriter:
     def redo(self) -> None:
         self._logic.Redo()
 
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._logic.CanUndo())
-
-    @property
-    def can_redo(self) -> bool:
-        return bool(self._logic.CanRedo())
-
 
 def _oriented_labelmap(mask: np.ndarray, ijk_to_ras: np.ndarray):
     """A binary vtkOrientedImageData holding mask (K,J,I) with the given voxel-to-RAS matrix."""
