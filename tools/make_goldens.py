@@ -38,6 +38,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SegVolSlicer"))
+sys.path.insert(0, str(REPO / "SegVolSlicer" / "Testing" / "Python"))  # fake_segvol: the stand-in network
 
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, model_input_image, write_ct  # noqa: E402
 from SegVolSlicerLib.testing.synthetic_weights import synthetic_state_dict  # noqa: E402
@@ -58,6 +59,11 @@ PIPELINE_MODES = {"text": (True, False, False), "box": (False, True, False), "te
 # single window and the official single-window paths (the user's box cube, the padding offset) run too.
 PIPELINE_CASES = {"full": (slice(None), ["liver", "spleen"], list(PIPELINE_MODES)),
                   "thin": (slice(8, 40), ["spleen"], ["box", "text_box", "points"])}
+
+# The stand-in network (fake_segvol.BandSegVol) on the layout phantom: localised masks, so the branches that
+# synthetic weights never reach run too (ROI inside the crop, widened and clamped; several windows along D
+# and W; empty windows; empty zoom-out).
+STANDIN_CASES = {"layout": (slice(None), ["pancreas", "spleen", "kidney", "stomach"], list(PIPELINE_MODES))}
 
 
 class _Stub(types.ModuleType):
@@ -251,7 +257,8 @@ def preprocess_goldens(ct_path: Path, label_path: Path, names: list[str]):
             for key, value in item.items()}, snapshots
 
 
-def pipeline_goldens(model, workdir: Path) -> dict[str, np.ndarray]:
+def pipeline_goldens(model_for, workdir: Path, full_ct, cases) -> dict[str, np.ndarray]:
+    """`model_for(ct, minmax)` gives the network to run on a case (minmax: its normalised (K,J,I) image)."""
     import inference_demo
     import utils.monai_inferers_utils as inferers
 
@@ -264,14 +271,14 @@ def pipeline_goldens(model, workdir: Path) -> dict[str, np.ndarray]:
         setattr(inference_demo, name, recorders[name])
 
     out: dict[str, np.ndarray] = {}
-    full_ct = make_synthetic_ct(seed=0)
-    for case, (slices, organs, modes) in PIPELINE_CASES.items():
+    for case, (slices, organs, modes) in cases.items():
         ct = _slab(full_ct, slices)
         ct_path, label_path = workdir / f"{case}_ct.nii.gz", workdir / f"{case}_labels.nii.gz"
         write_ct(ct, ct_path, label_path)
         names = [ct.label_names[value] for value in sorted(ct.label_names)]
         item, snapshots = preprocess_goldens(ct_path, label_path, names)
         image, zoom_out_image, crop = _record_preprocessing(out, f"{case}.pre", ct, item, snapshots)
+        model = model_for(ct, snapshots["MinMaxNormalization"][0])
         for organ in organs:
             index = names.index(organ)
             for mode in modes:
@@ -294,6 +301,19 @@ def pipeline_goldens(model, workdir: Path) -> dict[str, np.ndarray]:
                 print(f"{key}: {len(predictor.calls)} forwards, {out[f'{key}.runtime_s']:.1f} s, "
                       f"dice zoom-out {out[f'{key}.dice_zoom_out']:.4f} final {out[f'{key}.dice']:.4f}")
     return out
+
+
+def standin_model(out: dict[str, np.ndarray]):
+    """`model_for` of the stand-in goldens: the band of each organ is its normalised intensity (the phantom
+    has no noise, so every organ voxel has the same value), except the one meant to be found nowhere."""
+    from fake_segvol import LAYOUT_EMPTY_BAND, BandSegVol
+
+    def model_for(ct, minmax):
+        bands = {name: (float(minmax[ct.labels == value][0]) if name != "stomach" else LAYOUT_EMPTY_BAND)
+                 for value, name in ct.label_names.items()}
+        out["bands_names"], out["bands_values"] = np.array(list(bands)), np.array(list(bands.values()))
+        return BandSegVol(bands)
+    return model_for
 
 
 def _slab(ct, slices: slice):
@@ -371,9 +391,12 @@ def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
                 labels.append(point[1][0].numpy())
             logits_sub.append(logits[0, 0, ::4, ::32, ::32].numpy())
         out[f"{key}.windows_box"] = np.stack(boxes)
-        if points:
-            out[f"{key}.windows_points"] = np.stack(points)
-            out[f"{key}.windows_point_labels"] = np.stack(labels)
+        if points:  # a window with no click gets one ignore point instead of five: NaN rows pad it
+            count = max(len(p) for p in points)
+            out[f"{key}.windows_points"] = np.stack([np.pad(p, ((0, count - len(p)), (0, 0)), constant_values=np.nan)
+                                                     for p in points])
+            out[f"{key}.windows_point_labels"] = np.stack([np.pad(l, (0, count - len(l)), constant_values=np.nan)
+                                                           for l in labels])
         out[f"{key}.windows_logits_sub"] = np.stack(logits_sub)
 
     mask_cropped = (torch.sigmoid(final_logits) > 0.5).numpy()  # the official threshold
@@ -401,21 +424,29 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, required=True, help="checkout of BAAI-DCAI/SegVol")
     parser.add_argument("--out", type=Path, default=REPO / "SegVolSlicer" / "Testing" / "Data" / "goldens")
-    parser.add_argument("--only", choices=("model", "pipeline"))
+    parser.add_argument("--only", choices=("model", "pipeline", "standin"))
     args = parser.parse_args(argv)
     official = args.official.resolve()
     install_patches(official)
     torch.set_grad_enabled(False)
-    model = build_official_segvol(official)
+    model = build_official_segvol(official) if args.only != "standin" else None
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "model"):
         np.savez_compressed(args.out / "model_goldens.npz", **model_goldens(model), **_versions())
         print(f"wrote {args.out / 'model_goldens.npz'}")
     if args.only in (None, "pipeline"):
         with tempfile.TemporaryDirectory() as workdir:
-            goldens = pipeline_goldens(model, Path(workdir))
+            goldens = pipeline_goldens(lambda ct, minmax: model, Path(workdir), make_synthetic_ct(seed=0),
+                                       PIPELINE_CASES)
         np.savez_compressed(args.out / "pipeline_goldens.npz", **goldens, **_versions())
         print(f"wrote {args.out / 'pipeline_goldens.npz'}")
+    if args.only in (None, "standin"):
+        from fake_segvol import layout_ct
+        goldens = {}
+        with tempfile.TemporaryDirectory() as workdir:
+            goldens.update(pipeline_goldens(standin_model(goldens), Path(workdir), layout_ct(), STANDIN_CASES))
+        np.savez_compressed(args.out / "standin_goldens.npz", **goldens, **_versions())
+        print(f"wrote {args.out / 'standin_goldens.npz'}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,86 @@ class FakeSegVol:
         if not upsample:
             return F.interpolate(logits, size=(32, 64, 64), mode="nearest")
         return logits
+
+
+class BandSegVol:
+    """A deterministic stand-in whose masks are localised, for parity with the official pipeline's branches.
+
+    Logits are a pure function of the window image and the prompts, so the official code and the engine
+    give identical numbers when they feed it identical windows: a text selects an intensity band (the
+    organ's normalised value +- BAND_HALF_WIDTH) and no text selects nothing; inside a box the logits rise
+    by 1.5 (with no text the whole box comes out positive), outside it (and everywhere for the sentinel
+    box) they drop by 4; clicks add +-3 within CLICK_RADIUS window voxels. It serves both call styles:
+    the official `model(image, text, boxes, points)` and the engine's encode_image / encode_text / decode.
+    """
+
+    BAND_HALF_WIDTH, CLICK_RADIUS = 0.02, 10.0
+
+    def __init__(self, bands: dict[str, float]):
+        self.bands = dict(bands)  # text -> normalised intensity of the organ it selects
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float().clone()
+
+    def encode_text(self, names) -> torch.Tensor:
+        names = [names] if isinstance(names, str) else list(names)
+        return torch.tensor([[self.bands.get(n, -10.0)] * 768 for n in names], dtype=torch.float32)
+
+    def decode(self, image_embedding, text_embedding=None, boxes=None, points=None, upsample=True):
+        assert upsample, "the stand-in has no low-resolution output"
+        image = image_embedding
+        if text_embedding is None:
+            logits = torch.full_like(image, -1.0)
+        else:
+            centre = text_embedding[:, :1, None, None, None]
+            logits = torch.clamp(40.0 * (self.BAND_HALF_WIDTH - (image - centre).abs()), -2.0, 2.0)
+        if boxes is not None:
+            box = boxes.reshape(-1, 6)[0].float()
+            inside = torch.ones(WINDOW, dtype=torch.bool)
+            for axis in range(3):
+                inside &= (GRID[axis] >= box[axis]) & (GRID[axis] <= box[axis + 3])
+            logits = torch.where(inside, logits + 1.5, logits - 4.0)
+        if points is not None:
+            coords, labels = points
+            for coord, label in zip(coords.reshape(-1, 3).float(), labels.reshape(-1)):
+                if label < 0:
+                    continue
+                near = ((GRID - coord[:, None, None, None]) ** 2).sum(0) <= self.CLICK_RADIUS ** 2
+                logits = torch.where(near, logits + (3.0 if label > 0 else -3.0), logits)
+        return logits
+
+    def __call__(self, image, text=None, boxes=None, points=None):
+        """The official SegVol call (zoom-out pass and the sliding window's predictor)."""
+        text_embedding = None if text is None else self.encode_text(text)
+        return self.decode(self.encode_image(image), text_embedding, boxes, points)
+
+
+# Organs of the layout phantom: label -> (name, HU, ellipsoids (centre (k, j, i), semi-axes (k, j, i))).
+LAYOUT_SHAPE_KJI = (40, 96, 320)
+LAYOUT_ORGANS = {
+    1: ("pancreas", 100, [((20, 48, 160), (6, 12, 140))]),  # wider than a window: several windows along W
+    2: ("spleen", 200, [((24, 52, 286), (5, 10, 14))]),  # small, at the border: ROI widened then clamped
+    3: ("kidney", 300, [((3, 60, 30), (3, 10, 12)), ((36, 40, 290), (3, 10, 14))]),  # opposite corners: empty windows
+    4: ("stomach", 40, [((20, 20, 100), (5, 8, 20))]),  # soft-tissue HU: the stand-in is given no band for it
+}
+LAYOUT_EMPTY_BAND = 0.95  # the stomach's band: an intensity no voxel has, so its zoom-out comes out empty
+
+
+def layout_ct():
+    """A noise-free phantom (SyntheticCT) laid out so that the stand-in's masks reach every zoom-in branch."""
+    import numpy as np
+    from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, synthetic_ijk_to_ras
+
+    k, j, i = np.meshgrid(*(np.arange(n) for n in LAYOUT_SHAPE_KJI), indexing="ij", sparse=True)
+    body = ((j - 48) / 44.0) ** 2 + ((i - 160) / 152.0) ** 2 <= 1.0
+    inner = ((j - 48) / 40.0) ** 2 + ((i - 160) / 148.0) ** 2 <= 1.0
+    # Fat (the lowest foreground value, normalised to 0) around soft tissue: the body crop is the soft tissue.
+    volume = np.where(inner, 40, np.where(body, -100, -1000)) + np.zeros(LAYOUT_SHAPE_KJI, dtype=np.int16)
+    labels = np.zeros(LAYOUT_SHAPE_KJI, dtype=np.uint8)
+    for label, (_, hu, blobs) in LAYOUT_ORGANS.items():
+        for centre, semi_axes in blobs:
+            inside = inner & (sum(((g - c) / a) ** 2 for g, c, a in zip((k, j, i), centre, semi_axes)) <= 1.0)
+            volume[inside], labels[inside] = hu, label
+    return SyntheticCT(volume=volume.astype(np.int16), labels=labels, ijk_to_ras=synthetic_ijk_to_ras(),
+                       label_names={label: name for label, (name, _, _) in LAYOUT_ORGANS.items()})

@@ -1,0 +1,104 @@
+"""The engine against the official zoom-out-zoom-in where synthetic weights cannot reach: a stand-in network.
+
+Goldens: SegVolSlicer/Testing/Data/goldens/standin_goldens.npz (tools/make_goldens.py --only standin runs the
+official `zoom_in_zoom_out` with fake_segvol.BandSegVol on the layout phantom). The stand-in's logits are a
+pure function of the window image and the prompts, so every array must match exactly: ROIs inside the crop,
+widened and clamped at its border; one window and 2 x 2 windows; windows whose zoom-out prediction or click
+map is empty (sentinel box, ignore click); an empty zoom-out (no zoom-in).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fake_segvol import BandSegVol, layout_ct
+from SegVolSlicerLib.evaluation import PromptMode, label_prompts
+from SegVolSlicerLib.inference import SegVolSession
+
+GOLDENS = Path(__file__).resolve().parents[1] / "Data" / "goldens" / "standin_goldens.npz"
+MODES = {"text": "text", "box": "box", "text_box": "text+box", "points": "point", "text_points": "text+point"}
+
+
+class RecordingModel(BandSegVol):
+    def __init__(self, bands):
+        super().__init__(bands)
+        self.calls = []
+
+    def decode(self, image_embedding, text_embedding=None, boxes=None, points=None, upsample=True):
+        self.calls.append({"boxes": boxes, "points": points})
+        return super().decode(image_embedding, text_embedding, boxes, points, upsample)
+
+
+@pytest.fixture(scope="module")
+def goldens():
+    with np.load(GOLDENS) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def session(goldens):
+    ct = layout_ct()
+    bands = dict(zip(goldens["bands_names"].tolist(), goldens["bands_values"].tolist()))
+    return SegVolSession(RecordingModel(bands), ct.volume, ct.ijk_to_ras), ct
+
+
+def golden_runs():
+    with np.load(GOLDENS) as data:
+        return sorted({tuple(key.split(".")[1:3]) for key in data.files if key.endswith(".roi")})
+
+
+def unpack(bits, shape):
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(tuple(shape)).astype(bool)
+
+
+def test_goldens_reach_every_branch(goldens):
+    rois = {run: goldens[f"layout.{run[0]}.{run[1]}.roi"] for run in golden_runs()}
+    cropped = goldens["layout.pre.cropped_shape"]
+    windows = {run: len(goldens[f"layout.{run[0]}.{run[1]}.windows_start"]) for run in rois if rois[run][0] >= 0}
+    assert len(rois) == 20 and {1, 2, 4} <= set(windows.values())
+    assert any((roi[3:] == cropped).any() for roi in rois.values())  # ROI clamped to the size (not size - 1)
+    assert any(roi[0] == -1 for roi in rois.values())  # empty zoom-out
+    assert any((goldens[f"layout.{o}.{m}.windows_box"] == -1).all(axis=1).any() for o, m in windows)  # sentinel
+
+
+@pytest.mark.parametrize("organ, mode", golden_runs())
+def test_matches_official(organ, mode, goldens, session):
+    session, ct = session
+    key = f"layout.{organ}.{mode}."
+    value = {name: label for label, name in ct.label_names.items()}[organ]
+    assert session.prepared.crop_start == tuple(goldens["layout.pre.crop_start"])
+    generator = session.new_generator()
+    prompts = label_prompts((ct.labels == value).astype(np.uint8), organ, PromptMode.parse(MODES[mode]),
+                            session.prepared, session.space, generator)
+    session.model.calls = []
+    result = session.run(organ, prompts, generator=generator)
+
+    if key + "zoom_out_box" in goldens:
+        np.testing.assert_array_equal(prompts.box, goldens[key + "zoom_out_box"][0])
+    if key + "zoom_out_points" in goldens:
+        np.testing.assert_array_equal(prompts.points[0], goldens[key + "zoom_out_points"][0])
+    shape = goldens["layout.pre.input_shape"]
+    np.testing.assert_array_equal(result.zoom_out_mask, unpack(goldens[key + "zoom_out_mask_bits"], shape))
+    roi = goldens[key + "roi"]
+    if roi[0] == -1:
+        assert result.roi is None and len(session.model.calls) == 1
+    else:
+        assert result.roi.start == tuple(roi[:3])
+        assert result.roi.stop == tuple(np.minimum(roi[3:] + 1, goldens["layout.pre.cropped_shape"]))
+        window_calls = session.model.calls[1:]
+        assert result.windows == len(goldens[key + "windows_start"]) == len(window_calls)
+        for n, call in enumerate(window_calls):
+            expected_box = goldens[key + "windows_box"][n]
+            if np.isnan(expected_box).all():
+                assert call["boxes"] is None
+            else:
+                np.testing.assert_array_equal(call["boxes"][0].numpy(), expected_box)
+            if key + "windows_points" in goldens:
+                labels = goldens[key + "windows_point_labels"][n]
+                count = int(np.count_nonzero(~np.isnan(labels)))
+                np.testing.assert_array_equal(call["points"][0][0].numpy(), goldens[key + "windows_points"][n][:count])
+                np.testing.assert_array_equal(call["points"][1][0].numpy(), labels[:count])
+            else:
+                assert call["points"] is None
+    np.testing.assert_array_equal(result.mask, unpack(goldens[key + "mask_bits"], shape))
