@@ -1,8 +1,10 @@
 """Stand-in for the parts of slicer.app / slicer.modules that slicer.util needs (slicer-core wheel only).
 
-Usage: scene = slicer_core_env.setup(); ...; slicer_core_env.teardown(), or the `slicer_scene` fixture.
+Usage: scene = slicer_core_env.setup(); ...; slicer_core_env.teardown(), or the `slicer_scene` fixture; the
+`slicer_module` fixture is SegVolSlicer.py imported as in Slicer (here without Qt).
 Never call it inside real Slicer. From /work/shared/docs/slicer-testing.md (the team's verified shim).
 """
+import importlib.util
 import tempfile
 import types
 from pathlib import Path
@@ -140,3 +142,12 @@ def slicer_scene():
     scene = setup()
     yield scene
     teardown()
+
+
+@pytest.fixture(scope="module")
+def slicer_module():
+    """SegVolSlicer.py, imported from the module folder as Slicer imports it."""
+    spec = importlib.util.spec_from_file_location("SegVolSlicer", Path(__file__).resolve().parents[2] / "SegVolSlicer.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded

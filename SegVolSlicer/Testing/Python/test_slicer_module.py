@@ -1,6 +1,5 @@
 """SegVolSlicer.py in plain Python: it imports without Qt, and its logic runs end to end on real MRML."""
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,26 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-from slicer_core_env import slicer_scene  # noqa: F401  (fixture)
+from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
 from SegVolSlicerLib import slicer_bridge, slicer_testing
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def module():
-    spec = importlib.util.spec_from_file_location("SegVolSlicer", MODULE_DIR / "SegVolSlicer.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
-def test_imports_without_qt(module):
-    assert module.IN_SLICER_APP is False
+def test_imports_without_qt(slicer_module):  # noqa: F811
+    assert slicer_module.IN_SLICER_APP is False
     with pytest.raises(RuntimeError, match="Slicer application"):
-        module.SegVolSlicerWidget()
-    assert issubclass(module.SegVolSlicerTest, __import__("unittest").TestCase)
+        slicer_module.SegVolSlicerWidget()
+    assert issubclass(slicer_module.SegVolSlicerTest, __import__("unittest").TestCase)
 
 
 def test_imports_before_segvols_packages_are_installed():
@@ -52,25 +43,25 @@ def test_imports_before_segvols_packages_are_installed():
     assert result.returncode == 0, result.stderr
 
 
-def test_parameter_node_matches_the_panel(module):
+def test_parameter_node_matches_the_panel(slicer_module):  # noqa: F811
     """Every GUI-bound parameter has a widget in the .ui file, and every widget the code uses exists."""
     tree = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "SegVolSlicer.ui")
     bound = {prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"}
     prompt_nodes = {"positivePoints", "negativePoints", "boxROI"}  # set by code, shown by the place widgets
-    assert bound | prompt_nodes == set(module.SegVolSlicerParameterNode.__annotations__)
+    assert bound | prompt_nodes == set(slicer_module.SegVolSlicerParameterNode.__annotations__)
     widget_names = {w.get("name") for w in tree.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "SegVolSlicer.py").read_text()))
     assert used <= widget_names, used - widget_names
-    assert module.SegVolSlicerParameterNode.device == "auto" and module.SegVolSlicerParameterNode.zoomIn is True
+    assert slicer_module.SegVolSlicerParameterNode.device == "auto" and slicer_module.SegVolSlicerParameterNode.zoomIn is True
 
 
-def test_logic_end_to_end(module, slicer_scene, synthetic_model):  # noqa: F811
-    slicer_testing.check_logic_end_to_end(module.SegVolSlicerLogic(), synthetic_model)
+def test_logic_end_to_end(slicer_module, slicer_scene, synthetic_model):  # noqa: F811
+    slicer_testing.check_logic_end_to_end(slicer_module.SegVolSlicerLogic(), synthetic_model)
 
 
 @pytest.mark.parametrize("check", slicer_testing.LOGIC_CHECKS, ids=lambda check: check.__name__)
-def test_logic(check, module, slicer_scene):  # noqa: F811
-    check(module.SegVolSlicerLogic())
+def test_logic(check, slicer_module, slicer_scene):  # noqa: F811
+    check(slicer_module.SegVolSlicerLogic())
 
 
 def test_prompt_nodes_are_tagged_and_distinct(slicer_scene):  # noqa: F811
@@ -133,7 +124,7 @@ def test_segment_look_for_text():
     assert terminology.look_for_text("  my   lesion ").name == "my lesion"
 
 
-def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monkeypatch):  # noqa: F811
+def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     """A GPU out of memory: the model moves to the CPU, the user is told, the run completes there.
     (An Apple GPU here: a CUDA model would need a CUDA build of torch to stage its input.)"""
     import torch
@@ -159,7 +150,7 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monk
             return super().encode_image(image)
 
     monkeypatch.setattr(SegVolSlicerLib.model, "resolve_device", lambda device: torch.device("mps"))
-    logic = module.SegVolSlicerLogic()
+    logic = slicer_module.SegVolSlicerLogic()
     model = FullGpuSegVol()
     logic.useModel(model)
     volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
@@ -170,11 +161,11 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(module, slicer_scene, monk
     assert len(segment_ids) == 1 and any("running on the CPU" in m for m in messages), messages
 
 
-def test_logic_keeps_the_sessions_of_recent_volumes_only(module, slicer_scene):  # noqa: F811
+def test_logic_keeps_the_sessions_of_recent_volumes_only(slicer_module, slicer_scene):  # noqa: F811
     """Each session holds a float copy of its volume and its embeddings: old ones must not pile up."""
     from fake_segvol import FakeSegVol
 
-    logic = module.SegVolSlicerLogic()
+    logic = slicer_module.SegVolSlicerLogic()
     logic.useModel(FakeSegVol())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     volumes = [slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras(), f"CT {n}") for n in range(3)]

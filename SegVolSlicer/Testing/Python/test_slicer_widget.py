@@ -6,28 +6,16 @@ run whose scene was closed, or that belongs to a structure the user moved on fro
 auto-update runs stay in the status line; Cancel drops a pending auto-update rerun.
 """
 
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import slicer
 from fake_segvol import FakeSegVol
-from slicer_core_env import slicer_scene  # noqa: F401  (fixture)
+from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
 from SegVolSlicerLib import slicer_bridge, slicer_testing
 from SegVolSlicerLib.errors import InputError
-
-MODULE_DIR = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def module():
-    spec = importlib.util.spec_from_file_location("SegVolSlicer", MODULE_DIR / "SegVolSlicer.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
 
 
 class Stub:
@@ -72,13 +60,13 @@ class FakeEditor:
 
 
 @pytest.fixture
-def panel(module, slicer_scene, monkeypatch):  # noqa: F811
+def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     """(widget, parameters, dialogs): the widget as its setup() leaves it, on a small CT with one click."""
-    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
+    monkeypatch.setattr(slicer_module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
     dialogs = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: dialogs.append(text))
 
-    class Parameters(module.SegVolSlicerParameterNode):
+    class Parameters(slicer_module.SegVolSlicerParameterNode):
         """What the parameterNodeWrapper adds: GUI connection and VTK observation (not needed here)."""
 
         def connectGui(self, ui):
@@ -103,12 +91,12 @@ def panel(module, slicer_scene, monkeypatch):  # noqa: F811
     parameters.positivePoints.AddControlPoint(*slicer_testing.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
     parameters.zoomIn = False
 
-    widget = module.SegVolSlicerWidget()
+    widget = slicer_module.SegVolSlicerWidget()
     widget.ui, widget._pollTimer, widget._autoTimer, widget.parent = Stub(), Stub(), Stub(), Stub()
     widget.ui.weightsPathLineEdit.currentPath = ""
     widget.ui.targetSegmentSelector = SegmentSelector()
     widget.parent.isEntered = True
-    widget.logic = module.SegVolSlicerLogic()
+    widget.logic = slicer_module.SegVolSlicerLogic()
     widget.logic.useModel(FakeSegVol())
     widget._dependenciesReady = True
     editor = FakeEditor()
