@@ -284,7 +284,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, volumeNode, segmentationNode, names="", pointNodes=(), roiNode=None, refineSegmentID=None,
                 zoomIn=True, weights=None, device="auto", editorNode=None, saveStateForUndo=None):
-        """Prepare, run and apply in the calling thread; returns (segment IDs, warnings)."""
+        """Prepare, run and apply in the calling thread; returns (segment IDs, warnings). Without a segmentation
+        node the results go to a new one named "<volume> SegVol"."""
         request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
         reporter = backends.Reporter()
         results = self.run(request, reporter, weights, device)
