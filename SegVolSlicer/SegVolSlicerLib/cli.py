@@ -15,6 +15,7 @@ import csv
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,11 +33,19 @@ def _fail_if_unwritable(path: Path, endings=SEGMENTATION_ENDINGS) -> None:
     if not str(path).lower().endswith(endings):
         raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz "
                          "(labelmap)")
-    parent = path.expanduser().parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    path = path.expanduser()
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; give a file name ending in .seg.nrrd or .nii.gz")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"cannot write {path}: permission denied")
+    # A real write, not os.access (which says yes to root, and knows nothing of read-only mounts): checked
+    # before the model runs, so a long run never ends in an unwritable output.
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as error:
+        raise InputError(f"cannot write into {path.parent}: {error.strerror}") from None
 
 
 def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = None, precision: str = "auto"):

@@ -15,7 +15,7 @@ from .model import load_segvol
 from .preview import write_preview_png
 from .prompts import Target
 from .terminology import look_for_text
-from .weights import default_folder, resolve_demo_ct, resolve_weights
+from .weights import DEMO_CT, HUB_URL, default_folder, resolve_demo_ct, resolve_weights
 
 
 def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
@@ -24,6 +24,9 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
     folder = Path(source).expanduser() if source else default_folder()
     if source and not folder.is_dir():
         raise InputError(f"--source {folder} is not a folder: give a BAAI/SegVol snapshot folder")
+    if source and not (folder / DEMO_CT).is_file():  # a local folder is used as it is, never downloaded into
+        raise InputError(f"--source {folder} has no demo CT: download {HUB_URL}/{DEMO_CT} into it, or leave out "
+                         "--source to download the BAAI/SegVol snapshot")
     ct_path = resolve_demo_ct(folder)  # first: offline, its message names every file to fetch
     weights = resolve_weights(folder if source else None)
     output_dir = output_dir.expanduser()

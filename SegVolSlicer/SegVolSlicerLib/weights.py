@@ -56,6 +56,22 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
+def _check_weights_file(path: Path) -> None:
+    """Refuse what is plainly not a checkpoint (an HTML error page, a Git LFS pointer) before loading it:
+    PyTorch's unpickler fails on such text with arbitrary errors rather than a message."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
+    if path.suffix == ".safetensors" or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip or pickle
+        return
+    what = "a Git LFS pointer, not the weights" if head.startswith(b"version https://git-lfs") else \
+        "not a PyTorch checkpoint"
+    raise CheckpointError(f"{path} is {what}: download {HUB_URL}/pytorch_model.bin (724 MB) or the GitHub "
+                          "release SegVol_v1.pth and give its path")
+
+
 def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                     progress: Progress | None = None) -> Path:
     """A validated weights path: `source` (SegVol_v1.pth, a snapshot folder, pytorch_model.bin, .safetensors)
@@ -63,9 +79,8 @@ def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os
     when missing."""
     if source is not None:
         path = Path(source).expanduser()
-        find_weights(path)  # raises CheckpointError naming what is wrong
-        if path.is_file() and not os.access(path, os.R_OK):
-            raise CheckpointError(f"cannot read {path}: permission denied")
+        weights_file, _ = find_weights(path)  # raises CheckpointError naming what is wrong
+        _check_weights_file(weights_file)
         return path
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_folder()
     if _has_weights(folder):

@@ -188,6 +188,7 @@ def write_series(path, arrays):
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, ct_files, ct):
     folder = tmp_path_factory.mktemp("bad")
+    (folder / "folder.seg.nrrd").mkdir()
     garbage = folder / "garbage.nii.gz"
     garbage.write_bytes(b"this is not an image")
     nan_volume = ct.volume.astype(np.float32)
@@ -200,6 +201,7 @@ def bad_inputs(tmp_path_factory, ct_files, ct):
         "nan": write_array(folder / "nan.nrrd", nan_volume),
         "zero_roi": write_roi_file(folder / "zero.mrk.json", [0.0, 0.0, 0.0], [10.0, 0.0, 10.0]),
         "far_point": write_points_file(folder / "far.mrk.json", [[5000.0, 0.0, 0.0]], [""]),
+        "folder_output": folder / "folder.seg.nrrd",
         "not_markups": write_array(folder / "not_markups.mrk.json.nii.gz", np.zeros((2, 2, 2), np.int16)),
     }
 
@@ -224,6 +226,7 @@ BAD_SEGMENT_CASES = {
     "unwritable output": (["segment", "{image}", "--text", "liver", "-o", "{tmp}/missing/dir/out.seg.nrrd"],
                           "does not exist"),
     "unknown output type": (["segment", "{image}", "--text", "liver", "-o", "{tmp}/out.png"], "unsupported output"),
+    "output is a folder": (["segment", "{image}", "--text", "liver", "-o", "{folder_output}"], "it is a folder"),
     "bad checkpoint": (["segment", "{image}", "--text", "liver", "--checkpoint", "{tmp}/none.pth"], "not found"),
 }
 

@@ -25,7 +25,7 @@ def test_demo_offline_says_what_to_download(monkeypatch, tmp_path, capsys):
 def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     snapshot = tmp_path / "BAAI-SegVol"
     snapshot.mkdir()
-    (snapshot / "pytorch_model.bin").write_bytes(b"")  # found by name; the stand-in model below is used
+    (snapshot / "pytorch_model.bin").write_bytes(b"PK\x03\x04")  # looks like a checkpoint; the stand-in model is used
     write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
     monkeypatch.setattr(demo, "load_segvol", lambda weights, device, precision: FakeSegVol())
     code = cli.main(["demo", "--source", str(snapshot), "--output-dir", str(tmp_path / "out"), "--text", "liver",
@@ -43,3 +43,12 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
 def test_demo_source_must_be_a_folder(tmp_path, capsys):
     code = cli.main(["demo", "--source", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out")])
     assert code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_demo_source_without_the_ct_is_not_downloaded_into(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    (tmp_path / "snapshot").mkdir()
+    code = cli.main(["demo", "--source", str(tmp_path / "snapshot"), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"resolve/main/{DEMO_CT} into" in err
+    assert list((tmp_path / "snapshot").iterdir()) == [] and not (tmp_path / "out").exists()

@@ -20,13 +20,21 @@ def test_local_checkpoint_file_is_returned(synthetic_checkpoint):
 
 
 def test_local_snapshot_folder_is_returned(tmp_path):
-    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"PK\x03\x04")  # a zip archive, as torch.save writes
     assert resolve_weights(tmp_path) == tmp_path
+
+
+def write(path, content: bytes):
+    path.write_bytes(content)
+    return path
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.pth", "does not exist"),
     (lambda p: p, "no SegVol weights in folder"),
+    (lambda p: write(p / "SegVol_v1.pth", b"version https://git-lfs.github.com/spec/v1\n"), "Git LFS pointer"),
+    (lambda p: write(p / "page.pth", b"<html>Not Found</html>"), "not a PyTorch checkpoint"),
+    (lambda p: write(p / "pytorch_model.bin", b""), "not a PyTorch checkpoint"),  # an interrupted download
 ])
 def test_bad_local_sources(tmp_path, make, message):
     with pytest.raises(CheckpointError, match=message):
