@@ -52,31 +52,32 @@ def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = Non
     from .model import load_segvol
     from .weights import resolve_weights
 
-    return load_segvol(resolve_weights(checkpoint, cache_dir), device=device, precision=precision)
+    weights = resolve_weights(checkpoint, cache_dir)
+    # On stdout, with the results: stderr stays for progress bars, warnings and the one-line errors.
+    print(f"loading SegVol weights from {weights}", flush=True)
+    return load_segvol(weights, device=device, precision=precision)
 
 
 class _ProgressBars:
-    """A tqdm bar per zoom-in (windows done / total) on stderr."""
+    """A tqdm bar per stage of one target on stderr: the zoom-out pass, then the zoom-in windows."""
 
     def __init__(self, label: str = ""):
-        self.label, self.bar = label, None
+        self.label, self.bar, self.stage = label, None, None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != "zoom-in":
-            return
         from tqdm.auto import tqdm
 
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=f"{self.label} zoom-in".strip(), unit="window", file=sys.stderr,
-                            leave=False)
-        self.bar.update(done - self.bar.n)
-        if done >= total:
+        if stage != self.stage:
             self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{self.label} {stage}".strip(),
+                            unit="window" if stage == "zoom-in" else "pass", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
+        self.bar, self.stage = None, None
 
 
 def _warn(messages: Sequence[str]) -> None:

@@ -121,6 +121,14 @@ def test_several_texts_give_one_named_segment_each(ct_files, tmp_path, fake_mode
     assert "TerminologyEntry:" in header.GetMetaData("Segment0_Tags") and "Liver" in header.GetMetaData("Segment0_Tags")
 
 
+def test_progress_is_shown_per_target_and_stage(ct_files, tmp_path, fake_model, capsys):
+    image, _ = ct_files
+    code, out, err = run_cli(["segment", image, "--text", "liver", "-o", tmp_path / "liver.nii.gz"], capsys)
+    assert code == 0, err
+    assert "liver zoom-out" in err and "liver zoom-in" in err and "/2 " in err  # tqdm bars on stderr
+    assert "windows" not in out and "2 zoom-in window(s)" in out
+
+
 def test_labelmap_output_with_box_roi_and_negative_points(ct_files, tmp_path, fake_model, capsys, ct):
     image, _ = ct_files
     liver = np.argwhere(ct.labels == 1)
