@@ -185,11 +185,21 @@ def _safe_file_name(name: str) -> str:
     return cleaned or "class"
 
 
+def _warn_about_class_name(name: str) -> None:
+    from .vocabulary import resolve_name
+
+    training_name, known = resolve_name(name)
+    if not known:
+        _warn([f"'{name}' is not one of SegVol's 222 training names: expect a weaker result"])
+    elif training_name != name:
+        _warn([f"'{name}' is used as typed, as the official evaluation does; SegVol's training name for it is "
+               f"'{training_name}'"])
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import PromptMode, dice, label_prompts
     from .imageio import atomic_output, read_label_volume, read_volume, write_mask
     from .inference import SegVolSession
-    from .vocabulary import resolve_name
 
     mode = PromptMode.parse(args.prompt)
     classes = _parse_classes(args.classes)
@@ -214,9 +224,12 @@ def cmd_evaluate(args) -> int:
     rows = []
     for name, value in classes:
         truth = (labels == value).astype(np.uint8)
-        text, _ = resolve_name(name)
+        if mode.text:
+            _warn_about_class_name(name)
         generator = session.new_generator()
-        prompts = label_prompts(truth, text, mode, session.prepared, session.space, generator)
+        # The text prompt is the class name as typed, as the official demo's category names: synonyms are
+        # not substituted, so the result stays comparable with the official evaluation.
+        prompts = label_prompts(truth, name, mode, session.prepared, session.space, generator)
         bars = _ProgressBars(name)
         try:
             result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars, generator=generator)

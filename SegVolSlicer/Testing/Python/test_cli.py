@@ -166,6 +166,18 @@ def test_evaluate_writes_masks_and_metrics(ct_files, tmp_path, fake_model, capsy
     assert (box >= 0).all() and (box[3:] >= box[:3]).all()
 
 
+def test_evaluate_prompts_with_the_class_name_as_typed(ct_files, tmp_path, fake_model, capsys, monkeypatch):
+    """As the official demo: a synonym ("gallbladder") is not replaced by the training name ("gall bladder")."""
+    image, labels = ct_files
+    texts = []
+    encode_text = fake_model.encode_text
+    monkeypatch.setattr(fake_model, "encode_text", lambda names: texts.append(list(names)) or encode_text(names))
+    code, out, err = run_cli(["evaluate", "--image", image, "--label", labels, "--class", "gallbladder=2",
+                              "--prompt", "text", "--output-dir", tmp_path / "eval", "--no-zoom-in"], capsys)
+    assert code == 0, err
+    assert texts == [["gallbladder"]] and "training name for it is 'gall bladder'" in err
+
+
 def test_help_documents_every_option(capsys):
     for command, options in {
         "segment": ["--checkpoint", "--text", "--box-ijk", "--point-ijk", "--negative-point-ijk", "--points",
