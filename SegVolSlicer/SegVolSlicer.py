@@ -141,7 +141,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.cacheBudgetMB = 2048
+        # 2 x 768 MB of embeddings (~250 bf16 windows each) + 0.7 GB of weights keeps a GPU under 4 GB.
+        self.cacheBudgetMB = 768
         self.maxSessions = 2
         self._model, self._modelKey = None, None
         self._sessions = {}  # volume node ID -> (signature, model, SegVolSession)
