@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image", required=True, help="CT volume file or DICOM folder")
     evaluate.add_argument("--label", required=True, help="label map on the CT's grid")
     evaluate.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME=VALUE",
-                          help="a class to evaluate: its name (the text prompt) and its label value, e.g. "
+                          help="a class to evaluate: its name (the text prompt, used as typed) and its label value, e.g. "
                                "liver=1; repeat for more")
+    # evaluation.PROMPT_MODES, spelled out: importing it pulls in torch and slows `segvol --help` by seconds.
     evaluate.add_argument("--prompt", default="text+box", choices=("text", "box", "point", "text+box", "text+point"),
                           help="prompt mode (default text+box, the official demo's)")
     evaluate.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")

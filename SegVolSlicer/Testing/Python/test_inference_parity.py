@@ -37,6 +37,28 @@ def assert_same_mask(actual, expected):
     assert flipped <= MAX_FLIPPED_FRACTION * expected.size, f"{flipped} voxels differ"
 
 
+def assert_zoom_in_plan(result, window_calls, goldens, key, cropped_shape):
+    """ROI, number of windows and every window's box and clicks as the official run recorded them
+    (`windows_points` rows padded with NaN where the official window got fewer clicks)."""
+    roi = goldens[key + "roi"]
+    assert result.roi is not None and result.roi.start == tuple(roi[:3])
+    assert result.roi.stop == tuple(np.minimum(roi[3:] + 1, cropped_shape))
+    assert result.windows == len(goldens[key + "windows_start"]) == len(window_calls)
+    for n, call in enumerate(window_calls):
+        expected_box = goldens[key + "windows_box"][n]
+        if np.isnan(expected_box).all():
+            assert call["boxes"] is None
+        else:
+            np.testing.assert_array_equal(call["boxes"][0].numpy(), expected_box)
+        if key + "windows_points" in goldens:
+            labels = goldens[key + "windows_point_labels"][n]
+            count = int(np.count_nonzero(~np.isnan(labels)))
+            np.testing.assert_array_equal(call["points"][0][0].numpy(), goldens[key + "windows_points"][n][:count])
+            np.testing.assert_array_equal(call["points"][1][0].numpy(), labels[:count])
+        else:
+            assert call["points"] is None
+
+
 def golden_runs():
     with np.load(GOLDENS) as goldens:
         keys = goldens.files
@@ -149,25 +171,8 @@ def test_zoom_out_pass(case, organ, mode, goldens, runs):
 def test_zoom_in_pass(case, organ, mode, goldens, runs):
     prompts, result, calls, truth = runs(case, organ, mode)
     key = f"{case}.{organ}.{mode}."
-    roi = goldens[key + "roi"]
-    assert result.roi is not None and result.roi.start == tuple(roi[:3])
-    cropped_shape = goldens[f"{case}.pre.cropped_shape"]
-    assert result.roi.stop == tuple(np.minimum(roi[3:] + 1, cropped_shape))
-    window_calls = calls[1:]
-    starts = goldens[key + "windows_start"]
-    assert result.windows == len(starts) == len(window_calls)
-    for n, call in enumerate(window_calls):
-        expected_box = goldens[key + "windows_box"][n]
-        if np.isnan(expected_box).all():
-            assert call["boxes"] is None
-        else:
-            np.testing.assert_array_equal(call["boxes"][0].numpy(), expected_box)
-        if key + "windows_points" in goldens:
-            coords, labels = call["points"]
-            np.testing.assert_array_equal(coords[0].numpy(), goldens[key + "windows_points"][n])
-            np.testing.assert_array_equal(labels[0].numpy(), goldens[key + "windows_point_labels"][n])
-        else:
-            assert call["points"] is None
+    assert_zoom_in_plan(result, calls[1:], goldens, key, goldens[f"{case}.pre.cropped_shape"])
+    for n, call in enumerate(calls[1:]):
         np.testing.assert_allclose(call["logits"].numpy()[::4, ::32, ::32], goldens[key + "windows_logits_sub"][n],
                                    atol=LOGIT_TOLERANCE, rtol=0)
     shape = goldens[f"{case}.pre.input_shape"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fake_segvol import BandSegVol, layout_ct
+from test_inference_parity import assert_zoom_in_plan
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.inference import SegVolSession
 
@@ -84,21 +85,5 @@ def test_matches_official(organ, mode, goldens, session):
     if roi[0] == -1:
         assert result.roi is None and len(session.model.calls) == 1
     else:
-        assert result.roi.start == tuple(roi[:3])
-        assert result.roi.stop == tuple(np.minimum(roi[3:] + 1, goldens["layout.pre.cropped_shape"]))
-        window_calls = session.model.calls[1:]
-        assert result.windows == len(goldens[key + "windows_start"]) == len(window_calls)
-        for n, call in enumerate(window_calls):
-            expected_box = goldens[key + "windows_box"][n]
-            if np.isnan(expected_box).all():
-                assert call["boxes"] is None
-            else:
-                np.testing.assert_array_equal(call["boxes"][0].numpy(), expected_box)
-            if key + "windows_points" in goldens:
-                labels = goldens[key + "windows_point_labels"][n]
-                count = int(np.count_nonzero(~np.isnan(labels)))
-                np.testing.assert_array_equal(call["points"][0][0].numpy(), goldens[key + "windows_points"][n][:count])
-                np.testing.assert_array_equal(call["points"][1][0].numpy(), labels[:count])
-            else:
-                assert call["points"] is None
+        assert_zoom_in_plan(result, session.model.calls[1:], goldens, key, goldens["layout.pre.cropped_shape"])
     np.testing.assert_array_equal(result.mask, unpack(goldens[key + "mask_bits"], shape))
