@@ -353,3 +353,20 @@ def test_cropped_segmentation_files_are_placed_on_the_full_grid(ct_files, tmp_pa
     expected[5 + 3:5 + 7, 20 + 10:20 + 20, 10 + 30:10 + 40] = 1
     np.testing.assert_array_equal(segment.mask, expected)
     assert segment.name == "lesion" and segment.colour == (1.0, 0.0, 0.0)
+
+
+def test_sagittally_stored_copy_gives_the_same_physical_mask(ct_files, tmp_path, fake_model, capsys, ct):
+    """The same CT stored with its voxel axes permuted (sagittal slices) is segmented into the same voxels."""
+    image, _ = ct_files
+    permuted = make_synthetic_ct()
+    permuted.volume, permuted.labels = np.transpose(ct.volume, (2, 0, 1)), np.transpose(ct.labels, (2, 0, 1))
+    permuted.ijk_to_ras = ct.ijk_to_ras[:, [1, 2, 0, 3]]  # new (i, j, k) = old (j, k, i)
+    write_ct(permuted, tmp_path / "sagittal.nrrd")
+    for source, output in ((image, "axial.nii.gz"), (tmp_path / "sagittal.nrrd", "sagittal.nii.gz")):
+        code, out, err = run_cli(["segment", source, "--text", "liver", "--no-zoom-in", "-o", tmp_path / output],
+                                 capsys)
+        assert code == 0, err
+    axial, sagittal = read_volume(tmp_path / "axial.nii.gz"), read_volume(tmp_path / "sagittal.nii.gz")
+    np.testing.assert_allclose(sagittal.ijk_to_ras, permuted.ijk_to_ras, atol=1e-4)
+    assert axial.array.any()
+    np.testing.assert_array_equal(np.transpose(sagittal.array, (1, 2, 0)), axial.array)
