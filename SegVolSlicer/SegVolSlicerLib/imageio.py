@@ -47,7 +47,13 @@ def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    # ITK prints "No Series were found" to stderr by itself: silenced, the error below says it in one line.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise InputError(f"{folder} is a folder without DICOM images: give a CT file (.nii.gz, .nrrd, .mha) "
                          "or a folder holding one DICOM series")
