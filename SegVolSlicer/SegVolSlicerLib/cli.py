@@ -85,6 +85,16 @@ def _warn(messages: Sequence[str]) -> None:
         print(f"segvol: warning: {message}", file=sys.stderr)
 
 
+def _read_ct(path):
+    """The CT, checked before the model loads (seconds) so that a bad volume fails at once."""
+    from .imageio import read_volume
+    from .inference.preprocess import check_volume
+
+    volume = read_volume(path)
+    check_volume(volume.array)
+    return volume
+
+
 def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
     return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
 
@@ -139,12 +149,12 @@ def _targets_from_args(args, volume):
 
 
 def cmd_segment(args) -> int:
-    from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, read_volume, write_segmentation
+    from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, write_segmentation
     from .inference import SegVolSession
 
     output = Path(args.output)
     _fail_if_unwritable(output)
-    volume = read_volume(args.image)
+    volume = _read_ct(args.image)
     targets = _targets_from_args(args, volume)
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
@@ -198,7 +208,7 @@ def _warn_about_class_name(name: str) -> None:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import PromptMode, dice, label_prompts
-    from .imageio import atomic_output, read_label_volume, read_volume, write_mask
+    from .imageio import atomic_output, read_label_volume, write_mask
     from .inference import SegVolSession
 
     mode = PromptMode.parse(args.prompt)
@@ -206,7 +216,7 @@ def cmd_evaluate(args) -> int:
     output_dir = Path(args.output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file, not a folder")
-    volume = read_volume(args.image)
+    volume = _read_ct(args.image)
     labels = read_label_volume(args.label, volume)
     present = set(np.unique(labels).tolist())
     absent = [f"{name}={value}" for name, value in classes if value not in present]

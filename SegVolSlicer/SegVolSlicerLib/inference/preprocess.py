@@ -66,6 +66,8 @@ def check_volume(volume: np.ndarray) -> np.ndarray:
         raise InputError(f"the image voxels must be numbers, got {volume.dtype}")
     if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume)):
         raise InputError("the image contains NaN or infinite voxels: fix or mask them before segmenting")
+    if volume.min() == volume.max():  # ForegroundNormalization would find no voxel above the mean
+        raise InputError("the image is constant (every voxel has the same value): nothing to segment")
     return volume
 
 
@@ -73,9 +75,7 @@ def intensity_statistics(volume_dhw: np.ndarray) -> IntensityStatistics:
     # The official code flattens the (i, j, k) array; float32 pairwise sums depend on that order.
     flat = volume_dhw.transpose(2, 1, 0).astype(np.float32, order="C").ravel()
     threshold = np.mean(flat)
-    foreground = flat[flat > threshold]
-    if foreground.size == 0:
-        raise InputError("the image is constant (every voxel has the same value): nothing to segment")
+    foreground = flat[flat > threshold]  # not empty: check_volume refused constant volumes
     # Two separate calls: a list of percentiles would come back as float64 and change the arithmetic.
     upper = np.percentile(foreground, 99.95)
     lower = np.percentile(foreground, 0.05)

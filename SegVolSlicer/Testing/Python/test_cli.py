@@ -268,6 +268,19 @@ def test_bad_input_is_one_clear_line_and_no_output(case, bad_inputs, ct_files, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out", "."))]
 
 
+@pytest.mark.parametrize("case", ["constant volume", "NaN voxels", "2-D image", "point outside"])
+def test_bad_volume_fails_before_the_model_loads(case, bad_inputs, ct_files, tmp_path, capsys, monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")  # seconds (a 724 MB checkpoint) before the error
+
+    monkeypatch.setattr(cli, "_load_model", load_model)
+    argv, message = BAD_SEGMENT_CASES[case]
+    names = {**bad_inputs, "image": ct_files[0], "tmp": tmp_path}
+    argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv] + ["-o", str(tmp_path / "out.seg.nrrd")]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and message in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--class", "liver=9"], "absent"),
     (["--class", "liver"], "NAME=LABEL"),
