@@ -1,6 +1,7 @@
-"""A tiny stand-in for the SegVol network, for fast tests of the engine's plumbing (not of the model).
+"""Stand-ins for the SegVol network: FakeSegVol for fast tests of the engine's plumbing, BandSegVol with the
+layout phantom for parity with the official pipeline's branches (tools/make_goldens.py --only standin).
 
-It honours the model contract (encode_image, encode_text, decode, device, dtype) and its output depends on
+FakeSegVol honours the model contract (encode_image, encode_text, decode, device, dtype) and its output depends on
 the prompts and on the image where a real model's would: the "embedding" is a 4x-down-sampled copy of the
 window, the logits say "bright voxels", shifted by the text, raised inside the box and around positive
 clicks, lowered around negative ones. It counts encoder calls so tests can check the caches.
