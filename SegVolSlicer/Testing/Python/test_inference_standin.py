@@ -87,3 +87,27 @@ def test_matches_official(organ, mode, goldens, session):
     else:
         assert_zoom_in_plan(result, session.model.calls[1:], goldens, key, goldens["layout.pre.cropped_shape"])
     np.testing.assert_array_equal(result.mask, unpack(goldens[key + "mask_bits"], shape))
+
+
+def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys):
+    """`segvol evaluate --prompt text+box` end to end (files in, files out) against the official masks."""
+    from SegVolSlicerLib import cli
+    from SegVolSlicerLib.imageio import read_volume
+    from SegVolSlicerLib.testing.synthetic_ct import write_ct
+
+    ct = layout_ct()
+    write_ct(ct, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
+    bands = dict(zip(goldens["bands_names"].tolist(), goldens["bands_values"].tolist()))
+    monkeypatch.setattr(cli, "_load_model", lambda *args, **kwargs: BandSegVol(bands))
+    classes = [f"{name}={value}" for value, name in ct.label_names.items()]
+    code = cli.main(["evaluate", "--image", str(tmp_path / "ct.nii.gz"), "--label", str(tmp_path / "labels.nii.gz"),
+                     *[a for c in classes for a in ("--class", c)], "--output-dir", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    shape = goldens["layout.pre.input_shape"]
+    for name in ct.label_names.values():
+        mask = read_volume(tmp_path / "eval" / f"{name}.nii.gz").array
+        np.testing.assert_array_equal(mask, unpack(goldens[f"layout.{name}.text_box.mask_bits"], shape))
+    metrics = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    dice = {row.split(",")[0]: float(row.split(",")[3]) for row in metrics[1:]}
+    assert dice == pytest.approx({name: float(goldens[f"layout.{name}.text_box.dice_official"])
+                                  for name in ct.label_names.values()}, abs=1e-6)
