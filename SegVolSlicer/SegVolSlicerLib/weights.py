@@ -38,7 +38,10 @@ def _progress_bar(progress: Progress | None):
     class _Reporting(tqdm):
         def update(self, n=1):
             shown = super().update(n)
-            progress("download", int(self.n), int(self.total or 0))
+            # huggingface_hub also drives a files-done bar and an xet "Reconstructing" bar with this class;
+            # only the bytes received tell the user how far the 724 MB download is.
+            if self.unit == "B" and not str(self.desc).startswith("Reconstruct"):
+                progress("download", int(self.n), int(self.total or 0))
             return shown
 
     return _Reporting
@@ -86,13 +89,12 @@ def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os
     if _has_weights(folder):
         return folder
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         snapshot_download(HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES,
                           tqdm_class=_progress_bar(progress))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
         raise _offline_help(folder, "the SegVol weights", error) from None
     if not _has_weights(folder):
         raise CheckpointError(f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
@@ -108,10 +110,9 @@ def resolve_demo_ct(folder: str | os.PathLike | None = None, progress: Progress 
     if path.is_file():
         return path
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return Path(hf_hub_download(HUB_REPO, DEMO_CT, local_dir=folder, tqdm_class=_progress_bar(progress)))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
         raise _offline_help(folder, "the demo CT", error) from None

@@ -60,3 +60,25 @@ def test_offline_says_what_to_download_and_where(offline):
 def test_demo_ct_found_in_folder(tmp_path):
     (tmp_path / DEMO_CT).write_bytes(b"")
     assert resolve_demo_ct(tmp_path) == tmp_path / DEMO_CT
+
+
+def test_download_reports_bytes_and_turns_network_failures_into_one_error(monkeypatch, tmp_path):
+    """The progress callback sees only the byte bar; a connection lost mid-download is a CheckpointError."""
+    import huggingface_hub
+
+    class ReadError(Exception):  # like the hub HTTP client's own errors: not an OSError
+        pass
+
+    reported = []
+
+    def fake_snapshot_download(repo, local_dir, allow_patterns, tqdm_class):
+        files = tqdm_class(total=3, desc="Fetching 3 files")  # files-done bar: not reported
+        files.update(1)
+        received = tqdm_class(total=1000, unit="B", desc="Downloading bytes")
+        received.update(400)
+        raise ReadError("connection reset by peer")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(CheckpointError, match="cannot download the SegVol weights .*connection reset"):
+        resolve_weights(cache_dir=tmp_path, progress=lambda *args: reported.append(args))
+    assert reported == [("download", 400, 1000)]
