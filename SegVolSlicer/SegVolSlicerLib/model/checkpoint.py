@@ -6,7 +6,6 @@ snapshot folder or its `pytorch_model.bin` ({'model.' + key}), and `.safetensors
 
 import argparse
 import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +69,7 @@ def _read_file(path: Path) -> dict:
             raise CheckpointError(f"refusing to load {path}: it contains Python objects or code, not just tensors "
                                   "(only weights_only files are loaded); re-download the official weights") from None
         raise CheckpointError(f"cannot read {path}: corrupt or not a PyTorch checkpoint; {_HINT}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except Exception as error:  # a damaged pickle can fail with almost any error type (KeyError, IndexError, ...)
         raise CheckpointError(f"cannot read {path}: corrupt, truncated or not a PyTorch checkpoint "
                               f"({type(error).__name__}); {_HINT}") from None
 

@@ -97,6 +97,16 @@ def test_non_checkpoint_files_are_refused(content, tmp_path):
         load_segvol(path, device="cpu")
 
 
+@pytest.mark.parametrize("seed", [8, 15])  # garbage after a pickle header: IndexError / KeyError in the unpickler
+def test_damaged_pickle_is_refused(seed, tmp_path):
+    import random
+    rng = random.Random(seed)
+    path = tmp_path / "SegVol_v1.pth"
+    path.write_bytes(b"\x80\x02" + bytes(rng.randrange(256) for _ in range(200)))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_segvol(path, device="cpu")
+
+
 def test_truncated_checkpoint_is_refused(synthetic_checkpoint, tmp_path):
     path = tmp_path / "SegVol_v1.pth"
     with open(synthetic_checkpoint, "rb") as source, open(path, "wb") as target:
