@@ -10,12 +10,13 @@ Arrays are in `slicer.util.arrayFromVolume` order (K, J, I), K being the slice a
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..geometry import LPS_TO_RAS
 
 SHAPE_KJI = (48, 160, 192)
 SPACING_IJK = (0.8, 0.8, 2.5)  # mm along i, j, k
@@ -109,19 +110,16 @@ def make_synthetic_ct(seed: int = 0) -> SyntheticCT:
 def _write_image(array_kji: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> None:
     import SimpleITK as sitk
 
+    from ..imageio import atomic_output
+
     image = sitk.GetImageFromArray(array_kji)  # numpy (K, J, I) -> ITK index (i, j, k)
-    ijk_to_lps = np.diag([-1.0, -1.0, 1.0]) @ ijk_to_ras[:3]  # ITK physical space is LPS
+    ijk_to_lps = (LPS_TO_RAS @ ijk_to_ras)[:3]  # ITK physical space is LPS
     spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
     image.SetSpacing(spacing.tolist())
     image.SetDirection((ijk_to_lps[:, :3] / spacing).flatten().tolist())
     image.SetOrigin(ijk_to_lps[:, 3].tolist())
-    # Written next to the target and renamed, so an interrupted write never leaves half a file.
-    tmp = path.with_name(f".{uuid.uuid4().hex}-{path.name}")
-    try:
+    with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_ct(ct: SyntheticCT, image_path: str | os.PathLike, label_path: str | os.PathLike | None = None) -> None:
