@@ -52,7 +52,11 @@ def test_hugging_face_formats_load_the_same_weights(fmt, name, synthetic_state, 
     _assert_same_weights(model, synthetic_model)
     if fmt == "hf-folder":  # the snapshot's own tokenizer is used
         assert os.path.samefile(model.text_encoder.tokenizer.name_or_path, path)
-    shutil.rmtree(path) if path.is_dir() else path.unlink()  # 724 MB each: pytest keeps old tmp folders
+    # 724 MB each, and pytest keeps the tmp folders of past runs
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def test_training_checkpoint_with_numpy_and_args_loads(synthetic_state, tmp_path):
