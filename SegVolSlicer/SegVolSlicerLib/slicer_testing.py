@@ -18,7 +18,7 @@ import vtk
 
 from . import backends, slicer_bridge, terminology
 from .errors import InputError
-from .geometry import ModelAxes, ijk_to_ras_points
+from .geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
 from .prompts import Box
 
 SHAPE_KJI = (12, 20, 24)
@@ -69,6 +69,15 @@ def _add_points(name, ras_points, role=None, descriptions=None):
     return node
 
 
+def _translation(offset):
+    """(a linear transform node shifting its children by `offset` mm, its 4x4 matrix)."""
+    shift = np.eye(4)
+    shift[:3, 3] = offset
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    return transform, shift
+
+
 def set_roi_to_box(roi_node, box: Box, ijk_to_ras: np.ndarray) -> None:
     """Make an ROI cover exactly the voxels of box, with the ROI axes along the volume's voxel axes."""
     spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
@@ -93,10 +102,7 @@ def check_volume_geometry():
         _check(np.allclose(matrix, ijk_to_ras, atol=1e-9), f"{label}: IJK-to-RAS differs")
         voxels[0, 0, 0] += 1
         _check(slicer.util.arrayFromVolume(volume)[0, 0, 0] != voxels[0, 0, 0], f"{label}: voxels are not a copy")
-        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-        shift = np.eye(4)
-        shift[:3, 3] = (5.0, -3.0, 11.0)
-        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        transform, shift = _translation((5.0, -3.0, 11.0))
         volume.SetAndObserveTransformNodeID(transform.GetID())
         _, matrix = slicer_bridge.read_volume(volume)
         _check(np.allclose(matrix, shift @ ijk_to_ras), f"{label}: parent transform ignored")
@@ -128,10 +134,7 @@ def check_point_prompts():
                    f"{label}: model-space point {p_dhw} is not voxel {p_ijk}")
         _check(np.allclose(axes.model_to_ijk(dhw), points.ijk), f"{label}: model -> IJK round trip")
 
-        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-        shift = np.eye(4)
-        shift[:3, 3] = (4.0, 2.0, -6.0)
-        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        transform, shift = _translation((4.0, 2.0, -6.0))
         moved = _add_points("moved", ras[:1] - shift[:3, 3], slicer_bridge.POSITIVE_ROLE)
         moved.SetAndObserveTransformNodeID(transform.GetID())
         _check(np.allclose(slicer_bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
@@ -180,8 +183,7 @@ def check_roi_prompt():
         centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
         rotated.SetCenter(*centre)
         rotated.SetSize(8.0, 8.0, 8.0)
-        corners_ijk = slicer_bridge.roi_corners_ras(rotated) @ np.linalg.inv(ijk_to_ras)[:3, :3].T \
-            + np.linalg.inv(ijk_to_ras)[:3, 3]
+        corners_ijk = ras_to_ijk_points(ijk_to_ras, slicer_bridge.roi_corners_ras(rotated))
         got = slicer_bridge.read_box(rotated, ijk_to_ras)
         _check(np.all(np.asarray(got.ijk_min) >= corners_ijk.min(axis=0) - 1e-6)
                and np.all(np.asarray(got.ijk_min) - 1 < corners_ijk.min(axis=0))
@@ -189,10 +191,7 @@ def check_roi_prompt():
                and np.all(np.asarray(got.ijk_max) + 1 > corners_ijk.max(axis=0)),
                f"{label}: rotated ROI {got} vs corners {corners_ijk.min(axis=0)}..{corners_ijk.max(axis=0)}")
 
-        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-        shift = np.eye(4)
-        shift[:3, 3] = (-7.0, 3.0, 2.0)
-        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+        transform, shift = _translation((-7.0, 3.0, 2.0))
         moved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "moved")
         set_roi_to_box(moved, box, np.linalg.inv(shift) @ ijk_to_ras)
         moved.SetAndObserveTransformNodeID(transform.GetID())
@@ -440,10 +439,7 @@ def check_logic_writes_where_it_read(logic):
     request = logic.prepare(volume, segmentation, "liver")
     count = segmentation.GetSegmentation().GetNumberOfSegments()
 
-    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    shift = np.eye(4)
-    shift[:3, 3] = (0.0, 0.0, 5.0)
-    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    transform, _ = _translation((0.0, 0.0, 5.0))
     volume.SetAndObserveTransformNodeID(transform.GetID())
     _expect_input_error(lambda: logic.apply(request, results), "moved or resampled")
     _check(segmentation.GetSegmentation().GetNumberOfSegments() == count, "a refused result was written")
