@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    stage: str   # "download", "load", "preprocess", "zoom-out", "zoom-in"
+    stage: str   # "download", "load", "preprocess", "zoom-out", "zoom-in", or "target" (done: its index)
     done: int
     total: int
 
