@@ -200,14 +200,10 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         volumeNodeID = request.volumeNode.GetID()
         with self._lock:
-            cached = self._sessions.get(volumeNodeID)
-        if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
-            with self._lock:
-                self._sessions.pop(volumeNodeID, None)
+            cached = self._sessions.pop(volumeNodeID, None)
+            if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
                 self._sessions[volumeNodeID] = cached  # most recently used last
-            return cached[2]
-        with self._lock:
-            self._sessions.pop(volumeNodeID, None)
+                return cached[2]
             while self._sessions and len(self._sessions) >= self.maxSessions:
                 del self._sessions[next(iter(self._sessions))]  # least recently used first
         session = SegVolSession(model, request.voxels, request.ijkToRas, cache_budget_mb=self.cacheBudgetMB,
