@@ -36,10 +36,6 @@ _PROMPT_LOOKS = {
 }
 
 
-def _array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
 def _to_world(node) -> np.ndarray:
     """Node-to-world matrix of a transformable node; non-linear transforms cannot map voxels to voxels."""
     parent = node.GetParentTransformNode()
@@ -50,14 +46,14 @@ def _to_world(node) -> np.ndarray:
                          "(Data module, right-click the node) and try again")
     matrix = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(matrix)
-    return _array(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def world_ijk_to_ras(volume_node) -> np.ndarray:
     """4x4 matrix from (i, j, k, 1) voxel indices to world RAS millimetres, parent transforms included."""
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    return _to_world(volume_node) @ _array(matrix)
+    return _to_world(volume_node) @ slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def read_volume(volume_node) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +156,7 @@ def roi_corners_ras(roi_node) -> np.ndarray:
     """The 8 corners (8,3) of a (possibly rotated, transformed) ROI in world RAS."""
     half = np.asarray(roi_node.GetSize(), dtype=np.float64) / 2
     corners = np.array(list(itertools.product(*[(-h, h) for h in half])))
-    object_to_world = _array(roi_node.GetObjectToWorldMatrix())
+    object_to_world = slicer.util.arrayFromVTKMatrix(roi_node.GetObjectToWorldMatrix())
     return corners @ object_to_world[:3, :3].T + object_to_world[:3, 3]
 
 
