@@ -112,7 +112,7 @@ def check_point_prompts():
     """Positive/negative markups map RAS -> IJK exactly and on to model (D,H,W) space and back."""
     ijk = np.array([[3.0, 4.0, 5.0], [10.0, 2.0, 7.0], [20.0, 15.0, 1.0], [0.0, 19.0, 11.0]])
     for label, ijk_to_ras in geometries().items():
-        make_volume(ijk_to_ras, label)
+        volume = make_volume(ijk_to_ras, label)
         ras = ijk_to_ras_points(ijk_to_ras, ijk)
         positive = _add_points("positive", ras[:2], slicer_bridge.POSITIVE_ROLE)
         negative = _add_points("negative", ras[2:3], slicer_bridge.NEGATIVE_ROLE)
@@ -127,7 +127,7 @@ def check_point_prompts():
 
         axes = ModelAxes.from_ijk_to_ras(ijk_to_ras)
         dhw = axes.ijk_to_model(points.ijk)
-        voxels = slicer.util.arrayFromVolume(slicer.mrmlScene.GetFirstNodeByName(label))
+        voxels = slicer.util.arrayFromVolume(volume)
         model_voxels = axes.to_model(voxels)
         for p_ijk, p_dhw in zip(np.round(points.ijk).astype(int), np.round(dhw).astype(int)):
             _check(voxels[p_ijk[2], p_ijk[1], p_ijk[0]] == model_voxels[tuple(p_dhw)],
