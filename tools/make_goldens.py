@@ -169,7 +169,7 @@ def model_goldens(model) -> dict[str, np.ndarray]:
         out["image_embedding_stats"] = _stats(embedding)
         out["text_embedding_liver"] = model.text_encoder(["liver"]).numpy()
         out["text_embedding_batch"] = model.text_encoder(MODEL_TEXT_BATCH).numpy()
-        out["call_text_box_logits_sub"] = full_call[..., ::2, ::8, ::8].numpy()
+        out["call_text_box_logits_sub"] = _sub(full_call)
 
         cases = {"text": dict(text=["liver"]), "box": dict(boxes=box), "points": dict(points=points),
                  "text_box": dict(text=["liver"], boxes=box), "text_points": dict(text=["liver"], points=points),
@@ -185,7 +185,7 @@ def model_goldens(model) -> dict[str, np.ndarray]:
 
 
 def _record_logits(out, name, logits, low_res):
-    out[f"{name}_logits_sub"] = logits[..., ::2, ::8, ::8].numpy()
+    out[f"{name}_logits_sub"] = _sub(logits)
     out[f"{name}_low_res_sub"] = low_res[..., ::2, ::4, ::4].numpy()
     out[f"{name}_stats"] = _stats(logits)
     print(f"  {name:12s} mean {out[f'{name}_stats'][:, 0]} positive {out[f'{name}_stats'][:, 2]}")
@@ -364,7 +364,7 @@ def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
     if zoom_out_prompts["points"] is not None:
         out[f"{key}.zoom_out_points"] = zoom_out_prompts["points"][0].numpy()
         out[f"{key}.zoom_out_point_labels"] = zoom_out_prompts["points"][1].numpy()
-    out[f"{key}.zoom_out_logits_sub"] = zoom_out_logits[..., ::2, ::8, ::8].numpy()
+    out[f"{key}.zoom_out_logits_sub"] = _sub(zoom_out_logits)
     out[f"{key}.zoom_out_logits_stats"] = _stats(zoom_out_logits)
     out[f"{key}.dice_zoom_out"] = np.float64(dice_score.calls[0][2])
     # dice_score's first argument is the zoom-out logits, nearest-upsampled to the cropped grid.
@@ -403,7 +403,7 @@ def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
     # sigmoid(x) rounds to exactly 0.5 in fp32 for 0 < x < ~3e-8: count where "logit > 0" would differ.
     out[f"{key}.threshold_mismatches"] = np.int64((mask_cropped != (final_logits > 0).numpy()).sum())
     out[f"{key}.mask_cropped_bits"] = np.packbits(mask_cropped)
-    out[f"{key}.final_logits_sub"] = final_logits[::2, ::8, ::8].numpy()
+    out[f"{key}.final_logits_sub"] = _sub(final_logits)
     out[f"{key}.final_logits_stats"] = _stats(final_logits[None])[0]
     mask_kji = np.zeros(ct.volume.shape, dtype=bool)
     mask_kji[crop] = mask_cropped  # as the HF port's save_preds, in (K, J, I) order
