@@ -114,7 +114,8 @@ def _pip_install(requirements_file, missing, constraints) -> str | None:
             "SegVol needs these Python packages. Install them now (needs a network connection)?",
             detailedText="\n".join(missing)):
         return DECLINED
-    loaded = [line for line in missing if Requirement(line).name.lower().replace("-", "_") in sys.modules]
+    names = (Requirement(line).name for line in missing)
+    loaded = [name for name in names if name.lower().replace("-", "_") in sys.modules]
     try:
         with slicer.util.WaitCursor():
             slicer.util.pip_install(["-r", str(requirements_file), "-c", constraints])
@@ -123,7 +124,7 @@ def _pip_install(requirements_file, missing, constraints) -> str | None:
         slicer.util.errorDisplay(FAILED, detailedText=str(error))
         return FAILED
     if loaded:
-        message = RESTART.format(names=", ".join(Requirement(line).name for line in loaded))
+        message = RESTART.format(names=", ".join(loaded))
         slicer.util.infoDisplay(message)
         return message
     return None
