@@ -15,16 +15,13 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 class EmbeddingCache:
     """Keeps tensors until their total size exceeds `budget_mb`, then drops the least recently used.
 
-    A tensor larger than the whole budget is returned but not kept. Hits and misses are counted so that
-    callers (and tests) can see what was recomputed.
+    A tensor larger than the whole budget is returned but not kept.
     """
 
     def __init__(self, budget_mb: float = 1024):
         self.budget_bytes = int(budget_mb * 2**20)
         self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
@@ -36,11 +33,9 @@ class EmbeddingCache:
         if key not in self._entries:
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return self._entries[key]
 
     def put(self, key: Hashable, value: torch.Tensor) -> torch.Tensor:
-        self.misses += 1
         size = tensor_bytes(value)
         if key in self._entries:
             self.bytes -= tensor_bytes(self._entries.pop(key))
@@ -55,7 +50,3 @@ class EmbeddingCache:
     def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         cached = self.get(key)
         return cached if cached is not None else self.put(key, compute())
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
