@@ -16,7 +16,7 @@ ALPHA = 0.45
 MAX_PANELS = 4
 
 
-def _display_axes(volume_kji: np.ndarray, ijk_to_ras: np.ndarray):
+def _display_axes(ijk_to_ras: np.ndarray):
     """Reorder to (superior-inferior, anterior-posterior, left-right) and flip in-plane so that rows run
     anterior to posterior and columns from the patient's right to left (how radiologists view axial slices)."""
     axes = ModelAxes.from_ijk_to_ras(ijk_to_ras)
@@ -47,7 +47,7 @@ def _slices_to_show(masks: Sequence[np.ndarray], depth: int) -> list[int]:
 
 def write_preview_png(path: str | os.PathLike, volume_kji: np.ndarray, ijk_to_ras: np.ndarray,
                       segments: Sequence[Segment]) -> None:
-    orient = _display_axes(volume_kji, np.asarray(ijk_to_ras, dtype=np.float64))
+    orient = _display_axes(np.asarray(ijk_to_ras, dtype=np.float64))
     image = orient(volume_kji).astype(np.float32)
     low, high = SOFT_TISSUE_WINDOW
     grey = np.clip((image - low) / (high - low), 0, 1)
