@@ -29,8 +29,8 @@ DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
 
 # --- helpers shared by the commands ---
 
-def _fail_if_unwritable(path: Path, endings=SEGMENTATION_ENDINGS) -> None:
-    if not str(path).lower().endswith(endings):
+def _fail_if_unwritable(path: Path) -> None:
+    if not str(path).lower().endswith(SEGMENTATION_ENDINGS):
         raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz "
                          "(labelmap)")
     path = path.expanduser()
@@ -59,7 +59,8 @@ def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = Non
 
 
 class _ProgressBars:
-    """A tqdm bar per stage of one target on stderr: the zoom-out pass, then the zoom-in windows."""
+    """A tqdm bar per stage of one target on stderr: the zoom-out pass, then the zoom-in windows. A context
+    manager, so that the last bar is closed even when the run fails."""
 
     def __init__(self, label: str = ""):
         self.label, self.bar, self.stage = label, None, None
@@ -78,6 +79,12 @@ class _ProgressBars:
         if self.bar is not None:
             self.bar.close()
         self.bar, self.stage = None, None
+
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _warn(messages: Sequence[str]) -> None:
@@ -102,11 +109,8 @@ def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
 def _segment_all(session, targets, zoom_in: bool):
     results = []
     for target in targets:
-        bars = _ProgressBars(target.name)
-        try:
+        with _ProgressBars(target.name) as bars:
             results.append(session.segment(target, zoom_in=zoom_in, progress=bars))
-        finally:
-            bars.close()
     return results
 
 
@@ -240,11 +244,8 @@ def cmd_evaluate(args) -> int:
         # The text prompt is the class name as typed, as the official demo's category names: synonyms are
         # not substituted, so the result stays comparable with the official evaluation.
         prompts = label_prompts(truth, name, mode, session.prepared, session.space, generator)
-        bars = _ProgressBars(name)
-        try:
+        with _ProgressBars(name) as bars:
             result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars, generator=generator)
-        finally:
-            bars.close()
         _warn(result.warnings)
         crop = result.crop
         row = {"class": name, "label": value, "prompt": args.prompt,
