@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from .weights import DEMO_CT, HUB_URL, default_folder, resolve_demo_ct, resolve_
 
 def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
              targets: Sequence[str] = ("liver",), progress_bars=None) -> tuple[Path, Path]:
-    """Segment `targets` in the demo CT; returns (segmentation path, PNG path)."""
+    """Segment `targets` in the demo CT; returns (segmentation path, PNG path). `progress_bars(name)`: a
+    context manager that is also the session's progress callback (the CLI's tqdm bars), or None."""
     folder = Path(source).expanduser() if source else default_folder()
     if source and not folder.is_dir():
         raise InputError(f"--source {folder} is not a folder: give a BAAI/SegVol snapshot folder")
@@ -41,12 +43,8 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
     session = SegVolSession(load_segvol(weights, device=device, precision="auto"), volume.array, volume.ijk_to_ras)
     segments = []
     for name in targets:
-        bars = progress_bars(name) if progress_bars else None
-        try:
+        with progress_bars(name) if progress_bars else nullcontext() as bars:
             result = session.segment(Target(look_for_text(name).name, name), zoom_in=zoom_in, progress=bars)
-        finally:
-            if bars is not None:
-                bars.close()
         for warning in result.warnings:
             print(f"segvol: warning: {warning}", file=sys.stderr)
         print(f"{result.name}: {np.count_nonzero(result.mask)} voxels")
