@@ -36,14 +36,15 @@ class Roi:
 def upsampled_extent(zoom_out_mask: np.ndarray, space: ModelSpace) -> tuple[np.ndarray, np.ndarray] | None:
     """Min and max crop index, per axis, of the positive voxels of the nearest-up-sampled zoom-out mask."""
     sources = space.upsample_source
-    reached = zoom_out_mask[np.ix_(*(np.unique(s) for s in sources))]  # zoom-out voxels some crop voxel takes
+    taken = [np.unique(source) for source in sources]  # per axis, the zoom-out indices some crop index takes
+    reached = zoom_out_mask[np.ix_(*taken)]
     if not reached.any():
         return None
     low, high = np.zeros(3, np.int64), np.zeros(3, np.int64)
     for axis, source in enumerate(sources):
         others = tuple(a for a in range(3) if a != axis)
         positive_rows = np.flatnonzero(reached.any(axis=others))
-        positive = np.isin(source, np.unique(source)[positive_rows])
+        positive = np.isin(source, taken[axis][positive_rows])
         hits = np.flatnonzero(positive)
         low[axis], high[axis] = hits[0], hits[-1]
     return low, high
@@ -60,5 +61,6 @@ def roi_from_zoom_out(zoom_out_mask: np.ndarray, space: ModelSpace) -> Roi | Non
         padding = max(0, WINDOW[axis] - int(high[axis] - low[axis] + 1))
         size = space.cropped_shape[axis]
         start.append(max(0, int(low[axis]) - padding // 2))
-        stop.append(min(size, int(high[axis]) + padding // 2) + 1)
-    return Roi(tuple(start), tuple(min(b, n) for b, n in zip(stop, space.cropped_shape)))
+        # Official: max clamped to the size, then `[min:max + 1]`, which slicing ends at the border.
+        stop.append(min(size, int(high[axis]) + padding // 2 + 1))
+    return Roi(tuple(start), tuple(stop))
