@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
+from ..errors import InputError
 from ..prompts import Target
 from ..vocabulary import resolve_name
 from .cache import EmbeddingCache
@@ -30,7 +30,7 @@ from .prompt_mapping import ModelPrompts, prompts_from_target
 from .roi import Roi, roi_from_zoom_out
 from .window_prompts import ZoomOutPrediction
 from .windows import Window, WindowPlan
-from .zoom_in import run_zoom_in
+from .zoom_in import raise_if_cancelled, run_zoom_in
 from .zoom_out import ZoomOutResult, run_zoom_out
 
 Progress = Callable[[str, int, int], None]
@@ -136,7 +136,7 @@ class SegVolSession:
         (evaluation draws the zoom-out clicks first, as the official demo); default `new_generator()`.
         """
         warnings = [*warnings, *prompts.warnings]
-        self._check_cancel(cancel)
+        raise_if_cancelled(cancel)
         if progress is not None:
             progress("zoom-out", 0, 1)
         text_embedding = self.text_embedding(prompts.text)
@@ -163,8 +163,3 @@ class SegVolSession:
         return SegmentationResult(name=name, text=prompts.text, mask=self.prepared.paste_kji(mask),
                                   zoom_out_mask=self.prepared.paste_kji(zoom_out_mask), warnings=warnings,
                                   roi=roi, windows=windows, crop=self.prepared.crop_slices_kji, zoom_out=zoom_out)
-
-    @staticmethod
-    def _check_cancel(cancel) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("segmentation cancelled")

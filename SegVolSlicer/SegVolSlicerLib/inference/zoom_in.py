@@ -21,6 +21,12 @@ from .windows import Window, WindowPlan
 EncodeWindows = Callable[[Sequence[Window]], list[torch.Tensor]]
 
 
+def raise_if_cancelled(cancel) -> None:
+    """`cancel`: a threading.Event (or None); checked between model passes, the points where stopping is safe."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("segmentation cancelled")
+
+
 def run_zoom_in(model, encode_windows: EncodeWindows, plan: WindowPlan, prompts: ModelPrompts,
                 prediction: ZoomOutPrediction, text_embedding: torch.Tensor | None, generator,
                 progress: Callable[[str, int, int], None] | None = None, cancel=None,
@@ -31,8 +37,7 @@ def run_zoom_in(model, encode_windows: EncodeWindows, plan: WindowPlan, prompts:
     coverage = torch.zeros(plan.padded_shape, dtype=torch.float32, device=device)
     done = 0
     for first in range(0, len(plan), batch_size):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("segmentation cancelled")
+        raise_if_cancelled(cancel)
         chunk = plan.windows[first:first + batch_size]
         for window, embedding in zip(chunk, encode_windows(chunk)):
             window_prompt = window_prompts(plan, window, prompts.box_map, prompts.click_map, prediction, generator)
