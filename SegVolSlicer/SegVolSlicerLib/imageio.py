@@ -64,6 +64,12 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def _itk_message(error: RuntimeError) -> str:
+    """The line of an ITK exception that says what went wrong: its last (the first ones give the source file)."""
+    lines = str(error).strip().splitlines()
+    return lines[-1][:160] if lines else ""
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     path = Path(path).expanduser()
     if not path.exists():
@@ -71,9 +77,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         return _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise InputError(f"cannot read image {path}: not a readable NIfTI/NRRD/MHA file or DICOM folder "
-                         f"({first_line[:160]})") from None
+                         f"({_itk_message(error)})") from None
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -194,7 +199,7 @@ def _write(image: sitk.Image, path: Path) -> None:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as error:
-            raise InputError(f"cannot write {path}: {str(error).strip().splitlines()[-1][:160]}") from None
+            raise InputError(f"cannot write {path}: {_itk_message(error)}") from None
 
 
 def _on_reference(array: np.ndarray, reference: sitk.Image, is_vector: bool = False) -> sitk.Image:
