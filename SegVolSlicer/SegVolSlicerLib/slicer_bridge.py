@@ -194,7 +194,7 @@ def spec_for_new_segment(segmentation_node) -> SegmentSpec:
         used = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
     number = next(n for n in itertools.count(1) if f"{DEFAULT_SEGMENT_PREFIX} {n}" not in used)
     name = f"{DEFAULT_SEGMENT_PREFIX} {number}"
-    return SegmentSpec(name, tuple(vocabulary.colour_for(name)))
+    return SegmentSpec(name, vocabulary.colour_for(name))
 
 
 def spec_for_segment(segmentation_node, segment_id: str) -> SegmentSpec:

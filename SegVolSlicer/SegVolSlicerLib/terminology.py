@@ -128,6 +128,6 @@ def look_for_text(text: str) -> SegmentLook:
     training_name, known = vocabulary.resolve_name(text)
     term = standard_term(training_name) if known else None
     if term is None:
-        return SegmentLook(training_name, tuple(vocabulary.colour_for(training_name)), None)
+        return SegmentLook(training_name, vocabulary.colour_for(training_name), None)
     color = term.color if term.color is not None else vocabulary.colour_for(training_name)
-    return SegmentLook(term.label, tuple(color), term.entry)
+    return SegmentLook(term.label, color, term.entry)
