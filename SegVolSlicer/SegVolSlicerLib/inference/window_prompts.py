@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from .model_space import ModelSpace
 from .point_sampling import select_points
@@ -33,12 +34,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[float, ...]:
     """Official `generate_box` without jitter: inclusive min/max index per axis, or the sentinel box."""
     if not mask.any():
         return SENTINEL_BOX
-    low, high = [], []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        low.append(float(hits[0]))
-        high.append(float(hits[-1]))
-    return (*low, *high)
+    start, stop = generate_spatial_bounding_box(mask[None])  # stop is exclusive
+    return (*(float(a) for a in start), *(float(b - 1) for b in stop))
 
 
 @dataclass(frozen=True)
