@@ -47,11 +47,13 @@ def _progress_bar(progress: Progress | None):
     return _Reporting
 
 
-def _offline_help(folder: Path, files: str, error: Exception) -> CheckpointError:
+def _offline_help(folder: Path, error: Exception, demo_ct: bool = False) -> CheckpointError:
+    """What to fetch by hand when the hub cannot be reached (the weights, and the demo CT if that was asked for)."""
+    what = "the demo CT" if demo_ct else "the SegVol weights"
     return CheckpointError(
-        f"cannot download {files} from the Hugging Face hub ({HUB_REPO}): {str(error).splitlines()[0][:160]}. "
+        f"cannot download {what} from the Hugging Face hub ({HUB_REPO}): {str(error).splitlines()[0][:160]}. "
         f"Download {HUB_URL}/pytorch_model.bin (724 MB) and {HUB_URL}/config.json"
-        + (f" and {HUB_URL}/{DEMO_CT}" if "demo" in files else "")
+        + (f" and {HUB_URL}/{DEMO_CT}" if demo_ct else "")
         + f" into {folder}, or give a local SegVol_v1.pth / snapshot folder as the checkpoint")
 
 
@@ -95,7 +97,7 @@ def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os
         snapshot_download(HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES,
                           tqdm_class=_progress_bar(progress))
     except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
-        raise _offline_help(folder, "the SegVol weights", error) from None
+        raise _offline_help(folder, error) from None
     if not _has_weights(folder):
         raise CheckpointError(f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
                               f"({', '.join(WEIGHT_FILES)}); download {HUB_URL}/pytorch_model.bin there by hand")
@@ -115,4 +117,4 @@ def resolve_demo_ct(folder: str | os.PathLike | None = None, progress: Progress 
         folder.mkdir(parents=True, exist_ok=True)
         return Path(hf_hub_download(HUB_REPO, DEMO_CT, local_dir=folder, tqdm_class=_progress_bar(progress)))
     except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
-        raise _offline_help(folder, "the demo CT", error) from None
+        raise _offline_help(folder, error, demo_ct=True) from None
