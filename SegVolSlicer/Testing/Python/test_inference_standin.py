@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from fake_segvol import BandSegVol, layout_ct
-from test_inference_parity import assert_zoom_in_plan
+from test_inference_parity import MODES, assert_zoom_in_plan, unpack
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.inference import SegVolSession
 
 GOLDENS = Path(__file__).resolve().parents[1] / "Data" / "goldens" / "standin_goldens.npz"
-MODES = {"text": "text", "box": "box", "text_box": "text+box", "points": "point", "text_points": "text+point"}
 
 
 class RecordingModel(BandSegVol):
@@ -47,10 +46,6 @@ def session(goldens):
 def golden_runs():
     with np.load(GOLDENS) as data:
         return sorted({tuple(key.split(".")[1:3]) for key in data.files if key.endswith(".roi")})
-
-
-def unpack(bits, shape):
-    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(tuple(shape)).astype(bool)
 
 
 def test_goldens_reach_every_branch(goldens):
