@@ -53,7 +53,7 @@ class SegmentationResult:
 class SegVolSession:
     """Segments one volume, any number of times, with any prompts.
 
-    model: a SegVol (SegVolSlicerLib.model) or anything with its encode_image / encode_text / decode.
+    model: a SegVol (SegVolSlicerLib.model) or anything with its encode_image / encode_text / decode / device.
     volume: (K, J, I) array as `slicer.util.arrayFromVolume` gives it; ijk_to_ras: its 4x4 matrix.
     cache_budget_mb: memory for cached embeddings (a zoom-in window embedding is 6 MB in float32).
     point_sampling: "seeded" (default, reproducible: zoom-in clicks drawn from a generator seeded with
@@ -67,7 +67,7 @@ class SegVolSession:
                  progress: Progress | None = None):
         if point_sampling not in POINT_SAMPLING:
             raise InputError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
-        device = getattr(model, "device", torch.device("cpu"))
+        device = model.device
         if window_batch_size is None:
             window_batch_size = 4 if device.type == "cuda" else 1
         if window_batch_size < 1:
