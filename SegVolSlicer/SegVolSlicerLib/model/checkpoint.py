@@ -26,7 +26,6 @@ _HINT = ("use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face 
          "(pytorch_model.bin)")
 
 
-
 def _data_only_globals() -> list:
     """Plain-data types that training scripts leave next to the weights (an `epoch` saved as a numpy scalar,
     an argparse `args`); allowed so such files load under weights_only, which still refuses any code."""

@@ -43,6 +43,11 @@ def default_precision(device: torch.device) -> str:
     return "fp32"
 
 
+def _require_a_prompt(*prompts) -> None:
+    if all(prompt is None for prompt in prompts):
+        raise InputError("no prompt given: SegVol needs at least one text, box or point prompt")
+
+
 class SegVol(nn.Module):
     def __init__(self, tokenizer=None) -> None:
         super().__init__()
@@ -95,8 +100,7 @@ class SegVol(nn.Module):
 
         boxes (B,6) or (B,1,6) = (d0,h0,w0,d1,h1,w1) inclusive voxel indices of the window.
         """
-        if text_embedding is None and boxes is None and points is None:
-            raise InputError("no prompt given: SegVol needs at least one text, box or point prompt")
+        _require_a_prompt(text_embedding, boxes, points)
         device = self.device
         if boxes is not None:
             boxes = torch.as_tensor(boxes, device=device)
@@ -122,7 +126,6 @@ class SegVol(nn.Module):
     def forward(self, image: torch.Tensor, text: list[str] | str | None = None,
                 boxes: torch.Tensor | None = None, points: Points | None = None) -> torch.Tensor:
         """The official call: image (B,1,32,256,256) + prompts -> logits (B,1,32,256,256)."""
-        if text is None and boxes is None and points is None:
-            raise InputError("no prompt given: SegVol needs at least one text, box or point prompt")
+        _require_a_prompt(text, boxes, points)  # before the expensive encoder pass
         text_embedding = self.encode_text(text) if text is not None else None
         return self.decode(self.encode_image(image), text_embedding, boxes, points)
