@@ -7,7 +7,6 @@ against slicer-core); everything it calls lives in SegVolSlicerLib.
 
 import logging
 import os
-import threading
 import traceback
 from dataclasses import dataclass
 from typing import Annotated
@@ -19,8 +18,10 @@ from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLSc
                     vtkMRMLSegmentationNode)
 from slicer.util import VTKObservationMixin
 
-from SegVolSlicerLib import backends, dependencies, slicer_bridge, slicer_testing, vocabulary
+from SegVolSlicerLib import backends, dependencies, runtime, slicer_bridge, slicer_testing, vocabulary
+from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
+from SegVolSlicerLib.reporting import NO_REPORT, Reporter
 
 try:  # inside the Slicer application
     import ctk
@@ -64,7 +65,6 @@ except ImportError:  # plain Python with slicer-core: the logic and the checks w
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
-DEVICES = ["auto", "cuda", "cpu", "mps"]
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
 STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
                 "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
@@ -108,7 +108,7 @@ class SegVolSlicerParameterNode:
     boxROI: vtkMRMLMarkupsROINode
     zoomIn: bool = True
     autoUpdate: bool = False
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    device: Annotated[str, Choice(list(runtime.DEVICES))] = "auto"
     useSegmentEditorSettings: bool = False
 
 
@@ -119,98 +119,57 @@ class SegVolSlicerParameterNode:
 
 @dataclass
 class SegmentationRequest:
-    """Everything a run needs, read from the scene on the GUI thread. The worker thread reads only the arrays
-    and targets; the nodes are where `apply` writes the results, back on the GUI thread."""
+    """Everything a run needs, read from the scene on the GUI thread. The worker thread reads only the
+    engine's volume (arrays, the node ID, plain values) and the targets; the nodes are where `apply` writes the
+    results, back on the GUI thread."""
 
     volumeNode: vtkMRMLScalarVolumeNode
     segmentationNode: vtkMRMLSegmentationNode
-    volumeSignature: tuple  # (voxels' modification time, world IJK-to-RAS): what the session was made from
-    voxels: np.ndarray
-    ijkToRas: np.ndarray
+    volume: VolumeInput  # key: the volume node ID; signature: (voxels' modification time, world IJK-to-RAS)
     targets: list  # [(prompts.Target, slicer_bridge.SegmentSpec)]
     zoomIn: bool
+
+    @property
+    def voxels(self):
+        return self.volume.voxels
+
+    @property
+    def ijkToRas(self):
+        return self.volume.ijk_to_ras
 
 
 class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     """Prepare (GUI thread) -> run (any thread) -> apply (GUI thread); `process` does all three in a row.
 
-    Keeps the loaded model and one inference session per volume (its embedding caches make a new click cost a
-    decoder pass), dropped when the volume changes or is removed; only the `maxSessions` most recently used are
-    kept (each holds a float copy of its volume and up to `cacheBudgetMB` of embeddings).
+    The engine host (SegVolSlicerLib.engine) keeps the loaded model and one inference session per volume (its
+    embedding caches make a new click cost a decoder pass), dropped when the volume changes or is removed;
+    only the 2 most recently used are kept (each holds a float copy of its volume and up to 768 MB of
+    embeddings: with 0.7 GB of weights a GPU stays under 4 GB).
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        # 2 x 768 MB of embeddings (~250 bf16 windows each) + 0.7 GB of weights keeps a GPU under 4 GB.
-        self.cacheBudgetMB = 768
-        self.maxSessions = 2
-        self._model, self._modelKey = None, None
-        self._sessions = {}  # volume node ID -> (signature, model, SegVolSession)
-        self._lock = threading.Lock()
+        self.engine = self._newEngine()
+
+    @staticmethod
+    def _newEngine(model=None):
+        return EngineHost(model=model, max_sessions=2, memory_budget_mb=2 * 768 + 1024,
+                          session_options=SessionOptions(cache_budget_mb=768))
 
     def getParameterNode(self):
         return SegVolSlicerParameterNode(super().getParameterNode())
 
-    # --- model and sessions ---
-
     def useModel(self, model) -> None:
         """Run with an already loaded SegVol (scripts, tests) instead of loading weights."""
-        with self._lock:
-            self._model, self._modelKey = model, ("given", str(model.device))
-            self._sessions.clear()
-
-    def loadModel(self, weights: str | None, device: str, reporter: backends.Reporter):
-        """The model for these weights (None or "": download BAAI/SegVol) on this device, loaded once."""
-        with self._lock:
-            if self._modelKey is not None and (self._modelKey[0] == "given" or self._modelKey == (weights, device)):
-                return self._model
-        from SegVolSlicerLib.model import load_segvol
-        from SegVolSlicerLib.weights import resolve_weights
-
-        path = resolve_weights(weights or None, progress=reporter.progress)
-        reporter.progress("load", 0, 1)
-        # Interactive use: reduced precision where the hardware runs it natively (encoder only; Dice >= 0.99).
-        model = load_segvol(path, device=device, precision="auto")
-        reporter.progress("load", 1, 1)
-        with self._lock:
-            self._model, self._modelKey = model, (weights, device)
-            self._sessions.clear()  # embeddings belong to the previous model
-        return model
+        self.engine = self._newEngine(model)
 
     def forgetVolume(self, volumeNodeID: str) -> None:
         """Drop the session of a volume (removed from the scene, or its voxels changed)."""
-        with self._lock:
-            self._sessions.pop(volumeNodeID, None)
+        self.engine.forget(volumeNodeID)
 
     def forgetRemovedVolumes(self, scene) -> None:
         """Drop the sessions of volumes no longer in `scene` (after a scene close, node IDs are reused)."""
-        with self._lock:
-            for nodeID in [n for n in self._sessions if scene.GetNodeByID(n) is None]:
-                del self._sessions[nodeID]
-
-    def cachedSession(self, volumeNodeID: str):
-        """The inference session kept for a volume, or None."""
-        with self._lock:
-            cached = self._sessions.get(volumeNodeID)
-        return cached[2] if cached is not None else None
-
-    def sessionFor(self, request: SegmentationRequest, model, reporter: backends.Reporter):
-        """The volume's session with this model: the cached one, or a new one (preprocessing only, no encoding)."""
-        from SegVolSlicerLib.inference.session import SegVolSession
-
-        volumeNodeID = request.volumeNode.GetID()
-        with self._lock:
-            cached = self._sessions.pop(volumeNodeID, None)
-            if cached is not None and cached[0] == request.volumeSignature and cached[1] is model:
-                self._sessions[volumeNodeID] = cached  # most recently used last
-                return cached[2]
-            while self._sessions and len(self._sessions) >= self.maxSessions:
-                del self._sessions[next(iter(self._sessions))]  # least recently used first
-        session = SegVolSession(model, request.voxels, request.ijkToRas, cache_budget_mb=self.cacheBudgetMB,
-                                progress=reporter.progress)
-        with self._lock:
-            self._sessions[volumeNodeID] = (request.volumeSignature, model, session)
-        return session
+        self.engine.keep_only(key for key in self.engine.session_keys() if scene.GetNodeByID(key) is not None)
 
     # --- the three steps ---
 
@@ -221,39 +180,23 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
         """
         voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
-        signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
-        self._dropStaleSessions(volumeNode.GetScene(), volumeNode.GetID(), signature)
+        volume = VolumeInput(volumeNode.GetID(), voxels, ijkToRas,
+                             signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes()))
+        self.forgetRemovedVolumes(volumeNode.GetScene())
+        self.engine.forget_if_changed(volume.key, volume.signature)
         points, box = slicer_bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
         targets = slicer_bridge.plan_targets(slicer_bridge.split_names(names), points, box, segmentationNode,
                                              refineSegmentID)
         if segmentationNode is None:
             segmentationNode = slicer_bridge.create_segmentation_node(volumeNode)
         slicer_bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
-        return SegmentationRequest(volumeNode, segmentationNode, signature, voxels, ijkToRas, targets, bool(zoomIn))
+        return SegmentationRequest(volumeNode, segmentationNode, volume, targets, bool(zoomIn))
 
-    def run(self, request: SegmentationRequest, reporter: backends.Reporter, weights=None, device="auto"):
+    def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
-        from SegVolSlicerLib.model import resolve_device
-
-        def attempt(deviceName):
-            model = self.loadModel(weights, deviceName, reporter)
-            session = self.sessionFor(request, model, reporter)
-            results = []
-            for index, (target, _) in enumerate(request.targets):
-                reporter.progress("target", index, len(request.targets))
-                results.append(session.segment(target, request.zoomIn, reporter.progress, reporter.cancel))
-            return results
-
-        def onFallback(message):
-            with self._lock:
-                if self._model is not None:  # the next attempt finds it on the CPU instead of reloading it
-                    self._model.to("cpu")
-                    self._model.set_precision("auto")  # a GPU's fp16/bf16 choice does not suit this CPU
-                    self._modelKey = (self._modelKey[0], "cpu")
-                self._sessions.clear()  # their cached embeddings live on the GPU
-            reporter.notice(message)
-
-        return backends.run_with_cpu_fallback(attempt, str(resolve_device(device)), onFallback)
+        self.engine.select(ModelChoice(weights or None, device))
+        return self.engine.segment(request.volume, [target for target, _ in request.targets], request.zoomIn,
+                                   reporter)
 
     def checkNodes(self, request: SegmentationRequest) -> None:
         """The request's volume and segmentation are still in the scene and the volume's grid is unchanged
@@ -284,19 +227,11 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         """Prepare, run and apply in the calling thread; returns (segment IDs, warnings). Without a segmentation
         node the results go to a new one named "<volume> SegVol"."""
         request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
-        reporter = backends.Reporter()
+        reporter = backends.QueueReporter()
         results = self.run(request, reporter, weights, device)
         segmentIDs = self.apply(request, results, editorNode, saveStateForUndo)
         notices = [event.message for event in reporter.drain() if isinstance(event, backends.Notice)]
         return segmentIDs, notices + [warning for result in results for warning in result.warnings]
-
-    def _dropStaleSessions(self, scene, volumeNodeID, signature) -> None:
-        """Sessions of volumes no longer in the scene, or of this volume before its voxels or geometry changed."""
-        self.forgetRemovedVolumes(scene)
-        with self._lock:
-            cached = self._sessions.get(volumeNodeID)
-            if cached is not None and cached[0] != signature:
-                del self._sessions[volumeNodeID]
 
 
 #

@@ -11,8 +11,6 @@ never a partial output file.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import tempfile
@@ -21,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import runtime
 from .errors import Cancelled, InputError, SegVolError
+from .reporting import Reporter
 
 SEGMENTATION_ENDINGS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
@@ -48,32 +48,42 @@ def _fail_if_unwritable(path: Path) -> None:
         raise InputError(f"cannot write into {path.parent}: {error.strerror}") from None
 
 
-def _load_model(checkpoint: str | None, device: str, cache_dir: str | None = None, precision: str = "auto"):
-    from .model import load_segvol
-    from .weights import resolve_weights
+def _engine_host(args, precision: str | None = None):
+    """The engine for one command: the model from --checkpoint/--device/--precision, loaded on first use."""
+    from .engine import EngineHost, ModelChoice, SessionOptions
 
-    weights = resolve_weights(checkpoint, cache_dir)
-    # On stdout, with the results: stderr stays for progress bars, warnings and the one-line errors.
-    print(f"loading SegVol weights from {weights}", flush=True)
-    return load_segvol(weights, device=device, precision=precision)
+    choice = ModelChoice(args.checkpoint, args.device, precision or args.precision, args.cache_dir)
+    options = SessionOptions(point_sampling=getattr(args, "point_sampling", "seeded"), seed=getattr(args, "seed", 0))
+    return EngineHost(choice, max_sessions=1, session_options=options)
 
 
-class _ProgressBars:
-    """A tqdm bar per stage of one target on stderr: the zoom-out pass, then the zoom-in windows. A context
-    manager, so that the last bar is closed even when the run fails."""
+class _ProgressBars(Reporter):
+    """A tqdm bar per stage of each target on stderr: the zoom-out pass, then the zoom-in windows; notices
+    (the weights loaded, the CPU fallback) as lines. A context manager, so that the last bar is closed even
+    when the run fails."""
 
-    def __init__(self, label: str = ""):
-        self.label, self.bar, self.stage = label, None, None
+    def __init__(self, labels: Sequence[str] = ("",)):
+        super().__init__()
+        self.labels, self.label, self.bar, self.stage = list(labels), labels[0] if labels else "", None, None
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int) -> None:
         from tqdm.auto import tqdm
 
+        if stage == "target":
+            self.close()
+            self.label = self.labels[done]
+            return
         if stage != self.stage:
             self.close()
             self.stage = stage
             self.bar = tqdm(total=total, desc=f"{self.label} {stage}".strip(),
-                            unit="window" if stage == "zoom-in" else "pass", file=sys.stderr, leave=False)
+                            unit="window" if stage == "zoom-in" else "B" if stage == "download" else "pass",
+                            unit_scale=stage == "download", file=sys.stderr, leave=False)
         self.bar.update(done - self.bar.n)
+
+    def notice(self, message: str) -> None:
+        self.close()
+        print(f"segvol: {message}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -106,22 +116,12 @@ def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
     return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
 
 
-def _segment_all(session, targets, zoom_in: bool):
-    results = []
-    for target in targets:
-        with _ProgressBars(target.name) as bars:
-            results.append(session.segment(target, zoom_in=zoom_in, progress=bars))
-    return results
-
-
 # --- segment ---
 
 def _targets_from_args(args, volume):
     from .imageio import points_from_files, read_roi_corners
-    from .prompts import Box, Points, Target
-    from .terminology import look_for_text
+    from .prompts import Box, Points, plan_targets
 
-    texts = [t for t in (args.text or []) if t.strip()]
     clicks = []
     if args.point_ijk:
         clicks.append(Points(np.asarray(args.point_ijk), np.ones(len(args.point_ijk), dtype=np.int64)))
@@ -140,21 +140,12 @@ def _targets_from_args(args, volume):
         points.check_inside(volume.shape)
     if box is not None:
         box = box.clipped(volume.shape)
-    spatial = points is not None or box is not None
-    if not texts and not spatial:
-        raise InputError("no prompt: give --text NAME, a box (--box-ijk / --roi) or points (--point-ijk / --points)")
-    if spatial and len(texts) > 1:
-        raise InputError("box and point prompts describe one target: give at most one --text with them "
-                         "(run once per target)")
-    if spatial:
-        name = args.name or (look_for_text(texts[0]).name if texts else "SegVol 1")
-        return [Target(name, texts[0] if texts else None, points, box)]
-    return [Target(look_for_text(text).name, text) for text in texts]
+    return plan_targets(args.text or [], points, box, unnamed="SegVol 1", name=args.name)
 
 
 def cmd_segment(args) -> int:
+    from .engine import VolumeInput
     from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, write_segmentation
-    from .inference import SegVolSession
 
     output = Path(args.output)
     _fail_if_unwritable(output)
@@ -162,9 +153,9 @@ def cmd_segment(args) -> int:
     targets = _targets_from_args(args, volume)
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
-    model = _load_model(args.checkpoint, args.device, args.cache_dir, args.precision)
-    session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
-    results = _segment_all(session, targets, zoom_in=not args.no_zoom_in)
+    with _ProgressBars([target.name for target in targets]) as bars:
+        results = _engine_host(args).segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
+                                             zoom_in=not args.no_zoom_in, reporter=bars)
     segments = []
     for result in results:
         _warn(result.warnings)
@@ -199,23 +190,12 @@ def _safe_file_name(name: str) -> str:
     return cleaned or "class"
 
 
-def _warn_about_class_name(name: str) -> None:
-    from .vocabulary import resolve_name
-
-    training_name, known = resolve_name(name)
-    if not known:
-        _warn([f"'{name}' is not one of SegVol's 222 training names: expect a weaker result"])
-    elif training_name != name:
-        _warn([f"'{name}' is used as typed, as the official evaluation does; SegVol's training name for it is "
-               f"'{training_name}'"])
-
-
 def cmd_evaluate(args) -> int:
-    from .evaluation import PromptMode, dice, label_prompts
-    from .imageio import atomic_output, read_label_volume, write_mask
-    from .inference import SegVolSession
+    from .engine import VolumeInput
+    from .evaluation import PromptMode, evaluate_classes, write_metrics_csv
+    from .imageio import read_label_volume, write_mask
 
-    mode = PromptMode.parse(args.prompt)
+    PromptMode.parse(args.prompt)
     classes = _parse_classes(args.classes)
     output_dir = Path(args.output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
@@ -233,34 +213,14 @@ def cmd_evaluate(args) -> int:
         raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
     for name, _ in classes:
         _fail_if_unwritable(output_dir / f"{_safe_file_name(name)}.nii.gz")
-    model = _load_model(args.checkpoint, args.device, args.cache_dir, args.precision)
-    session = SegVolSession(model, volume.array, volume.ijk_to_ras, point_sampling=args.point_sampling, seed=args.seed)
-    rows = []
-    for name, value in classes:
-        truth = (labels == value).astype(np.uint8)
-        if mode.text:
-            _warn_about_class_name(name)
-        generator = session.new_generator()
-        # The text prompt is the class name as typed, as the official demo's category names: synonyms are
-        # not substituted, so the result stays comparable with the official evaluation.
-        prompts = label_prompts(truth, name, mode, session.prepared, session.space, generator)
-        with _ProgressBars(name) as bars:
-            result = session.run(name, prompts, zoom_in=not args.no_zoom_in, progress=bars, generator=generator)
+    with _ProgressBars([name for name, _ in classes]) as bars:
+        results = evaluate_classes(_engine_host(args), VolumeInput(args.image, volume.array, volume.ijk_to_ras),
+                                   labels, classes, args.prompt, zoom_in=not args.no_zoom_in, reporter=bars)
+    for result in results:
         _warn(result.warnings)
-        crop = result.crop
-        row = {"class": name, "label": value, "prompt": args.prompt,
-               "dice": dice(result.mask[crop], truth[crop]),
-               "zoom_out_dice": dice(result.zoom_out_mask[crop], truth[crop]), "windows": result.windows}
-        rows.append(row)
-        write_mask(output_dir / f"{_safe_file_name(name)}.nii.gz", result.mask, volume.reference)
-        print(f"{name}: Dice {row['dice']:.4f} (zoom-out {row['zoom_out_dice']:.4f})")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
-    with atomic_output(output_dir / "metrics.csv") as tmp:
-        tmp.write_text(table.getvalue())
+        write_mask(output_dir / f"{_safe_file_name(result.name)}.nii.gz", result.mask, volume.reference)
+        print(f"{result.name}: Dice {result.dice:.4f} (zoom-out {result.zoom_out_dice:.4f})")
+    write_metrics_csv(output_dir / "metrics.csv", [result.row() for result in results])
     print(f"wrote {output_dir / 'metrics.csv'}")
     return 0
 
@@ -271,17 +231,28 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(source=args.source, output_dir=Path(args.output_dir), device=args.device,
-             zoom_in=not args.no_zoom_in, targets=args.text or DEMO_TARGETS, progress_bars=_ProgressBars)
+             zoom_in=not args.no_zoom_in, targets=args.text or DEMO_TARGETS, reporter_for=_ProgressBars)
     return 0
 
 
 # --- parser ---
 
+def _device(text: str) -> str:
+    try:
+        return runtime.check_device_name(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", type=_device, metavar="{" + ",".join(runtime.DEVICES) + ",cuda:N}",
+                        help=f"{runtime.DEVICE_HELP} (default: auto)")
+
+
 def _add_common(parser: argparse.ArgumentParser, checkpoint_help: str, precision: str = "auto") -> None:
     parser.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where the model runs (default: auto = CUDA, then Apple MPS, then CPU)")
-    parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16", "fp16"),
+    _add_device(parser)
+    parser.add_argument("--precision", default=precision, choices=runtime.PRECISIONS,
                         help=f"image-encoder precision (default {precision}; auto = bf16 on CUDA and on CPUs with "
                              "native bf16, fp16 on older GPUs, else fp32; fp32 is faithful to the official code, "
                              "reduced precision stays within Dice 0.99 of it)")
@@ -366,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="segvol-demo", metavar="DIR", help="where to write (default ./segvol-demo)")
     demo.add_argument("--text", action="append", metavar="NAME",
                       help=f"organs to segment (default: {', '.join(DEMO_TARGETS)})")
-    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                      help="where the model runs (default: auto)")
+    _add_device(demo)
     demo.add_argument("--no-zoom-in", action="store_true", help="zoom-out pass only (faster)")
     demo.set_defaults(run=cmd_demo)
     return parser
@@ -390,8 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("segvol: error: out of memory: use a machine with more memory or a smaller volume", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        if "out of memory" in str(error).lower():
-            print("segvol: error: the device ran out of memory: retry with --device cpu", file=sys.stderr)
+        if runtime.is_out_of_memory(error):  # the GPU's is handled by the engine: here the CPU's
+            print("segvol: error: out of memory: use a machine with more memory or a smaller volume", file=sys.stderr)
             return 2
         raise
 

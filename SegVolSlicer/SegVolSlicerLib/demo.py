@@ -11,18 +11,18 @@ import numpy as np
 
 from .errors import InputError
 from .imageio import Segment, read_volume, write_segmentation
-from .inference import SegVolSession
-from .model import load_segvol
+from .engine import EngineHost, ModelChoice, VolumeInput
 from .preview import write_preview_png
 from .prompts import Target
+from .reporting import NO_REPORT
 from .terminology import look_for_text
 from .weights import DEMO_CT, HUB_URL, default_folder, resolve_demo_ct, resolve_weights
 
 
 def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
-             targets: Sequence[str] = ("liver",), progress_bars=None) -> tuple[Path, Path]:
-    """Segment `targets` in the demo CT; returns (segmentation path, PNG path). `progress_bars(name)`: a
-    context manager that is also the session's progress callback (the CLI's tqdm bars), or None."""
+             targets: Sequence[str] = ("liver",), reporter_for=None) -> tuple[Path, Path]:
+    """Segment `targets` in the demo CT; returns (segmentation path, PNG path). `reporter_for(names)`: a
+    context manager that is also the run's reporter (the CLI's tqdm bars), or None."""
     folder = Path(source).expanduser() if source else default_folder()
     if source and not folder.is_dir():
         raise InputError(f"--source {folder} is not a folder: give a BAAI/SegVol snapshot folder")
@@ -40,11 +40,13 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
 
     volume = read_volume(ct_path)
     print(f"demo CT {ct_path}: {volume.shape[2]}x{volume.shape[1]}x{volume.shape[0]} voxels; weights {weights}")
-    session = SegVolSession(load_segvol(weights, device=device, precision="auto"), volume.array, volume.ijk_to_ras)
+    host = EngineHost(ModelChoice(str(weights), device, "auto"), max_sessions=1)
+    requested = [Target(look_for_text(name).name, name) for name in targets]
+    with reporter_for([t.name for t in requested]) if reporter_for else nullcontext(NO_REPORT) as reporter:
+        results = host.segment(VolumeInput(str(ct_path), volume.array, volume.ijk_to_ras), requested, zoom_in,
+                               reporter)
     segments = []
-    for name in targets:
-        with progress_bars(name) if progress_bars else nullcontext() as bars:
-            result = session.segment(Target(look_for_text(name).name, name), zoom_in=zoom_in, progress=bars)
+    for result in results:
         for warning in result.warnings:
             print(f"segvol: warning: {warning}", file=sys.stderr)
         print(f"{result.name}: {np.count_nonzero(result.mask)} voxels")

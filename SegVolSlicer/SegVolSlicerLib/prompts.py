@@ -8,6 +8,7 @@ matrix by `Points.from_ras` / `Box.from_ras_corners`; the engine then maps IJK i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,3 +148,23 @@ class Target:
         if self.text is None and self.box is None and (self.points is None or not self.points.has_positive):
             raise InputError(f"target {self.name!r} has no usable prompt: give a text, a box or at least one "
                              "positive point (negative points alone cannot say what to segment)")
+
+
+def plan_targets(texts: Sequence[str], points: Points | None, box: Box | None, unnamed: str,
+                 name: str | None = None) -> list[Target]:
+    """The targets of one request, for every face: each text alone is one target, named after its anatomy
+    (Slicer's standard name); points and a box describe one structure, with at most one text, named `name`,
+    else after its text, else `unnamed` (e.g. "SegVol 1")."""
+    from .terminology import look_for_text
+
+    texts = [text for text in texts if text.strip()]
+    spatial = points is not None or box is not None
+    if not texts and not spatial:
+        raise InputError("nothing to segment: give an anatomy name, a positive point or a box")
+    if spatial and len(texts) > 1:
+        raise InputError("points and a box describe one structure: give at most one name with them, or segment "
+                         "several names without points and box (one run per structure)")
+    if spatial:
+        text = texts[0] if texts else None
+        return [Target(name or (look_for_text(text).name if text else unnamed), text, points, box)]
+    return [Target(look_for_text(text).name, text) for text in texts]

@@ -16,7 +16,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import terminology, vocabulary
+from . import prompts, terminology, vocabulary
 from .errors import InputError
 from .prompts import NEGATIVE, POSITIVE, Box, Points, Target, label_from_description
 
@@ -213,23 +213,15 @@ def split_names(text: str) -> list[str]:
 
 def plan_targets(names: list[str], points: Points | None, box: Box | None, segmentation_node,
                  refine_segment_id: str | None = None) -> list[tuple[Target, SegmentSpec]]:
-    """What to segment and where each result goes.
-
-    Each name is one target and one segment (re-running a name updates its segment); clicks and the box join
-    the single named target. Without a name, the prompts refine `refine_segment_id` or make a new "SegVol N".
-    """
-    if not names and points is None and box is None:
-        raise InputError("nothing to segment: type an anatomy name, place a positive point or draw a box")
-    if len(names) > 1 and (points is not None or box is not None):
-        raise InputError("points and a box describe one structure: type a single name with them "
-                         "(or none), or clear the points and box to segment several names at once")
-    if names:
-        specs = [(name, spec_for_text(name)) for name in names]
-    elif refine_segment_id:
-        specs = [(None, spec_for_segment(segmentation_node, refine_segment_id))]
-    else:
-        specs = [(None, spec_for_new_segment(segmentation_node))]
-    return [(Target(spec.name, text=name, points=points, box=box), spec) for name, spec in specs]
+    """What to segment (prompts.plan_targets) and where each result goes: a name's segment is found again
+    when the name is run again; without a name, the prompts refine `refine_segment_id` or make a new
+    "SegVol N"."""
+    unnamed = None
+    if not names:
+        unnamed = (spec_for_segment(segmentation_node, refine_segment_id) if refine_segment_id
+                   else spec_for_new_segment(segmentation_node))
+    targets = prompts.plan_targets(names, points, box, unnamed.name if unnamed else "")
+    return [(target, spec_for_text(target.text) if target.text is not None else unnamed) for target in targets]
 
 
 def check_labelmap_source(segmentation_node) -> None:

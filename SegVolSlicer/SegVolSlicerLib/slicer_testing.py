@@ -16,7 +16,7 @@ import numpy as np
 import slicer
 import vtk
 
-from . import backends, slicer_bridge, terminology
+from . import slicer_bridge, terminology
 from .errors import InputError
 from .geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
 from .prompts import Box
@@ -405,7 +405,7 @@ def check_logic_refuses_unusable_input(logic):
     negative.AddControlPoint(*centre)
     _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "positive point")
     positive.AddControlPoint(*centre)
-    _expect_input_error(lambda: logic.prepare(volume, None, "liver, spleen", clicks, roi), "single name")
+    _expect_input_error(lambda: logic.prepare(volume, None, "liver, spleen", clicks, roi), "at most one name")
     off_volume = positive.AddControlPoint(*ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, SHAPE_KJI[0] + 3.0]))
     _expect_input_error(lambda: logic.prepare(volume, None, "", clicks, roi), "outside the volume")
     positive.RemoveNthControlPoint(off_volume)
@@ -480,7 +480,7 @@ def check_logic_end_to_end(logic, model):
     logic.useModel(model)
 
     segment_ids, _ = logic.process(volume, segmentation, names="liver, spleen", zoomIn=False)
-    session = logic.cachedSession(volume.GetID())
+    session = logic.engine.kept_session(volume.GetID())
     _check(session is not None, "no session kept for the volume")
     for segment_id, name in zip(segment_ids, ("liver", "spleen")):
         segment = segmentation.GetSegmentation().GetSegment(segment_id)
@@ -499,7 +499,7 @@ def check_logic_end_to_end(logic, model):
     set_roi_to_box(roi, box, ct.ijk_to_ras)
     (clicked_id,), _ = logic.process(volume, segmentation, pointNodes=[clicks], roiNode=roi, zoomIn=False)
     _check(segmentation.GetSegmentation().GetSegment(clicked_id).GetName() == "SegVol 1", "prompt-only segment name")
-    _check(logic.cachedSession(volume.GetID()) is session, "the session was not reused")
+    _check(logic.engine.kept_session(volume.GetID()) is session, "the session was not reused")
     request = logic.prepare(volume, segmentation, pointNodes=[clicks], roiNode=roi, zoomIn=False)
     (target, _), = request.targets
     _check(target.box == box and np.allclose(target.points.ijk, [centre_kji[::-1]]), "prompts reached the engine changed")
@@ -512,14 +512,14 @@ def check_logic_end_to_end(logic, model):
     slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1
     slicer.util.arrayFromVolumeModified(volume)
     logic.prepare(volume, segmentation, names="aorta")
-    _check(logic.cachedSession(volume.GetID()) is None, "the session survived a change of the voxels")
+    _check(logic.engine.kept_session(volume.GetID()) is None, "the session survived a change of the voxels")
     volume_id = volume.GetID()
-    fresh = logic.sessionFor(logic.prepare(volume, segmentation, names="aorta"), model, backends.Reporter())
-    _check(logic.cachedSession(volume_id) is fresh and fresh is not session, "no new session for the changed volume")
+    fresh = logic.engine.session(logic.prepare(volume, segmentation, names="aorta").volume)
+    _check(logic.engine.kept_session(volume_id) is fresh and fresh is not session, "no new session for the changed volume")
     other = slicer.util.addVolumeFromArray(ct.volume, ct.ijk_to_ras, "other CT")
     slicer.mrmlScene.RemoveNode(volume)
     logic.prepare(other, segmentation, names="liver")
-    _check(logic.cachedSession(volume_id) is None, "the session of a removed volume was kept")
+    _check(logic.engine.kept_session(volume_id) is None, "the session of a removed volume was kept")
 
 
 BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,

@@ -121,6 +121,20 @@ def resolve_name(user_text: str) -> tuple[str, bool]:
     return " ".join(user_text.split()), False
 
 
+def unknown_name_warning(text: str) -> str:
+    return (f"'{text}' is not one of SegVol's 222 training names: it is used as typed, expect a weaker result "
+            "(see the list of known names)")
+
+
+def resolve_text(user_text: str | None) -> tuple[str | None, list[str]]:
+    """The text to prompt with (the training name for a known name or synonym, else the text as typed) and
+    the warning for a text SegVol was not trained on."""
+    if user_text is None:
+        return None, []
+    text, known = resolve_name(user_text)
+    return text, [] if known else [unknown_name_warning(text)]
+
+
 def colour_for(name: str) -> tuple[float, float, float]:
     """A fixed RGB colour (0..1) for a name: the anatomy colour of its training name, else one derived
     from the name (same name, same colour, across runs and machines)."""

@@ -47,14 +47,45 @@ def _progress_bar(progress: Progress | None):
     return _Reporting
 
 
-def _offline_help(folder: Path, error: Exception, demo_ct: bool = False) -> CheckpointError:
-    """What to fetch by hand when the hub cannot be reached (the weights, and the demo CT if that was asked for)."""
+def _offline_help(folder: Path, reason: str, demo_ct: bool = False) -> CheckpointError:
+    """What to fetch by hand when the hub cannot be used (the weights, and the demo CT if that was asked for)."""
     what = "the demo CT" if demo_ct else "the SegVol weights"
+    files = [f"{HUB_URL}/pytorch_model.bin (724 MB)", f"{HUB_URL}/config.json"] + ([f"{HUB_URL}/{DEMO_CT}"] if demo_ct else [])
     return CheckpointError(
-        f"cannot download {what} from the Hugging Face hub ({HUB_REPO}): {str(error).splitlines()[0][:160]}. "
-        f"Download {HUB_URL}/pytorch_model.bin (724 MB) and {HUB_URL}/config.json"
-        + (f" and {HUB_URL}/{DEMO_CT}" if demo_ct else "")
-        + f" into {folder}, or give a local SegVol_v1.pth / snapshot folder as the checkpoint")
+        f"cannot download {what} from the Hugging Face hub ({HUB_REPO}): {reason}. Download "
+        f"{', '.join(files[:-1])} and {files[-1]} into {folder}, or give a local SegVol_v1.pth or snapshot folder "
+        "as the checkpoint.")
+
+
+def _why_unreachable(error: Exception) -> str:
+    """One whole sentence on why the hub did not answer (its own messages are long and get cut)."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return f"the hub answered HTTP {status}"
+    name = type(error).__name__
+    if "Timeout" in name:
+        return "the hub did not answer in time"
+    return "the hub cannot be reached from this computer (no network connection, or a firewall or proxy blocks it)"
+
+
+def _why_interrupted(error: Exception) -> str:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return f"the hub answered HTTP {status}"
+    detail = str(error).strip().splitlines()
+    return "the download broke off" + (f" ({detail[0].rstrip('.')})" if detail else "")
+
+
+def _check_hub(folder: Path, demo_ct: bool = False) -> None:
+    """One quick request before downloading: offline, the hub's client would retry for half a minute."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    if constants.HF_HUB_OFFLINE:
+        raise _offline_help(folder, "HF_HUB_OFFLINE is set, so nothing is downloaded", demo_ct)
+    try:
+        get_hf_file_metadata(hf_hub_url(HUB_REPO, "config.json"), timeout=10)
+    except Exception as error:  # connection, timeout, HTTP errors: each is a reason to download by hand
+        raise _offline_help(folder, _why_unreachable(error), demo_ct) from None
 
 
 def _has_weights(folder: Path) -> bool:
@@ -92,12 +123,13 @@ def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os
         return folder
     from huggingface_hub import snapshot_download
 
+    _check_hub(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         snapshot_download(HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES,
                           tqdm_class=_progress_bar(progress))
-    except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
-        raise _offline_help(folder, error) from None
+    except Exception as error:  # HTTP errors, or the hub's HTTP client failing mid-download
+        raise _offline_help(folder, _why_interrupted(error)) from None
     if not _has_weights(folder):
         raise CheckpointError(f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
                               f"({', '.join(WEIGHT_FILES)}); download {HUB_URL}/pytorch_model.bin there by hand")
@@ -113,8 +145,9 @@ def resolve_demo_ct(folder: str | os.PathLike | None = None, progress: Progress 
         return path
     from huggingface_hub import hf_hub_download
 
+    _check_hub(folder, demo_ct=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return Path(hf_hub_download(HUB_REPO, DEMO_CT, local_dir=folder, tqdm_class=_progress_bar(progress)))
-    except Exception as error:  # offline, HTTP errors, or the hub's HTTP client failing mid-download
-        raise _offline_help(folder, error, demo_ct=True) from None
+    except Exception as error:  # HTTP errors, or the hub's HTTP client failing mid-download
+        raise _offline_help(folder, _why_interrupted(error), demo_ct=True) from None

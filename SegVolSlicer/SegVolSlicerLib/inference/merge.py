@@ -10,17 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .preprocess import PreparedVolume
 from .roi import Roi
-from .window_prompts import ZoomOutPrediction
 
 
-def zoom_out_crop_mask(prediction: ZoomOutPrediction, cropped_shape) -> np.ndarray:
-    """The zoom-out mask nearest-up-sampled to the crop, uint8."""
-    return prediction.crop_region((0, 0, 0), cropped_shape).astype(np.uint8)
-
-
-def merge_zoom_in(zoom_out_mask: np.ndarray, roi: Roi, roi_logits: torch.Tensor) -> np.ndarray:
-    """The final crop mask: zoom-out mask with the ROI replaced by the thresholded zoom-in logits."""
-    merged = zoom_out_mask.copy()
-    merged[roi.slices] = (torch.sigmoid(roi_logits) > 0.5).cpu().numpy()
-    return merged
+def final_mask(prepared: PreparedVolume, zoom_out_crop_mask: np.ndarray, roi: Roi | None = None,
+               roi_logits: torch.Tensor | None = None) -> np.ndarray:
+    """The (K, J, I) uint8 mask on the input grid: the zoom-out crop mask, with the ROI replaced by the
+    thresholded zoom-in logits when there are any."""
+    merged = zoom_out_crop_mask
+    if roi is not None:
+        merged = zoom_out_crop_mask.copy()
+        merged[roi.slices] = (torch.sigmoid(roi_logits) > 0.5).cpu().numpy()
+    return prepared.paste_kji(merged)

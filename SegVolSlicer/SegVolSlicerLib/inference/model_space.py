@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .preprocess import WINDOW, PreparedVolume
+from ..model.image_encoder import WINDOW_SIZE
+from .preprocess import PreparedVolume
 
 
 def _source_indices(source_size: int, target_size: int, mode: str) -> np.ndarray:
@@ -36,19 +37,19 @@ class ModelSpace:
         self.shape_kji = prepared.shape_kji
         self.crop_start = np.asarray(prepared.crop_start, dtype=np.float64)
         self.cropped_shape = prepared.cropped_shape
-        self.scale = np.asarray(WINDOW, dtype=np.float64) / np.asarray(self.cropped_shape, dtype=np.float64)
+        self.scale = np.asarray(WINDOW_SIZE, dtype=np.float64) / np.asarray(self.cropped_shape, dtype=np.float64)
 
     # --- index maps (exact, as the official interpolations) ---
 
     @cached_property
     def zoom_out_source(self) -> tuple[np.ndarray, ...]:
         """Per axis, the crop index each zoom-out index shows (nearest-exact down-sampling)."""
-        return tuple(_source_indices(n, w, "nearest-exact") for n, w in zip(self.cropped_shape, WINDOW))
+        return tuple(_source_indices(n, w, "nearest-exact") for n, w in zip(self.cropped_shape, WINDOW_SIZE))
 
     @cached_property
     def upsample_source(self) -> tuple[np.ndarray, ...]:
         """Per axis, the zoom-out index each crop index takes (legacy nearest up-sampling)."""
-        return tuple(_source_indices(w, n, "nearest") for n, w in zip(self.cropped_shape, WINDOW))
+        return tuple(_source_indices(w, n, "nearest") for n, w in zip(self.cropped_shape, WINDOW_SIZE))
 
     # --- continuous coordinates ---
 
@@ -87,7 +88,7 @@ class ModelSpace:
                 zoom_low[axis], zoom_high[axis] = inside[0], inside[-1]
             else:
                 middle = (low[axis] + high[axis]) / 2.0
-                nearest = int(np.clip(np.rint((middle + 0.5) * self.scale[axis] - 0.5), 0, WINDOW[axis] - 1))
+                nearest = int(np.clip(np.rint((middle + 0.5) * self.scale[axis] - 0.5), 0, WINDOW_SIZE[axis] - 1))
                 zoom_low[axis] = zoom_high[axis] = nearest
         return zoom_low, zoom_high
 

@@ -22,8 +22,8 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from ..errors import InputError
 from ..geometry import ModelAxes, as_matrix
+from ..model.image_encoder import WINDOW_SIZE
 
-WINDOW = (32, 256, 256)
 # Integer volumes with at most this many distinct possible values are normalised through a lookup table:
 # the same float32 operations per value, without full-volume float temporaries.
 _MAX_LOOKUP_VALUES = 1 << 20
@@ -157,7 +157,7 @@ class PreparedVolume:
         return np.ascontiguousarray(self.axes.from_model(full))
 
 
-def resize_nearest_exact(image: torch.Tensor, size=WINDOW) -> torch.Tensor:
+def resize_nearest_exact(image: torch.Tensor, size=WINDOW_SIZE) -> torch.Tensor:
     """(D', H', W') -> (1, 1, *size), as MONAI Resized(mode='nearest-exact') does it (a torch interpolate)."""
     return F.interpolate(image[None, None], size=tuple(size), mode="nearest-exact")
 

@@ -20,7 +20,22 @@ import numpy as np
 from ..errors import InputError
 from ..prompts import POSITIVE, Target
 from .model_space import ModelSpace
-from .window_prompts import BoxMap, ClickMap
+
+
+@dataclass(frozen=True)
+class BoxMap:
+    """The filled box the user's box prompt becomes at crop resolution: [low, high] inclusive, per axis
+    (None when it covers no crop voxel). The zoom-in cuts it per window (window_prompts)."""
+
+    low: tuple[int, int, int] | None
+    high: tuple[int, int, int] | None
+
+
+@dataclass(frozen=True)
+class ClickMap:
+    """The positive clicks at crop resolution: (M, 3) integer crop voxels."""
+
+    voxels: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model_space import ModelSpace
-from .preprocess import WINDOW
+from ..model.image_encoder import WINDOW_SIZE
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def roi_from_zoom_out(zoom_out_mask: np.ndarray, space: ModelSpace) -> Roi | Non
     low, high = extent
     start, stop = [], []
     for axis in range(3):
-        padding = max(0, WINDOW[axis] - int(high[axis] - low[axis] + 1))
+        padding = max(0, WINDOW_SIZE[axis] - int(high[axis] - low[axis] + 1))
         size = space.cropped_shape[axis]
         start.append(max(0, int(low[axis]) - padding // 2))
         # Official: max clamped to the size, then `[min:max + 1]`, which slicing ends at the border.

@@ -12,28 +12,29 @@ prompt_mapping -> zoom_out -> roi -> windows / window_prompts -> zoom_in -> merg
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .. import runtime
 from ..errors import InputError
 from ..prompts import Target
-from ..vocabulary import resolve_name
-from .cache import EmbeddingCache
-from .merge import merge_zoom_in, zoom_out_crop_mask
+from ..reporting import NO_REPORT, Reporter
+from ..vocabulary import resolve_text
+from .cache import EmbeddingCache, tensor_bytes
+from .merge import final_mask
 from .model_space import ModelSpace
 from .point_sampling import make_generator
 from .preprocess import PreparedVolume, prepare_volume
 from .prompt_mapping import ModelPrompts, prompts_from_target
 from .roi import Roi, roi_from_zoom_out
-from .window_prompts import ZoomOutPrediction
+from .window_prompts import window_prompts
 from .windows import Window, WindowPlan
-from .zoom_in import raise_if_cancelled, run_zoom_in
-from .zoom_out import ZoomOutResult, run_zoom_out
+from .zoom_in import WindowAverage
+from .zoom_out import ZoomOutPrediction, ZoomOutResult, run_zoom_out
 
-Progress = Callable[[str, int, int], None]
 POINT_SAMPLING = ("seeded", "official")
 
 
@@ -58,31 +59,36 @@ class SegVolSession:
     cache_budget_mb: memory for cached embeddings (a zoom-in window embedding is 6 MB in float32).
     point_sampling: "seeded" (default, reproducible: zoom-in clicks drawn from a generator seeded with
       `seed` for every target) or "official" (torch's global generator, as the official code).
-    window_batch_size: windows encoded per encoder call (default: 4 on CUDA, where batching fills the
-      GPU, and 1 elsewhere, where it gains nothing and raises peak memory).
+    window_batch_size: windows encoded per encoder call (default: runtime.window_batch_size).
     """
 
     def __init__(self, model, volume: np.ndarray, ijk_to_ras, cache_budget_mb: float = 1024,
                  point_sampling: str = "seeded", seed: int = 0, window_batch_size: int | None = None,
-                 progress: Progress | None = None):
+                 reporter: Reporter = NO_REPORT):
         if point_sampling not in POINT_SAMPLING:
             raise InputError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
         device = model.device
         if window_batch_size is None:
-            window_batch_size = 4 if device.type == "cuda" else 1
+            window_batch_size = runtime.window_batch_size(device)
         if window_batch_size < 1:
             raise InputError("window_batch_size must be at least 1")
         self.model = model
         self.point_sampling, self.seed, self.window_batch_size = point_sampling, seed, int(window_batch_size)
-        if progress is not None:
-            progress("preprocess", 0, 1)
+        reporter.progress("preprocess", 0, 1)
         self.prepared: PreparedVolume = prepare_volume(volume, ijk_to_ras)
-        if progress is not None:
-            progress("preprocess", 1, 1)
+        reporter.progress("preprocess", 1, 1)
         self.space = ModelSpace(self.prepared)
         self.cache = EmbeddingCache(cache_budget_mb)
-        # On a GPU the crop is uploaded once and the windows are cut out there, not copied one by one.
-        self._window_source = self.prepared.image.to(device) if device.type == "cuda" else self.prepared.image
+        on_device = runtime.keeps_crop_on_device(device)
+        self._window_source = self.prepared.image.to(device) if on_device else self.prepared.image
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the session holds: the prepared crop and zoom-out image, a device copy, cached embeddings."""
+        held = tensor_bytes(self.prepared.image) + tensor_bytes(self.prepared.zoom_out_image) + self.cache.bytes
+        if self._window_source is not self.prepared.image:
+            held += tensor_bytes(self._window_source)
+        return held
 
     # --- cached encoders ---
 
@@ -107,46 +113,43 @@ class SegVolSession:
 
     # --- segmentation ---
 
-    def segment(self, target: Target, zoom_in: bool = True, progress: Progress | None = None,
-                cancel=None) -> SegmentationResult:
-        warnings = []
-        text = None
-        if target.text is not None:
-            text, known = resolve_name(target.text)
-            if not known:
-                warnings.append(f"'{text}' is not one of SegVol's 222 training names: it is used as typed, "
-                                "expect a weaker result (see the list of known names)")
+    def segment(self, target: Target, zoom_in: bool = True, reporter: Reporter = NO_REPORT) -> SegmentationResult:
+        text, warnings = resolve_text(target.text)
         prompts = prompts_from_target(target, text, self.space)
-        return self.run(target.name, prompts, zoom_in, progress, cancel, warnings)
+        return self.segment_model_prompts(target.name, prompts, zoom_in, reporter, warnings)
 
-    def segment_many(self, targets: Sequence[Target], zoom_in: bool = True, progress: Progress | None = None,
-                     cancel=None) -> list[SegmentationResult]:
+    def segment_many(self, targets: Sequence[Target], zoom_in: bool = True,
+                     reporter: Reporter = NO_REPORT) -> list[SegmentationResult]:
         """One result per target; the image is encoded once and shared windows once."""
-        return [self.segment(target, zoom_in, progress, cancel) for target in targets]
+        results = []
+        for index, target in enumerate(targets):
+            reporter.progress("target", index, len(targets))
+            results.append(self.segment(target, zoom_in, reporter))
+        return results
 
     def new_generator(self) -> torch.Generator | None:
         """The click sampler's random source for one target: seeded, or None for torch's global generator."""
         return make_generator(self.seed if self.point_sampling == "seeded" else None)
 
-    def run(self, name: str, prompts: ModelPrompts, zoom_in: bool = True, progress: Progress | None = None,
-            cancel=None, warnings: Sequence[str] = (), generator: torch.Generator | None = None) -> SegmentationResult:
-        """The pipeline for prompts already in model space (segment() and evaluation build them).
+    def segment_model_prompts(self, name: str, prompts: ModelPrompts, zoom_in: bool = True,
+                              reporter: Reporter = NO_REPORT, warnings: Sequence[str] = (),
+                              generator: torch.Generator | None = None) -> SegmentationResult:
+        """The pipeline for prompts already in model space (segment() and the evaluation protocol build them).
 
         `generator`: the random source of the zoom-in click sampling, when the caller already drew from it
         (evaluation draws the zoom-out clicks first, as the official demo); default `new_generator()`.
         """
         warnings = [*warnings, *prompts.warnings]
-        raise_if_cancelled(cancel)
-        if progress is not None:
-            progress("zoom-out", 0, 1)
+        reporter.check_cancelled()
+        reporter.progress("zoom-out", 0, 1)
         text_embedding = self.text_embedding(prompts.text)
         zoom_out = run_zoom_out(self.model, self.zoom_out_embedding(), text_embedding, prompts)
-        if progress is not None:
-            progress("zoom-out", 1, 1)
+        reporter.progress("zoom-out", 1, 1)
         prediction = ZoomOutPrediction(zoom_out.mask, self.space)
-        zoom_out_mask = zoom_out_crop_mask(prediction, self.prepared.cropped_shape)
+        zoom_out_crop_mask = prediction.crop_mask()
+        zoom_out_mask = final_mask(self.prepared, zoom_out_crop_mask)
         mask, roi, windows = zoom_out_mask, None, 0
-        if not zoom_out_mask.any():
+        if not zoom_out_crop_mask.any():
             warnings.append(f"SegVol found nothing for '{name}'"
                             + (" in the zoom-out pass, so the zoom-in was skipped" if zoom_in else "")
                             + ": check the prompts")
@@ -154,12 +157,28 @@ class SegVolSession:
             roi = roi_from_zoom_out(zoom_out.mask, self.space)
             plan = WindowPlan.for_roi(roi)
             generator = generator if generator is not None else self.new_generator()
-            roi_logits = run_zoom_in(self.model, self.encode_windows, plan, prompts, prediction,
-                                     text_embedding, generator, progress, cancel, self.window_batch_size)
-            mask, windows = merge_zoom_in(zoom_out_mask, roi, roi_logits), len(plan)
+            roi_logits = self._zoom_in(plan, prompts, prediction, text_embedding, generator, reporter)
+            mask, windows = final_mask(self.prepared, zoom_out_crop_mask, roi, roi_logits), len(plan)
             if not mask.any():
                 warnings.append(f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
                                 "compare with the zoom-out result")
-        return SegmentationResult(name=name, text=prompts.text, mask=self.prepared.paste_kji(mask),
-                                  zoom_out_mask=self.prepared.paste_kji(zoom_out_mask), warnings=warnings,
-                                  roi=roi, windows=windows, crop=self.prepared.crop_slices_kji, zoom_out=zoom_out)
+        return SegmentationResult(name=name, text=prompts.text, mask=mask, zoom_out_mask=zoom_out_mask,
+                                  warnings=warnings, roi=roi, windows=windows, crop=self.prepared.crop_slices_kji,
+                                  zoom_out=zoom_out)
+
+    def _zoom_in(self, plan: WindowPlan, prompts: ModelPrompts, prediction: ZoomOutPrediction,
+                 text_embedding: torch.Tensor | None, generator, reporter: Reporter) -> torch.Tensor:
+        """Zoom-in logits over the ROI: the windows in batches, each with its official prompts."""
+        average = WindowAverage(plan, self.model.device)
+        done = 0
+        for first in range(0, len(plan), self.window_batch_size):
+            reporter.check_cancelled()
+            chunk = plan.windows[first:first + self.window_batch_size]
+            for window, embedding in zip(chunk, self.encode_windows(chunk)):
+                window_prompt = window_prompts(plan, window, prompts.box_map, prompts.click_map, prediction,
+                                               generator)
+                average.add(window, self.model.decode(embedding, text_embedding, window_prompt.boxes,
+                                                      window_prompt.points))
+                done += 1
+                reporter.progress("zoom-in", done, len(plan))
+        return average.roi_logits()

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from .model_space import ModelSpace
+from ..model.image_encoder import WINDOW_SIZE
 from .point_sampling import select_points
-from .preprocess import WINDOW
+from .prompt_mapping import BoxMap, ClickMap
 from .windows import Window, WindowPlan
+from .zoom_out import ZoomOutPrediction
 
 SENTINEL_BOX = (-1.0,) * 6
 
@@ -38,65 +39,39 @@ def _bounding_box(mask: np.ndarray) -> tuple[float, ...]:
     return (*(float(a) for a in start), *(float(b - 1) for b in stop))
 
 
-@dataclass(frozen=True)
-class BoxMap:
-    """The filled box the user's box prompt becomes at crop resolution: [low, high] inclusive, per axis
-    (None when it covers no crop voxel)."""
-
-    low: tuple[int, int, int] | None
-    high: tuple[int, int, int] | None
-
-    def window_box(self, plan: WindowPlan, window: Window) -> tuple[float, ...]:
-        if self.low is None:
+def user_box_in_window(box_map: BoxMap, plan: WindowPlan, window: Window) -> tuple[float, ...]:
+    """The user's box inside one window, or the sentinel box."""
+    if box_map.low is None:
+        return SENTINEL_BOX
+    low, high = [], []
+    for axis in range(3):
+        # Window slice of the padded ROI applied to the unpadded ROI map (the padding quirk).
+        start = plan.roi.start[axis] + window.padded_start[axis]
+        stop = min(start + WINDOW_SIZE[axis], plan.roi.stop[axis])
+        first, last = max(box_map.low[axis], start), min(box_map.high[axis], stop - 1)
+        if last < first:
             return SENTINEL_BOX
-        low, high = [], []
-        for axis in range(3):
-            # Window slice of the padded ROI applied to the unpadded ROI map (the padding quirk).
-            start = plan.roi.start[axis] + window.padded_start[axis]
-            stop = min(start + WINDOW[axis], plan.roi.stop[axis])
-            first, last = max(self.low[axis], start), min(self.high[axis], stop - 1)
-            if last < first:
-                return SENTINEL_BOX
-            low.append(float(first - start))
-            high.append(float(last - start))
-        return (*low, *high)
+        low.append(float(first - start))
+        high.append(float(last - start))
+    return (*low, *high)
 
 
-@dataclass(frozen=True)
-class ClickMap:
-    """The positive clicks at crop resolution: (M, 3) integer crop voxels."""
-
-    voxels: np.ndarray
-
-    def window_map(self, plan: WindowPlan, window: Window) -> torch.Tensor:
-        """The window's binary click map, cut from the unpadded ROI map (the padding quirk)."""
-        start = np.asarray(plan.roi.start) + np.asarray(window.padded_start)
-        stop = np.minimum(start + np.asarray(WINDOW), np.asarray(plan.roi.stop))
-        window_map = torch.zeros(tuple(int(n) for n in stop - start), dtype=torch.float32)
-        inside = np.all((self.voxels >= start) & (self.voxels < stop), axis=1)
-        local = torch.from_numpy(self.voxels[inside] - start)
-        window_map[local[:, 0], local[:, 1], local[:, 2]] = 1.0
-        return window_map
-
-    def window_points(self, plan: WindowPlan, window: Window, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return select_points(self.window_map(plan, window), generator)
+def click_window_map(click_map: ClickMap, plan: WindowPlan, window: Window) -> torch.Tensor:
+    """The window's binary click map, cut from the unpadded ROI map (the padding quirk)."""
+    start = np.asarray(plan.roi.start) + np.asarray(window.padded_start)
+    stop = np.minimum(start + np.asarray(WINDOW_SIZE), np.asarray(plan.roi.stop))
+    window_map = torch.zeros(tuple(int(n) for n in stop - start), dtype=torch.float32)
+    inside = np.all((click_map.voxels >= start) & (click_map.voxels < stop), axis=1)
+    local = torch.from_numpy(click_map.voxels[inside] - start)
+    window_map[local[:, 0], local[:, 1], local[:, 2]] = 1.0
+    return window_map
 
 
-class ZoomOutPrediction:
-    """The zoom-out mask (sigmoid > 0.5 at 32x256x256) as the crop sees it after nearest up-sampling."""
-
-    def __init__(self, zoom_out_mask: np.ndarray, space: ModelSpace):
-        self.mask, self.sources = zoom_out_mask, space.upsample_source
-
-    def crop_region(self, start, stop) -> np.ndarray:
-        """The up-sampled mask over crop indices [start, stop) (inside the crop)."""
-        return self.mask[np.ix_(*(source[a:b] for source, a, b in zip(self.sources, start, stop)))]
-
-    def window_box(self, window: Window) -> tuple[float, ...]:
-        """Bounding box of the prediction inside a window of the padded ROI, whose padding reads 0."""
-        mask = np.zeros(WINDOW, dtype=bool)
-        mask[window.valid_in_window] = self.crop_region(window.valid_start, window.valid_stop)
-        return _bounding_box(mask)
+def prediction_box_in_window(prediction: ZoomOutPrediction, window: Window) -> tuple[float, ...]:
+    """Bounding box of the zoom-out prediction inside a window of the padded ROI, whose padding reads 0."""
+    mask = np.zeros(WINDOW_SIZE, dtype=bool)
+    mask[window.valid_in_window] = prediction.crop_region(window.valid_start, window.valid_stop)
+    return _bounding_box(mask)
 
 
 @dataclass
@@ -109,10 +84,10 @@ def window_prompts(plan: WindowPlan, window: Window, box_map: BoxMap | None, cli
                    prediction: ZoomOutPrediction, generator) -> WindowPrompts:
     """The official per-window prompts. Point mode wins when both maps exist: it also carries a box."""
     if click_map is not None:
-        coords, labels = click_map.window_points(plan, window, generator)
-        box = prediction.window_box(window)
+        coords, labels = select_points(click_window_map(click_map, plan, window), generator)
+        box = prediction_box_in_window(prediction, window)
         return WindowPrompts(torch.tensor([box]), (coords[None], labels[None]))
     if box_map is not None:
-        box = box_map.window_box(plan, window) if len(plan) == 1 else prediction.window_box(window)
+        box = user_box_in_window(box_map, plan, window) if len(plan) == 1 else prediction_box_in_window(prediction, window)
         return WindowPrompts(torch.tensor([box]), None)
     return WindowPrompts(None, None)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from monai.data.utils import dense_patch_slices
 
-from .preprocess import WINDOW
+from ..model.image_encoder import WINDOW_SIZE
 from .roi import Roi
 
 OVERLAP = 0.5
@@ -33,7 +33,7 @@ class Window:
 
     @property
     def padded_slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(s, s + w) for s, w in zip(self.padded_start, WINDOW))
+        return tuple(slice(s, s + w) for s, w in zip(self.padded_start, WINDOW_SIZE))
 
     @property
     def valid_in_window(self) -> tuple[slice, slice, slice]:
@@ -50,7 +50,7 @@ class Window:
 
     def image(self, cropped_image: torch.Tensor) -> torch.Tensor:
         """The (1, 1, 32, 256, 256) model input: the crop's voxels, zero where the window is padding."""
-        window = cropped_image.new_zeros(WINDOW)
+        window = cropped_image.new_zeros(WINDOW_SIZE)
         window[self.valid_in_window] = cropped_image[self.valid_in_crop]
         return window[None, None]
 
@@ -71,15 +71,15 @@ class WindowPlan:
 
     @classmethod
     def for_roi(cls, roi: Roi) -> WindowPlan:
-        pad_before = tuple(max(w - s, 0) // 2 for s, w in zip(roi.shape, WINDOW))
-        padded_shape = tuple(max(s, w) for s, w in zip(roi.shape, WINDOW))
-        intervals = [scan_interval(s, w) for s, w in zip(padded_shape, WINDOW)]
+        pad_before = tuple(max(w - s, 0) // 2 for s, w in zip(roi.shape, WINDOW_SIZE))
+        padded_shape = tuple(max(s, w) for s, w in zip(roi.shape, WINDOW_SIZE))
+        intervals = [scan_interval(s, w) for s, w in zip(padded_shape, WINDOW_SIZE)]
         windows = []
-        for index, slices in enumerate(dense_patch_slices(padded_shape, WINDOW, intervals)):
+        for index, slices in enumerate(dense_patch_slices(padded_shape, WINDOW_SIZE, intervals)):
             start = tuple(int(s.start) for s in slices)
             offset = tuple(r + s - p for r, s, p in zip(roi.start, start, pad_before))
             valid_start = tuple(max(o, r) for o, r in zip(offset, roi.start))
-            valid_stop = tuple(min(o + w, r) for o, w, r in zip(offset, WINDOW, roi.stop))
+            valid_stop = tuple(min(o + w, r) for o, w, r in zip(offset, WINDOW_SIZE, roi.stop))
             windows.append(Window(index, start, offset, valid_start, valid_stop))
         return cls(roi, pad_before, padded_shape, tuple(windows))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .model_space import ModelSpace
 from .prompt_mapping import ModelPrompts
 
 
@@ -14,6 +15,23 @@ from .prompt_mapping import ModelPrompts
 class ZoomOutResult:
     logits: torch.Tensor  # (32, 256, 256) float32 on the CPU
     mask: np.ndarray  # (32, 256, 256) bool: sigmoid > 0.5, the official threshold
+
+
+class ZoomOutPrediction:
+    """The zoom-out mask as the crop sees it after nearest up-sampling (what the ROI, the zoom-in prompts and
+    the merge read)."""
+
+    def __init__(self, zoom_out_mask: np.ndarray, space: ModelSpace):
+        self.mask, self.sources = zoom_out_mask, space.upsample_source
+        self.cropped_shape = space.cropped_shape
+
+    def crop_region(self, start, stop) -> np.ndarray:
+        """The up-sampled mask over crop indices [start, stop) (inside the crop)."""
+        return self.mask[np.ix_(*(source[a:b] for source, a, b in zip(self.sources, start, stop)))]
+
+    def crop_mask(self) -> np.ndarray:
+        """The whole up-sampled mask over the crop, uint8."""
+        return self.crop_region((0, 0, 0), self.cropped_shape).astype(np.uint8)
 
 
 def prompt_tensors(prompts: ModelPrompts) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..runtime import resolve_precision
 from .image_encoder import WINDOW_SIZE, ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -18,29 +19,8 @@ from .text_encoder import TextEncoder
 Points = tuple[torch.Tensor, torch.Tensor]  # coords (B,N,3) as (d,h,w) voxels, labels (B,N): 1 / 0 / -1
 # Compute precision of the image encoder (97 % of the FLOPs). The decoder always runs in fp32: in bf16 its
 # errors pass through the zoom-out mask into the zoom-in prompts (Dice 0.985 vs fp32 on the synthetic CT,
-# against 0.999 with a bf16 encoder only).
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """x86 CPUs with AVX512-BF16 or AMX run bf16 matmuls natively (oneDNN); elsewhere bf16 is emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def default_precision(device: torch.device) -> str:
-    """What "auto" means: bf16 autocast where the hardware runs it natively (CUDA with bf16, else fp16;
-    CPUs with AVX512-BF16/AMX), fp32 elsewhere (MPS, older CPUs). Reduced precision stays within Dice 0.99
-    of fp32; fp32 is the exact-parity path."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
+# against 0.999 with a bf16 encoder only). Which precision "auto" means is runtime.default_precision.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _require_a_prompt(*prompts) -> None:
@@ -58,17 +38,11 @@ class SegVol(nn.Module):
         self.precision = "fp32"
 
     def set_precision(self, precision: str) -> None:
-        """"fp32", "bf16" or "fp16" autocast for encode_image ("auto": see default_precision)."""
-        if precision == "auto":
-            precision = default_precision(self.device)
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}: choose auto, {', '.join(PRECISIONS)}")
-        if precision == "fp16" and self.device.type == "cpu":
-            raise InputError("fp16 needs a GPU: use bf16 or fp32 on the CPU")
-        self.precision = precision
+        """"fp32", "bf16" or "fp16" autocast for encode_image ("auto": runtime.default_precision)."""
+        self.precision = resolve_precision(precision, self.device)
 
     def _autocast(self):
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST_DTYPES[self.precision]
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     @property

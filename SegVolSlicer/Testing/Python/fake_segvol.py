@@ -14,8 +14,10 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-WINDOW = (32, 256, 256)
-GRID = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in WINDOW), indexing="ij"))
+from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
+
+
+GRID = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in WINDOW_SIZE), indexing="ij"))
 
 
 class FakeSegVol:
@@ -29,7 +31,7 @@ class FakeSegVol:
         self.decode_calls = []  # (boxes, points) of every decode
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        assert tuple(image.shape[1:]) == (1, *WINDOW), image.shape
+        assert tuple(image.shape[1:]) == (1, *WINDOW_SIZE), image.shape
         self.image_calls += 1
         self.images_encoded += image.shape[0]
         return F.avg_pool3d(image.float(), 4)  # (B, 1, 8, 64, 64)
@@ -44,14 +46,14 @@ class FakeSegVol:
         assert text_embedding is not None or boxes is not None or points is not None
         self.decode_calls.append((None if boxes is None else boxes.clone(),
                                   None if points is None else (points[0].clone(), points[1].clone())))
-        logits = F.interpolate(image_embedding, size=WINDOW, mode="nearest") - self.threshold
+        logits = F.interpolate(image_embedding, size=WINDOW_SIZE, mode="nearest") - self.threshold
         if text_embedding is not None:
             logits = logits + text_embedding[:, :1, None, None, None]
         grid = GRID
         if boxes is not None:
             box = boxes.reshape(-1, 6)[0]
             if box[0] >= 0:
-                inside = torch.ones(WINDOW, dtype=torch.bool)
+                inside = torch.ones(WINDOW_SIZE, dtype=torch.bool)
                 for axis in range(3):
                     inside &= (grid[axis] >= box[axis]) & (grid[axis] <= box[axis + 3])
                 logits = logits + torch.where(inside, 0.3, -1.0)
@@ -101,7 +103,7 @@ class BandSegVol:
             logits = torch.clamp(40.0 * (self.BAND_HALF_WIDTH - (image - centre).abs()), -2.0, 2.0)
         if boxes is not None:
             box = boxes.reshape(-1, 6)[0].float()
-            inside = torch.ones(WINDOW, dtype=torch.bool)
+            inside = torch.ones(WINDOW_SIZE, dtype=torch.bool)
             for axis in range(3):
                 inside &= (GRID[axis] >= box[axis]) & (GRID[axis] <= box[axis + 3])
             logits = torch.where(inside, logits + 1.5, logits - 4.0)

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from fake_segvol import FakeSegVol
 from SegVolSlicerLib import cli
+from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.geometry import ijk_to_ras_points, ras_to_lps_points
 from SegVolSlicerLib.imageio import read_volume
 from SegVolSlicerLib.testing.synthetic_ct import LABEL_NAMES, make_synthetic_ct, write_ct
@@ -30,7 +31,7 @@ def ct_files(ct, tmp_path_factory):
 @pytest.fixture
 def fake_model(monkeypatch):
     model = FakeSegVol()
-    monkeypatch.setattr(cli, "_load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
     return model
 
 
@@ -233,7 +234,7 @@ BAD_SEGMENT_CASES = {
     "4-D image": (["segment", "{4d}", "--text", "liver"], "4-D"),
     "constant volume": (["segment", "{constant}", "--text", "liver"], "constant"),
     "NaN voxels": (["segment", "{nan}", "--text", "liver"], "NaN"),
-    "no prompt": (["segment", "{image}"], "no prompt"),
+    "no prompt": (["segment", "{image}"], "nothing to segment"),
     "point outside": (["segment", "{image}", "--point-ijk", "500", "5", "5"], "outside the volume"),
     "point file outside": (["segment", "{image}", "--points", "{far_point}"], "outside the volume"),
     "box outside": (["segment", "{image}", "--box-ijk", "300", "300", "0", "310", "310", "5"], "outside the volume"),
@@ -242,7 +243,7 @@ BAD_SEGMENT_CASES = {
     "missing markups": (["segment", "{image}", "--points", "{tmp}/none.mrk.json"], "markups file not found"),
     "not markups": (["segment", "{image}", "--roi", "{not_markups}"], "not a Slicer markups file"),
     "box + several texts": (["segment", "{image}", "--text", "a", "--text", "b", "--box-ijk", "1", "1", "1", "9", "9", "9"],
-                            "at most one --text"),
+                            "at most one name"),
     "unwritable output": (["segment", "{image}", "--text", "liver", "-o", "{tmp}/missing/dir/out.seg.nrrd"],
                           "does not exist"),
     "unknown output type": (["segment", "{image}", "--text", "liver", "-o", "{tmp}/out.png"], "unsupported output"),
@@ -255,7 +256,7 @@ BAD_SEGMENT_CASES = {
 def test_bad_input_is_one_clear_line_and_no_output(case, bad_inputs, ct_files, tmp_path, capsys, monkeypatch):
     argv, message = BAD_SEGMENT_CASES[case]
     if case != "bad checkpoint":
-        monkeypatch.setattr(cli, "_load_model", lambda *a, **k: FakeSegVol())
+        monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: FakeSegVol())
     names = {**bad_inputs, "image": ct_files[0], "tmp": tmp_path}
     argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
     if "-o" not in argv:
@@ -273,7 +274,7 @@ def test_bad_volume_fails_before_the_model_loads(case, bad_inputs, ct_files, tmp
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded")  # seconds (a 724 MB checkpoint) before the error
 
-    monkeypatch.setattr(cli, "_load_model", load_model)
+    monkeypatch.setattr(EngineHost, "model", load_model)
     argv, message = BAD_SEGMENT_CASES[case]
     names = {**bad_inputs, "image": ct_files[0], "tmp": tmp_path}
     argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv] + ["-o", str(tmp_path / "out.seg.nrrd")]

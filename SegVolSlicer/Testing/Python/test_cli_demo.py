@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from huggingface_hub import constants
 
 from fake_segvol import FakeSegVol
-from SegVolSlicerLib import cli, demo
+import SegVolSlicerLib.model
+from SegVolSlicerLib import cli
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 from SegVolSlicerLib.weights import DEMO_CT
 
@@ -27,7 +28,7 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     snapshot.mkdir()
     (snapshot / "pytorch_model.bin").write_bytes(b"PK\x03\x04")  # looks like a checkpoint; the stand-in model is used
     write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
-    monkeypatch.setattr(demo, "load_segvol", lambda weights, device, precision: FakeSegVol())
+    monkeypatch.setattr(SegVolSlicerLib.model, "load_segvol", lambda weights, device, precision: FakeSegVol())
     code = cli.main(["demo", "--source", str(snapshot), "--output-dir", str(tmp_path / "out"), "--text", "liver",
                      "--text", "spleen", "--no-zoom-in"])
     out = capsys.readouterr().out

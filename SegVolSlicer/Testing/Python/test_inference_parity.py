@@ -120,7 +120,8 @@ def runs(sessions):
             prompts = label_prompts(truth, organ, PromptMode.parse(MODES[mode]), session.prepared, session.space,
                                     generator)
             session.model.calls = []
-            result = session.run(organ, prompts, zoom_in=(case, organ, mode) in ZOOM_IN_RUNS, generator=generator)
+            result = session.segment_model_prompts(organ, prompts, zoom_in=(case, organ, mode) in ZOOM_IN_RUNS,
+                                                   generator=generator)
             cache[case, organ, mode] = (prompts, result, session.model.calls, truth)
         return cache[case, organ, mode]
 

@@ -1,7 +1,5 @@
 """SegVolSession end to end with a stand-in network: data flow, caches, progress, cancel, axes, determinism."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -10,6 +8,7 @@ from fake_segvol import FakeSegVol
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.prompts import Box, Points, Target
+from SegVolSlicerLib.reporting import Reporter
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 from test_geometry import permuted_geometry
 
@@ -70,20 +69,27 @@ def test_small_cache_budget_still_works(ct):
     assert len(session.cache) == 0 and model.images_encoded == 6
 
 
+class RecordingReporter(Reporter):
+    def __init__(self, cancel_at=None):
+        super().__init__()
+        self.calls, self.cancel_at = [], cancel_at
+
+    def progress(self, stage, done, total):
+        self.calls.append((stage, done, total))
+        if stage == self.cancel_at:
+            self.cancel.set()
+
+
 def test_progress_and_cancel(ct):
-    calls = []
-    session = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras, progress=lambda *a: calls.append(a))
-    session.segment(Target("liver", text="liver"), progress=lambda *a: calls.append(a))
-    assert calls == [("preprocess", 0, 1), ("preprocess", 1, 1), ("zoom-out", 0, 1), ("zoom-out", 1, 1),
-                     ("zoom-in", 1, 2), ("zoom-in", 2, 2)]
-    cancel = threading.Event()
-
-    def cancel_after_first_window(stage, done, total):
-        if stage == "zoom-in":
-            cancel.set()
-
+    reporter = RecordingReporter()
+    session = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras, reporter=reporter)
+    session.segment(Target("liver", text="liver"), reporter=reporter)
+    assert reporter.calls == [("preprocess", 0, 1), ("preprocess", 1, 1), ("zoom-out", 0, 1), ("zoom-out", 1, 1),
+                              ("zoom-in", 1, 2), ("zoom-in", 2, 2)]
+    cancelling = RecordingReporter(cancel_at="zoom-in")
     with pytest.raises(Cancelled):
-        session.segment(Target("spleen", text="spleen"), progress=cancel_after_first_window, cancel=cancel)
+        session.segment(Target("spleen", text="spleen"), reporter=cancelling)
+    assert cancelling.calls[-1] == ("zoom-in", 1, 2)  # stopped after the first window, before the second
 
 
 def test_empty_zoom_out_keeps_the_empty_mask_and_says_so(ct):

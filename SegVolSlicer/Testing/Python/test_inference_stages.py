@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from SegVolSlicerLib.inference.cache import EmbeddingCache
 from SegVolSlicerLib.inference.model_space import ModelSpace
 from SegVolSlicerLib.inference.point_sampling import make_generator, select_points
-from SegVolSlicerLib.inference.preprocess import WINDOW, PreparedVolume
+from SegVolSlicerLib.inference.preprocess import PreparedVolume
+from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 from SegVolSlicerLib.inference.roi import Roi, roi_from_zoom_out
-from SegVolSlicerLib.inference.window_prompts import SENTINEL_BOX, BoxMap, ClickMap, ZoomOutPrediction
+from SegVolSlicerLib.inference.prompt_mapping import BoxMap, ClickMap
+from SegVolSlicerLib.inference.window_prompts import (SENTINEL_BOX, click_window_map, prediction_box_in_window,
+                                                       user_box_in_window)
+from SegVolSlicerLib.inference.zoom_out import ZoomOutPrediction
 from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.geometry import ModelAxes
 
@@ -20,7 +24,7 @@ from SegVolSlicerLib.geometry import ModelAxes
 def space_for(cropped_shape):
     image = torch.zeros(cropped_shape)
     prepared = PreparedVolume(ModelAxes((0, 1, 2)), cropped_shape, (0, 0, 0), cropped_shape, image,
-                              torch.zeros(1, 1, *WINDOW), None)
+                              torch.zeros(1, 1, *WINDOW_SIZE), None)
     return ModelSpace(prepared)
 
 
@@ -37,7 +41,7 @@ def official_roi(upsampled):
     start, stop = [], []
     for axis in range(3):
         low, high = hits[:, axis].min(), hits[:, axis].max()
-        pad = max(0, WINDOW[axis] - (high - low + 1))
+        pad = max(0, WINDOW_SIZE[axis] - (high - low + 1))
         low, high = max(0, low - pad // 2), min(upsampled.shape[axis], high + pad // 2)
         start.append(int(low))
         stop.append(int(min(high + 1, upsampled.shape[axis])))
@@ -46,7 +50,7 @@ def official_roi(upsampled):
 
 def random_blob_mask(seed):
     rng = np.random.default_rng(seed)
-    mask = np.zeros(WINDOW, dtype=bool)
+    mask = np.zeros(WINDOW_SIZE, dtype=bool)
     low = rng.integers(0, [20, 150, 150])
     mask[low[0]:low[0] + rng.integers(1, 12), low[1]:low[1] + rng.integers(1, 100), low[2]:low[2] + rng.integers(1, 100)] = True
     return mask
@@ -61,17 +65,17 @@ def test_roi_matches_the_dense_official_rule(cropped_shape, seed):
 
 
 def test_empty_zoom_out_gives_no_roi():
-    assert roi_from_zoom_out(np.zeros(WINDOW, dtype=bool), space_for((40, 200, 200))) is None
+    assert roi_from_zoom_out(np.zeros(WINDOW_SIZE, dtype=bool), space_for((40, 200, 200))) is None
 
 
 @pytest.mark.parametrize("roi_shape", [(48, 128, 176), (300, 300, 256), (32, 256, 256), (33, 257, 600), (10, 20, 30)])
 def test_window_plan_counts_and_starts(roi_shape):
     plan = WindowPlan.for_roi(Roi((5, 6, 7), (5 + roi_shape[0], 6 + roi_shape[1], 7 + roi_shape[2])))
     expected_per_axis = []
-    for size, window in zip(roi_shape, WINDOW):
+    for size, window in zip(roi_shape, WINDOW_SIZE):
         expected_per_axis.append(1 if size <= window else math.ceil((size - window) / (window // 2)) + 1)
     assert len(plan) == math.prod(expected_per_axis)
-    for axis, (size, window) in enumerate(zip(roi_shape, WINDOW)):
+    for axis, (size, window) in enumerate(zip(roi_shape, WINDOW_SIZE)):
         starts = sorted({w.padded_start[axis] for w in plan.windows})
         assert starts[0] == 0 and starts[-1] == max(size, window) - window  # last window ends at the border
         assert all(b - a <= window // 2 for a, b in zip(starts, starts[1:]))
@@ -109,7 +113,7 @@ def test_window_boxes_follow_the_official_padding_quirk(roi):
     dense_box[10:26, 40:91, 60:131] = True
     roi_box = dense_box[roi.slices]  # the official map: cropped to the ROI but never padded
     for window in plan.windows:
-        assert box_map.window_box(plan, window) == dense_bbox(roi_box[window.padded_slices])
+        assert user_box_in_window(box_map, plan, window) == dense_bbox(roi_box[window.padded_slices])
 
     space = space_for(cropped_shape)
     zoom_out = random_blob_mask(3)
@@ -118,7 +122,7 @@ def test_window_boxes_follow_the_official_padding_quirk(roi):
     pads = [(p, s - r - p) for p, s, r in zip(plan.pad_before, plan.padded_shape, roi.shape)]
     padded_preds = np.pad(global_preds, pads)  # the prediction is padded
     for window in plan.windows:
-        assert prediction.window_box(window) == dense_bbox(padded_preds[window.padded_slices])
+        assert prediction_box_in_window(prediction, window) == dense_bbox(padded_preds[window.padded_slices])
 
 
 def test_click_window_maps_follow_the_padding_quirk():
@@ -129,7 +133,7 @@ def test_click_window_maps_follow_the_padding_quirk():
     dense[tuple(voxels.T)] = 1
     for window in plan.windows:
         expected = dense[roi.slices][window.padded_slices]
-        np.testing.assert_array_equal(ClickMap(voxels).window_map(plan, window).numpy(), expected)
+        np.testing.assert_array_equal(click_window_map(ClickMap(voxels), plan, window).numpy(), expected)
 
 
 def test_point_sampling_is_the_official_draw():

@@ -14,6 +14,7 @@ import pytest
 
 from fake_segvol import BandSegVol, layout_ct
 from test_inference_parity import MODES, assert_zoom_in_plan, unpack
+from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.inference import SegVolSession
 
@@ -68,7 +69,7 @@ def test_matches_official(organ, mode, goldens, session):
     prompts = label_prompts((ct.labels == value).astype(np.uint8), organ, PromptMode.parse(MODES[mode]),
                             session.prepared, session.space, generator)
     session.model.calls = []
-    result = session.run(organ, prompts, generator=generator)
+    result = session.segment_model_prompts(organ, prompts, generator=generator)
 
     if key + "zoom_out_box" in goldens:
         np.testing.assert_array_equal(prompts.box, goldens[key + "zoom_out_box"][0])
@@ -93,7 +94,7 @@ def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys
     ct = layout_ct()
     write_ct(ct, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
     bands = dict(zip(goldens["bands_names"].tolist(), goldens["bands_values"].tolist()))
-    monkeypatch.setattr(cli, "_load_model", lambda *args, **kwargs: BandSegVol(bands))
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: BandSegVol(bands))
     classes = [f"{name}={value}" for value, name in ct.label_names.items()]
     code = cli.main(["evaluate", "--image", str(tmp_path / "ct.nii.gz"), "--label", str(tmp_path / "labels.nii.gz"),
                      *[a for c in classes for a in ("--class", c)], "--output-dir", str(tmp_path / "eval")])

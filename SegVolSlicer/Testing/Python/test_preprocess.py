@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from SegVolSlicerLib.errors import InputError
-from SegVolSlicerLib.inference.preprocess import WINDOW, intensity_statistics, prepare_volume
+from SegVolSlicerLib.inference.preprocess import intensity_statistics, prepare_volume
+from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 from test_geometry import permuted_geometry
 
@@ -33,7 +34,7 @@ def test_normalised_crop_matches_the_spec_bit_for_bit(ct):
     assert prepared.image.dtype.is_floating_point and prepared.image.dtype.itemsize == 4
     np.testing.assert_array_equal(prepared.image.numpy(),
                                   expected[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]])
-    assert tuple(prepared.zoom_out_image.shape) == (1, 1, *WINDOW)
+    assert tuple(prepared.zoom_out_image.shape) == (1, 1, *WINDOW_SIZE)
     assert float(prepared.image.min()) == 0.0 and float(prepared.image.max()) == 1.0
 
 

@@ -1,10 +1,8 @@
-"""The worker-thread backend: progress and notices reach the GUI thread, errors and cancellation come back,
-and a GPU out of memory falls back to the CPU with a message."""
+"""The worker-thread backend: progress and notices reach the GUI thread, errors and cancellation come back."""
 
 import threading
 
 import pytest
-import torch
 
 from SegVolSlicerLib import backends
 from SegVolSlicerLib.errors import Cancelled
@@ -42,37 +40,3 @@ def test_job_hands_back_errors_and_cancellation():
     assert job.wait(5)
     with pytest.raises(Cancelled):
         job.outcome()
-
-
-def test_out_of_memory_falls_back_to_cpu():
-    calls, notices = [], []
-
-    def run(device):
-        calls.append(device)
-        if device != "cpu":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return "mask"
-
-    assert backends.run_with_cpu_fallback(run, "cuda:0", notices.append) == "mask"
-    assert calls == ["cuda:0", "cpu"] and "CPU" in notices[0]
-
-
-@pytest.mark.parametrize("error", [RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"),
-                                   torch.OutOfMemoryError("CUDA out of memory")])
-def test_out_of_memory_is_recognised(error):
-    assert backends.is_out_of_memory(error)
-
-
-def test_other_errors_and_cpu_failures_propagate():
-    def broken(device):
-        raise ValueError("not memory")
-
-    with pytest.raises(ValueError):
-        backends.run_with_cpu_fallback(broken, "cuda", lambda message: None)
-
-    def cpu_oom(device):
-        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate; out of memory")
-
-    with pytest.raises(RuntimeError):
-        backends.run_with_cpu_fallback(cpu_oom, "cpu", lambda message: pytest.fail("no fallback from the CPU"))
-    assert not backends.is_out_of_memory(ValueError("out of memory"))

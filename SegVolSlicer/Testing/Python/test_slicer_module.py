@@ -130,7 +130,6 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scen
     import torch
     from fake_segvol import FakeSegVol
 
-    import SegVolSlicerLib.model
 
     class FullGpuSegVol(FakeSegVol):
         def __init__(self):
@@ -149,7 +148,6 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scen
                 raise RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)")
             return super().encode_image(image)
 
-    monkeypatch.setattr(SegVolSlicerLib.model, "resolve_device", lambda device: torch.device("mps"))
     logic = slicer_module.SegVolSlicerLogic()
     model = FullGpuSegVol()
     logic.useModel(model)
@@ -158,7 +156,7 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scen
     segment_ids, messages = logic.process(volume, segmentation, names="liver", zoomIn=False, device="mps")
     assert model.device.type == "cpu" and model.image_calls == 1
     assert model.precision == ("auto", "cpu")  # chosen again on the CPU: a GPU's fp16 does not run there
-    assert len(segment_ids) == 1 and any("running on the CPU" in m for m in messages), messages
+    assert len(segment_ids) == 1 and any("continues on the CPU" in m for m in messages), messages
 
 
 def test_logic_keeps_the_sessions_of_recent_volumes_only(slicer_module, slicer_scene):  # noqa: F811
@@ -171,11 +169,11 @@ def test_logic_keeps_the_sessions_of_recent_volumes_only(slicer_module, slicer_s
     volumes = [slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras(), f"CT {n}") for n in range(3)]
 
     def kept():
-        return [logic.cachedSession(volume.GetID()) is not None for volume in volumes]
+        return [logic.engine.kept_session(volume.GetID()) is not None for volume in volumes]
 
     for volume in volumes[:2]:
         logic.process(volume, segmentation, names="liver", zoomIn=False)
-    assert logic.maxSessions == 2 and kept() == [True, True, False]
+    assert logic.engine.max_sessions == 2 and kept() == [True, True, False]
     logic.process(volumes[0], segmentation, names="spleen", zoomIn=False)  # volume 0 is now the most recent
     logic.process(volumes[2], segmentation, names="liver", zoomIn=False)
     assert kept() == [True, False, True]

@@ -172,13 +172,13 @@ def test_auto_update_reruns_after_a_run_unless_cancelled(panel):
     widget, parameters, dialogs = panel
     parameters.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     release = threading.Event()
-    session_for = widget.logic.sessionFor
+    session_for = widget.logic.engine.session
 
     def slow_session_for(*args):
         release.wait(30)
         return session_for(*args)
 
-    widget.logic.sessionFor = slow_session_for
+    widget.logic.engine.session = slow_session_for
     widget.runSegmentation(interactive=False)
     widget._autoRun()  # a click while the model runs: run again once it is done
     assert widget._rerunPending

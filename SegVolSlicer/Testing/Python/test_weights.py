@@ -79,6 +79,36 @@ def test_download_reports_bytes_and_turns_network_failures_into_one_error(monkey
         raise ReadError("connection reset by peer")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    with pytest.raises(CheckpointError, match="cannot download the SegVol weights .*connection reset"):
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout: None)  # the hub answers
+    with pytest.raises(CheckpointError, match="cannot download the SegVol weights .*broke off .*connection reset"):
         resolve_weights(cache_dir=tmp_path, progress=lambda *args: reported.append(args))
     assert reported == [("download", 400, 1000)]
+
+
+def test_unreachable_hub_is_said_at_once_in_whole_sentences(monkeypatch, tmp_path):
+    """Without a network the hub's client retries for half a minute and its message was cut mid-word: one
+    quick request decides, and the message is ours."""
+    import huggingface_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    requests = []
+
+    def unreachable(url, timeout):
+        requests.append(url)
+        raise ConnectionError("[Errno -2] Name or service not known")  # as the hub's HTTP client raises
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("no download attempt"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("no download attempt"))
+    for resolve in (lambda: resolve_weights(cache_dir=tmp_path), lambda: resolve_demo_ct(tmp_path)):
+        with pytest.raises(CheckpointError) as error:
+            resolve()
+        message = str(error.value)
+        assert "cannot be reached from this computer" in message and message.endswith("as the checkpoint.")
+        assert "try aga" not in message and "Name or service" not in message
+    assert len(requests) == 2
+
+
+def test_hf_hub_offline_is_honoured(offline):
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        resolve_weights()
