@@ -14,8 +14,7 @@ from typing import Annotated
 import numpy as np
 import slicer
 import vtk
-from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode)
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.util import VTKObservationMixin
 
 from SegVolSlicerLib import backends, dependencies, runtime, slicer_bridge, slicer_testing, vocabulary
@@ -29,8 +28,12 @@ try:  # inside the Slicer application
     from slicer.i18n import tr as _
     from slicer.i18n import translate
     from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
     IN_SLICER_APP = True
 except ImportError:  # plain Python with slicer-core: the logic and the checks work, the GUI does not exist
     import unittest

@@ -28,7 +28,7 @@ import torch
 from SegVolSlicerLib.imageio import Segment, read_volume, write_segmentation
 from SegVolSlicerLib.inference.session import SegVolSession
 from SegVolSlicerLib.model import load_segvol
-from SegVolSlicerLib.prompts import Box, Points, Target
+from SegVolSlicerLib.prompts import Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 from SegVolSlicerLib.vocabulary import colour_for

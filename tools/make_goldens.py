@@ -108,8 +108,8 @@ def install_patches(official: Path) -> None:
     import network.model as official_model
     official_model.CLIPTextConfig = lambda: transformers.CLIPTextConfig(attn_implementation="eager")
 
-    import monai.transforms
     import data_process.demo_data_process as demo_data_process
+    import monai.transforms
 
     class Transforms(types.ModuleType):
         def __getattr__(self, name):
@@ -235,8 +235,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def preprocess_goldens(ct_path: Path, label_path: Path, names: list[str]):
     """Run the official demo preprocessing, snapshotting the image after every transform."""
-    import monai.transforms
     import data_process.demo_data_process as demo_data_process
+    import monai.transforms
 
     snapshots = {}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import EngineHost, ModelChoice, VolumeInput
 from .errors import InputError
 from .imageio import Segment, read_volume, write_segmentation
-from .engine import EngineHost, ModelChoice, VolumeInput
 from .preview import write_preview_png
 from .prompts import Target
 from .reporting import NO_REPORT

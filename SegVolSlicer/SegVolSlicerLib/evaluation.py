@@ -26,8 +26,7 @@ from .imageio import atomic_output
 from .inference.model_space import ModelSpace
 from .inference.point_sampling import select_points
 from .inference.preprocess import PreparedVolume, resize_nearest_exact
-from .inference.prompt_mapping import ModelPrompts
-from .inference.prompt_mapping import BoxMap, ClickMap
+from .inference.prompt_mapping import BoxMap, ClickMap, ModelPrompts
 from .reporting import NO_REPORT, Reporter
 from .vocabulary import resolve_name, unknown_name_warning
 

@@ -8,7 +8,7 @@ vtkSlicerTerminologiesModuleLogic cannot be used here: it is not available outsi
 import csv
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from . import vocabulary
@@ -79,7 +79,7 @@ def _term(context: str, category: dict, type_: dict, modifier: dict | None) -> S
                         Code.from_json(modifier))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _terms_by_meaning(list_key: str) -> dict[tuple[str, str], StandardTerm]:
     """(type meaning, modifier meaning) -> term, first occurrence in file order."""
     data = json.loads(LIST_FILES[list_key].read_text(encoding="utf-8"))
@@ -94,7 +94,7 @@ def _terms_by_meaning(list_key: str) -> dict[tuple[str, str], StandardTerm]:
     return terms
 
 
-@lru_cache(maxsize=None)
+@cache
 def _segvol_map() -> dict[str, tuple[str, str, str]]:
     lines = [line for line in MAP_FILE.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
     return {row["segvol_name"]: (row["context"], row["type"], row["modifier"]) for row in csv.DictReader(lines)}

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model_space import ModelSpace
 from ..model.image_encoder import WINDOW_SIZE
+from .model_space import ModelSpace
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from .checkpoint import find_weights, load_state_strict, read_state_dict
 from .segvol import SegVol
 from .text_encoder import load_tokenizer
 
+
 def build_segvol(tokenizer_folder: str | Path | None = None) -> SegVol:
     """A randomly initialised SegVol in eval mode (weights come from `load_segvol`)."""
     return SegVol(load_tokenizer(tokenizer_folder)).eval()

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 
-
 GRID = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in WINDOW_SIZE), indexing="ij"))
 
 
@@ -136,6 +135,7 @@ LAYOUT_EMPTY_BAND = 0.95  # the stomach's band: an intensity no voxel has, so it
 def layout_ct():
     """A noise-free phantom (SyntheticCT) laid out so that the stand-in's masks reach every zoom-in branch."""
     import numpy as np
+
     from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, synthetic_ijk_to_ras
 
     k, j, i = np.meshgrid(*(np.arange(n) for n in LAYOUT_SHAPE_KJI), indexing="ij", sparse=True)

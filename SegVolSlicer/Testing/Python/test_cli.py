@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from fake_segvol import FakeSegVol
+
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.geometry import ijk_to_ras_points, ras_to_lps_points
 from SegVolSlicerLib.imageio import read_volume
-from SegVolSlicerLib.testing.synthetic_ct import LABEL_NAMES, make_synthetic_ct, write_ct
+from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 
 @pytest.fixture(scope="module")

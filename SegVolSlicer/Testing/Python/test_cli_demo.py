@@ -1,11 +1,10 @@
 """`segvol demo`: offline message, and a run from a local snapshot folder."""
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
+from fake_segvol import FakeSegVol
 from huggingface_hub import constants
 
-from fake_segvol import FakeSegVol
 import SegVolSlicerLib.model
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct

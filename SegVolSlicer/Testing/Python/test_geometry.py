@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from SegVolSlicerLib.errors import InputError
-from SegVolSlicerLib.geometry import (ModelAxes, as_matrix, ijk_to_ras_points, lps_to_ras_points, ras_to_ijk_points,
-                                      ras_to_lps_points)
+from SegVolSlicerLib.geometry import (
+    ModelAxes,
+    as_matrix,
+    ijk_to_ras_points,
+    lps_to_ras_points,
+    ras_to_ijk_points,
+    ras_to_lps_points,
+)
 from SegVolSlicerLib.testing.synthetic_ct import SHAPE_KJI, synthetic_ijk_to_ras
 
 

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-
 from fake_segvol import FakeSegVol
+from test_geometry import permuted_geometry
+
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-from test_geometry import permuted_geometry
 
 
 @pytest.fixture(scope="module")

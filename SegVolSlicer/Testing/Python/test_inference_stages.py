@@ -7,18 +7,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from SegVolSlicerLib.geometry import ModelAxes
 from SegVolSlicerLib.inference.cache import EmbeddingCache
 from SegVolSlicerLib.inference.model_space import ModelSpace
 from SegVolSlicerLib.inference.point_sampling import make_generator, select_points
 from SegVolSlicerLib.inference.preprocess import PreparedVolume
-from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
-from SegVolSlicerLib.inference.roi import Roi, roi_from_zoom_out
 from SegVolSlicerLib.inference.prompt_mapping import BoxMap, ClickMap
-from SegVolSlicerLib.inference.window_prompts import (SENTINEL_BOX, click_window_map, prediction_box_in_window,
-                                                       user_box_in_window)
-from SegVolSlicerLib.inference.zoom_out import ZoomOutPrediction
+from SegVolSlicerLib.inference.roi import Roi, roi_from_zoom_out
+from SegVolSlicerLib.inference.window_prompts import (
+    SENTINEL_BOX,
+    click_window_map,
+    prediction_box_in_window,
+    user_box_in_window,
+)
 from SegVolSlicerLib.inference.windows import WindowPlan
-from SegVolSlicerLib.geometry import ModelAxes
+from SegVolSlicerLib.inference.zoom_out import ZoomOutPrediction
+from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 
 
 def space_for(cropped_shape):

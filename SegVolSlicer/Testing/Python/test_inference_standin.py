@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fake_segvol import BandSegVol, layout_ct
 from test_inference_parity import MODES, assert_zoom_in_plan, unpack
+
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.inference import SegVolSession

@@ -5,14 +5,13 @@ import os
 import shutil
 
 import numpy as np
-
 import pytest
 import torch
 
 from SegVolSlicerLib.errors import CheckpointError, InputError
 from SegVolSlicerLib.model import load_segvol
-from SegVolSlicerLib.runtime import resolve_device
 from SegVolSlicerLib.model.checkpoint import load_state_strict, read_state_dict
+from SegVolSlicerLib.runtime import resolve_device
 from SegVolSlicerLib.testing.synthetic_weights import official_key_shapes, save_checkpoint, synthetic_tensor
 
 

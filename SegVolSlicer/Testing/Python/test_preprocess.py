@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from test_geometry import permuted_geometry
 
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.preprocess import intensity_statistics, prepare_volume
 from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-from test_geometry import permuted_geometry
 
 
 @pytest.fixture(scope="module")
