@@ -385,3 +385,35 @@ def test_sagittally_stored_copy_gives_the_same_physical_mask(ct_files, tmp_path,
     np.testing.assert_allclose(sagittal.ijk_to_ras, permuted.ijk_to_ras, atol=1e-4)
     assert axial.array.any()
     np.testing.assert_array_equal(np.transpose(sagittal.array, (1, 2, 0)), axial.array)
+
+
+def test_a_full_gpu_falls_back_to_the_cpu_as_in_slicer(ct_files, tmp_path, capsys, monkeypatch):
+    """The CLI once stopped with "retry with --device cpu": the engine host's fallback serves every face."""
+    import torch
+
+    class FullGpuSegVol(FakeSegVol):
+        def __init__(self):
+            super().__init__()
+            self.device = torch.device("mps")
+
+        def to(self, device):
+            self.device = torch.device(device)
+            return self
+
+        def set_precision(self, precision):
+            pass
+
+        def encode_image(self, image):
+            if self.device.type != "cpu":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().encode_image(image)
+
+    import SegVolSlicerLib.model
+    import SegVolSlicerLib.weights
+
+    monkeypatch.setattr(SegVolSlicerLib.weights, "resolve_weights", lambda *args, **kwargs: "SegVol_v1.pth")
+    monkeypatch.setattr(SegVolSlicerLib.model, "load_segvol", lambda *args, **kwargs: FullGpuSegVol())
+    image, _ = ct_files
+    code, out, err = run_cli(["segment", image, "--text", "liver", "--no-zoom-in", "-o", tmp_path / "l.nii.gz"], capsys)
+    assert code == 0, err
+    assert "segvol: Not enough GPU memory on 'mps': SegVol continues on the CPU" in err and "liver:" in out
