@@ -69,6 +69,10 @@ except ImportError:  # plain Python with slicer-core: the logic and the checks w
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
+# During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
+# the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
+# worker run; Qt events are still handled several times within 100 ms.
+EVENT_WAIT_S = 0.04
 STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
                 "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
 
@@ -253,6 +257,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
         self._interactive = True  # the running job was started by the user (errors in a dialog), not auto-update
         self._rerunPending = False
+        self._waitingForJobs = False
         self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
         self._dependenciesReady = False
         self._shortcuts = []
@@ -285,10 +290,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
                                             lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
 
-        # The worker thread never touches Qt: the GUI thread polls its queue.
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
-        self._pollTimer.connect("timeout()", self._pollJob)
         self._autoTimer = qt.QTimer()
         self._autoTimer.setSingleShot(True)
         self._autoTimer.setInterval(400)  # one run after a burst of prompt edits
@@ -307,7 +308,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        self._pollTimer.stop()
         self._autoTimer.stop()
         if self._job is not None:
             self._job.cancel()
@@ -511,15 +511,26 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
-        self._pollTimer.start()
         self._updateGUI()
+        if not self._waitingForJobs:  # else started by an event handled in the loop below, which waits for it
+            self._waitForJobs()
 
-    def _pollJob(self):
-        for event in self._job.reporter.drain():
-            self._showProgress(event)
-        if not self._job.finished:
-            return
-        self._pollTimer.stop()
+    def _waitForJobs(self):
+        """Handle Qt events until the job, and any rerun it leads to, is done (the Cancel button, the scene and
+        the prompts stay live meanwhile)."""
+        self._waitingForJobs = True
+        try:
+            while self._job is not None:
+                if not self._job.wait(EVENT_WAIT_S):
+                    slicer.app.processEvents()
+                for event in self._job.reporter.drain():
+                    self._showProgress(event)
+                if self._job.finished:
+                    self._jobDone()
+        finally:
+            self._waitingForJobs = False
+
+    def _jobDone(self):
         job, request = self._job, self._request
         self._job = self._request = None
         self.ui.progressBar.hide()
