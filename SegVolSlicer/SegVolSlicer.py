@@ -279,6 +279,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeButton().show()
             placeWidget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
                                                 else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
+        self.ui.boxPlaceWidget.connect("activeMarkupsPlaceModeChanged(bool)", self._onBoxPlaceModeChanged)
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
@@ -467,8 +468,21 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, placeWidget in (("P", self.ui.positivePlaceWidget), ("N", self.ui.negativePlaceWidget),
                                  ("Shift+B", self.ui.boxPlaceWidget)):  # plain "b" steps slices in Slicer
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", lambda w=placeWidget: w.setPlaceModeEnabled(not w.placeModeEnabled))
+            shortcut.connect("activated()", lambda w=placeWidget: self._togglePlaceMode(w))
             self._shortcuts.append(shortcut)
+
+    def _togglePlaceMode(self, placeWidget):
+        placing = not placeWidget.placeModeEnabled
+        if placing and placeWidget is self.ui.boxPlaceWidget:
+            self._onBoxPlaceModeChanged(True)
+        placeWidget.setPlaceModeEnabled(placing)
+
+    def _onBoxPlaceModeChanged(self, placing):
+        """Placing a box while one is placed draws it anew in the same node. Placing into a full ROI node would
+        make Slicer create a new ROI node, without SegVol's role tag: the user's new box would do nothing."""
+        box = self._parameterNode.boxROI if self._parameterNode else None
+        if placing and box is not None and box.GetNumberOfControlPoints() > 0:
+            box.RemoveAllControlPoints()
 
     def _removeShortcuts(self):
         for shortcut in self._shortcuts:
