@@ -1,8 +1,9 @@
 """SegVol in 3D Slicer: segment CT structures from anatomy names, clicks and a box.
 
 Module, widget, logic and self-test on Slicer's scripted-module template. The widget only collects input (in a
-parameter node) and shows progress; SegVolSlicerLogic is Qt-free and imports in plain Python (pytest runs it
-against slicer-core); everything it calls lives in SegVolSlicerLib.
+parameter node) and shows progress; SegVolSlicerLogic is Qt-free; everything it calls lives in SegVolSlicerLib.
+pytest runs this file against slicer-core with stand-ins for the application-only modules
+(Testing/Python/slicer_core_env.py).
 """
 
 import logging
@@ -11,60 +12,27 @@ import traceback
 from dataclasses import dataclass
 from typing import Annotated
 
+import ctk
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from SegVolSlicerLib import backends, dependencies, runtime, slicer_bridge, slicer_testing, vocabulary
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
-
-try:  # inside the Slicer application
-    import ctk
-    import qt
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-    from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    IN_SLICER_APP = True
-except ImportError:  # plain Python with slicer-core: the logic and the checks work, the GUI does not exist
-    import unittest
-
-    IN_SLICER_APP = False
-
-    def _(text):
-        return text
-
-    def parameterNodeWrapper(cls):
-        return cls
-
-    class Choice:
-        def __init__(self, choices):
-            self.choices = choices
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            raise RuntimeError("the SegVolSlicer panel needs the 3D Slicer application")
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = "SegVolSlicer"
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=None):
-            logging.info(message)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
@@ -80,8 +48,6 @@ STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "pre
 class SegVolSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        if not IN_SLICER_APP:
-            return
         self.parent.title = _("SegVol")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []

@@ -233,11 +233,17 @@ def ctk_revision(slicer_git: str, tag: str) -> str:
     return re.search(r'Slicer_\$\{proj\}_GIT_TAG\s*"([0-9a-f]{40})"', text).group(1)
 
 
-def python_names(text: str) -> dict:
-    """Top-level names of a Python module, and the methods of its classes."""
+def python_names(text: str, read_sibling=None) -> dict:
+    """Top-level names of a Python module, and the methods of its classes; `from .x import *` brings x's
+    public names (read with read_sibling("x.py"))."""
     tree = ast.parse(text)
     names, classes = set(), {}
     for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and [a.name for a in node.names] == ["*"]:
+            sibling = python_names(read_sibling(f"{node.module}.py"))
+            names.update(n for n in sibling["names"] if not n.startswith("_"))
+            classes.update(sibling["classes"])
+            continue
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             names.add(node.name)
         if isinstance(node, ast.ClassDef):
@@ -264,7 +270,12 @@ def main(slicer_git: str, ctk_git: str) -> None:
         ctk = ctk_revision(slicer_git, tag)
         classes = {name: parse_header(git_show(slicer_git, tag, path), name) for name, path in SLICER_HEADERS.items()}
         classes.update({name: parse_header(git_show(ctk_git, ctk, path), name) for name, path in CTK_HEADERS.items()})
-        python = {module: python_names(git_show(slicer_git, tag, path)) for module, path in SLICER_PYTHON.items()}
+        python = {}
+        for module, path in SLICER_PYTHON.items():
+            folder = Path(path).parent
+            python[module] = python_names(git_show(slicer_git, tag, path),
+                                          lambda name, tag=tag, folder=folder: git_show(slicer_git, tag,
+                                                                                        str(folder / name)))
         per_release.append(({"slicer": tag, "ctk": ctk}, classes, python))
     (_, classes, python), (_, newer_classes, newer_python) = per_release
     data = {

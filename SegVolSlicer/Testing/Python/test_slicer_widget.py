@@ -17,100 +17,41 @@ import pytest
 import slicer
 import vtk
 from fake_segvol import FakeSegVol
+from slicer_app_standins import Widget, emit, standin_calls
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
-from SegVolSlicerLib import slicer_bridge, slicer_testing
+from SegVolSlicerLib import slicer_testing
 from SegVolSlicerLib.errors import InputError
-
-
-class Stub:
-    """A Qt widget stand-in: any attribute is a Stub, any call is recorded; set attributes stay."""
-
-    def __init__(self):
-        self.__dict__["calls"] = []
-
-    def __getattr__(self, name):
-        child = self.__dict__[name] = Stub()
-        return child
-
-    def __call__(self, *args):
-        self.calls.append(args)
-
-
-class SegmentSelector(Stub):
-    """qMRMLSegmentSelectorWidget's segment choice, remembered as the widget does."""
-
-    def __init__(self):
-        super().__init__()
-        self.__dict__["selected"] = [""]
-
-    def currentSegmentID(self):
-        return self.selected[-1]
-
-    def setCurrentSegmentID(self, segment_id):
-        self.selected.append(segment_id)
-
-
-class FakeEditor:
-    """The Segment Editor widget's part the panel uses: its node and its undo history."""
-
-    def __init__(self):
-        self.saved = 0
-
-    def mrmlSegmentEditorNode(self):
-        return None
-
-    def saveStateForUndo(self):
-        self.saved += 1
 
 
 @pytest.fixture
 def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
-    """(widget, parameters, dialogs): the widget as its setup() leaves it, on a small CT with one click."""
-    monkeypatch.setattr(slicer_module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
+    """(widget, parameters, dialogs): the widget after setup() and enter(), on a small CT with one click."""
     dialogs = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: dialogs.append(text))
-
-    class Parameters(slicer_module.SegVolSlicerParameterNode):
-        """What the parameterNodeWrapper adds: GUI connection and VTK observation (not needed here)."""
-
-        def connectGui(self, ui):
-            return 1
-
-        def disconnectGui(self, tag):
-            pass
-
-        def AddObserver(self, event, method, priority=0.0):
-            return 1
-
-        def RemoveObserver(self, tag):
-            pass
-
-    ijk_to_ras = slicer_testing.oblique_lps_ijk_to_ras()
-    parameters = Parameters()
-    parameters.inputVolume = slicer_testing.make_volume(ijk_to_ras)
-    parameters.outputSegmentation = None
-    parameters.positivePoints, parameters.negativePoints, parameters.boxROI = (
-        slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
-        for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE))
-    parameters.positivePoints.AddControlPoint(*slicer_testing.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
-    parameters.zoomIn = False
-
-    widget = slicer_module.SegVolSlicerWidget()
-    widget.ui, widget._autoTimer, widget.parent = Stub(), Stub(), Stub()
-    widget.ui.weightsPathLineEdit.currentPath = ""
-    widget.ui.targetSegmentSelector = SegmentSelector()
-    widget.parent.isEntered = True
-    widget.logic = slicer_module.SegVolSlicerLogic()
+    parent = Widget("qSlicerScriptedLoadableModuleWidget", "SegVolSlicer")
+    widget = slicer_module.SegVolSlicerWidget(parent)
+    widget.setup()
+    parent._standin["values"]["isEntered"] = True  # a read-only property that the application sets
+    widget.enter()
     widget.logic.useModel(FakeSegVol())
     widget._dependenciesReady = True
-    editor = FakeEditor()
-    widget._segmentEditor = lambda segmentation, volume: editor
-    widget.setParameterNode(parameters)
-    widget.editor = editor
+
+    ijk_to_ras = slicer_testing.oblique_lps_ijk_to_ras()
+    parameters = widget._parameterNode
+    parameters.inputVolume = slicer_testing.make_volume(ijk_to_ras)
+    parameters.positivePoints.AddControlPoint(*slicer_testing.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
+    parameters.zoomIn = False
+    widget.editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
     widget.qtEvents = []  # what the user does while the model runs: one per slicer.app.processEvents()
     monkeypatch.setattr(slicer.app, "processEvents", lambda: widget.qtEvents.pop(0)() if widget.qtEvents else None)
-    return widget, parameters, dialogs
+    yield widget, parameters, dialogs
+    widget.exit()
+    widget.cleanup()  # as on module unload: its scene observers go before the scene does
+
+
+def undo_steps(widget):
+    return len(standin_calls(widget.editor, "saveStateForUndo"))
 
 
 def hold_worker(widget):
@@ -139,8 +80,8 @@ def test_clicks_make_a_selected_segment_in_one_undo_step(panel):
     segmentation = parameters.outputSegmentation  # made by the run
     (segment_id,) = [segmentation.GetSegmentation().GetNthSegmentID(0)]
     assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "SegVol 1"
-    assert widget.ui.targetSegmentSelector.selected == ["", segment_id]
-    assert widget.editor.saved == 1 and dialogs == []
+    assert widget.ui.targetSegmentSelector.currentSegmentID() == segment_id
+    assert undo_steps(widget) == 1 and dialogs == []
     assert widget.ui.statusLabel.text.startswith("Done: SegVol 1")
     assert widget.ui.applyButton.text == "Segment"
 
@@ -157,7 +98,7 @@ def test_results_are_dropped_when_the_scene_closes_meanwhile(panel):
 
     widget.qtEvents = [close_when_done]
     widget.runSegmentation(interactive=True)
-    assert segment_count(parameters) == 0 and widget.editor.saved == 0 and dialogs == []
+    assert segment_count(parameters) == 0 and undo_steps(widget) == 0 and dialogs == []
 
 
 def test_new_segment_during_a_run_keeps_the_selection(panel):
@@ -167,7 +108,8 @@ def test_new_segment_during_a_run_keeps_the_selection(panel):
     widget.qtEvents = [lambda: (widget.onNewSegment(), release.set())]
     widget.runSegmentation(interactive=True)
     assert segment_count(parameters) == 1  # the result is kept...
-    assert widget.ui.targetSegmentSelector.selected == ["", ""]  # ...but not selected
+    # ...but not selected
+    assert standin_calls(widget.ui.targetSegmentSelector, "setCurrentSegmentID") == [("",)]
     assert parameters.positivePoints.GetNumberOfControlPoints() == 0
 
 
@@ -287,3 +229,70 @@ def test_worker_keeps_its_speed_while_slicer_holds_the_gil(panel):
             break
     assert best >= 0.7, f"worker at {best:.0%} of its free-running speed"
     assert min(gaps) <= 0.1, f"Qt events waited {min(gaps) * 1000:.0f} ms"
+
+
+def shortcut(widget, key):
+    (found,) = [s for s in widget._shortcuts if s.key.toString() == key]
+    return found
+
+
+def test_shortcuts_place_prompts_while_the_panel_is_shown(panel):
+    widget, parameters, dialogs = panel
+    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B"]
+    emit(shortcut(widget, "P"), "activated()")
+    assert widget.ui.positivePlaceWidget.placeModeEnabled and not widget.ui.negativePlaceWidget.placeModeEnabled
+    emit(shortcut(widget, "P"), "activated()")
+    assert not widget.ui.positivePlaceWidget.placeModeEnabled
+    emit(shortcut(widget, "N"), "activated()")
+    widget.exit()  # leaving the panel: no shortcuts, no placing
+    assert widget._shortcuts == [] and not widget.ui.negativePlaceWidget.placeModeEnabled
+    widget.enter()
+    assert len(widget._shortcuts) == 3
+
+
+def roi_nodes():
+    return slicer.mrmlScene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems()
+
+
+@pytest.mark.parametrize("how", ["Shift+B", "place button"])
+def test_placing_a_box_again_replaces_the_box(panel, how):
+    """With a box placed, Shift+B (or the place button) would make Slicer create a new ROI node without
+    SegVol's role tag, which the module ignores: the box is re-placed in the tagged node instead."""
+    widget, parameters, dialogs = panel
+    box = parameters.boxROI
+    box.SetXYZ(1.0, 2.0, 3.0)
+    box.SetRadiusXYZ(5.0, 5.0, 5.0)
+    assert box.GetNumberOfControlPoints() > 0
+    count = roi_nodes()
+    if how == "Shift+B":
+        emit(shortcut(widget, "Shift+B"), "activated()")
+        assert widget.ui.boxPlaceWidget.placeModeEnabled
+    else:
+        widget.ui.boxPlaceWidget.setPlaceModeEnabled(True)
+        emit(widget.ui.boxPlaceWidget, "activeMarkupsPlaceModeChanged(bool)", True)
+    assert box.GetNumberOfControlPoints() == 0  # the next box goes into this node
+    assert widget.ui.boxPlaceWidget.currentNode() is box and parameters.boxROI is box and roi_nodes() == count
+
+
+def test_names_complete_after_the_last_comma(panel):
+    widget, parameters, dialogs = panel
+    completer = widget._completer
+    emit(widget.ui.targetNamesEdit, "textEdited(QString)", "liver, sp")
+    assert completer.completionPrefix == "sp" and standin_calls(completer, "complete") == [()]
+    emit(widget.ui.targetNamesEdit, "textEdited(QString)", "liver, s")  # too short to complete
+    assert completer.popup()._standin["values"]["visible"] is False
+    widget.ui.targetNamesEdit.text = "liver, spl"
+    emit(completer, "activated(QString)", "spleen")
+    assert widget.ui.targetNamesEdit.text == "liver, spleen"
+
+
+def test_self_test_passes_twice_after_a_segment_run(panel, slicer_module, monkeypatch):  # noqa: F811
+    """Reload and Test, twice, after a Segment run: the Segment Editor's singleton node (kept by
+    scene.Clear()) must not fail the self-test. (Its engine part, slow on a CPU, runs in test_slicer_module.)"""
+    widget, parameters, dialogs = panel
+    widget.runSegmentation(interactive=True)
+    assert segment_count(parameters) == 1 and undo_steps(widget) == 1
+    monkeypatch.setattr(slicer_module.dependencies, "unsatisfied", lambda requirements: requirements)
+    for _ in range(2):
+        slicer_module.SegVolSlicerTest().runTest()
+    assert slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode") is not None
