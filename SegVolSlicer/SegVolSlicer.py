@@ -1,8 +1,9 @@
 """SegVol in 3D Slicer: segment CT structures from anatomy names, clicks and a box.
 
 Module, widget, logic and self-test on Slicer's scripted-module template. The widget only collects input (in a
-parameter node) and shows progress; SegVolSlicerLogic is Qt-free and imports in plain Python (pytest runs it
-against slicer-core); everything it calls lives in SegVolSlicerLib.
+parameter node) and shows progress; SegVolSlicerLogic is Qt-free; everything it calls lives in SegVolSlicerLib.
+pytest runs this file against slicer-core with stand-ins for the application-only modules
+(Testing/Python/slicer_core_env.py).
 """
 
 import logging
@@ -11,10 +12,21 @@ import traceback
 from dataclasses import dataclass
 from typing import Annotated
 
+import ctk
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from SegVolSlicerLib import backends, dependencies, runtime, slicer_bridge, slicer_testing, vocabulary
@@ -22,53 +34,13 @@ from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, Volu
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
 
-try:  # inside the Slicer application
-    import ctk
-    import qt
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-    from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    IN_SLICER_APP = True
-except ImportError:  # plain Python with slicer-core: the logic and the checks work, the GUI does not exist
-    import unittest
-
-    IN_SLICER_APP = False
-
-    def _(text):
-        return text
-
-    def parameterNodeWrapper(cls):
-        return cls
-
-    class Choice:
-        def __init__(self, choices):
-            self.choices = choices
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            raise RuntimeError("the SegVolSlicer panel needs the 3D Slicer application")
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = "SegVolSlicer"
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=None):
-            logging.info(message)
-
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
+# During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
+# the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
+# worker run; Qt events are still handled several times within 100 ms.
+EVENT_WAIT_S = 0.04
 STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
                 "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
 
@@ -76,8 +48,6 @@ STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "pre
 class SegVolSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        if not IN_SLICER_APP:
-            return
         self.parent.title = _("SegVol")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
@@ -253,6 +223,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
         self._interactive = True  # the running job was started by the user (errors in a dialog), not auto-update
         self._rerunPending = False
+        self._waitingForJobs = False
         self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
         self._dependenciesReady = False
         self._shortcuts = []
@@ -274,6 +245,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeButton().show()
             placeWidget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
                                                 else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
+        self.ui.boxPlaceWidget.connect("activeMarkupsPlaceModeChanged(bool)", self._onBoxPlaceModeChanged)
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
@@ -285,10 +257,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
                                             lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
 
-        # The worker thread never touches Qt: the GUI thread polls its queue.
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
-        self._pollTimer.connect("timeout()", self._pollJob)
         self._autoTimer = qt.QTimer()
         self._autoTimer.setSingleShot(True)
         self._autoTimer.setInterval(400)  # one run after a burst of prompt edits
@@ -307,7 +275,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        self._pollTimer.stop()
         self._autoTimer.stop()
         if self._job is not None:
             self._job.cancel()
@@ -467,8 +434,21 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, placeWidget in (("P", self.ui.positivePlaceWidget), ("N", self.ui.negativePlaceWidget),
                                  ("Shift+B", self.ui.boxPlaceWidget)):  # plain "b" steps slices in Slicer
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", lambda w=placeWidget: w.setPlaceModeEnabled(not w.placeModeEnabled))
+            shortcut.connect("activated()", lambda w=placeWidget: self._togglePlaceMode(w))
             self._shortcuts.append(shortcut)
+
+    def _togglePlaceMode(self, placeWidget):
+        placing = not placeWidget.placeModeEnabled
+        if placing and placeWidget is self.ui.boxPlaceWidget:
+            self._onBoxPlaceModeChanged(True)
+        placeWidget.setPlaceModeEnabled(placing)
+
+    def _onBoxPlaceModeChanged(self, placing):
+        """Placing a box while one is placed draws it anew in the same node. Placing into a full ROI node would
+        make Slicer create a new ROI node, without SegVol's role tag: the user's new box would do nothing."""
+        box = self._parameterNode.boxROI if self._parameterNode else None
+        if placing and box is not None and box.GetNumberOfControlPoints() > 0:
+            box.RemoveAllControlPoints()
 
     def _removeShortcuts(self):
         for shortcut in self._shortcuts:
@@ -511,15 +491,26 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
-        self._pollTimer.start()
         self._updateGUI()
+        if not self._waitingForJobs:  # else started by an event handled in the loop below, which waits for it
+            self._waitForJobs()
 
-    def _pollJob(self):
-        for event in self._job.reporter.drain():
-            self._showProgress(event)
-        if not self._job.finished:
-            return
-        self._pollTimer.stop()
+    def _waitForJobs(self):
+        """Handle Qt events until the job, and any rerun it leads to, is done (the Cancel button, the scene and
+        the prompts stay live meanwhile)."""
+        self._waitingForJobs = True
+        try:
+            while self._job is not None:
+                if not self._job.wait(EVENT_WAIT_S):
+                    slicer.app.processEvents()
+                for event in self._job.reporter.drain():
+                    self._showProgress(event)
+                if self._job.finished:
+                    self._jobDone()
+        finally:
+            self._waitingForJobs = False
+
+    def _jobDone(self):
         job, request = self._job, self._request
         self._job = self._request = None
         self.ui.progressBar.hide()

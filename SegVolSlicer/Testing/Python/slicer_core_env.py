@@ -1,10 +1,14 @@
-"""Stand-in for the parts of slicer.app / slicer.modules that slicer.util needs (slicer-core wheel only).
+"""Stand-in for the parts of slicer.app / slicer.modules that slicer.util needs (slicer-core wheel only), and
+for the application-only modules (qt, ctk, slicer.ScriptedLoadableModule, ...: slicer_app_standins, installed
+on import).
 
 Usage: scene = slicer_core_env.setup(); ...; slicer_core_env.teardown(), or the `slicer_scene` fixture; the
-`slicer_module` fixture is SegVolSlicer.py imported as in Slicer (here without Qt).
+`slicer_module` fixture is SegVolSlicer.py imported as in Slicer. The scene has the singleton nodes the
+application has (which scene.Clear() keeps), the Segment Editor's among them.
 Never call it inside real Slicer. From /work/shared/docs/slicer-testing.md (the team's verified shim).
 """
 import importlib.util
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -12,7 +16,10 @@ from pathlib import Path
 import pytest
 import slicer
 import slicer.util  # noqa: F401
+import slicer_app_standins
 import vtk
+
+slicer_app_standins.install()
 
 _SEG_EXT = (".seg.nrrd", ".seg.nhdr", ".seg.vtm")
 _MARKUPS_EXT = (".mrk.json", ".fcsv", ".json")
@@ -119,6 +126,12 @@ def setup(scene=None):
         env.app_logic.SetModuleLogic(name, logic)
         setattr(env, attr, logic)
         modules[attr] = _Module(_logic=logic)
+    # What the application has from start-up (or from first opening the Segment Editor): singletons.
+    slicer_app_standins.add_segment_editor_node(env.scene)
+    editor_module = slicer_app_standins.SegmentEditorModuleWidget()
+    modules["segmenteditor"] = types.SimpleNamespace(
+        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: editor_module))
+    slicer_app_standins.reset()
     slicer.mrmlScene = env.scene
     slicer.app = _FakeApp(env)
     slicer.modules = types.SimpleNamespace(**modules)
@@ -149,5 +162,6 @@ def slicer_module():
     """SegVolSlicer.py, imported from the module folder as Slicer imports it."""
     spec = importlib.util.spec_from_file_location("SegVolSlicer", Path(__file__).resolve().parents[2] / "SegVolSlicer.py")
     loaded = importlib.util.module_from_spec(spec)
+    sys.modules["SegVolSlicer"] = loaded  # Slicer imports module files as modules of that name
     spec.loader.exec_module(loaded)
     return loaded

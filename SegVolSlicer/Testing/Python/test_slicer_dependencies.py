@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import slicer
 from packaging.requirements import Requirement
+from packaging.version import Version
 from slicer_core_env import slicer_scene  # noqa: F401  (fixture)
 
 from SegVolSlicerLib import dependencies
@@ -29,18 +30,29 @@ def test_unsatisfied_requirements(tmp_path):
     assert dependencies.unsatisfied(lines) == ["numpy<1.0", "no-such-package-segvol==1.0"]
 
 
-def test_shipped_requirements_are_pinned_and_fit_pyproject():
+def test_shipped_requirements_are_ranges_that_fit_pyproject():
+    """`==` pins clash with any other extension that needs a neighbouring version: each requirement is a range
+    from the tested version up to (at most) the next major release, within pyproject.toml's range."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     pyproject = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())
     declared = {Requirement(line).name.lower(): Requirement(line) for line in pyproject["project"]["dependencies"]}
-    pinned = [Requirement(line) for line in dependencies.requirement_lines(REQUIREMENTS_FILE)]
-    assert {r.name.lower() for r in pinned} == set(declared) - {"torch", "numpy", "simpleitk"}
-    for requirement in pinned:
-        (spec,) = requirement.specifier
-        assert spec.operator == "==", requirement
-        assert declared[requirement.name.lower()].specifier.contains(spec.version), requirement
+    ranges = [Requirement(line) for line in dependencies.requirement_lines(REQUIREMENTS_FILE)]
+    assert {r.name.lower() for r in ranges} == set(declared) - {"torch", "numpy", "simpleitk"}
+    for requirement in ranges:
+        bounds = {spec.operator: Version(spec.version) for spec in requirement.specifier}
+        assert set(bounds) == {">=", "<"}, requirement
+        tested, below = bounds[">="], bounds["<"]
+        assert tested < below <= Version(f"{tested.major + 1}"), requirement
+        assert declared[requirement.name.lower()].specifier.contains(str(tested)), requirement
     assert Requirement(dependencies.TORCH_REQUIREMENT).specifier == declared["torch"].specifier
+
+
+def test_slicer_constraints_hold_slicers_numpy():
+    """.ci/check-slicer-requirements resolves the requirements against these: each names Slicer's numpy."""
+    for name in ("slicer-5.10.txt", "slicer-5.12.txt"):
+        lines = (MODULE_DIR.parent / ".ci" / "slicer-constraints" / name).read_text().splitlines()
+        assert any(line.startswith("numpy==") for line in lines), name
 
 
 def test_constraints_protect_slicers_packages(tmp_path):

@@ -17,10 +17,12 @@ from SegVolSlicerLib import slicer_bridge, slicer_testing
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
 
-def test_imports_without_qt(slicer_module):  # noqa: F811
-    assert slicer_module.IN_SLICER_APP is False
-    with pytest.raises(RuntimeError, match="Slicer application"):
-        slicer_module.SegVolSlicerWidget()
+def test_module_imports_slicers_application_modules(slicer_module):  # noqa: F811
+    """As Slicer's template: qt, ctk and slicer.ScriptedLoadableModule come from the application (here its
+    stand-ins), with no plain-Python substitutes of its own that could hide a missing member."""
+    source = (MODULE_DIR / "SegVolSlicer.py").read_text()
+    assert "except ImportError" not in source
+    assert slicer_module.qt is sys.modules["qt"] and slicer_module.ctk is sys.modules["ctk"]
     assert issubclass(slicer_module.SegVolSlicerTest, __import__("unittest").TestCase)
 
 
@@ -36,6 +38,8 @@ def test_imports_before_segvols_packages_are_installed():
                     raise ImportError("not installed: " + name)
         sys.meta_path.insert(0, Block())
         sys.path.insert(0, {str(MODULE_DIR)!r})
+        sys.path.insert(0, {str(MODULE_DIR / "Testing" / "Python")!r})
+        import slicer_core_env  # Slicer's application modules
         import SegVolSlicer
         assert SegVolSlicer.SegVolSlicerLogic and SegVolSlicer.SegVolSlicerTest
     """)
@@ -52,7 +56,13 @@ def test_parameter_node_matches_the_panel(slicer_module):  # noqa: F811
     widget_names = {w.get("name") for w in tree.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "SegVolSlicer.py").read_text()))
     assert used <= widget_names, used - widget_names
-    assert slicer_module.SegVolSlicerParameterNode.device == "auto" and slicer_module.SegVolSlicerParameterNode.zoomIn is True
+
+
+def test_parameter_node_defaults(slicer_module, slicer_scene):  # noqa: F811
+    parameters = slicer_module.SegVolSlicerLogic().getParameterNode()
+    assert parameters.device == "auto" and parameters.zoomIn is True and parameters.targetNames == ""
+    with pytest.raises(ValueError):
+        parameters.device = "tpu"
 
 
 def test_logic_end_to_end(slicer_module, slicer_scene, synthetic_model):  # noqa: F811

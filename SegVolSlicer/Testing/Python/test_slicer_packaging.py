@@ -116,6 +116,8 @@ def test_extension_builds_slicers_module_layout(built_extension):
     probe = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(modules)!r})
+        sys.path.append({str(MODULE_DIR / "Testing" / "Python")!r})
+        import slicer_core_env  # Slicer's application modules
         import SegVolSlicer, SegVolSlicerLib
         from SegVolSlicerLib import terminology, vocabulary
         assert SegVolSlicerLib.__file__.startswith({str(modules)!r}), SegVolSlicerLib.__file__

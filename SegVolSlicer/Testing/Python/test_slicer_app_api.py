@@ -1,0 +1,73 @@
+"""Every Qt/CTK/Slicer member SegVolSlicer.py and its .ui use exists in Slicer 5.10 and 5.12 (the members in
+Testing/Data/slicer-widget-api.json, extracted from their sources by tools/extract_widget_api.py).
+
+What it guards: a misspelled or removed member (`self.ui.<widget>.<member>`, a `connect("signal(args)")`, a
+.ui class or property, a `qt.`/`ctk.`/`slicer.` name) that only the application would find; and stand-ins
+that accept what the application refuses.
+"""
+
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import slicer
+import slicer_app_standins
+from slicer_app_standins import CLASSES, Widget
+from slicer_core_env import slicer_module  # noqa: F401  (fixture)
+
+MODULE_DIR = Path(__file__).resolve().parents[2]
+SOURCE = (MODULE_DIR / "SegVolSlicer.py").read_text()
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegVolSlicer.ui"
+UI_CLASSES = {w.get("name"): w.get("class") for w in ElementTree.parse(UI_FILE).iter("widget")}
+
+
+def members(class_name):
+    properties, signals, methods = slicer_app_standins._members(class_name)
+    return set(properties) | set(methods)
+
+
+def test_every_ui_widget_member_exists():
+    used = set(re.findall(r"self\.ui\.(\w+)\.(\w+)", SOURCE))
+    assert used
+    for widget, member in used:
+        assert member in members(UI_CLASSES[widget]), f"{UI_CLASSES[widget]} ({widget}) has no {member}"
+
+
+def test_every_connected_signal_exists():
+    for widget, signal in re.findall(r"self\.ui\.(\w+)\.connect\(\"([^\"]+)\"", SOURCE):
+        assert signal in slicer_app_standins._members(UI_CLASSES[widget])[1], f"{widget}: {signal}"
+    all_signals = set().union(*(slicer_app_standins._members(name)[1] for name in CLASSES))
+    for signal in re.findall(r"\.connect\(\"([^\"]+)\"", SOURCE):
+        assert signal in all_signals, signal
+
+
+def test_every_ui_class_and_property_exists():
+    slicer_app_standins.load_ui(UI_FILE)  # refuses unknown classes and properties
+    assert set(UI_CLASSES.values()) <= set(CLASSES)
+
+
+def test_every_qt_ctk_and_slicer_name_exists(slicer_module):  # noqa: F811
+    code = "\n".join(line for line in SOURCE.splitlines() if not line.startswith(("from ", "import ")))
+    for module_name, attribute_path in re.findall(r"\b(qt|ctk|slicer)\.((?:\w+\.)*\w+)", code):
+        value = {"qt": slicer_module.qt, "ctk": slicer_module.ctk, "slicer": slicer}[module_name]
+        for part in attribute_path.split("."):
+            if module_name == "slicer" and part in ("app", "mrmlScene", "modules"):
+                break  # the application objects; their members are checked by running the panel
+            value = getattr(value, part)
+
+
+@pytest.mark.parametrize("mistake", ["misspelled property", "unknown method", "unknown signal", "unknown class"])
+def test_stand_ins_refuse_what_slicer_refuses(mistake):
+    button = Widget("QPushButton", "applyButton")
+    with pytest.raises(AttributeError):
+        if mistake == "misspelled property":
+            button.txt = "Segment"
+        elif mistake == "unknown method":
+            button.setPlaceModeEnabled(True)
+        elif mistake == "unknown signal":
+            button.connect("clickd(bool)", print)
+        else:
+            Widget("QPushButon")
+    button.text = "Segment"
+    assert button.text == "Segment" and button.connect("clicked(bool)", print)
