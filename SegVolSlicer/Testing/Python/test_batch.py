@@ -155,3 +155,166 @@ def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
     ]:
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.startswith("segvol: error: ") and message in err and err.count("\n") == 1, err
+
+
+# --- evaluate --dataset ---
+
+def msd_dataset(folder, scans, cases=(0, 1)):
+    """An MSD-layout dataset (dataset.json with labels and a training list) of the tiny CTs."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    training = []
+    for n in cases:
+        for sub, source in (("imagesTr", scans / f"case {n}.nii.gz"), ("labelsTr", scans / "labels" / f"case {n}.nii.gz")):
+            (folder / sub / f"ct_{n}.nii.gz").write_bytes(source.read_bytes())
+        training.append({"image": f"./imagesTr/ct_{n}.nii.gz", "label": f"./labelsTr/ct_{n}.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps({"name": "tiny", "labels": {"0": "background", "1": "liver",
+                                                                                 "2": "spleen"},
+                                                     "numTraining": len(training), "training": training}))
+    return folder
+
+
+def test_dataset_layouts(tmp_path, scans):
+    """Guards: nnU-Net v2 labels ({name: value}) read as MSD's ({value: name}), the _0000 channel not paired,
+    background evaluated as a class, macOS '._' files taken for cases."""
+    from SegVolSlicerLib.dataset_evaluation import discover_dataset
+
+    cases, classes = discover_dataset(str(msd_dataset(tmp_path / "msd", scans)))
+    assert classes == [("liver", 1), ("spleen", 2)]
+    assert [(c.id, Path(c.image).name, Path(c.label).name) for c in cases] == [
+        ("ct_0", "ct_0.nii.gz", "ct_0.nii.gz"), ("ct_1", "ct_1.nii.gz", "ct_1.nii.gz")]
+    v2 = tmp_path / "Dataset001_Tiny"
+    (v2 / "imagesTr").mkdir(parents=True)
+    (v2 / "labelsTr").mkdir()
+    for name in ("ct_0_0000.nii.gz", "ct_1_0000.nii.gz"):
+        (v2 / "imagesTr" / name).write_bytes(b"")
+    for name in ("ct_0.nii.gz", "ct_1.nii.gz", "._ct_0.nii.gz"):
+        (v2 / "labelsTr" / name).write_bytes(b"")
+    (v2 / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}))
+    cases, classes = discover_dataset(str(v2))
+    assert classes == [("liver", 1)]
+    assert [(c.id, Path(c.image).name) for c in cases] == [("ct_0", "ct_0_0000.nii.gz"), ("ct_1", "ct_1_0000.nii.gz")]
+    (v2 / "labelsTr" / "ct_2.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="ct_2_0000.nii.gz"):
+        discover_dataset(str(v2))
+
+
+def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_model, capsys):
+    """Guards: dataset Dice differing from single-case `segvol evaluate` (prompts, classes, sessions shared
+    across cases), a summary that is not mean ± sd of the per-case Dice, a missing box plot."""
+    dataset = msd_dataset(tmp_path / "Task99_Tiny", scans)
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(["evaluate", "--dataset", dataset, "--prompt", "text+box", "--prompt", "point",
+                                 "--output-dir", out], capsys)
+    assert code == 0, err
+    metrics = read_rows(out / "metrics.csv")
+    assert [(r["case"], r["class"], r["prompt"]) for r in metrics] == [
+        (case, name, prompt) for case in ("ct_0", "ct_1") for prompt in ("text+box", "point")
+        for name in ("liver", "spleen")]
+    for case in ("ct_0", "ct_1"):
+        for prompt in ("text+box", "point"):
+            single = tmp_path / f"single-{case}-{prompt}"
+            code, _, err = run_cli(["evaluate", "--image", dataset / "imagesTr" / f"{case}.nii.gz", "--label",
+                                    dataset / "labelsTr" / f"{case}.nii.gz", "--class", "liver=1", "--class",
+                                    "spleen=2", "--prompt", prompt, "--output-dir", single], capsys)
+            assert code == 0, err
+            expected = {r["class"]: r["dice"] for r in read_rows(single / "metrics.csv")}
+            assert {r["class"]: r["dice"] for r in metrics if r["case"] == case and r["prompt"] == prompt} == expected
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / case / prompt / "liver.nii.gz")))
+            np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(sitk.ReadImage(str(single / "liver.nii.gz"))))
+    summary = {(r["class"], r["prompt"]): r for r in read_rows(out / "summary.csv")}
+    dice = [float(r["dice"]) for r in metrics if r["class"] == "spleen" and r["prompt"] == "point"]
+    row = summary[("spleen", "point")]
+    assert row["cases"] == "2" and float(row["dice_mean"]) == pytest.approx(np.mean(dice), abs=1e-6)
+    assert float(row["dice_sd"]) == pytest.approx(np.std(dice, ddof=1), abs=1e-6)
+    assert (out / "dice.png").read_bytes().startswith(b"\x89PNG")
+    assert "spleen (point): Dice" in stdout
+    assert [r["status"] for r in read_rows(out / "results.csv")] == ["ok", "ok"]
+
+
+# --- synthetic weights in other processes: SIGKILL and Ray ---
+
+SEGMENT_OPTIONS = ["--text", "liver", "--no-zoom-in", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def segment_references(scans, synthetic_model, tmp_path_factory):
+    """`segvol segment` of cases 0 and 1 with the synthetic weights (fp32, zoom-out), the model loaded once."""
+    folder = tmp_path_factory.mktemp("references")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EngineHost, "model", lambda self, reporter=None: synthetic_model)
+        for n in range(2):
+            assert cli.main(["segment", str(scans / f"case {n}.nii.gz"), *SEGMENT_OPTIONS,
+                             "-o", str(folder / f"case_{n}.seg.nrrd")]) == 0
+    return folder
+
+
+def batch_command(inputs, out, checkpoint, *extra):
+    return [sys.executable, "-m", "SegVolSlicerLib.cli", "batch", *map(str, inputs), "--output-dir", str(out),
+            "--checkpoint", str(checkpoint), *SEGMENT_OPTIONS, *extra]
+
+
+def subprocess_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path, synthetic_checkpoint,
+                                                                segment_references):
+    """Guards: a SIGKILL leaving a partial results.csv or .seg.nrrd under its final name, a rerun redoing a case
+    already recorded or skipping the interrupted one; batch output differing from `segvol segment`."""
+    inputs = [scans / "case 0.nii.gz", scans / "case 1.nii.gz"]
+    out = tmp_path / "out"
+    process = subprocess.Popen(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results = out / "results.csv"
+    try:
+        deadline = time.monotonic() + 240
+        while not (results.exists() and read_rows(results)) and process.poll() is None:
+            assert time.monotonic() < deadline, "no case was recorded in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, err.decode()
+    first = read_rows(results)
+    assert [(row["id"], row["status"]) for row in first] == [("case_0", "ok")]
+    finals = [p for p in out.iterdir() if not p.name.startswith(".")]  # temporaries are hidden ".<uuid>.<name>"
+    assert sorted(p.name for p in finals) == ["case_0.seg.nrrd", "results.csv"]
+    assert_same_segmentation(out / "case_0.seg.nrrd", segment_references / "case_0.seg.nrrd")
+    written = (out / "case_0.seg.nrrd").stat().st_mtime_ns
+
+    rerun = subprocess.run(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 of 2 case(s) already done" in rerun.stderr and "1 case(s) done, 0 failed, 1 skipped" in rerun.stdout
+    assert (out / "case_0.seg.nrrd").stat().st_mtime_ns == written
+    rows = read_rows(results)
+    assert rows[0] == first[0] and [(row["id"], row["status"]) for row in rows] == [("case_0", "ok"), ("case_1", "ok")]
+    assert_same_segmentation(out / "case_1.seg.nrrd", segment_references / "case_1.seg.nrrd")
+
+
+def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint, segment_references, capsys,
+                                           monkeypatch):
+    """Guards: Ray workers writing other outputs than `segvol segment`, rows lost between actors and the driver's
+    results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, 2 CPUs)."""
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
+    started = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["batch", scans / "case 0.nii.gz", scans / "case 1.nii.gz", "--output-dir", out,
+                                 "--checkpoint", synthetic_checkpoint, *SEGMENT_OPTIONS, "--ray", "local",
+                                 "--workers", "1"], capsys)
+    assert code == 0, err
+    assert started == [{"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+                        "logging_level": "warning", "log_to_driver": True}]
+    assert not ray.is_initialized()  # the run shut down the cluster it started
+    assert sorted((row["id"], row["status"]) for row in read_rows(out / "results.csv")) == [
+        ("case_0", "ok"), ("case_1", "ok")]
+    for n in range(2):
+        assert_same_segmentation(out / f"case_{n}.seg.nrrd", segment_references / f"case_{n}.seg.nrrd")
