@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,8 +197,8 @@ def _failure_message(error: BaseException) -> str:
 # --- jobs: the per-case functions ---
 
 @dataclass(frozen=True)
-class Job:
-    """What to do with each case; picklable (it travels to Ray actors). Subclasses define `run`."""
+class Job(ABC):
+    """What to do with each case; picklable (it travels to Ray actors)."""
 
     choice: ModelChoice
     options: SessionOptions
@@ -211,12 +212,13 @@ class Job:
         """Recorded `ok` and its outputs still there."""
         return row is not None and row.get("status") == "ok" and self.output_of(case).exists()
 
+    @abstractmethod
     def output_of(self, case: Case) -> Path:
-        raise NotImplementedError
+        """The file whose presence (with an `ok` row) says the case is done: the last one the case writes."""
 
+    @abstractmethod
     def run(self, host: EngineHost, case: Case, reporter: Reporter) -> list[str]:
         """Does the case, writes its outputs; returns its warnings."""
-        raise NotImplementedError
 
     def run_case(self, host: EngineHost, case: Case, reporter: Reporter = NO_REPORT) -> dict:
         """The case's results.csv row; a failure of this case is a `failed` row, never an exception (except
@@ -281,8 +283,8 @@ class RunSummary:
     statuses: dict[str, str] = field(default_factory=dict)  # id -> ok/failed of every case recorded
 
 
-def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, workers: int | None = None,
-              on_row: Callable[[dict], None] | None = None) -> RunSummary:
+def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, workers: int | None = None
+              ) -> RunSummary:
     """Every case not done yet, here or on Ray; results.csv in job.output_dir is rewritten as rows complete."""
     output_dir = Path(job.output_dir)
     results_path = output_dir / RESULTS_NAME
@@ -298,8 +300,6 @@ def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, w
     def record(row: dict) -> None:
         rows[row["id"]] = row
         write_results(results_path, _in_order(rows, by_id))
-        if on_row is not None:
-            on_row(row)
         if row["status"] == "ok":
             summary.ok += 1
         else:
@@ -365,14 +365,18 @@ def _run_on_ray(job: Job, todo: Sequence[Case], record: Callable[[dict], None], 
             raise InputError(f"cannot reach the Ray cluster at {address}: {_failure_message(error)} (start it with "
                              "'ray start --head' and give its address, or use --ray local)") from None
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
         size = workers or max(gpus, 1)
+        # Torch in an actor uses as many threads as the CPUs it holds: on our own cluster the workers share
+        # this machine's CPUs; on a shared cluster each takes one (the nodes' sizes are not known here).
+        cpus = max(1, int(resources.get("CPU", 1)) // size) if address == "local" else 1
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's bar counts cases
         items = [{"id": case.id, "image": case.image, "label": case.label or ""} for case in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _RayCaseWorker, fn_constructor_args=(job,), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)
+            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus, num_gpus=1 if gpus else 0)
         try:
             for row in dataset.iter_rows():
                 record({name: str(value) for name, value in row.items()})

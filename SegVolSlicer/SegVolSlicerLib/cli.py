@@ -247,10 +247,10 @@ def _check_workers(args) -> None:
         raise InputError("--workers sets the Ray workers: give --ray local or --ray ADDRESS with it")
 
 
-def _batch_job_parts(args, precision: str | None = None) -> dict:
+def _batch_job_parts(args) -> dict:
     from .engine import ModelChoice, SessionOptions
 
-    choice = ModelChoice(args.checkpoint, args.device, precision or args.precision, args.cache_dir)
+    choice = ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir)
     options = SessionOptions(point_sampling=args.point_sampling, seed=args.seed)
     return {"choice": choice, "options": options, "zoom_in": not args.no_zoom_in}
 
@@ -292,7 +292,7 @@ def _evaluate_dataset(args) -> int:
     if not classes:
         raise InputError(f"{args.dataset} names no classes (no dataset.json 'labels'): give --class NAME=VALUE")
     output_dir = _batch_output_dir(args)
-    job = EvaluateJob(**_batch_job_parts(args, precision=args.precision), output_dir=str(output_dir),
+    job = EvaluateJob(**_batch_job_parts(args), output_dir=str(output_dir),
                       classes=tuple(classes), prompts=prompts)
     summary = run_cases(job, cases, args.ray, args.workers)
     for row in write_dataset_tables(job, cases, summary.statuses):

@@ -307,7 +307,7 @@ def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path,
 def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint, segment_references, capsys,
                                            monkeypatch):
     """Guards: Ray workers writing other outputs than `segvol segment`, rows lost between actors and the driver's
-    results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, 2 CPUs)."""
+    results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, CPUs declared)."""
     pytest.importorskip("ray")
     import ray
 
@@ -321,7 +321,7 @@ def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint
                                  "--checkpoint", synthetic_checkpoint, *SEGMENT_OPTIONS, "--ray", "local",
                                  "--workers", "1"], capsys)
     assert code == 0, err
-    assert started == [{"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+    assert started == [{"num_cpus": os.cpu_count(), "include_dashboard": False, "_node_ip_address": "127.0.0.1",
                         "logging_level": "warning", "log_to_driver": True}]
     assert not ray.is_initialized()  # the run shut down the cluster it started
     assert sorted((row["id"], row["status"]) for row in read_rows(out / "results.csv")) == [
