@@ -121,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--texts", type=int, default=2, help="names per case (at most 10)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to run")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2],
+                        help="Ray worker counts to run (none: without Ray only)")
     parser.add_argument("--checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"))
