@@ -295,7 +295,10 @@ def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, w
     if summary.done_before:
         print(f"segvol: {summary.done_before} of {len(cases)} case(s) already done in {output_dir}: skipped",
               file=sys.stderr)
-    bar = _CaseBar(len(cases), summary.done_before)
+    bars: list[_CaseBar] = []
+
+    def ready() -> None:  # the model is loaded (or the cluster started): the bar and its clock start
+        bars.append(_CaseBar(len(cases), summary.done_before))
 
     def record(row: dict) -> None:
         rows[row["id"]] = row
@@ -304,15 +307,16 @@ def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, w
             summary.ok += 1
         else:
             summary.failed.append(row["id"])
-        bar.update(row)
+        bars[0].update(row)
 
     try:
         if todo and ray_address is None:
-            _run_here(job, todo, record)
+            _run_here(job, todo, ready, record)
         elif todo:
-            _run_on_ray(job, todo, record, ray_address, workers)
+            _run_on_ray(job, todo, ready, record, ray_address, workers)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     summary.statuses = {case_id: row.get("status", "") for case_id, row in rows.items()}
     return summary
 
@@ -323,9 +327,10 @@ def _in_order(rows: dict[str, dict], by_id: dict[str, Case]) -> list[dict]:
     return ordered + [row for case_id, row in rows.items() if case_id not in by_id]
 
 
-def _run_here(job: Job, todo: Sequence[Case], record: Callable[[dict], None]) -> None:
+def _run_here(job: Job, todo: Sequence[Case], ready: Callable[[], None], record: Callable[[dict], None]) -> None:
     host = job.make_host()
     host.model()  # a bad checkpoint stops the run before the first case, not as a failure of every case
+    ready()
     for case in todo:
         record(job.run_case(host, case))
 
@@ -344,14 +349,20 @@ class _RayCaseWorker:
         return {name: [row.get(name, "") for row in rows] for name in rows[0]}
 
 
-def _run_on_ray(job: Job, todo: Sequence[Case], record: Callable[[dict], None], address: str,
-                workers: int | None) -> None:
+def _run_on_ray(job: Job, todo: Sequence[Case], ready: Callable[[], None], record: Callable[[dict], None],
+                address: str, workers: int | None) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'SegVolSlicer[ray]' (or pip install 'ray[data]')") from None
+    if job.choice.weights is not None or address == "local":
+        from .weights import resolve_weights
+
+        # Here, once: a bad checkpoint is one clear error (not an actor failing to start), and the actors of a
+        # local cluster do not race to download the same weights.
+        resolve_weights(job.choice.weights, job.choice.cache_dir)
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -377,6 +388,7 @@ def _run_on_ray(job: Job, todo: Sequence[Case], record: Callable[[dict], None], 
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _RayCaseWorker, fn_constructor_args=(job,), batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus, num_gpus=1 if gpus else 0)
+        ready()
         try:
             for row in dataset.iter_rows():
                 record({name: str(value) for name, value in row.items()})

@@ -153,6 +153,9 @@ def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
         (["batch", scans, "--text", " ", "--output-dir", tmp_path / "o"], "at least one --text"),
         (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--workers", "2"], "--ray"),
         (["batch", scans, "--text", "liver", "--output-dir", scans / "case 0.nii.gz"], "is a file"),
+        # checked before Ray starts: one error, not one per actor
+        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--ray", "local", "--checkpoint",
+          tmp_path / "missing.pth"], "missing.pth"),
     ]:
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.startswith("segvol: error: ") and message in err and err.count("\n") == 1, err
