@@ -214,20 +214,22 @@ def write_box_plot(path: Path, rows: Sequence[dict]) -> None:
     classes = list(dict.fromkeys(row["class"] for row in rows))
     prompts = list(dict.fromkeys(row["prompt"] for row in rows))
     width = 0.8 / len(prompts)
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(classes) * max(1, len(prompts) / 2)), 4.0), dpi=100)
+    figure, axes = plt.subplots(figsize=(1.5 + max(3.0, 1.2 * len(classes) * max(1, len(prompts) / 2)), 4.0), dpi=100)
     for number, prompt in enumerate(prompts):
         values = [[float(r["dice"]) for r in rows if r["class"] == name and r["prompt"] == prompt] for name in classes]
         shown = [(position, v) for position, v in enumerate(values) if v]
         boxes = axes.boxplot([v for _, v in shown], positions=[p + (number - (len(prompts) - 1) / 2) * width
                                                                for p, _ in shown],
-                             widths=width * 0.9, patch_artist=True, manage_ticks=False)
+                             widths=width * 0.9, patch_artist=True, manage_ticks=False,
+                             medianprops={"color": "black"})
         for box in boxes["boxes"]:
             box.set_facecolor(f"C{number}")
         axes.plot([], [], color=f"C{number}", linewidth=8, label=prompt)
-    axes.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 4 else 0, ha="right")
+    slanted = len(classes) > 4
+    axes.set_xticks(range(len(classes)), classes, rotation=30 if slanted else 0, ha="right" if slanted else "center")
     axes.set_ylim(0, 1)
     axes.set_ylabel("Dice")
-    axes.legend(title="prompt", loc="lower right")
+    axes.legend(title="prompt", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png")
