@@ -2,6 +2,8 @@
 
     segvol segment CT.nii.gz --text liver --text spleen -o out.seg.nrrd
     segvol evaluate --image CT.nii.gz --label GT.nii.gz --class liver=1 --prompt text+box --output-dir eval/
+    segvol batch scans/ --text liver --text spleen --output-dir out/ [--ray local|ADDRESS]
+    segvol evaluate --dataset Task03_Liver/ --output-dir eval/ [--ray local|ADDRESS]
     segvol demo
 
 User mistakes end with one line "segvol: error: ..." on stderr and exit code 2, never a traceback, and
@@ -102,16 +104,6 @@ def _warn(messages: Sequence[str]) -> None:
         print(f"segvol: warning: {message}", file=sys.stderr)
 
 
-def _read_ct(path):
-    """The CT, checked before the model loads (seconds) so that a bad volume fails at once."""
-    from .imageio import read_volume
-    from .inference.preprocess import check_volume
-
-    volume = read_volume(path)
-    check_volume(volume.array)
-    return volume
-
-
 def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
     return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
 
@@ -144,27 +136,26 @@ def _targets_from_args(args, volume):
 
 
 def cmd_segment(args) -> int:
+    from .batch import read_ct, write_segmentation_results
     from .engine import VolumeInput
-    from .imageio import Segment, is_segmentation_path, merge_segments, read_segmentation, write_segmentation
+    from .imageio import is_segmentation_path, read_segmentation
 
     output = Path(args.output)
     _fail_if_unwritable(output)
-    volume = _read_ct(args.image)
+    volume = read_ct(args.image)
     targets = _targets_from_args(args, volume)
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
     with _ProgressBars([target.name for target in targets]) as bars:
         results = _engine_host(args).segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
                                              zoom_in=not args.no_zoom_in, reporter=bars)
-    segments = []
     for result in results:
         _warn(result.warnings)
-        name = result.name
-        segments.append(Segment.for_target(name, result.text, result.mask))
-        print(f"{name}: {np.count_nonzero(result.mask)} voxels, {_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
+        print(f"{result.name}: {np.count_nonzero(result.mask)} voxels, "
+              f"{_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
               + (f", {result.windows} zoom-in window(s)" if result.windows else ""))
-    kept = [s.name for s in existing if s.name not in {t.name for t in segments}]
-    _warn(write_segmentation(output, merge_segments(existing, segments), volume.reference))
+    kept = [s.name for s in existing if s.name not in {result.name for result in results}]
+    _warn(write_segmentation_results(output, results, volume, existing))
     print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
     return 0
 
@@ -191,16 +182,26 @@ def _safe_file_name(name: str) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from .batch import read_ct
     from .engine import VolumeInput
     from .evaluation import PromptMode, evaluate_classes, write_metrics_csv
     from .imageio import read_label_volume, write_mask
 
+    if args.dataset:
+        return _evaluate_dataset(args)
+    if not args.image or not args.label or not args.classes:
+        raise InputError("give --image, --label and --class NAME=VALUE (or --dataset DIR|CSV for a whole dataset)")
+    if args.ray or args.workers:
+        raise InputError("--ray and --workers run a whole --dataset: one case runs here")
+    if len(args.prompt or []) > 1:
+        raise InputError("give one --prompt for a single case (several with --dataset)")
+    args.prompt = (args.prompt or ["text+box"])[0]
     PromptMode.parse(args.prompt)
     classes = _parse_classes(args.classes)
     output_dir = Path(args.output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file, not a folder")
-    volume = _read_ct(args.image)
+    volume = read_ct(args.image)
     labels = read_label_volume(args.label, volume)
     present = set(np.unique(labels).tolist())
     absent = [f"{name}={value}" for name, value in classes if value not in present]
@@ -223,6 +224,83 @@ def cmd_evaluate(args) -> int:
     write_metrics_csv(output_dir / "metrics.csv", [result.row() for result in results])
     print(f"wrote {output_dir / 'metrics.csv'}")
     return 0
+
+
+# --- whole datasets: batch and evaluate --dataset ---
+
+def _batch_output_dir(args) -> Path:
+    output_dir = Path(args.output_dir).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file, not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
+    _fail_if_unwritable(output_dir / "check.seg.nrrd")
+    return output_dir
+
+
+def _check_workers(args) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    if args.workers and not args.ray:
+        raise InputError("--workers sets the Ray workers: give --ray local or --ray ADDRESS with it")
+
+
+def _batch_job_parts(args) -> dict:
+    from .engine import ModelChoice, SessionOptions
+
+    choice = ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir)
+    options = SessionOptions(point_sampling=args.point_sampling, seed=args.seed)
+    return {"choice": choice, "options": options, "zoom_in": not args.no_zoom_in}
+
+
+def _print_run(summary, total: int, output_dir: Path) -> int:
+    print(f"{summary.ok} case(s) done, {len(summary.failed)} failed, {summary.done_before} skipped (done before) "
+          f"of {total}; see {output_dir / 'results.csv'}")
+    return 1 if summary.failed else 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import SegmentJob, discover_cases, run_cases
+
+    _check_workers(args)
+    texts = tuple(text for text in args.text if text.strip())
+    if not texts:
+        raise InputError("give at least one --text NAME to segment")
+    output_dir = _batch_output_dir(args)
+    cases = discover_cases(args.inputs)
+    if not cases:
+        raise InputError("no case to segment in the inputs given")
+    job = SegmentJob(**_batch_job_parts(args), output_dir=str(output_dir), texts=texts)
+    return _print_run(run_cases(job, cases, args.ray, args.workers), len(cases), output_dir)
+
+
+def _evaluate_dataset(args) -> int:
+    from .batch import run_cases
+    from .dataset_evaluation import EvaluateJob, discover_dataset, write_dataset_tables
+    from .evaluation import PromptMode
+
+    _check_workers(args)
+    if args.image or args.label:
+        raise InputError("give either --dataset or --image/--label, not both")
+    prompts = tuple(dict.fromkeys(args.prompt or ["text+box"]))
+    for prompt in prompts:
+        PromptMode.parse(prompt)
+    cases, dataset_classes = discover_dataset(args.dataset)
+    classes = _parse_classes(args.classes) if args.classes else dataset_classes
+    if not classes:
+        raise InputError(f"{args.dataset} names no classes (no dataset.json 'labels'): give --class NAME=VALUE")
+    output_dir = _batch_output_dir(args)
+    job = EvaluateJob(**_batch_job_parts(args), output_dir=str(output_dir),
+                      classes=tuple(classes), prompts=prompts)
+    summary = run_cases(job, cases, args.ray, args.workers)
+    for row in write_dataset_tables(job, cases, summary.statuses):
+        print(f"{row['class']} ({row['prompt']}): Dice {float(row['dice_mean']):.4f} ± {float(row['dice_sd']):.4f} "
+              f"over {row['cases']} case(s)")
+    print(f"wrote {output_dir / 'metrics.csv'}, {output_dir / 'summary.csv'}"
+          + (f", {output_dir / 'dice.png'}" if (output_dir / "dice.png").exists() else ""))
+    return _print_run(summary, len(cases), output_dir)
 
 
 # --- demo ---
@@ -269,6 +347,15 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the 'seeded' click sampling (default 0)")
 
 
+def _add_ray(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="ADDRESS|local",
+                        help="run the cases on a Ray cluster: 'local' starts one on this machine, ADDRESS joins a "
+                             "running one (e.g. 10.0.0.5:6379 after 'ray start --head'); needs pip install "
+                             "'SegVolSlicer[ray]'")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Ray worker actors, one model each (default: one per GPU of the cluster, else 1)")
+
+
 CHECKPOINT_HELP = ("SegVol weights: SegVol_v1.pth, a BAAI/SegVol snapshot folder, pytorch_model.bin or .safetensors "
                    "(default: download the BAAI/SegVol snapshot from the Hugging Face hub, cached)")
 
@@ -313,18 +400,41 @@ def build_parser() -> argparse.ArgumentParser:
                     "map exactly as the official demo derives them, the zoom-out-zoom-in result is written to "
                     "OUTPUT_DIR/<class>.nii.gz (uint8, on the image's grid) and Dice (official formula "
                     "2|P&G|/(|P|+|G|+1), also for the zoom-out pass alone) to OUTPUT_DIR/metrics.csv.")
-    evaluate.add_argument("--image", required=True, help="CT volume file or DICOM folder")
-    evaluate.add_argument("--label", required=True, help="label map on the CT's grid")
-    evaluate.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME=VALUE",
+    evaluate.add_argument("--image", help="CT volume file or DICOM folder")
+    evaluate.add_argument("--label", help="label map on the CT's grid")
+    evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME=VALUE",
                           help="a class to evaluate: its name (the text prompt, used as typed) and its label value, e.g. "
-                               "liver=1; repeat for more")
+                               "liver=1; repeat for more (with --dataset: default the dataset.json labels)")
     # evaluation.PROMPT_MODES, spelled out: importing it pulls in torch and slows `segvol --help` by seconds.
-    evaluate.add_argument("--prompt", default="text+box", choices=("text", "box", "point", "text+box", "text+point"),
-                          help="prompt mode (default text+box, the official demo's)")
+    evaluate.add_argument("--prompt", action="append", choices=("text", "box", "point", "text+box", "text+point"),
+                          help="prompt mode (default text+box, the official demo's); with --dataset repeat it to "
+                               "evaluate several")
+    evaluate.add_argument("--dataset", metavar="DIR|CSV",
+                          help="evaluate every case of a dataset: a folder in the MSD/nnU-Net layout (dataset.json, "
+                               "imagesTr/, labelsTr/) or a CSV with columns image,label[,id]; writes per case "
+                               "cases/<id>/, and metrics.csv, summary.csv (mean ± sd Dice), dice.png, results.csv")
+    _add_ray(evaluate)
     evaluate.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")
     _add_common(evaluate, CHECKPOINT_HELP, precision="fp32")
     _add_sampling(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    batch = commands.add_parser(
+        "batch", help="segment many CTs (files, folders, DICOM folders, a CSV manifest), here or on Ray",
+        description="Segment every case of INPUT... into OUTPUT_DIR/<id>.seg.nrrd (one named segment per --text, "
+                    "as 'segvol segment' writes it) with a row per case in OUTPUT_DIR/results.csv (id, image, status "
+                    "ok/failed, seconds, warnings, error). A failed case never stops the others; a rerun with the "
+                    "same arguments skips the cases done and redoes the failed or interrupted ones.")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="CT file, folder (each NIfTI/NRRD/MHA file in it is a case; a folder of DICOM files is "
+                            "one case) or CSV manifest with a column 'image' (and optionally 'id')")
+    batch.add_argument("--text", action="append", required=True, metavar="NAME",
+                       help="anatomy to segment in every case; repeat for several")
+    batch.add_argument("--output-dir", required=True, metavar="OUT", help="folder for <id>.seg.nrrd and results.csv")
+    _add_common(batch, CHECKPOINT_HELP)
+    _add_sampling(batch)
+    _add_ray(batch)
+    batch.set_defaults(run=cmd_batch)
 
     demo = commands.add_parser(
         "demo", help="download SegVol and its demo CT, segment a few organs, write .seg.nrrd + PNG",

@@ -1,0 +1,333 @@
+"""`segvol batch` and `segvol evaluate --dataset`: outputs equal to the single-case commands, failures recorded,
+resume after SIGKILL, Ray Data on loopback."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from fake_segvol import FakeSegVol
+
+from SegVolSlicerLib import batch, cli
+from SegVolSlicerLib.engine import EngineHost
+from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
+
+LIB = Path(batch.__file__).resolve().parents[1]  # the folder holding SegVolSlicerLib (for subprocesses)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return make_synthetic_ct()
+
+
+def tiny_ct(ct, shift: int) -> SyntheticCT:
+    """A small CT (18 x 40 x 48 voxels) cut from the synthetic one, starting `4 * shift` slices up (cases differ)."""
+    cut = np.s_[4 * shift: 4 * shift + 36: 2, ::4, ::4]
+    first_slice = np.eye(4)
+    first_slice[2, 3] = 4 * shift
+    ijk_to_ras = ct.ijk_to_ras @ first_slice @ np.diag([4.0, 4.0, 2.0, 1.0])  # i, j, k strides
+    return SyntheticCT(np.ascontiguousarray(ct.volume[cut]), np.ascontiguousarray(ct.labels[cut]), ijk_to_ras)
+
+
+@pytest.fixture(scope="module")
+def scans(ct, tmp_path_factory):
+    """Three tiny CTs in a folder (with their label maps in another)."""
+    folder = tmp_path_factory.mktemp("scans")
+    (folder / "labels").mkdir()
+    for n in range(3):
+        write_ct(tiny_ct(ct, n), folder / f"case {n}.nii.gz", folder / "labels" / f"case {n}.nii.gz")
+    return folder
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    model = FakeSegVol()
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+    return model
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def voxels_and_header(path):
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
+
+
+def assert_same_segmentation(path, reference):
+    """Same voxels, geometry and segment fields (name, colour, terminology...) as `segvol segment` wrote."""
+    (voxels, header), (expected_voxels, expected_header) = voxels_and_header(path), voxels_and_header(reference)
+    np.testing.assert_array_equal(voxels, expected_voxels)
+    assert header == expected_header
+    written, wanted = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
+    assert written.GetOrigin() == wanted.GetOrigin() and written.GetDirection() == wanted.GetDirection()
+
+
+# --- inputs ---
+
+def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
+    """Guards: a folder read as one case, a DICOM folder split per file, ids clashing or unsafe as file names,
+    manifest paths taken relative to the working folder instead of the CSV."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    small = tiny_ct(ct, 0)
+    write_ct(small, tmp_path / "a" / "x.nii.gz")
+    write_ct(small, tmp_path / "a" / "y.nrrd")
+    (tmp_path / "a" / ".hidden.nii.gz").write_bytes(b"")
+    write_ct(small, tmp_path / "b" / "x.mha")
+    dicom = tmp_path / "patient 7"
+    dicom.mkdir()
+    for n in range(3):
+        (dicom / f"IM{n}").write_bytes(b"DICM")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m.csv").write_text("image,id\n../b/x.mha,scan/1\n../a/y.nrrd,\n")
+    cases = batch.discover_cases([tmp_path / "a", tmp_path / "b" / "x.mha", dicom, tmp_path / "lists" / "m.csv"])
+    assert [(c.id, Path(c.image).relative_to(tmp_path).as_posix()) for c in cases] == [
+        ("x", "a/x.nii.gz"), ("y", "a/y.nrrd"), ("x-2", "b/x.mha"), ("patient_7", "patient 7")]
+    cases = batch.discover_cases([tmp_path / "lists" / "m.csv"])
+    assert [(c.id, Path(c.image).name) for c in cases] == [("scan_1", "x.mha"), ("y", "y.nrrd")]
+    (tmp_path / "bad.csv").write_text("path\nx.nii.gz\n")
+    with pytest.raises(InputError, match="no column image"):
+        batch.discover_cases([tmp_path / "bad.csv"])
+    (tmp_path / "dup.csv").write_text("image,id\na/x.nii.gz,s\na/y.nrrd,s\n")
+    with pytest.raises(InputError, match="unique"):
+        batch.discover_cases([tmp_path / "dup.csv"])
+
+
+# --- batch here, with the stand-in model ---
+
+def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_model, capsys):
+    """Guards: batch outputs differing from `segvol segment` (names, colours, voxels), one bad case stopping the
+    others, a rerun recomputing done cases or skipping failed ones."""
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not a CT at all")
+    out = tmp_path / "out"
+    argv = ["batch", scans, corrupt, "--text", "liver", "--text", "spleen", "--output-dir", out]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 1, err  # some case failed
+    rows = {row["id"]: row for row in read_rows(out / "results.csv")}
+    assert list(rows) == ["case_0", "case_1", "case_2", "corrupt"]
+    assert [rows[i]["status"] for i in rows] == ["ok", "ok", "ok", "failed"]
+    assert "cannot read image" in rows["corrupt"]["error"] and not (out / "corrupt.seg.nrrd").exists()
+    assert "corrupt failed" in err and "3 case(s) done, 1 failed" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["case_0.seg.nrrd", "case_1.seg.nrrd", "case_2.seg.nrrd",
+                                                      "results.csv"]  # no temporary file left
+    for n in range(3):
+        reference = tmp_path / f"segment {n}.seg.nrrd"
+        code, _, err = run_cli(["segment", scans / f"case {n}.nii.gz", "--text", "liver", "--text", "spleen",
+                                "-o", reference], capsys)
+        assert code == 0, err
+        assert_same_segmentation(out / f"case_{n}.seg.nrrd", reference)
+
+    # The rerun: the corrupt file was fixed; only it runs.
+    write_ct(make_synthetic_ct(), corrupt)
+    before = {n: (out / f"case_{n}.seg.nrrd").stat().st_mtime_ns for n in range(3)}
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "3 of 4 case(s) already done" in err and "1 case(s) done, 0 failed, 3 skipped" in stdout
+    assert {n: (out / f"case_{n}.seg.nrrd").stat().st_mtime_ns for n in range(3)} == before
+    rerun = {row["id"]: row for row in read_rows(out / "results.csv")}
+    assert [row["status"] for row in rerun.values()] == ["ok"] * 4
+    assert all(rerun[i] == rows[i] for i in ("case_0", "case_1", "case_2"))  # their rows kept as recorded
+
+
+def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
+    for argv, message in [
+        (["batch", tmp_path / "missing", "--text", "liver", "--output-dir", tmp_path / "o"], "input not found"),
+        (["batch", scans, "--text", " ", "--output-dir", tmp_path / "o"], "at least one --text"),
+        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--workers", "2"], "--ray"),
+        (["batch", scans, "--text", "liver", "--output-dir", scans / "case 0.nii.gz"], "is a file"),
+        # checked before Ray starts: one error, not one per actor
+        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--ray", "local", "--checkpoint",
+          tmp_path / "missing.pth"], "missing.pth"),
+    ]:
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and err.startswith("segvol: error: ") and message in err and err.count("\n") == 1, err
+
+
+# --- evaluate --dataset ---
+
+def msd_dataset(folder, scans, cases=(0, 1)):
+    """An MSD-layout dataset (dataset.json with labels and a training list) of the tiny CTs."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    training = []
+    for n in cases:
+        (folder / "imagesTr" / f"ct_{n}.nii.gz").write_bytes((scans / f"case {n}.nii.gz").read_bytes())
+        (folder / "labelsTr" / f"ct_{n}.nii.gz").write_bytes((scans / "labels" / f"case {n}.nii.gz").read_bytes())
+        training.append({"image": f"./imagesTr/ct_{n}.nii.gz", "label": f"./labelsTr/ct_{n}.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps({"name": "tiny", "labels": {"0": "background", "1": "liver",
+                                                                                 "2": "spleen"},
+                                                     "numTraining": len(training), "training": training}))
+    return folder
+
+
+def test_dataset_layouts(tmp_path, scans):
+    """Guards: nnU-Net v2 labels ({name: value}) read as MSD's ({value: name}), the _0000 channel not paired,
+    background evaluated as a class, macOS '._' files taken for cases."""
+    from SegVolSlicerLib.dataset_evaluation import discover_dataset
+
+    cases, classes = discover_dataset(str(msd_dataset(tmp_path / "msd", scans)))
+    assert classes == [("liver", 1), ("spleen", 2)]
+    assert [(c.id, Path(c.image).name, Path(c.label).name) for c in cases] == [
+        ("ct_0", "ct_0.nii.gz", "ct_0.nii.gz"), ("ct_1", "ct_1.nii.gz", "ct_1.nii.gz")]
+    v2 = tmp_path / "Dataset001_Tiny"
+    (v2 / "imagesTr").mkdir(parents=True)
+    (v2 / "labelsTr").mkdir()
+    for name in ("ct_0_0000.nii.gz", "ct_1_0000.nii.gz"):
+        (v2 / "imagesTr" / name).write_bytes(b"")
+    for name in ("ct_0.nii.gz", "ct_1.nii.gz", "._ct_0.nii.gz"):
+        (v2 / "labelsTr" / name).write_bytes(b"")
+    (v2 / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}))
+    cases, classes = discover_dataset(str(v2))
+    assert classes == [("liver", 1)]
+    assert [(c.id, Path(c.image).name) for c in cases] == [("ct_0", "ct_0_0000.nii.gz"), ("ct_1", "ct_1_0000.nii.gz")]
+    (v2 / "labelsTr" / "ct_2.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="ct_2_0000.nii.gz"):
+        discover_dataset(str(v2))
+
+
+def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_model, capsys):
+    """Guards: dataset Dice differing from single-case `segvol evaluate` (prompts, classes, sessions shared
+    across cases), a summary that is not mean ± sd of the per-case Dice, a missing box plot."""
+    dataset = msd_dataset(tmp_path / "Task99_Tiny", scans)
+    out = tmp_path / "eval"
+    # Zoom-out only: the stand-in's zoom-in finds nothing on CTs this small, and Dice 0 everywhere proves nothing.
+    code, stdout, err = run_cli(["evaluate", "--dataset", dataset, "--prompt", "text+box", "--prompt", "point",
+                                 "--no-zoom-in", "--output-dir", out], capsys)
+    assert code == 0, err
+    metrics = read_rows(out / "metrics.csv")
+    assert [(r["case"], r["class"], r["prompt"]) for r in metrics] == [
+        (case, name, prompt) for case in ("ct_0", "ct_1") for prompt in ("text+box", "point")
+        for name in ("liver", "spleen")]
+    for case in ("ct_0", "ct_1"):
+        for prompt in ("text+box", "point"):
+            single = tmp_path / f"single-{case}-{prompt}"
+            code, _, err = run_cli(["evaluate", "--image", dataset / "imagesTr" / f"{case}.nii.gz", "--label",
+                                    dataset / "labelsTr" / f"{case}.nii.gz", "--class", "liver=1", "--class",
+                                    "spleen=2", "--prompt", prompt, "--no-zoom-in", "--output-dir", single], capsys)
+            assert code == 0, err
+            expected = {r["class"]: r["dice"] for r in read_rows(single / "metrics.csv")}
+            assert {r["class"]: r["dice"] for r in metrics if r["case"] == case and r["prompt"] == prompt} == expected
+            assert all(float(dice) > 0 for dice in expected.values())
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / case / prompt / "liver.nii.gz")))
+            np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(sitk.ReadImage(str(single / "liver.nii.gz"))))
+    summary = {(r["class"], r["prompt"]): r for r in read_rows(out / "summary.csv")}
+    dice = [float(r["dice"]) for r in metrics if r["class"] == "spleen" and r["prompt"] == "point"]
+    row = summary[("spleen", "point")]
+    assert row["cases"] == "2" and dice[0] != dice[1]
+    assert float(row["dice_mean"]) == pytest.approx(np.mean(dice), abs=1e-6)
+    assert float(row["dice_sd"]) == pytest.approx(np.std(dice, ddof=1), abs=1e-6)
+    assert (out / "dice.png").read_bytes().startswith(b"\x89PNG")
+    assert "spleen (point): Dice" in stdout
+    assert [r["status"] for r in read_rows(out / "results.csv")] == ["ok", "ok"]
+    tables = {name: (out / name).read_bytes() for name in ("metrics.csv", "summary.csv")}
+    code, stdout, err = run_cli(["evaluate", "--dataset", dataset, "--prompt", "text+box", "--prompt", "point",
+                                 "--no-zoom-in", "--output-dir", out], capsys)
+    assert code == 0 and "2 of 2 case(s) already done" in err, err  # the rerun computes nothing ...
+    assert {name: (out / name).read_bytes() for name in tables} == tables  # ... and writes the same tables
+
+
+# --- synthetic weights in other processes: SIGKILL and Ray ---
+
+SEGMENT_OPTIONS = ["--text", "liver", "--no-zoom-in", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def segment_references(scans, synthetic_model, tmp_path_factory):
+    """`segvol segment` of cases 0 and 1 with the synthetic weights (fp32, zoom-out), the model loaded once."""
+    folder = tmp_path_factory.mktemp("references")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EngineHost, "model", lambda self, reporter=None: synthetic_model)
+        for n in range(2):
+            assert cli.main(["segment", str(scans / f"case {n}.nii.gz"), *SEGMENT_OPTIONS,
+                             "-o", str(folder / f"case_{n}.seg.nrrd")]) == 0
+    return folder
+
+
+def batch_command(inputs, out, checkpoint, *extra):
+    return [sys.executable, "-m", "SegVolSlicerLib.cli", "batch", *map(str, inputs), "--output-dir", str(out),
+            "--checkpoint", str(checkpoint), *SEGMENT_OPTIONS, *extra]
+
+
+def subprocess_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path, synthetic_checkpoint,
+                                                                segment_references):
+    """Guards: a SIGKILL leaving a partial results.csv or .seg.nrrd under its final name, a rerun redoing a case
+    already recorded or skipping the interrupted one; batch output differing from `segvol segment`."""
+    inputs = [scans / "case 0.nii.gz", scans / "case 1.nii.gz"]
+    out = tmp_path / "out"
+    process = subprocess.Popen(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results = out / "results.csv"
+    try:
+        deadline = time.monotonic() + 240
+        while not (results.exists() and read_rows(results)) and process.poll() is None:
+            assert time.monotonic() < deadline, "no case was recorded in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, err.decode()
+    first = read_rows(results)
+    assert [(row["id"], row["status"]) for row in first] == [("case_0", "ok")]
+    finals = [p for p in out.iterdir() if not p.name.startswith(".")]  # temporaries are hidden ".<uuid>.<name>"
+    assert sorted(p.name for p in finals) == ["case_0.seg.nrrd", "results.csv"]
+    assert_same_segmentation(out / "case_0.seg.nrrd", segment_references / "case_0.seg.nrrd")
+    written = (out / "case_0.seg.nrrd").stat().st_mtime_ns
+
+    rerun = subprocess.run(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 of 2 case(s) already done" in rerun.stderr and "1 case(s) done, 0 failed, 1 skipped" in rerun.stdout
+    assert (out / "case_0.seg.nrrd").stat().st_mtime_ns == written
+    rows = read_rows(results)
+    assert rows[0] == first[0]
+    assert [(row["id"], row["status"]) for row in rows] == [("case_0", "ok"), ("case_1", "ok")]
+    assert_same_segmentation(out / "case_1.seg.nrrd", segment_references / "case_1.seg.nrrd")
+
+
+def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint, segment_references, capsys,
+                                           monkeypatch):
+    """Guards: Ray workers writing other outputs than `segvol segment`, rows lost between actors and the driver's
+    results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, CPUs declared)."""
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
+    started = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["batch", scans / "case 0.nii.gz", scans / "case 1.nii.gz", "--output-dir", out,
+                                 "--checkpoint", synthetic_checkpoint, *SEGMENT_OPTIONS, "--ray", "local",
+                                 "--workers", "1"], capsys)
+    assert code == 0, err
+    assert started == [{"num_cpus": os.cpu_count(), "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+                        "logging_level": "warning", "log_to_driver": True}]
+    assert not ray.is_initialized()  # the run shut down the cluster it started
+    assert sorted((row["id"], row["status"]) for row in read_rows(out / "results.csv")) == [
+        ("case_0", "ok"), ("case_1", "ok")]
+    for n in range(2):
+        assert_same_segmentation(out / f"case_{n}.seg.nrrd", segment_references / f"case_{n}.seg.nrrd")
