@@ -227,7 +227,8 @@ class RemoteSession:
     def _result(self, entry: dict, bits: bytes) -> RemoteResult:
         def mask(kind: str) -> np.ndarray:
             where = entry[kind]
-            return wire.unpack_mask(self.shape, where["bounds"], bits[where["offset"]:where["offset"] + where["length"]])
+            start = where["offset"]
+            return wire.unpack_mask(self.shape, where["bounds"], bits[start:start + where["length"]])
 
         return RemoteResult(entry["name"], entry["text"], mask("mask"), mask("zoom_out_mask"), list(entry["warnings"]),
                             int(entry["windows"]))

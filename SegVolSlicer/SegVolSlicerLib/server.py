@@ -369,11 +369,12 @@ class SegVolServer:
         return job
 
     def info(self) -> dict:
-        choice, limits = self.engine.choice, self.settings
+        choice, limits, model = self.engine.choice, self.settings, self.engine.loaded_model
+        device = str(model.device) if model is not None else choice.device
         with self.lock:
             sessions = len(self.sessions)
         return {"protocol": wire.PROTOCOL_VERSION, "server": f"SegVolSlicer {__version__}",
-                "model": {"weights": choice.weights or "BAAI/SegVol", "device": choice.device,
+                "model": {"weights": choice.weights or "BAAI/SegVol", "device": device,
                           "precision": choice.precision},
                 "limits": {"max_sessions": limits.max_sessions, "idle_timeout_s": limits.idle_timeout_s,
                            "max_upload_bytes": self.max_upload_bytes, "max_voxels": limits.max_voxels,
