@@ -170,10 +170,12 @@ class Job:
                     "done": reporter.done, "total": reporter.total, "notices": list(reporter.notices),
                     "error": self.error, "error_code": self.error_code, "results": self.results}
 
-    def wait(self, since: int, timeout: float) -> None:
-        """Until the status changes past `since`, the job ends or `timeout` seconds pass."""
+    def wait(self, since: int | None, timeout: float) -> None:
+        """Until the job ends, its status changes past version `since` (None: only the end counts) or
+        `timeout` seconds pass."""
         with self.reporter.changed:
-            self.reporter.changed.wait_for(lambda: self.finished or self.reporter.version > since, timeout)
+            self.reporter.changed.wait_for(
+                lambda: self.finished or (since is not None and self.reporter.version > since), timeout)
 
 
 @dataclass
@@ -401,7 +403,7 @@ def _wait_seconds(wait: float) -> float:
     return min(max(wait, 0.0), MAX_WAIT_S)
 
 
-async def _wait_for(job: Job, since: int, wait: float) -> None:
+async def _wait_for(job: Job, since: int | None, wait: float) -> None:
     if wait > 0 and not job.finished:
         await anyio.to_thread.run_sync(job.wait, since, wait)
 
@@ -495,7 +497,7 @@ def create_app(engine: EngineHost, settings: ServerSettings | None = None,
         """Segments the targets; answers when the job ended or `wait` seconds passed."""
         session = server.session(session_id)
         job = server.submit(session, request)
-        await _wait_for(job, -1, _wait_seconds(wait))
+        await _wait_for(job, None, _wait_seconds(wait))
         return job.status()
 
     @router.get(f"{wire.API}/sessions/{{session_id}}/jobs/{{job_id}}")
@@ -527,8 +529,8 @@ def create_app(engine: EngineHost, settings: ServerSettings | None = None,
 
 
 def _too_large(size: int, limit: int) -> Problem:
-    return Problem(413, "upload-too-large", f"upload of {size / 2**20:.0f} MB: this server takes at most "
-                                            f"{limit / 2**20:.0f} MB; crop or resample the volume first")
+    return Problem(413, "upload-too-large", f"upload of {size / 2**20:.1f} MB: this server takes at most "
+                                            f"{limit / 2**20:.1f} MB; crop or resample the volume first")
 
 
 async def _reap_forever(server: SegVolServer) -> None:
