@@ -16,13 +16,19 @@ from fake_segvol import FakeSegVol
 from fastapi.testclient import TestClient
 
 from SegVolSlicerLib import cli, wire
-from SegVolSlicerLib.client import (AccessRefused, RemoteEngine, SegVolClient, ServerBusy, ServerUnreachable,
-                                    VersionMismatch)
+from SegVolSlicerLib.client import (
+    AccessRefused,
+    RemoteEngine,
+    SegVolClient,
+    ServerBusy,
+    ServerUnreachable,
+    VersionMismatch,
+)
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.server import ServerSettings, SegVolServer, create_app
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there, the transport is the app
@@ -170,6 +176,28 @@ def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_p
     assert err.startswith("segvol: error: cannot reach the SegVol server") and "Traceback" not in err
 
 
+def test_prompts_travel_exactly():
+    """JSON carries float64 clicks exactly; a lossy encoding (e.g. float32) would move clicks between voxels."""
+    import json
+
+    target = Target("x", text="liver", points=Points([[0.1, 1 / 3, 2 ** -30], [7.0, 8.5, 9.25]], [1, 0]),
+                    box=Box((1, 2, 3), (4, 5, 6)))
+    back = wire.target_from_json(json.loads(json.dumps(wire.target_to_json(target))))
+    assert (back.name, back.text, back.box) == (target.name, target.text, target.box)
+    assert back.points.ijk.dtype == np.float64 and np.array_equal(back.points.ijk, target.points.ijk)
+    assert np.array_equal(back.points.labels, target.points.labels)
+
+
+def test_masks_travel_as_their_bounding_box():
+    mask = np.zeros((7, 9, 11), np.uint8)
+    mask[2, 3, 4] = mask[5, 8, 10] = 1
+    bounds, bits = wire.pack_mask(mask)
+    assert bounds == [2, 3, 4, 6, 9, 11]
+    assert np.array_equal(wire.unpack_mask(mask.shape, bounds, bits), mask)
+    assert wire.pack_mask(np.zeros_like(mask)) == (None, b"")
+    assert not wire.unpack_mask(mask.shape, None, b"").any()
+
+
 # --- access, versions, limits ---
 
 def test_requests_without_the_right_key_get_401(ct):
@@ -230,8 +258,9 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
             assert reply.status_code == 201, reply.text
             return reply.json()["session_id"]
 
+        singular = np.zeros((4, 4)).tolist()
         for changes, message in [({"dtype": "complex64"}, "dtype"), ({"shape": [2, 3]}, "shape"),
-                                 ({"sha256": "abc"}, "sha256"), ({"ijk_to_ras": np.zeros((4, 4)).tolist()}, "invertible")]:
+                                 ({"sha256": "abc"}, "sha256"), ({"ijk_to_ras": singular}, "invertible")]:
             reply = http.post("/v1/sessions", json={**spec, **changes})
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], reply.text
         assert http.post("/v1/sessions", content=b"{not json").status_code == 422
@@ -275,6 +304,7 @@ def test_sessions_are_private_and_unknown_ones_are_404(ct):
     with in_process(EngineHost(model=FakeSegVol())) as (client, _), \
             client.open_session(ct.volume, ct.ijk_to_ras) as mine, \
             client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras) as theirs:
+        assert theirs.uploaded  # another volume never borrows a live session's voxels
         http = client.http
         job = http.post(f"/v1/sessions/{mine.session_id}/jobs?wait=5",
                         json={"targets": [{"name": "liver", "text": "liver"}], "zoom_in": False}).json()
