@@ -416,3 +416,64 @@ print('ok')
 """
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0 and completed.stdout.strip() == "ok", completed.stderr
+
+
+# --- segvol serve ---
+
+def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
+    """The command as users start it (in a thread; the stand-in as its model): key, session limit, timeout."""
+    started = []
+
+    class RecordedServer(uvicorn.Server):
+        def __init__(self, config):
+            super().__init__(config)
+            started.append(self)
+
+    monkeypatch.setattr(uvicorn, "Server", RecordedServer)
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: FakeSegVol())
+    monkeypatch.setenv("SEGVOL_API_KEY", "from-the-environment")  # the key file wins
+    (tmp_path / "key").write_text("k3y\n")
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    argv = ["serve", "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--max-sessions", "1",
+            "--idle-timeout", "30", "--device", "cpu"]
+    thread = threading.Thread(target=cli.main, args=(argv,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (started and started[0].started):
+            assert time.monotonic() < deadline and thread.is_alive(), "segvol serve did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(AccessRefused):
+            SegVolClient(url, "from-the-environment").info()
+        with SegVolClient(url, "k3y") as client:
+            info = client.info()
+            assert info["limits"]["max_sessions"] == 1 and info["limits"]["idle_timeout_s"] == 30
+            assert info["model"]["device"] == "cpu"
+            with client.open_session(ct.volume, ct.ijk_to_ras) as session:
+                assert session.segment(Target("liver", text="liver"), zoom_in=False).mask.any()
+                with pytest.raises(ServerBusy, match="try again in 30 s"):
+                    client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras)
+    finally:
+        if started:
+            started[0].should_exit = True
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_segvol_serve_on_a_port_in_use_is_one_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        assert cli.main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
+def test_help_documents_the_server_options(capsys):
+    for command, options in {"serve": ["--checkpoint", "--host", "--port", "--device", "--api-key-file",
+                                       "--max-sessions", "--idle-timeout", "--max-upload-mb"],
+                             "segment": ["--server", "--api-key-file"]}.items():
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(option in text for option in options), command
