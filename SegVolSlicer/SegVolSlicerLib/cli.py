@@ -264,19 +264,17 @@ def cmd_demo(args) -> int:
 # --- serve ---
 
 def cmd_serve(args) -> int:
-    import socket
-
     import uvicorn
 
     from .engine import EngineHost, ModelChoice
-    from .server import ServerSettings, check_bind, create_app
+    from .server import ServerSettings, check_bind, create_app, listen
 
     api_key = _api_key(args)
     check_bind(args.host, api_key)
     if args.max_sessions < 1 or args.idle_timeout <= 0 or args.max_upload_mb <= 0:
         raise InputError("--max-sessions, --idle-timeout and --max-upload-mb must be positive")
     try:  # bound before the model loads: a port in use fails at once
-        listener = socket.create_server((args.host, args.port))
+        listener = listen(args.host, args.port)
     except OSError as error:
         raise InputError(f"cannot listen on {args.host}:{args.port} ({error.strerror}): choose another --port "
                          "or --host") from None

@@ -147,29 +147,27 @@ class RemoteSession:
 
     def __init__(self, client: SegVolClient, volume_kji: np.ndarray, ijk_to_ras):
         self.client = client
-        self.voxels = wire.wire_voxels(volume_kji)
-        if self.voxels.ndim != 3:
-            raise InputError(f"the volume has shape {self.voxels.shape}: give a 3-D (K, J, I) array")
+        voxels = wire.wire_voxels(volume_kji)
+        if voxels.ndim != 3:
+            raise InputError(f"the volume has shape {voxels.shape}: give a 3-D (K, J, I) array")
         self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
         if self.ijk_to_ras.shape != (4, 4):
             raise InputError(f"ijk_to_ras has shape {self.ijk_to_ras.shape}: give the 4x4 IJK-to-RAS matrix")
-        self.sha256 = wire.volume_hash(self.voxels)
+        self.shape, self.dtype = voxels.shape, wire.voxel_type(voxels)
+        self.frame = wire.pack_volume(voxels)  # kept: a reaped session is reopened without compressing again
+        self.sha256 = wire.frame_hash(self.frame)
         self.session_id: str | None = None
         self.uploaded = False  # whether the last open sent the voxels (False: the server had them)
         self._open()
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.voxels.shape
-
     def _open(self) -> None:
         reply = self.client.request("POST", f"{wire.API}/sessions", json={
-            "shape": list(self.voxels.shape), "dtype": wire.voxel_type(self.voxels),
+            "shape": list(self.shape), "dtype": self.dtype,
             "ijk_to_ras": self.ijk_to_ras.tolist(), "sha256": self.sha256}).json()
         self.session_id, self.uploaded = reply["session_id"], reply["upload_needed"]
         if self.uploaded:
             try:
-                self.client.request("PUT", self._path("/volume"), content=wire.pack_volume(self.voxels),
+                self.client.request("PUT", self._path("/volume"), content=self.frame,
                                     headers={"Content-Type": "application/octet-stream"})
             except SegVolError:
                 self._close_quietly()
@@ -230,7 +228,10 @@ class RemoteSession:
             start = where["offset"]
             return wire.unpack_mask(self.shape, where["bounds"], bits[start:start + where["length"]])
 
-        return RemoteResult(entry["name"], entry["text"], mask("mask"), mask("zoom_out_mask"), list(entry["warnings"]),
+        zoom_out_mask = mask("zoom_out_mask")
+        # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
+        final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
+        return RemoteResult(entry["name"], entry["text"], final, zoom_out_mask, list(entry["warnings"]),
                             int(entry["windows"]))
 
     def heartbeat(self) -> None:

@@ -28,6 +28,7 @@ import hmac
 import logging
 import math
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -89,7 +90,7 @@ class SessionRequest(BaseModel):
     shape: list[int] = Field(min_length=3, max_length=3, description="(K, J, I) voxels")
     dtype: Literal[wire.VOXEL_TYPES] = Field(description="voxel type (little-endian)")
     ijk_to_ras: list[list[float]] = Field(min_length=4, max_length=4, description="4x4 IJK-to-RAS matrix")
-    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="wire.volume_hash of the voxels")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="sha256 of the upload frame (wire.frame_hash)")
 
 
 class PointsBody(BaseModel):
@@ -228,7 +229,7 @@ class SegVolServer:
                 wait = self._seconds_until_a_session_frees()
                 raise Problem(503, "server-busy", f"the server is busy: all {self.settings.max_sessions} sessions "
                                                   f"are in use; try again in {wait} s", {"Retry-After": str(wait)})
-            # A live session with the same content lends its voxels: the client proved it has them by the hash.
+            # A live session with the same frame lends its voxels: the client proved it has them by the hash.
             twin = next((s for s in self.sessions.values() if s.voxels is not None and s.sha256 == request.sha256
                          and s.shape == shape and s.dtype == request.dtype), None)
             session = Session(secrets.token_urlsafe(24), shape, request.dtype, ijk_to_ras, request.sha256,
@@ -255,10 +256,10 @@ class SegVolServer:
     def upload(self, session: Session, frame: bytes) -> None:
         from .inference.preprocess import check_volume
 
+        if wire.frame_hash(frame) != session.sha256:
+            raise InputError("the upload does not match the session's sha256: upload the volume the session was "
+                             "opened with")
         voxels = wire.unpack_volume(frame, session.shape, session.dtype)
-        if wire.volume_hash(voxels) != session.sha256:
-            raise InputError("the uploaded voxels do not match the session's sha256: upload the volume the "
-                             "session was opened with")
         check_volume(voxels)
         voxels.setflags(write=False)  # shared by sessions with the same content
         with self.lock:
@@ -342,8 +343,13 @@ class SegVolServer:
             for result in results:
                 entry = {"name": result.name, "text": result.text, "warnings": list(result.warnings),
                          "windows": result.windows}
-                for kind, mask in (("mask", result.mask), ("zoom_out_mask", result.zoom_out_mask)):
-                    bounds, bits = wire.pack_mask(mask)
+                masks = [("zoom_out_mask", result.zoom_out_mask)]
+                if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once
+                    entry["mask"] = "zoom_out_mask"
+                else:
+                    masks.append(("mask", result.mask))
+                for kind, mask in masks:
+                    bounds, bits = wire.pack_mask(mask, within=result.crop)  # empty outside the body crop
                     entry[kind] = {"bounds": bounds, "offset": offset, "length": len(bits)}
                     blobs.append(bits)
                     offset += len(bits)
@@ -538,6 +544,15 @@ async def _reap_forever(server: SegVolServer) -> None:
     while True:
         await asyncio.sleep(interval)
         await anyio.to_thread.run_sync(server.reap)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket for uvicorn. TCP_NODELAY, inherited by every connection: uvicorn writes a
+    response's head and body separately, and without it the body waits for the client's delayed ACK (40 ms
+    a request on Linux)."""
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return listener
 
 
 def check_bind(host: str, api_key: str | None) -> None:

@@ -28,7 +28,7 @@ from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, listen
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there, the transport is the app
@@ -55,7 +55,7 @@ def in_process(engine, settings=None, clock=time.monotonic, api_key=None):
 @contextlib.contextmanager
 def real_server(app):
     """uvicorn on a free port of 127.0.0.1, in a thread; always shut down."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
@@ -251,7 +251,7 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
     with in_process(EngineHost(model=FakeSegVol())) as (client, _):
         http = client.http
         spec = {"shape": list(ct.volume.shape), "dtype": "int16", "ijk_to_ras": ct.ijk_to_ras.tolist(),
-                "sha256": wire.volume_hash(ct.volume)}
+                "sha256": wire.frame_hash(wire.pack_volume(ct.volume))}
 
         def session_id(**changes):
             reply = http.post("/v1/sessions", json={**spec, **changes})
@@ -264,15 +264,16 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
             reply = http.post("/v1/sessions", json={**spec, **changes})
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], reply.text
         assert http.post("/v1/sessions", content=b"{not json").status_code == 422
-        uploads = [(b"garbage", "not a blosc2 array frame"),
-                   (wire.pack_volume(ct.volume[:10]), "shape (10, 160, 192)"),
-                   (wire.pack_volume(ct.volume + 1), "do not match the session's sha256")]
-        for frame, message in uploads:
-            reply = http.put(f"/v1/sessions/{session_id()}/volume", content=frame)
+        garbage, cut = b"garbage", wire.pack_volume(ct.volume[:10])
+        uploads = [(garbage, wire.frame_hash(garbage), "not a blosc2 array frame"),
+                   (cut, wire.frame_hash(cut), "shape (10, 160, 192)"),
+                   (wire.pack_volume(ct.volume + 1), spec["sha256"], "does not match the session's sha256")]
+        for frame, sha256, message in uploads:
+            reply = http.put(f"/v1/sessions/{session_id(sha256=sha256)}/volume", content=frame)
             assert reply.status_code == 400 and message in reply.json()["detail"], reply.text
         flat = np.zeros_like(ct.volume)
-        reply = http.put(f"/v1/sessions/{session_id(sha256=wire.volume_hash(flat))}/volume",
-                         content=wire.pack_volume(flat))
+        flat_frame = wire.pack_volume(flat)
+        reply = http.put(f"/v1/sessions/{session_id(sha256=wire.frame_hash(flat_frame))}/volume", content=flat_frame)
         assert reply.status_code == 400 and "constant" in reply.json()["detail"]
         waiting = session_id()
         reply = http.post(f"/v1/sessions/{waiting}/jobs", json={"targets": [{"name": "liver", "text": "liver"}]})
