@@ -148,17 +148,17 @@ def main() -> None:
             import torch
 
             print(f"GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB peak allocated")
+        volumes = [phantom_ct(seed)[0] for seed in range(1, args.sessions + 1)]
         before = _rss_mb()
-        sessions = []
-        for seed in range(1, args.sessions + 1):
-            sessions.append(client.open_session(phantom_ct(seed)[0], ijk_to_ras))
-        uploaded = _rss_mb()
+        sessions = [client.open_session(other, ijk_to_ras) for other in volumes]
+        frames_mb = sum(len(session.frame) for session in sessions) / 2**20  # the client's, same process
+        uploaded = _rss_mb() - frames_mb
         for session in sessions:
             session.segment(clicks[0], args.zoom_in)
-        clicked = _rss_mb()
-        print(f"memory per idle session: {(uploaded - before) / args.sessions:.0f} MB after the upload, "
-              f"{(clicked - before) / args.sessions:.0f} MB once segmented (voxels + the engine's prepared volume "
-              f"and embeddings); {args.sessions} sessions, process RSS {before:.0f} -> {clicked:.0f} MB")
+        clicked = _rss_mb() - frames_mb
+        print(f"server memory per idle session: {(uploaded - before) / args.sessions:.0f} MB after the upload "
+              f"(the voxels: {volume.nbytes / 2**20:.0f} MB), {(clicked - before) / args.sessions:.0f} MB once "
+              f"segmented (+ the engine's prepared volume and embeddings); {args.sessions} sessions")
         for session in sessions:
             session.close()
 
