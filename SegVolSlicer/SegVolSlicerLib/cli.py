@@ -5,6 +5,7 @@
     segvol batch scans/ --text liver --text spleen --output-dir out/ [--ray local|ADDRESS]
     segvol evaluate --dataset Task03_Liver/ --output-dir eval/ [--ray local|ADDRESS]
     segvol demo
+    segvol serve --device cuda:0 --api-key-file key.txt --host 0.0.0.0
 
 User mistakes end with one line "segvol: error: ..." on stderr and exit code 2, never a traceback, and
 never a partial output file.
@@ -13,6 +14,7 @@ never a partial output file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -51,12 +53,36 @@ def _fail_if_unwritable(path: Path) -> None:
 
 
 def _engine_host(args, precision: str | None = None):
-    """The engine for one command: the model from --checkpoint/--device/--precision, loaded on first use."""
+    """The engine for one command: the model from --checkpoint/--device/--precision, loaded on first use, or
+    a SegVol server's (--server)."""
     from .engine import EngineHost, ModelChoice, SessionOptions
+
+    if getattr(args, "server", None):
+        from .client import RemoteEngine
+
+        return RemoteEngine(args.server, _api_key(args))
 
     choice = ModelChoice(args.checkpoint, args.device, precision or args.precision, args.cache_dir)
     options = SessionOptions(point_sampling=getattr(args, "point_sampling", "seeded"), seed=getattr(args, "seed", 0))
     return EngineHost(choice, max_sessions=1, session_options=options)
+
+
+def _api_key(args) -> str | None:
+    """The API key from --api-key-file, else $SEGVOL_API_KEY, else None."""
+    if getattr(args, "api_key_file", None) is None:
+        return os.environ.get("SEGVOL_API_KEY", "").strip() or None
+    try:
+        key = Path(args.api_key_file).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read the API key file {args.api_key_file}: {error}") from None
+    if not key:
+        raise InputError(f"the API key file {args.api_key_file} is empty: write the key into it")
+    return key
+
+
+def _closing(host):
+    """A remote engine ends its server session when the command ends; the in-process one has nothing to end."""
+    return contextlib.closing(host) if hasattr(host, "close") else contextlib.nullcontext(host)
 
 
 class _ProgressBars(Reporter):
@@ -146,9 +172,9 @@ def cmd_segment(args) -> int:
     targets = _targets_from_args(args, volume)
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
-    with _ProgressBars([target.name for target in targets]) as bars:
-        results = _engine_host(args).segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
-                                             zoom_in=not args.no_zoom_in, reporter=bars)
+    with _ProgressBars([target.name for target in targets]) as bars, _closing(_engine_host(args)) as host:
+        results = host.segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
+                               zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:
         _warn(result.warnings)
         print(f"{result.name}: {np.count_nonzero(result.mask)} voxels, "
@@ -313,6 +339,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# --- serve ---
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .engine import EngineHost, ModelChoice
+    from .server import ServerSettings, check_bind, create_app, listen
+
+    api_key = _api_key(args)
+    check_bind(args.host, api_key)
+    if args.max_sessions < 1 or args.idle_timeout <= 0 or args.max_upload_mb <= 0:
+        raise InputError("--max-sessions, --idle-timeout and --max-upload-mb must be positive")
+    try:  # bound before the model loads: a port in use fails at once
+        listener = listen(args.host, args.port)
+    except OSError as error:
+        raise InputError(f"cannot listen on {args.host}:{args.port} ({error.strerror}): choose another --port "
+                         "or --host") from None
+    with listener:
+        engine = EngineHost(ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir),
+                            max_sessions=args.max_sessions)
+        with _ProgressBars() as bars:  # loaded now: a bad checkpoint fails here, and the first request is quick
+            model = engine.model(bars)
+        settings = ServerSettings(api_key=api_key, max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+                                  max_upload_mb=args.max_upload_mb)
+        address = f"http://{args.host}:{listener.getsockname()[1]}"
+        print(f"segvol: serving SegVol on {model.device} at {address} (API documentation: {address}/docs"
+              + ("; API key required" if api_key else "") + ")", file=sys.stderr)
+        uvicorn.Server(uvicorn.Config(create_app(engine, settings), log_level="info")).run(sockets=[listener])
+    return 0
+
+
 # --- parser ---
 
 def _device(text: str) -> str:
@@ -392,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--name", help="segment name for a box/point target (default: its text, else 'SegVol 1')")
     _add_common(segment, CHECKPOINT_HELP)
     _add_sampling(segment)
+    segment.add_argument("--server", metavar="URL",
+                         help="run on a SegVol server (`segvol serve`), e.g. http://gpu-box:8765; --checkpoint, "
+                              "--device and --precision are then the server's")
+    segment.add_argument("--api-key-file", metavar="FILE", help="file holding the server's API key (default: "
+                                                                "$SEGVOL_API_KEY)")
     segment.set_defaults(run=cmd_segment)
 
     evaluate = commands.add_parser(
@@ -450,6 +512,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(demo)
     demo.add_argument("--no-zoom-in", action="store_true", help="zoom-out pass only (faster)")
     demo.set_defaults(run=cmd_demo)
+
+    serve = commands.add_parser(
+        "serve", help="serve SegVol to remote clients (Slicer, `segvol segment --server`)",
+        description="Load SegVol once and serve it over HTTP (API documentation at /docs). Clients upload a volume "
+                    "once per session and send prompts; the model runs one request at a time. One server per GPU: "
+                    "start one per --device cuda:N on its own --port.")
+    serve.add_argument("--checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this computer only; any other needs an API key)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    _add_device(serve)
+    serve.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
+                       help="image-encoder precision (default auto)")
+    serve.add_argument("--cache-dir", metavar="DIR", help="folder for downloaded weights")
+    serve.add_argument("--api-key-file", metavar="FILE",
+                       help="file holding the key clients must send (default: $SEGVOL_API_KEY; none: loopback only)")
+    serve.add_argument("--max-sessions", type=int, default=8,
+                       help="volumes open at once (default 8); one more is refused as busy (HTTP 503)")
+    serve.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
+                       help="seconds after which a session without requests is closed (default 600)")
+    serve.add_argument("--max-upload-mb", type=float, default=2048.0,
+                       help="largest compressed volume upload in MB (default 2048)")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -1,0 +1,330 @@
+"""SegVol on a remote server (`segvol serve`), with the in-process session's shape and no torch.
+
+    client = SegVolClient("http://gpu-box:8765", api_key="...")
+    with client.open_session(volume_kji, ijk_to_ras) as session:
+        liver = session.segment(Target("liver", text="liver"))          # liver.mask: (K, J, I) uint8
+
+Imports numpy, httpx, blosc2 and the project's torch-free modules only: Slicer can use a GPU server without
+installing torch. `RemoteEngine` puts the EngineHost face over it for the Slicer logic and the CLI.
+
+Every failure is one SegVolError that says what to do: server unreachable, key refused, protocol versions
+differ, server busy; a session the server has reaped is reopened (and its volume re-sent) by the client.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from . import wire
+from .errors import Cancelled, InputError, SegVolError
+from .prompts import Target
+from .reporting import NO_REPORT, Reporter
+
+POLL_WAIT_S = 0.5  # longest a status request waits on the server: how soon a cancel is noticed
+FIRST_WAIT_S = 2.0  # a job request waits this long for the job: a quick click is one round trip
+
+
+class ServerError(SegVolError):
+    """The SegVol server cannot be used as asked."""
+
+
+class ServerUnreachable(ServerError):
+    pass
+
+
+class AccessRefused(ServerError):
+    pass
+
+
+class VersionMismatch(ServerError):
+    pass
+
+
+class ServerBusy(ServerError):
+    def __init__(self, message: str, retry_after_s: float | None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SessionExpired(ServerError):
+    pass
+
+
+@dataclass
+class RemoteResult:
+    """One target's result, as engine SegmentationResult has it."""
+
+    name: str
+    text: str | None
+    mask: np.ndarray  # (K, J, I) uint8 on the input grid
+    zoom_out_mask: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    windows: int = 0
+
+
+class SegVolClient:
+    """A SegVol server. `http`: an httpx.Client to send through instead of a new one (tests give the app's)."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
+                 http: httpx.Client | None = None):
+        self.url = url.rstrip("/")
+        headers = {wire.PROTOCOL_HEADER: str(wire.PROTOCOL_VERSION)}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key.strip()}"
+        if http is None:
+            # Loopback and LAN servers only: never a proxy from the environment between us and the GPU box.
+            http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
+        self.http, self.headers = http, headers
+        self._info: dict | None = None
+        self._lock = threading.Lock()
+
+    def info(self) -> dict:
+        """The server's protocol version, model and limits; VersionMismatch if it speaks another protocol."""
+        with self._lock:
+            if self._info is None:
+                info = self.request("GET", "/info").json()
+                if info.get("protocol") != wire.PROTOCOL_VERSION:
+                    raise VersionMismatch(f"the server at {self.url} speaks SegVol protocol {info.get('protocol')}, "
+                                          f"this client {wire.PROTOCOL_VERSION}: install the same SegVolSlicer "
+                                          "version on both sides")
+                self._info = info
+            return self._info
+
+    def open_session(self, volume_kji: np.ndarray, ijk_to_ras) -> RemoteSession:
+        """A session for one volume: the volume goes up once (not at all if the server already holds it)."""
+        self.info()
+        return RemoteSession(self, volume_kji, ijk_to_ras)
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One request; every failure becomes the SegVolError that says what to do."""
+        try:
+            headers = {**self.headers, **kwargs.pop("headers", {})}
+            response = self.http.request(method, self.url + path, headers=headers, **kwargs)
+        except httpx.TransportError as error:
+            raise ServerUnreachable(f"cannot reach the SegVol server at {self.url} ({type(error).__name__}: "
+                                    f"{error}): check the address and that `segvol serve` runs there") from None
+        if response.is_success:
+            return response
+        try:
+            body = response.json()
+            message, code = str(body.get("detail")), body.get("code")
+        except ValueError:
+            message, code = response.text[:200] or response.reason_phrase, None
+        status = response.status_code
+        if status == 401:
+            raise AccessRefused(f"the SegVol server at {self.url} refused the API key: give its key")
+        if code == "version-mismatch":
+            raise VersionMismatch(message)
+        if status == 503:
+            retry = response.headers.get("retry-after")
+            raise ServerBusy(f"the SegVol server at {self.url}: {message}",
+                             float(retry) if retry and retry.isdigit() else None)
+        if code == "unknown-session":
+            raise SessionExpired(message)
+        if status == 404 and code is None:
+            raise VersionMismatch(f"{self.url} does not answer {path}: is it a SegVol server of the same version?")
+        if code == "internal" or status >= 500:
+            raise ServerError(f"the SegVol server failed: {message}")
+        raise InputError(message)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> SegVolClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class RemoteSession:
+    """Segments one volume on the server, any number of times; the in-process SegVolSession's face."""
+
+    def __init__(self, client: SegVolClient, volume_kji: np.ndarray, ijk_to_ras):
+        self.client = client
+        voxels = wire.wire_voxels(volume_kji)
+        if voxels.ndim != 3:
+            raise InputError(f"the volume has shape {voxels.shape}: give a 3-D (K, J, I) array")
+        self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
+        if self.ijk_to_ras.shape != (4, 4):
+            raise InputError(f"ijk_to_ras has shape {self.ijk_to_ras.shape}: give the 4x4 IJK-to-RAS matrix")
+        self.shape, self.dtype = voxels.shape, wire.voxel_type(voxels)
+        self.frame = wire.pack_volume(voxels)  # kept: a reaped session is reopened without compressing again
+        self.sha256 = wire.frame_hash(self.frame)
+        self.session_id: str | None = None
+        self.uploaded = False  # whether the last open sent the voxels (False: the server had them)
+        self._open()
+
+    def _open(self) -> None:
+        reply = self.client.request("POST", f"{wire.API}/sessions", json={
+            "shape": list(self.shape), "dtype": self.dtype,
+            "ijk_to_ras": self.ijk_to_ras.tolist(), "sha256": self.sha256}).json()
+        self.session_id, self.uploaded = reply["session_id"], reply["upload_needed"]
+        if self.uploaded:
+            try:
+                self.client.request("PUT", self._path("/volume"), content=self.frame,
+                                    headers={"Content-Type": "application/octet-stream"})
+            except SegVolError:
+                self._close_quietly()
+                raise
+
+    def _path(self, tail: str = "") -> str:
+        return f"{wire.API}/sessions/{self.session_id}{tail}"
+
+    def segment(self, target: Target, zoom_in: bool = True, reporter: Reporter | None = None) -> RemoteResult:
+        return self.segment_many([target], zoom_in, reporter)[0]
+
+    def segment_many(self, targets: Sequence[Target], zoom_in: bool = True,
+                     reporter: Reporter | None = None) -> list[RemoteResult]:
+        """One result per target, in order, as the server's engine made them. Progress comes to `reporter`;
+        setting `reporter.cancel` cancels the job on the server (Cancelled is raised)."""
+        reporter = reporter or NO_REPORT
+        body = {"targets": [wire.target_to_json(target) for target in targets], "zoom_in": bool(zoom_in)}
+        if self.session_id is None:
+            self._open()
+        try:
+            return self._run(body, reporter)
+        except SessionExpired:  # reaped while idle: a new session, the volume again, the same request
+            self._open()
+            return self._run(body, reporter)
+
+    def _run(self, body: dict, reporter: Reporter) -> list[RemoteResult]:
+        reporter.check_cancelled()
+        status = self.client.request("POST", self._path("/jobs"), json=body,
+                                     params={"wait": 0 if reporter.cancel.is_set() else FIRST_WAIT_S}).json()
+        job_path, shown, notices, cancel_sent = self._path(f"/jobs/{status['job_id']}"), None, 0, False
+        while True:
+            progress = (status["stage"], status["done"], status["total"])
+            if status["stage"] is not None and progress != shown:
+                reporter.progress(*progress)
+                shown = progress
+            for message in status["notices"][notices:]:
+                reporter.notice(message)
+            notices = len(status["notices"])
+            if status["state"] in ("done", "failed", "cancelled"):
+                break
+            if reporter.cancel.is_set() and not cancel_sent:
+                status, cancel_sent = self.client.request("POST", job_path + "/cancel").json(), True
+                continue
+            status = self.client.request("GET", job_path, params={"wait": POLL_WAIT_S,
+                                                                  "since": status["version"]}).json()
+        if status["state"] == "cancelled":
+            raise Cancelled(status["error"] or "segmentation cancelled")
+        if status["state"] == "failed":
+            if status["error_code"] == "input":
+                raise InputError(status["error"])
+            raise ServerError(f"the SegVol server failed: {status['error']}")
+        bits = self.client.request("GET", job_path + "/masks").content
+        return [self._result(entry, bits) for entry in status["results"]]
+
+    def _result(self, entry: dict, bits: bytes) -> RemoteResult:
+        def mask(kind: str) -> np.ndarray:
+            where = entry[kind]
+            start = where["offset"]
+            return wire.unpack_mask(self.shape, where["bounds"], bits[start:start + where["length"]])
+
+        zoom_out_mask = mask("zoom_out_mask")
+        # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
+        final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
+        return RemoteResult(entry["name"], entry["text"], final, zoom_out_mask, list(entry["warnings"]),
+                            int(entry["windows"]))
+
+    def heartbeat(self) -> None:
+        """Renews the session's lease (any request does; this one does nothing else)."""
+        try:
+            self.client.request("POST", self._path("/heartbeat"))
+        except SessionExpired:
+            self._open()
+
+    def close(self) -> None:
+        """Ends the session on the server (its memory is freed there at once)."""
+        if self.session_id is not None:
+            try:
+                self.client.request("DELETE", self._path())
+            except SessionExpired:
+                pass
+            self.session_id = None
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except SegVolError:
+            self.session_id = None
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._close_quietly()
+
+
+@dataclass
+class _Kept:
+    signature: Hashable
+    session: RemoteSession
+
+
+class RemoteEngine:
+    """The EngineHost face over a server: one remote session per volume key, reopened when the volume's
+    signature changes. The model choice is the server's (`select` changes nothing)."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, http: httpx.Client | None = None):
+        self.client = SegVolClient(url, api_key, http=http)
+        self._sessions: dict[Hashable, _Kept] = {}
+        self._lock = threading.RLock()
+
+    def segment(self, volume, targets: Sequence[Target], zoom_in: bool = True,
+                reporter: Reporter = NO_REPORT) -> list[RemoteResult]:
+        """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature)."""
+        return self.session(volume).segment_many(targets, zoom_in, reporter)
+
+    def session(self, volume) -> RemoteSession:
+        with self._lock:
+            kept = self._sessions.get(volume.key)
+            if kept is not None and kept.signature == volume.signature:
+                return kept.session
+            self.forget(volume.key)
+        session = self.client.open_session(volume.voxels, volume.ijk_to_ras)
+        with self._lock:
+            self._sessions[volume.key] = _Kept(volume.signature, session)
+        return session
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            kept = self._sessions.pop(key, None)
+        if kept is not None:
+            kept.session._close_quietly()
+
+    def keep_only(self, keys) -> None:
+        keys = set(keys)
+        for key in [k for k in self.session_keys() if k not in keys]:
+            self.forget(key)
+
+    def forget_if_changed(self, key: Hashable, signature: Hashable) -> None:
+        with self._lock:
+            kept = self._sessions.get(key)
+            changed = kept is not None and kept.signature != signature
+        if changed:
+            self.forget(key)
+
+    def session_keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._sessions)
+
+    def select(self, choice) -> None:
+        """The server runs its own model: nothing to select here."""
+
+    def close(self) -> None:
+        self.keep_only(())
+        self.client.close()
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
