@@ -40,7 +40,7 @@ WEIGHTS_SETTING = "SegVolSlicer/Weights"
 # During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
-EVENT_WAIT_S = 0.04
+EVENT_WAIT_S = 0.05
 STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
                 "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
 

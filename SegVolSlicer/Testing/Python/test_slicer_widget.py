@@ -203,14 +203,15 @@ def test_worker_keeps_its_speed_while_slicer_holds_the_gil(panel):
     handling Qt events at least every 100 ms. benchmarks/run_loop_benchmark.py reports the figures."""
     widget, parameters, dialogs = panel
     steps, event_handling_s = 1500, 0.005  # each round of Qt events: 5 ms in native code holding the GIL
-    free = min(gil_emulation.free_running_seconds(steps) for _ in range(2))
     segment = widget.logic.engine.segment
-    best, gaps = 0.0, []
+    attempts = []
     for _ in range(3):  # the machine is shared: a busy moment must not fail the test
-        durations, event_times = [], []
+        free = gil_emulation.free_running_seconds(steps)
+        work, event_times = [], []
 
-        def slow_segment(*args, durations=durations):
-            durations.append(gil_emulation.torch_like_work(steps))
+        def slow_segment(*args, work=work):
+            start = time.perf_counter()
+            work.append((start, start + gil_emulation.torch_like_work(steps)))
             return segment(*args)
 
         def handle_qt_events(event_times=event_times):
@@ -219,16 +220,15 @@ def test_worker_keeps_its_speed_while_slicer_holds_the_gil(panel):
 
         widget.logic.engine.segment = slow_segment
         slicer.app.processEvents = handle_qt_events  # the panel fixture restores it
-        start = time.perf_counter()
         widget.runSegmentation(interactive=True)
-        end = time.perf_counter()
-        times = [start, *event_times, end]
-        gaps.append(max(b - a for a, b in zip(times, times[1:])))
-        best = max(best, free / durations[0])
-        if best >= 0.7:
+        (start, end), = work
+        times = [start, *(t for t in event_times if start < t < end), end]  # while the worker runs
+        attempts.append((free / (end - start), max(b - a for a, b in zip(times, times[1:]))))
+        if attempts[-1][0] >= 0.7 and attempts[-1][1] <= 0.1:
             break
-    assert best >= 0.7, f"worker at {best:.0%} of its free-running speed"
-    assert min(gaps) <= 0.1, f"Qt events waited {min(gaps) * 1000:.0f} ms"
+    speed, gap = attempts[-1]
+    assert speed >= 0.7, f"worker at {speed:.0%} of its free-running speed ({attempts})"
+    assert gap <= 0.1, f"Qt events waited {gap * 1000:.0f} ms ({attempts})"
 
 
 def shortcut(widget, key):
