@@ -36,7 +36,12 @@ from SegVolSlicerLib.reporting import NO_REPORT, Reporter
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+CLIENT_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-client.txt")
+# Application settings, not scene content: a scene shared with others never carries the server's key.
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
+RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = "SegVolSlicer/RunOn", "SegVolSlicer/ServerURL", \
+    "SegVolSlicer/ServerAPIKey"
+RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index order
 # During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
@@ -122,7 +127,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.engine = self._newEngine()
+        self.engine = self._newEngine()  # or a client.RemoteEngine: the same face over a SegVol server
+        self._serverKey = None
 
     @staticmethod
     def _newEngine(model=None):
@@ -134,7 +140,32 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def useModel(self, model) -> None:
         """Run with an already loaded SegVol (scripts, tests) instead of loading weights."""
-        self.engine = self._newEngine(model)
+        self._replaceEngine(self._newEngine(model))
+
+    def useThisComputer(self) -> None:
+        """Run the model in Slicer's Python (the default)."""
+        if not isinstance(self.engine, EngineHost):
+            self._replaceEngine(self._newEngine())
+
+    def useServer(self, url: str, apiKey: str | None = None) -> None:
+        """Run on a SegVol server (`segvol serve`, e.g. on a GPU box) through the torch-free client. The URL and
+        key come from the application settings, never from the scene."""
+        from SegVolSlicerLib.client import RemoteEngine
+
+        url = (url or "").strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise InputError("no SegVol server address: enter it under Advanced, e.g. http://gpu-server:8765 "
+                             "(start the server there with `segvol serve`)")
+        apiKey = (apiKey or "").strip() or None
+        if (isinstance(self.engine, RemoteEngine) and self.engine.client.url == url
+                and self._serverKey == apiKey):
+            return  # the same server: its sessions (uploaded volumes) stay
+        self._replaceEngine(RemoteEngine(url, apiKey))
+        self._serverKey = apiKey
+
+    def _replaceEngine(self, engine) -> None:
+        old, self.engine, self._serverKey = self.engine, engine, None
+        old.close()  # a server's sessions end; a local model's memory is freed
 
     def forgetVolume(self, volumeNodeID: str) -> None:
         """Drop the session of a volume (removed from the scene, or its voxels changed)."""
@@ -256,6 +287,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
                                             lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
+        self._setUpRunOn()
 
         self._autoTimer = qt.QTimer()
         self._autoTimer.setSingleShot(True)
@@ -455,6 +487,36 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shortcut.setParent(None)
         self._shortcuts = []
 
+    # --- where SegVol runs ---
+
+    def _setUpRunOn(self):
+        settings = qt.QSettings()
+        self.ui.runOnComboBox.addItems(list(RUN_ON))
+        self.ui.runOnComboBox.currentIndex = 1 if settings.value(RUN_ON_SETTING) == "server" else 0
+        self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING) or ""
+        self.ui.serverKeyEdit.text = settings.value(SERVER_KEY_SETTING) or ""
+        self.ui.runOnComboBox.connect("currentIndexChanged(int)", self._onRunOnChanged)
+        self.ui.serverUrlEdit.connect("editingFinished()", lambda: qt.QSettings().setValue(
+            SERVER_URL_SETTING, self.ui.serverUrlEdit.text.strip()))
+        self.ui.serverKeyEdit.connect("editingFinished()", lambda: qt.QSettings().setValue(
+            SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip()))
+        self._showRunOn()
+
+    def _runsOnServer(self) -> bool:
+        return self.ui.runOnComboBox.currentIndex == 1
+
+    def _onRunOnChanged(self, index):
+        qt.QSettings().setValue(RUN_ON_SETTING, "server" if index == 1 else "local")
+        self._dependenciesReady = False  # the other mode needs other packages (torch, or only the client's)
+        self._showRunOn()
+
+    def _showRunOn(self):
+        server = self._runsOnServer()
+        for widget in (self.ui.serverUrlEdit, self.ui.serverKeyEdit):
+            widget.enabled = server
+        for widget in (self.ui.deviceComboBox, self.ui.weightsPathLineEdit):
+            widget.enabled = not server  # the server's own choice
+
     # --- running ---
 
     def onApplyButton(self):
@@ -470,12 +532,22 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if not node:
             return
+        server = self._runsOnServer()
         if not self._dependenciesReady:
-            problem = dependencies.ensure(REQUIREMENTS_FILE, interactive)
+            problem = dependencies.ensure(CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive,
+                                          needs_torch=not server)
             if problem is not None:
                 self.ui.statusLabel.text = problem
                 return
             self._dependenciesReady = True
+        try:
+            if server:
+                self.logic.useServer(self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text)
+            else:
+                self.logic.useThisComputer()
+        except SegVolError as error:
+            self._showError(error, interactive)
+            return
         refineSegmentID = self.ui.targetSegmentSelector.currentSegmentID() if node.outputSegmentation else None
         try:
             request = self.logic.prepare(node.inputVolume, node.outputSegmentation, node.targetNames,

@@ -80,11 +80,6 @@ def _api_key(args) -> str | None:
     return key
 
 
-def _closing(host):
-    """A remote engine ends its server session when the command ends; the in-process one has nothing to end."""
-    return contextlib.closing(host) if hasattr(host, "close") else contextlib.nullcontext(host)
-
-
 class _ProgressBars(Reporter):
     """A tqdm bar per stage of each target on stderr: the zoom-out pass, then the zoom-in windows; notices
     (the weights loaded, the CPU fallback) as lines. A context manager, so that the last bar is closed even
@@ -172,7 +167,7 @@ def cmd_segment(args) -> int:
     targets = _targets_from_args(args, volume)
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
-    with _ProgressBars([target.name for target in targets]) as bars, _closing(_engine_host(args)) as host:
+    with _ProgressBars([target.name for target in targets]) as bars, contextlib.closing(_engine_host(args)) as host:
         results = host.segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
                                zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:

@@ -64,29 +64,16 @@ def protected_package_constraints(folder) -> str:
     return path
 
 
-def ensure(requirements_file, interactive: bool = True) -> str | None:
+def ensure(requirements_file, interactive: bool = True, needs_torch: bool = True) -> str | None:
     """None when SegVol's packages are ready; otherwise one line saying why not (for the status label).
 
     Interactive (the user pressed Segment): asks, installs what is missing, shows failures in a dialog.
-    Not interactive (auto-update): installs nothing and opens no dialog.
+    Not interactive (auto-update): installs nothing and opens no dialog. Without torch (SegVol runs on a server):
+    only the client's packages, no PyTorch extension.
     """
-    try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        if interactive:
-            slicer.util.errorDisplay(NEEDS_PYTORCH_EXTENSION)
-        return NEEDS_PYTORCH_EXTENSION
-    if not PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
-        if not interactive:
-            return PRESS_SEGMENT
-        version = TORCH_REQUIREMENT.removeprefix("torch")
-        # PyTorchUtils asks first; torch was not imported yet, so no restart is needed.
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=version) is None:
-            return DECLINED
-    if unsatisfied([TORCH_REQUIREMENT]):
-        found = importlib.metadata.version("torch")
-        return (f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
-                "module (Uninstall, restart Slicer, Install) and try again.")
+    problem = _ensure_torch(interactive) if needs_torch else None
+    if problem is not None:
+        return problem
     missing = unsatisfied(requirement_lines(requirements_file))
     if not missing:
         return None
@@ -106,6 +93,28 @@ def ensure(requirements_file, interactive: bool = True) -> str | None:
     except subprocess.CalledProcessError:
         return FAILED
     return None if not unsatisfied(missing) else FAILED
+
+
+def _ensure_torch(interactive: bool) -> str | None:
+    """torch through the PyTorch extension (after asking), at TORCH_REQUIREMENT or later."""
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        if interactive:
+            slicer.util.errorDisplay(NEEDS_PYTORCH_EXTENSION)
+        return NEEDS_PYTORCH_EXTENSION
+    if not PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
+        if not interactive:
+            return PRESS_SEGMENT
+        version = TORCH_REQUIREMENT.removeprefix("torch")
+        # PyTorchUtils asks first; torch was not imported yet, so no restart is needed.
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=version) is None:
+            return DECLINED
+    if unsatisfied([TORCH_REQUIREMENT]):
+        found = importlib.metadata.version("torch")
+        return (f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
+                "module (Uninstall, restart Slicer, Install) and try again.")
+    return None
 
 
 def _pip_install(requirements_file, missing, constraints) -> str | None:

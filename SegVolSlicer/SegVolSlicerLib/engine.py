@@ -161,6 +161,12 @@ class EngineHost:
             for key in [k for k in self._sessions if k not in keys]:
                 del self._sessions[key]
 
+    def close(self) -> None:
+        """Drop the sessions and the model (a host built around a given model lets it go too)."""
+        with self._lock:
+            self._sessions.clear()
+            self._model = None
+
     def session_keys(self) -> list[Hashable]:
         """Keys of the kept sessions, least recently used first."""
         with self._lock:

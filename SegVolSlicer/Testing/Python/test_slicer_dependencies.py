@@ -19,6 +19,7 @@ from SegVolSlicerLib import dependencies
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+CLIENT_REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements-client.txt"
 NUMPY = importlib.metadata.version("numpy")
 
 
@@ -181,3 +182,20 @@ def test_slicer_5_12_uses_pip_ensure(outcome, message, slicer_scene, monkeypatch
     ((lines, constraints, requester),) = fake.ensure_calls
     assert lines == ["no-such-package-segvol==1.0"] and requester == "SegVol" and Path(constraints).is_file()
     assert fake.pip_calls == [] and fake.dialogs == []  # pip_ensure asks and reports itself
+
+
+def test_on_a_server_only_the_clients_packages_are_needed(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
+    """Slicer on a laptop with a SegVol server: no PyTorch extension, no torch, only httpx and blosc2."""
+    fake = FakeSlicer(monkeypatch, tmp_path, torch_installed=False, answers=[True])
+    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+    client = requirements_file(tmp_path, f"numpy=={NUMPY}", "no-such-client-package-segvol==1.0")
+    monkeypatch.delitem(sys.modules, "slicer.packaging", raising=False)
+    dependencies.ensure(client, interactive=True, needs_torch=False)
+    assert fake.torch_installs == [] and ("errorDisplay", dependencies.NEEDS_PYTORCH_EXTENSION) not in fake.dialogs
+    assert fake.pip_calls and fake.pip_calls[0][:2] == ["-r", str(client)]
+
+
+def test_the_client_requirements_name_no_torch():
+    client = dependencies.requirement_lines(CLIENT_REQUIREMENTS_FILE)
+    assert {Requirement(line).name.lower() for line in client} == {"httpx", "blosc2"}, client
+    import SegVolSlicerLib.client  # noqa: F401  (what they serve: the client imports with them)
