@@ -39,15 +39,23 @@ REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 CLIENT_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-client.txt")
 # Application settings, not scene content: a scene shared with others never carries the server's key.
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
-RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = "SegVolSlicer/RunOn", "SegVolSlicer/ServerURL", \
-    "SegVolSlicer/ServerAPIKey"
+RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = (
+    "SegVolSlicer/RunOn",
+    "SegVolSlicer/ServerURL",
+    "SegVolSlicer/ServerAPIKey",
+)
 RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index order
 # During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
 EVENT_WAIT_S = 0.05
-STAGE_TITLES = {"download": "Downloading weights", "load": "Loading model", "preprocess": "Preparing volume",
-                "zoom-out": "Zoom-out", "zoom-in": "Zoom-in window"}
+STAGE_TITLES = {
+    "download": "Downloading weights",
+    "load": "Loading model",
+    "preprocess": "Preparing volume",
+    "zoom-out": "Zoom-out",
+    "zoom-in": "Zoom-in window",
+}
 
 
 class SegVolSlicer(ScriptedLoadableModule):
@@ -132,8 +140,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _newEngine(model=None):
-        return EngineHost(model=model, max_sessions=2, memory_budget_mb=2 * 768 + 1024,
-                          session_options=SessionOptions(cache_budget_mb=768))
+        return EngineHost(
+            model=model,
+            max_sessions=2,
+            memory_budget_mb=2 * 768 + 1024,
+            session_options=SessionOptions(cache_budget_mb=768),
+        )
 
     def getParameterNode(self):
         return SegVolSlicerParameterNode(super().getParameterNode())
@@ -154,11 +166,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         url = (url or "").strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
-            raise InputError("no SegVol server address: enter it under Advanced, e.g. http://gpu-server:8765 "
-                             "(start the server there with `segvol serve`)")
+            raise InputError(
+                "no SegVol server address: enter it under Advanced, e.g. http://gpu-server:8765 "
+                "(start the server there with `segvol serve`)"
+            )
         apiKey = (apiKey or "").strip() or None
-        if (isinstance(self.engine, RemoteEngine) and self.engine.client.url == url
-                and self._serverKey == apiKey):
+        if isinstance(self.engine, RemoteEngine) and self.engine.client.url == url and self._serverKey == apiKey:
             return  # the same server: its sessions (uploaded volumes) stay
         self._replaceEngine(RemoteEngine(url, apiKey))
         self._serverKey = apiKey
@@ -177,20 +190,30 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     # --- the three steps ---
 
-    def prepare(self, volumeNode, segmentationNode=None, names="", pointNodes=(), roiNode=None,
-                refineSegmentID=None, zoomIn=True) -> SegmentationRequest:
+    def prepare(
+        self,
+        volumeNode,
+        segmentationNode=None,
+        names="",
+        pointNodes=(),
+        roiNode=None,
+        refineSegmentID=None,
+        zoomIn=True,
+    ) -> SegmentationRequest:
         """Read the volume and prompts from the scene (GUI thread). Raises InputError for unusable input.
 
         Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
         """
         voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
-        volume = VolumeInput(volumeNode.GetID(), voxels, ijkToRas,
-                             signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes()))
+        volume = VolumeInput(
+            volumeNode.GetID(), voxels, ijkToRas, signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
+        )
         self.forgetRemovedVolumes(volumeNode.GetScene())
         self.engine.forget_if_changed(volume.key, volume.signature)
         points, box = slicer_bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
-        targets = slicer_bridge.plan_targets(slicer_bridge.split_names(names), points, box, segmentationNode,
-                                             refineSegmentID)
+        targets = slicer_bridge.plan_targets(
+            slicer_bridge.split_names(names), points, box, segmentationNode, refineSegmentID
+        )
         if segmentationNode is None:
             segmentationNode = slicer_bridge.create_segmentation_node(volumeNode)
         slicer_bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
@@ -199,35 +222,52 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
         self.engine.select(ModelChoice(weights or None, device))
-        return self.engine.segment(request.volume, [target for target, _ in request.targets], request.zoomIn,
-                                   reporter)
+        return self.engine.segment(request.volume, [target for target, _ in request.targets], request.zoomIn, reporter)
 
     def checkNodes(self, request: SegmentationRequest) -> None:
         """The request's volume and segmentation are still in the scene and the volume's grid is unchanged
         (the user may remove, move or resample them while the model runs)."""
         volume, segmentation = request.volumeNode, request.segmentationNode
         if volume.GetScene() is None or segmentation.GetScene() is None:
-            raise InputError(f"'{volume.GetName() if volume.GetScene() is None else segmentation.GetName()}' was "
-                             "removed while SegVol was running: nothing was written")
+            raise InputError(
+                f"'{volume.GetName() if volume.GetScene() is None else segmentation.GetName()}' was "
+                "removed while SegVol was running: nothing was written"
+            )
         image = volume.GetImageData()
-        if (image is None or tuple(image.GetDimensions())[::-1] != request.voxels.shape
-                or not np.array_equal(slicer_bridge.world_ijk_to_ras(volume), request.ijkToRas)):
-            raise InputError(f"volume '{volume.GetName()}' was moved or resampled while SegVol was running: "
-                             "nothing was written, segment again")
+        if (
+            image is None
+            or tuple(image.GetDimensions())[::-1] != request.voxels.shape
+            or not np.array_equal(slicer_bridge.world_ijk_to_ras(volume), request.ijkToRas)
+        ):
+            raise InputError(
+                f"volume '{volume.GetName()}' was moved or resampled while SegVol was running: "
+                "nothing was written, segment again"
+            )
 
     def apply(self, request: SegmentationRequest, results, editorNode=None, saveStateForUndo=None) -> list[str]:
         """Write the results as segments of the request's segmentation, one undo step (GUI thread); returns the
         segment IDs."""
         self.checkNodes(request)
-        writer = slicer_bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode,
-                                             saveStateForUndo)
+        writer = slicer_bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
         try:
             return writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
             writer.close()
 
-    def process(self, volumeNode, segmentationNode, names="", pointNodes=(), roiNode=None, refineSegmentID=None,
-                zoomIn=True, weights=None, device="auto", editorNode=None, saveStateForUndo=None):
+    def process(
+        self,
+        volumeNode,
+        segmentationNode,
+        names="",
+        pointNodes=(),
+        roiNode=None,
+        refineSegmentID=None,
+        zoomIn=True,
+        weights=None,
+        device="auto",
+        editorNode=None,
+        saveStateForUndo=None,
+    ):
         """Prepare, run and apply in the calling thread; returns (segment IDs, warnings). Without a segmentation
         node the results go to a new one named "<volume> SegVol"."""
         request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
@@ -270,23 +310,31 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegVolSlicerLogic()
 
-        for placeWidget, multiple in ((self.ui.positivePlaceWidget, True), (self.ui.negativePlaceWidget, True),
-                                      (self.ui.boxPlaceWidget, False)):
+        for placeWidget, multiple in (
+            (self.ui.positivePlaceWidget, True),
+            (self.ui.negativePlaceWidget, True),
+            (self.ui.boxPlaceWidget, False),
+        ):
             placeWidget.buttonsVisible = False
             placeWidget.placeButton().show()
-            placeWidget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
-                                                else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
+            placeWidget.placeMultipleMarkups = (
+                slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+                if multiple
+                else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+            )
         self.ui.boxPlaceWidget.connect("activeMarkupsPlaceModeChanged(bool)", self._onBoxPlaceModeChanged)
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
 
-        self.ui.weightsPathLineEdit.filters = (ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs
-                                               | ctk.ctkPathLineEdit.Readable)
+        self.ui.weightsPathLineEdit.filters = (
+            ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
+        )
         self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
         self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
-        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)",
-                                            lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path))
+        self.ui.weightsPathLineEdit.connect(
+            "currentPathChanged(QString)", lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path)
+        )
         self._setUpRunOn()
 
         self._autoTimer = qt.QTimer()
@@ -360,8 +408,11 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if not node:
             return
-        for attribute, role in (("positivePoints", slicer_bridge.POSITIVE_ROLE),
-                                ("negativePoints", slicer_bridge.NEGATIVE_ROLE), ("boxROI", slicer_bridge.BOX_ROLE)):
+        for attribute, role in (
+            ("positivePoints", slicer_bridge.POSITIVE_ROLE),
+            ("negativePoints", slicer_bridge.NEGATIVE_ROLE),
+            ("boxROI", slicer_bridge.BOX_ROLE),
+        ):
             if not getattr(node, attribute):
                 setattr(node, attribute, slicer_bridge.create_prompt_node(slicer.mrmlScene, role))
 
@@ -381,19 +432,25 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(node and node.inputVolume)
         self.ui.applyButton.text = _("Cancel") if running else _("Segment")
         self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.toolTip = _("Stop the running segmentation") if running else (
-            _("Segment the input volume with the prompts above") if ready else _("Select an input volume"))
+        self.ui.applyButton.toolTip = (
+            _("Stop the running segmentation")
+            if running
+            else (_("Segment the input volume with the prompts above") if ready else _("Select an input volume"))
+        )
         if not node:
             return
-        for widget, shown in ((self.ui.positivePlaceWidget, node.positivePoints),
-                              (self.ui.negativePlaceWidget, node.negativePoints),
-                              (self.ui.boxPlaceWidget, node.boxROI),
-                              (self.ui.targetSegmentSelector, node.outputSegmentation)):
+        for widget, shown in (
+            (self.ui.positivePlaceWidget, node.positivePoints),
+            (self.ui.negativePlaceWidget, node.negativePoints),
+            (self.ui.boxPlaceWidget, node.boxROI),
+            (self.ui.targetSegmentSelector, node.outputSegmentation),
+        ):
             if widget.currentNode() != shown:  # re-setting would reset the widget's state (segment choice)
                 widget.setCurrentNode(shown)
         if node.inputVolume:
             self.ui.outputSegmentationSelector.baseName = _("{volume_name} SegVol").format(
-                volume_name=node.inputVolume.GetName())
+                volume_name=node.inputVolume.GetName()
+            )
         self._observePromptNodes([node.positivePoints, node.negativePoints, node.boxROI])
 
     def _observePromptNodes(self, nodes):
@@ -402,13 +459,17 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         for old in self._observedPromptNodes:
             self.removeObserver(old, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
-            for event in (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+            for event in (
+                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+            ):
                 self.removeObserver(old, event, self._onPromptChanged)
         for new in nodes:
             self.addObserver(new, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
-            for event in (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+            for event in (
+                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+            ):
                 self.addObserver(new, event, self._onPromptChanged)
         self._observedPromptNodes = nodes
 
@@ -463,8 +524,11 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _installShortcuts(self):
         self._removeShortcuts()
-        for key, placeWidget in (("P", self.ui.positivePlaceWidget), ("N", self.ui.negativePlaceWidget),
-                                 ("Shift+B", self.ui.boxPlaceWidget)):  # plain "b" steps slices in Slicer
+        for key, placeWidget in (
+            ("P", self.ui.positivePlaceWidget),
+            ("N", self.ui.negativePlaceWidget),
+            ("Shift+B", self.ui.boxPlaceWidget),
+        ):  # plain "b" steps slices in Slicer
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", lambda w=placeWidget: self._togglePlaceMode(w))
             self._shortcuts.append(shortcut)
@@ -496,10 +560,12 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING) or ""
         self.ui.serverKeyEdit.text = settings.value(SERVER_KEY_SETTING) or ""
         self.ui.runOnComboBox.connect("currentIndexChanged(int)", self._onRunOnChanged)
-        self.ui.serverUrlEdit.connect("editingFinished()", lambda: qt.QSettings().setValue(
-            SERVER_URL_SETTING, self.ui.serverUrlEdit.text.strip()))
-        self.ui.serverKeyEdit.connect("editingFinished()", lambda: qt.QSettings().setValue(
-            SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip()))
+        self.ui.serverUrlEdit.connect(
+            "editingFinished()", lambda: qt.QSettings().setValue(SERVER_URL_SETTING, self.ui.serverUrlEdit.text.strip())
+        )
+        self.ui.serverKeyEdit.connect(
+            "editingFinished()", lambda: qt.QSettings().setValue(SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip())
+        )
         self._showRunOn()
 
     def _runsOnServer(self) -> bool:
@@ -534,8 +600,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         server = self._runsOnServer()
         if not self._dependenciesReady:
-            problem = dependencies.ensure(CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive,
-                                          needs_torch=not server)
+            problem = dependencies.ensure(
+                CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive, needs_torch=not server
+            )
             if problem is not None:
                 self.ui.statusLabel.text = problem
                 return
@@ -550,9 +617,15 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         refineSegmentID = self.ui.targetSegmentSelector.currentSegmentID() if node.outputSegmentation else None
         try:
-            request = self.logic.prepare(node.inputVolume, node.outputSegmentation, node.targetNames,
-                                         [node.positivePoints, node.negativePoints], node.boxROI,
-                                         refineSegmentID or None, node.zoomIn)
+            request = self.logic.prepare(
+                node.inputVolume,
+                node.outputSegmentation,
+                node.targetNames,
+                [node.positivePoints, node.negativePoints],
+                node.boxROI,
+                refineSegmentID or None,
+                node.zoomIn,
+            )
         except SegVolError as error:
             self._showError(error, interactive)
             return
@@ -596,8 +669,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(error, self._interactive and request is not None)
         except Exception as error:  # a bug, not a user mistake: full details for the report
             logging.error(traceback.format_exc())
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
-                                     detailedText=traceback.format_exc())
+            slicer.util.errorDisplay(
+                _("Segmentation failed: {error}").format(error=error), detailedText=traceback.format_exc()
+            )
         self._updateGUI()
         if self._rerunPending:
             self._rerunPending = False
@@ -611,13 +685,15 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             target = self._request.targets[event.done][0] if self._request is not None else None
             if target is not None and event.total > 1:
                 self.ui.statusLabel.text = _("Segmenting {name} ({index} of {count})...").format(
-                    name=target.name, index=event.done + 1, count=event.total)
+                    name=target.name, index=event.done + 1, count=event.total
+                )
         else:
             title = STAGE_TITLES.get(event.stage, event.stage)
             self.ui.progressBar.setRange(0, max(event.total, 1))
             self.ui.progressBar.setValue(event.done)
-            self.ui.progressBar.setFormat(f"{title} {event.done} of {event.total}" if event.stage == "zoom-in"
-                                          else f"{title} %p%")
+            self.ui.progressBar.setFormat(
+                f"{title} {event.done} of {event.total}" if event.stage == "zoom-in" else f"{title} %p%"
+            )
 
     def _finish(self, request, results):
         self.logic.checkNodes(request)  # before the Segment Editor is pointed at the nodes
@@ -626,8 +702,12 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
-        if (self._selectResult and len(segmentIDs) == 1 and request.targets[0][0].text is None
-                and self._parameterNode.outputSegmentation == segmentation):
+        if (
+            self._selectResult
+            and len(segmentIDs) == 1
+            and request.targets[0][0].text is None
+            and self._parameterNode.outputSegmentation == segmentation
+        ):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         warnings = [w for result in results for w in result.warnings]
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
@@ -677,14 +757,18 @@ class SegVolSlicerTest(ScriptedLoadableModuleTest):
             self._run(check)
         for check in slicer_testing.LOGIC_CHECKS:
             self._run(check, SegVolSlicerLogic())
-        if dependencies.unsatisfied([dependencies.TORCH_REQUIREMENT,
-                                     *dependencies.requirement_lines(REQUIREMENTS_FILE)]):
+        if dependencies.unsatisfied(
+            [dependencies.TORCH_REQUIREMENT, *dependencies.requirement_lines(REQUIREMENTS_FILE)]
+        ):
             self.delayDisplay("SegVol's Python packages are not installed: engine checks skipped")
             return
         for check in slicer_testing.ENGINE_CHECKS:
             self._run(check)
-        self._run(slicer_testing.check_logic_end_to_end, SegVolSlicerLogic(),
-                  slicer_testing.synthetic_model(slicer.app.temporaryPath))
+        self._run(
+            slicer_testing.check_logic_end_to_end,
+            SegVolSlicerLogic(),
+            slicer_testing.synthetic_model(slicer.app.temporaryPath),
+        )
         self.delayDisplay("Test passed")
 
     def _run(self, check, *args):

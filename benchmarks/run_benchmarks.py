@@ -33,8 +33,20 @@ from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 from SegVolSlicerLib.vocabulary import colour_for
 
-CATEGORIES = ["liver", "spleen", "left kidney", "right kidney", "aorta", "pancreas", "stomach", "gall bladder",
-              "postcava", "esophagus", "duodenum", "bladder"]
+CATEGORIES = [
+    "liver",
+    "spleen",
+    "left kidney",
+    "right kidney",
+    "aorta",
+    "pancreas",
+    "stomach",
+    "gall bladder",
+    "postcava",
+    "esophagus",
+    "duodenum",
+    "bladder",
+]
 
 
 def _rss_mb() -> float:
@@ -79,9 +91,11 @@ def strategy(model, official: bool, precision: str):
     model.set_precision("fp32" if official else precision)
     encode_text = model.text_encoder.forward
     if official:  # the official code tokenises and runs CLIP on every forward
+
         def uncached(names):
             model.text_encoder._cache.clear()
             return encode_text(names)
+
         model.text_encoder.forward = uncached
     try:
         yield
@@ -139,8 +153,11 @@ def scenarios(model, volumes, official: bool, window_batch: int, categories: lis
             loaded = read_volume(path)
             current = new_session(model, loaded, official, window_batch)
             masks = current.segment_many([Target(n, text=n) for n in ("liver", "spleen")])
-            write_segmentation(out_dir / f"case{index}.seg.nrrd",
-                               [Segment(m.name, m.mask, colour_for(m.name)) for m in masks], loaded.reference)
+            write_segmentation(
+                out_dir / f"case{index}.seg.nrrd",
+                [Segment(m.name, m.mask, colour_for(m.name)) for m in masks],
+                loaded.reference,
+            )
 
     results[f"CLI over {len(volumes) - 1} volumes (2 organs each)"] = timed(device, cli_batch)[:2]
     return results
@@ -169,7 +186,7 @@ def main() -> None:
             write_ct(make_synthetic_ct(seed), tmp / f"ct{seed}.nii.gz")
             paths.append(tmp / f"ct{seed}.nii.gz")
         volumes = [read_volume(paths[0])] + paths[1:]
-        categories = (CATEGORIES * 2)[:args.categories]
+        categories = (CATEGORIES * 2)[: args.categories]
 
         table = {}
         for name, official in (("baseline", True), ("ours", False)):
@@ -179,8 +196,11 @@ def main() -> None:
                 table[name] = scenarios(model, volumes, official, window_batch, categories, tmp)
                 table[name + "_label"] = label
 
-    header = f"{'scenario':44} {'baseline s':>11} {'ours s':>9} {'speed-up':>9} {'peak MB base':>13} {'peak MB ours':>13}"
-    print(f"\ndevice: {device} ({torch.get_num_threads()} CPU threads); {table['baseline_label']} vs {table['ours_label']}")
+    header = (
+        f"{'scenario':44} {'baseline s':>11} {'ours s':>9} {'speed-up':>9} {'peak MB base':>13} {'peak MB ours':>13}"
+    )
+    threads = torch.get_num_threads()
+    print(f"\ndevice: {device} ({threads} CPU threads); {table['baseline_label']} vs {table['ours_label']}")
     print(header)
     for scenario, (base_s, base_mb) in table["baseline"].items():
         ours_s, ours_mb = table["ours"][scenario]

@@ -100,5 +100,6 @@ def main() -> None:
         ratio, free, gap = speed(lambda steps, ms=event_ms: panel_loop(module, steps, ms / 1000), args.steps)
         print(f"| panel loop, Qt events {event_ms} ms each | {ratio:.0%} | {free:.2f} s | {gap * 1000:.0f} ms |")
 
+
 if __name__ == "__main__":
     main()

@@ -50,132 +50,478 @@ SLICER_PYTHON = {
 
 
 def _qt(base, properties=(), signals=(), methods=(), enums=None):
-    return {"bases": [base] if base else [], "properties": dict(properties), "signals": list(signals),
-            "methods": dict(methods), "enums": enums or {}}
+    return {
+        "bases": [base] if base else [],
+        "properties": dict(properties),
+        "signals": list(signals),
+        "methods": dict(methods),
+        "enums": enums or {},
+    }
 
 
 # Qt 5.15 members (doc.qt.io/qt-5/<class>.html). properties: name -> type; methods: name -> returned class
 # (when a stand-in must return a widget) or null.
-_WIDGET_METHODS = {m: None for m in (
-    "show", "hide", "setVisible", "setEnabled", "setDisabled", "setFocus", "setToolTip", "update", "repaint",
-    "raise_", "lower", "close", "setLayout", "setParent", "setObjectName", "objectName", "parent",
-    "parentWidget", "isVisible", "isEnabled", "findChild", "findChildren", "children", "deleteLater",
-    "setStyleSheet", "setSizePolicy", "setMinimumSize", "setMaximumSize", "setFixedSize", "adjustSize",
-    "setProperty", "property", "blockSignals", "signalsBlocked", "installEventFilter", "window", "setWindowTitle",
-    "setMinimumWidth", "setMaximumWidth", "setMinimumHeight", "setMaximumHeight", "setContextMenuPolicy",
-    "disconnect", "connect")}
+_WIDGET_METHODS = {
+    m: None
+    for m in (
+        "show",
+        "hide",
+        "setVisible",
+        "setEnabled",
+        "setDisabled",
+        "setFocus",
+        "setToolTip",
+        "update",
+        "repaint",
+        "raise_",
+        "lower",
+        "close",
+        "setLayout",
+        "setParent",
+        "setObjectName",
+        "objectName",
+        "parent",
+        "parentWidget",
+        "isVisible",
+        "isEnabled",
+        "findChild",
+        "findChildren",
+        "children",
+        "deleteLater",
+        "setStyleSheet",
+        "setSizePolicy",
+        "setMinimumSize",
+        "setMaximumSize",
+        "setFixedSize",
+        "adjustSize",
+        "setProperty",
+        "property",
+        "blockSignals",
+        "signalsBlocked",
+        "installEventFilter",
+        "window",
+        "setWindowTitle",
+        "setMinimumWidth",
+        "setMaximumWidth",
+        "setMinimumHeight",
+        "setMaximumHeight",
+        "setContextMenuPolicy",
+        "disconnect",
+        "connect",
+    )
+}
 _WIDGET_METHODS["layout"] = "QLayout"
 QT_CLASSES = {
-    "QObject": _qt(None, {"objectName": "QString"}, ["destroyed()", "destroyed(QObject*)",
-                                                      "objectNameChanged(QString)"],
-                   {m: None for m in ("objectName", "setObjectName", "parent", "setParent", "deleteLater",
-                                      "blockSignals", "signalsBlocked", "children", "findChild", "findChildren",
-                                      "property", "setProperty", "connect", "disconnect", "installEventFilter")}),
-    "QWidget": _qt("QObject", {
-        "enabled": "bool", "visible": "bool", "toolTip": "QString", "geometry": "QRect", "sizeHint": "QSize",
-        "minimumSize": "QSize", "maximumSize": "QSize", "sizePolicy": "QSizePolicy", "styleSheet": "QString",
-        "windowTitle": "QString", "statusTip": "QString", "whatsThis": "QString", "focusPolicy": "Qt::FocusPolicy",
-        "minimumWidth": "int", "minimumHeight": "int", "maximumWidth": "int", "maximumHeight": "int",
-        "font": "QFont", "palette": "QPalette", "contextMenuPolicy": "Qt::ContextMenuPolicy",
-        "accessibleName": "QString"},
-        ["customContextMenuRequested(QPoint)", "windowTitleChanged(QString)"], _WIDGET_METHODS),
-    "QAbstractButton": _qt("QWidget", {"text": "QString", "icon": "QIcon", "checkable": "bool", "checked": "bool",
-                                       "autoRepeat": "bool", "shortcut": "QKeySequence", "down": "bool",
-                                       "iconSize": "QSize", "autoExclusive": "bool"},
-                           ["clicked()", "clicked(bool)", "pressed()", "released()", "toggled(bool)"],
-                           {m: None for m in ("click", "toggle", "animateClick", "setText", "text", "setChecked",
-                                              "isChecked", "setCheckable", "isCheckable", "setIcon")}),
-    "QPushButton": _qt("QAbstractButton", {"default": "bool", "flat": "bool", "autoDefault": "bool"}, [],
-                       {"setDefault": None, "setFlat": None, "setMenu": None, "showMenu": None}),
-    "QToolButton": _qt("QAbstractButton", {"autoRaise": "bool", "popupMode": "ToolButtonPopupMode",
-                                           "toolButtonStyle": "Qt::ToolButtonStyle"},
-                       ["triggered(QAction*)"], {"setDefaultAction": None, "setMenu": None, "showMenu": None}),
-    "QCheckBox": _qt("QAbstractButton", {"tristate": "bool"}, ["stateChanged(int)"],
-                     {"checkState": None, "setCheckState": None, "setTristate": None}),
-    "QLabel": _qt("QWidget", {"text": "QString", "wordWrap": "bool", "alignment": "Qt::Alignment",
-                              "textFormat": "Qt::TextFormat", "openExternalLinks": "bool", "margin": "int",
-                              "indent": "int", "textInteractionFlags": "Qt::TextInteractionFlags"},
-                  ["linkActivated(QString)", "linkHovered(QString)"],
-                  {m: None for m in ("setText", "text", "clear", "setNum", "setPixmap", "setWordWrap",
-                                     "setAlignment", "setBuddy")}),
-    "QLineEdit": _qt("QWidget", {"text": "QString", "placeholderText": "QString", "readOnly": "bool",
-                                 "maxLength": "int", "clearButtonEnabled": "bool", "echoMode": "EchoMode",
-                                 "inputMask": "QString", "frame": "bool", "cursorPosition": "int",
-                                 "alignment": "Qt::Alignment"},
-                     ["textChanged(QString)", "textEdited(QString)", "returnPressed()", "editingFinished()",
-                      "cursorPositionChanged(int,int)", "selectionChanged()"],
-                     {m: None for m in ("setText", "text", "clear", "selectAll", "undo", "redo", "setCompleter",
-                                        "completer", "setPlaceholderText", "setReadOnly", "insert",
-                                        "setValidator")}),
-    "QProgressBar": _qt("QWidget", {"minimum": "int", "maximum": "int", "value": "int", "format": "QString",
-                                    "textVisible": "bool", "orientation": "Qt::Orientation",
-                                    "invertedAppearance": "bool", "alignment": "Qt::Alignment"},
-                        ["valueChanged(int)"],
-                        {m: None for m in ("setRange", "setValue", "value", "reset", "setMinimum", "setMaximum",
-                                           "setFormat", "resetFormat", "setTextVisible", "text")}),
-    "QComboBox": _qt("QWidget", {"currentIndex": "int", "currentText": "QString", "count": "int",
-                                 "editable": "bool", "maxVisibleItems": "int", "placeholderText": "QString"},
-                     ["currentIndexChanged(int)", "currentTextChanged(QString)", "activated(int)",
-                      "highlighted(int)", "editTextChanged(QString)"],
-                     {m: None for m in ("addItem", "addItems", "clear", "insertItem", "removeItem", "findText",
-                                        "findData", "itemText", "itemData", "setCurrentIndex", "setCurrentText",
-                                        "currentData", "setItemText")}),
-    "QAbstractItemView": _qt("QWidget", {}, ["clicked(QModelIndex)", "activated(QModelIndex)"],
-                             {m: None for m in ("setModel", "model", "currentIndex", "setCurrentIndex",
-                                                "scrollTo", "selectionModel", "reset")}),
-    "QMainWindow": _qt("QWidget", {}, [], {m: None for m in ("statusBar", "menuBar", "centralWidget",
-                                                              "addDockWidget", "addToolBar")}),
-    "QLayout": _qt("QObject", {"spacing": "int", "contentsMargins": "QMargins", "sizeConstraint": "SizeConstraint"},
-                   [], {m: None for m in ("addWidget", "removeWidget", "setSpacing", "setContentsMargins",
-                                          "count", "itemAt", "takeAt", "update", "activate", "setMargin")}),
-    "QBoxLayout": _qt("QLayout", {}, [], {m: None for m in ("addLayout", "addStretch", "addSpacing",
-                                                           "insertWidget", "setDirection", "setStretch")}),
+    "QObject": _qt(
+        None,
+        {"objectName": "QString"},
+        ["destroyed()", "destroyed(QObject*)", "objectNameChanged(QString)"],
+        {
+            m: None
+            for m in (
+                "objectName",
+                "setObjectName",
+                "parent",
+                "setParent",
+                "deleteLater",
+                "blockSignals",
+                "signalsBlocked",
+                "children",
+                "findChild",
+                "findChildren",
+                "property",
+                "setProperty",
+                "connect",
+                "disconnect",
+                "installEventFilter",
+            )
+        },
+    ),
+    "QWidget": _qt(
+        "QObject",
+        {
+            "enabled": "bool",
+            "visible": "bool",
+            "toolTip": "QString",
+            "geometry": "QRect",
+            "sizeHint": "QSize",
+            "minimumSize": "QSize",
+            "maximumSize": "QSize",
+            "sizePolicy": "QSizePolicy",
+            "styleSheet": "QString",
+            "windowTitle": "QString",
+            "statusTip": "QString",
+            "whatsThis": "QString",
+            "focusPolicy": "Qt::FocusPolicy",
+            "minimumWidth": "int",
+            "minimumHeight": "int",
+            "maximumWidth": "int",
+            "maximumHeight": "int",
+            "font": "QFont",
+            "palette": "QPalette",
+            "contextMenuPolicy": "Qt::ContextMenuPolicy",
+            "accessibleName": "QString",
+        },
+        ["customContextMenuRequested(QPoint)", "windowTitleChanged(QString)"],
+        _WIDGET_METHODS,
+    ),
+    "QAbstractButton": _qt(
+        "QWidget",
+        {
+            "text": "QString",
+            "icon": "QIcon",
+            "checkable": "bool",
+            "checked": "bool",
+            "autoRepeat": "bool",
+            "shortcut": "QKeySequence",
+            "down": "bool",
+            "iconSize": "QSize",
+            "autoExclusive": "bool",
+        },
+        ["clicked()", "clicked(bool)", "pressed()", "released()", "toggled(bool)"],
+        {
+            m: None
+            for m in (
+                "click",
+                "toggle",
+                "animateClick",
+                "setText",
+                "text",
+                "setChecked",
+                "isChecked",
+                "setCheckable",
+                "isCheckable",
+                "setIcon",
+            )
+        },
+    ),
+    "QPushButton": _qt(
+        "QAbstractButton",
+        {"default": "bool", "flat": "bool", "autoDefault": "bool"},
+        [],
+        {"setDefault": None, "setFlat": None, "setMenu": None, "showMenu": None},
+    ),
+    "QToolButton": _qt(
+        "QAbstractButton",
+        {"autoRaise": "bool", "popupMode": "ToolButtonPopupMode", "toolButtonStyle": "Qt::ToolButtonStyle"},
+        ["triggered(QAction*)"],
+        {"setDefaultAction": None, "setMenu": None, "showMenu": None},
+    ),
+    "QCheckBox": _qt(
+        "QAbstractButton",
+        {"tristate": "bool"},
+        ["stateChanged(int)"],
+        {"checkState": None, "setCheckState": None, "setTristate": None},
+    ),
+    "QLabel": _qt(
+        "QWidget",
+        {
+            "text": "QString",
+            "wordWrap": "bool",
+            "alignment": "Qt::Alignment",
+            "textFormat": "Qt::TextFormat",
+            "openExternalLinks": "bool",
+            "margin": "int",
+            "indent": "int",
+            "textInteractionFlags": "Qt::TextInteractionFlags",
+        },
+        ["linkActivated(QString)", "linkHovered(QString)"],
+        {
+            m: None
+            for m in ("setText", "text", "clear", "setNum", "setPixmap", "setWordWrap", "setAlignment", "setBuddy")
+        },
+    ),
+    "QLineEdit": _qt(
+        "QWidget",
+        {
+            "text": "QString",
+            "placeholderText": "QString",
+            "readOnly": "bool",
+            "maxLength": "int",
+            "clearButtonEnabled": "bool",
+            "echoMode": "EchoMode",
+            "inputMask": "QString",
+            "frame": "bool",
+            "cursorPosition": "int",
+            "alignment": "Qt::Alignment",
+        },
+        [
+            "textChanged(QString)",
+            "textEdited(QString)",
+            "returnPressed()",
+            "editingFinished()",
+            "cursorPositionChanged(int,int)",
+            "selectionChanged()",
+        ],
+        {
+            m: None
+            for m in (
+                "setText",
+                "text",
+                "clear",
+                "selectAll",
+                "undo",
+                "redo",
+                "setCompleter",
+                "completer",
+                "setPlaceholderText",
+                "setReadOnly",
+                "insert",
+                "setValidator",
+            )
+        },
+    ),
+    "QProgressBar": _qt(
+        "QWidget",
+        {
+            "minimum": "int",
+            "maximum": "int",
+            "value": "int",
+            "format": "QString",
+            "textVisible": "bool",
+            "orientation": "Qt::Orientation",
+            "invertedAppearance": "bool",
+            "alignment": "Qt::Alignment",
+        },
+        ["valueChanged(int)"],
+        {
+            m: None
+            for m in (
+                "setRange",
+                "setValue",
+                "value",
+                "reset",
+                "setMinimum",
+                "setMaximum",
+                "setFormat",
+                "resetFormat",
+                "setTextVisible",
+                "text",
+            )
+        },
+    ),
+    "QComboBox": _qt(
+        "QWidget",
+        {
+            "currentIndex": "int",
+            "currentText": "QString",
+            "count": "int",
+            "editable": "bool",
+            "maxVisibleItems": "int",
+            "placeholderText": "QString",
+        },
+        [
+            "currentIndexChanged(int)",
+            "currentTextChanged(QString)",
+            "activated(int)",
+            "highlighted(int)",
+            "editTextChanged(QString)",
+        ],
+        {
+            m: None
+            for m in (
+                "addItem",
+                "addItems",
+                "clear",
+                "insertItem",
+                "removeItem",
+                "findText",
+                "findData",
+                "itemText",
+                "itemData",
+                "setCurrentIndex",
+                "setCurrentText",
+                "currentData",
+                "setItemText",
+            )
+        },
+    ),
+    "QAbstractItemView": _qt(
+        "QWidget",
+        {},
+        ["clicked(QModelIndex)", "activated(QModelIndex)"],
+        {
+            m: None
+            for m in ("setModel", "model", "currentIndex", "setCurrentIndex", "scrollTo", "selectionModel", "reset")
+        },
+    ),
+    "QMainWindow": _qt(
+        "QWidget", {}, [], {m: None for m in ("statusBar", "menuBar", "centralWidget", "addDockWidget", "addToolBar")}
+    ),
+    "QLayout": _qt(
+        "QObject",
+        {"spacing": "int", "contentsMargins": "QMargins", "sizeConstraint": "SizeConstraint"},
+        [],
+        {
+            m: None
+            for m in (
+                "addWidget",
+                "removeWidget",
+                "setSpacing",
+                "setContentsMargins",
+                "count",
+                "itemAt",
+                "takeAt",
+                "update",
+                "activate",
+                "setMargin",
+            )
+        },
+    ),
+    "QBoxLayout": _qt(
+        "QLayout",
+        {},
+        [],
+        {m: None for m in ("addLayout", "addStretch", "addSpacing", "insertWidget", "setDirection", "setStretch")},
+    ),
     "QVBoxLayout": _qt("QBoxLayout"),
     "QHBoxLayout": _qt("QBoxLayout"),
-    "QFormLayout": _qt("QLayout", {"fieldGrowthPolicy": "FieldGrowthPolicy", "labelAlignment": "Qt::Alignment",
-                                   "formAlignment": "Qt::Alignment", "horizontalSpacing": "int",
-                                   "verticalSpacing": "int", "rowWrapPolicy": "RowWrapPolicy"},
-                       [], {m: None for m in ("addRow", "insertRow", "removeRow", "rowCount", "setWidget",
-                                              "labelForField")}),
-    "QTimer": _qt("QObject", {"interval": "int", "singleShot": "bool", "active": "bool",
-                              "remainingTime": "int", "timerType": "Qt::TimerType"},
-                  ["timeout()"], {m: None for m in ("start", "stop", "setInterval", "interval", "setSingleShot",
-                                                    "isSingleShot", "isActive", "singleShot", "remainingTime",
-                                                    "timerId")}),
-    "QSettings": _qt("QObject", {}, [], {m: None for m in ("value", "setValue", "contains", "remove", "sync",
-                                                           "allKeys", "childKeys", "beginGroup", "endGroup",
-                                                           "clear", "fileName")}),
-    "QCompleter": _qt("QObject", {"caseSensitivity": "Qt::CaseSensitivity", "filterMode": "Qt::MatchFlags",
-                                  "completionPrefix": "QString", "completionMode": "CompletionMode",
-                                  "maxVisibleItems": "int", "wrapAround": "bool", "modelSorting": "ModelSorting",
-                                  "completionColumn": "int", "completionRole": "int"},
-                      ["activated(QString)", "activated(QModelIndex)", "highlighted(QString)",
-                       "highlighted(QModelIndex)"],
-                      {**{m: None for m in ("setWidget", "widget", "complete", "setCompletionPrefix",
-                                            "completionPrefix", "setCaseSensitivity", "setFilterMode",
-                                            "setModel", "model", "currentCompletion", "setCompletionMode",
-                                            "setMaxVisibleItems", "completionCount", "setPopup")},
-                         "popup": "QAbstractItemView"}),
-    "QShortcut": _qt("QObject", {"key": "QKeySequence", "enabled": "bool", "autoRepeat": "bool",
-                                 "context": "Qt::ShortcutContext", "whatsThis": "QString"},
-                     ["activated()", "activatedAmbiguously()"],
-                     {m: None for m in ("setKey", "key", "setEnabled", "isEnabled", "setContext", "id",
-                                        "parentWidget", "setAutoRepeat")}),
+    "QFormLayout": _qt(
+        "QLayout",
+        {
+            "fieldGrowthPolicy": "FieldGrowthPolicy",
+            "labelAlignment": "Qt::Alignment",
+            "formAlignment": "Qt::Alignment",
+            "horizontalSpacing": "int",
+            "verticalSpacing": "int",
+            "rowWrapPolicy": "RowWrapPolicy",
+        },
+        [],
+        {m: None for m in ("addRow", "insertRow", "removeRow", "rowCount", "setWidget", "labelForField")},
+    ),
+    "QTimer": _qt(
+        "QObject",
+        {
+            "interval": "int",
+            "singleShot": "bool",
+            "active": "bool",
+            "remainingTime": "int",
+            "timerType": "Qt::TimerType",
+        },
+        ["timeout()"],
+        {
+            m: None
+            for m in (
+                "start",
+                "stop",
+                "setInterval",
+                "interval",
+                "setSingleShot",
+                "isSingleShot",
+                "isActive",
+                "singleShot",
+                "remainingTime",
+                "timerId",
+            )
+        },
+    ),
+    "QSettings": _qt(
+        "QObject",
+        {},
+        [],
+        {
+            m: None
+            for m in (
+                "value",
+                "setValue",
+                "contains",
+                "remove",
+                "sync",
+                "allKeys",
+                "childKeys",
+                "beginGroup",
+                "endGroup",
+                "clear",
+                "fileName",
+            )
+        },
+    ),
+    "QCompleter": _qt(
+        "QObject",
+        {
+            "caseSensitivity": "Qt::CaseSensitivity",
+            "filterMode": "Qt::MatchFlags",
+            "completionPrefix": "QString",
+            "completionMode": "CompletionMode",
+            "maxVisibleItems": "int",
+            "wrapAround": "bool",
+            "modelSorting": "ModelSorting",
+            "completionColumn": "int",
+            "completionRole": "int",
+        },
+        ["activated(QString)", "activated(QModelIndex)", "highlighted(QString)", "highlighted(QModelIndex)"],
+        {
+            **{
+                m: None
+                for m in (
+                    "setWidget",
+                    "widget",
+                    "complete",
+                    "setCompletionPrefix",
+                    "completionPrefix",
+                    "setCaseSensitivity",
+                    "setFilterMode",
+                    "setModel",
+                    "model",
+                    "currentCompletion",
+                    "setCompletionMode",
+                    "setMaxVisibleItems",
+                    "completionCount",
+                    "setPopup",
+                )
+            },
+            "popup": "QAbstractItemView",
+        },
+    ),
+    "QShortcut": _qt(
+        "QObject",
+        {
+            "key": "QKeySequence",
+            "enabled": "bool",
+            "autoRepeat": "bool",
+            "context": "Qt::ShortcutContext",
+            "whatsThis": "QString",
+        },
+        ["activated()", "activatedAmbiguously()"],
+        {
+            m: None
+            for m in ("setKey", "key", "setEnabled", "isEnabled", "setContext", "id", "parentWidget", "setAutoRepeat")
+        },
+    ),
     "QKeySequence": _qt(None, {}, [], {"toString": None, "isEmpty": None, "count": None, "matches": None}),
 }
 QT_NAMESPACE_ENUMS = {  # qt.Qt.<value>
     "CaseSensitivity": ["CaseInsensitive", "CaseSensitive"],
-    "MatchFlag": ["MatchExactly", "MatchContains", "MatchStartsWith", "MatchEndsWith", "MatchRegExp",
-                  "MatchWildcard", "MatchFixedString", "MatchCaseSensitive", "MatchWrap", "MatchRecursive"],
+    "MatchFlag": [
+        "MatchExactly",
+        "MatchContains",
+        "MatchStartsWith",
+        "MatchEndsWith",
+        "MatchRegExp",
+        "MatchWildcard",
+        "MatchFixedString",
+        "MatchCaseSensitive",
+        "MatchWrap",
+        "MatchRecursive",
+    ],
     "Orientation": ["Horizontal", "Vertical"],
-    "AlignmentFlag": ["AlignLeft", "AlignRight", "AlignHCenter", "AlignJustify", "AlignTop", "AlignBottom",
-                      "AlignVCenter", "AlignCenter"],
+    "AlignmentFlag": [
+        "AlignLeft",
+        "AlignRight",
+        "AlignHCenter",
+        "AlignJustify",
+        "AlignTop",
+        "AlignBottom",
+        "AlignVCenter",
+        "AlignCenter",
+    ],
 }
 
 
 def git_show(repo: str, revision: str, path: str) -> str:
-    return subprocess.run(["git", "-C", repo, "show", f"{revision}:{path}"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["git", "-C", repo, "show", f"{revision}:{path}"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _strip_comments(text: str) -> str:
@@ -200,22 +546,27 @@ def parse_header(text: str, class_name: str) -> dict:
     while depth:
         depth += {"{": 1, "}": -1}.get(text[index], 0)
         index += 1
-    body = text[start.end():index - 1]
+    body = text[start.end() : index - 1]
     properties = dict(re.findall(r"Q_PROPERTY\(\s*([\w:<>]+\s*\*?)\s+(\w+)", body))
     properties = {name: kind.strip() for kind, name in re.findall(r"Q_PROPERTY\(\s*([\w:<>]+\s*\*?)\s+(\w+)", body)}
-    enums = {name: [v.split("=")[0].strip() for v in values.split(",") if v.strip()]
-             for name, values in re.findall(r"enum\s+(\w+)\s*\{([^}]*)\}", body)}
+    enums = {
+        name: [v.split("=")[0].strip() for v in values.split(",") if v.strip()]
+        for name, values in re.findall(r"enum\s+(\w+)\s*\{([^}]*)\}", body)
+    }
     flat = re.sub(r"\{[^{}]*\}", ";", body)  # inline bodies
     signals, methods, access = [], {}, "private"
     for statement in re.split(r";|(?=\b(?:public|protected|private|signals|Q_SIGNALS)\b[^:;]*:)", flat):
         label = re.match(r"\s*(public|protected|private|signals|Q_SIGNALS)\b\s*(slots|Q_SLOTS)?\s*:", statement)
         if label:
             access = "signals" if label.group(1) in ("signals", "Q_SIGNALS") else label.group(1)
-            statement = statement[label.end():]
+            statement = statement[label.end() :]
         if access not in ("public", "signals"):
             continue
-        declaration = re.search(r"(?:^|\s)([\w:<>]+\s*[*&]?)\s*\b(\w+)\s*\(([^()]*)\)\s*(?:const)?\s*"
-                                r"(?:override|=\s*0)?\s*$", " ".join(statement.split()))
+        declaration = re.search(
+            r"(?:^|\s)([\w:<>]+\s*[*&]?)\s*\b(\w+)\s*\(([^()]*)\)\s*(?:const)?\s*"
+            r"(?:override|=\s*0)?\s*$",
+            " ".join(statement.split()),
+        )
         if not declaration or declaration.group(2) in (class_name, "Q_DECLARE_PRIVATE", "Q_DISABLE_COPY"):
             continue
         returned, name, arguments = declaration.groups()
@@ -224,8 +575,13 @@ def parse_header(text: str, class_name: str) -> dict:
             signals.append(f"{name}({','.join(types)})")
         elif not name.startswith("~") and returned not in ("Q_OBJECT", "QVTK_OBJECT"):
             methods[name] = returned.replace(" ", "").rstrip("*&")
-    return {"bases": bases, "properties": properties, "signals": sorted(set(signals)), "methods": methods,
-            "enums": enums}
+    return {
+        "bases": bases,
+        "properties": properties,
+        "signals": sorted(set(signals)),
+        "methods": methods,
+        "enums": enums,
+    }
 
 
 def ctk_revision(slicer_git: str, tag: str) -> str:
@@ -273,9 +629,10 @@ def main(slicer_git: str, ctk_git: str) -> None:
         python = {}
         for module, path in SLICER_PYTHON.items():
             folder = Path(path).parent
-            python[module] = python_names(git_show(slicer_git, tag, path),
-                                          lambda name, tag=tag, folder=folder: git_show(slicer_git, tag,
-                                                                                        str(folder / name)))
+            python[module] = python_names(
+                git_show(slicer_git, tag, path),
+                lambda name, tag=tag, folder=folder: git_show(slicer_git, tag, str(folder / name)),
+            )
         per_release.append(({"slicer": tag, "ctk": ctk}, classes, python))
     (_, classes, python), (_, newer_classes, newer_python) = per_release
     data = {

@@ -53,12 +53,19 @@ MODEL_POINT_LABELS = [[1.0, 1.0, 0.0]]
 MODEL_TEXT_BATCH = ["liver", "left kidney"]  # different token lengths: exercises padding
 
 # mode -> (text, box, points), as the demo's use_text_prompt / use_box_prompt / use_point_prompt flags.
-PIPELINE_MODES = {"text": (True, False, False), "box": (False, True, False), "text_box": (True, True, False),
-                  "points": (False, False, True), "text_points": (True, False, True)}
+PIPELINE_MODES = {
+    "text": (True, False, False),
+    "box": (False, True, False),
+    "text_box": (True, True, False),
+    "points": (False, False, True),
+    "text_points": (True, False, True),
+}
 # case -> (slices of the synthetic CT, organs, modes). "thin" has exactly 32 slices, so the zoom-in is a
 # single window and the official single-window paths (the user's box cube, the padding offset) run too.
-PIPELINE_CASES = {"full": (slice(None), ["liver", "spleen"], list(PIPELINE_MODES)),
-                  "thin": (slice(8, 40), ["spleen"], ["box", "text_box", "points"])}
+PIPELINE_CASES = {
+    "full": (slice(None), ["liver", "spleen"], list(PIPELINE_MODES)),
+    "thin": (slice(8, 40), ["spleen"], ["box", "text_box", "points"]),
+}
 
 # The stand-in network (fake_segvol.BandSegVol) on the layout phantom: localised masks, so the branches that
 # synthetic weights never reach run too (ROI inside the crop, widened and clamped; several windows along D
@@ -77,6 +84,7 @@ class _Stub(types.ModuleType):
 
         def unavailable(*args, **kwargs):
             raise RuntimeError(f"{self.__name__}.{name} is stubbed by make_goldens.py")
+
         return unavailable
 
 
@@ -84,8 +92,15 @@ def install_patches(official: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import transformers  # before the stubs: transformers probes for a real torchvision at import
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                 "torchvision.ops", "torchvision.ops.boxes", "utils.visualize"):
+
+    for name in (
+        "torchvision",
+        "torchvision.transforms",
+        "torchvision.transforms.functional",
+        "torchvision.ops",
+        "torchvision.ops.boxes",
+        "utils.visualize",
+    ):
         sys.modules[name] = _Stub(name)
     sys.path.insert(0, str(official))
 
@@ -93,6 +108,7 @@ def install_patches(official: Path) -> None:
     torch.nn.Module.cuda = lambda self, *args, **kwargs: self
 
     import monai.networks.nets as nets
+
     monai_vit = nets.ViT
 
     def vit(*args, pos_embed="conv", **kwargs):
@@ -103,9 +119,11 @@ def install_patches(official: Path) -> None:
 
     nets.ViT = vit
     import segment_anything_volumetric.build_sam as build_sam
+
     build_sam.ViT = vit
 
     import network.model as official_model
+
     official_model.CLIPTextConfig = lambda: transformers.CLIPTextConfig(attn_implementation="eager")
 
     import data_process.demo_data_process as demo_data_process
@@ -117,7 +135,7 @@ def install_patches(official: Path) -> None:
 
     patched = Transforms("monai.transforms (patched for the official demo)")
     patched.LoadImage = lambda *args, **kwargs: monai.transforms.LoadImage(*args, image_only=False, **kwargs)
-    patched.Orientationd = lambda *args, **kwargs: (lambda data: data)
+    patched.Orientationd = lambda *args, **kwargs: lambda data: data
     demo_data_process.transforms = patched
 
 
@@ -127,10 +145,20 @@ def build_official_segvol(official: Path):
 
     args = types.SimpleNamespace(patch_size=PATCH_SIZE, spatial_size=SPATIAL_SIZE)
     sam = build_sam.build_sam_vit_3d(args)
-    model = SegVol(sam.image_encoder, sam.mask_decoder, sam.prompt_encoder, str(official / "config" / "clip"),
-                   SPATIAL_SIZE, PATCH_SIZE, test_mode=True)
-    state = {key.replace("clip_text_model.text_model.", "clip_text_model."): value
-             for key, value in synthetic_state_dict(seed=0).items() if not key.endswith("position_ids")}
+    model = SegVol(
+        sam.image_encoder,
+        sam.mask_decoder,
+        sam.prompt_encoder,
+        str(official / "config" / "clip"),
+        SPATIAL_SIZE,
+        PATCH_SIZE,
+        test_mode=True,
+    )
+    state = {
+        key.replace("clip_text_model.text_model.", "clip_text_model."): value
+        for key, value in synthetic_state_dict(seed=0).items()
+        if not key.endswith("position_ids")
+    }
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -149,14 +177,16 @@ def model_goldens(model) -> dict[str, np.ndarray]:
     captured = {}
     model.mask_decoder.register_forward_pre_hook(
         lambda module, args, kwargs: captured.__setitem__("image_embedding", kwargs["image_embeddings"]),
-        with_kwargs=True)
-    model.mask_decoder.register_forward_hook(
-        lambda module, args, output: captured.__setitem__("low_res", output[0]))
+        with_kwargs=True,
+    )
+    model.mask_decoder.register_forward_hook(lambda module, args, output: captured.__setitem__("low_res", output[0]))
 
     out: dict[str, np.ndarray] = {
         "input_image_sub": image[..., ::4, ::32, ::32].numpy(),
         "input_image_sum": np.float64(image.double().sum()),
-        "box": box.numpy(), "points_coords": points[0].numpy(), "points_labels": points[1].numpy(),
+        "box": box.numpy(),
+        "points_coords": points[0].numpy(),
+        "points_labels": points[1].numpy(),
         "text_batch_names": np.array(MODEL_TEXT_BATCH),
         "image_embedding_channels": np.arange(0, 768, 16),
     }
@@ -171,9 +201,14 @@ def model_goldens(model) -> dict[str, np.ndarray]:
         out["text_embedding_batch"] = model.text_encoder(MODEL_TEXT_BATCH).numpy()
         out["call_text_box_logits_sub"] = _sub(full_call)
 
-        cases = {"text": dict(text=["liver"]), "box": dict(boxes=box), "points": dict(points=points),
-                 "text_box": dict(text=["liver"], boxes=box), "text_points": dict(text=["liver"], points=points),
-                 "box_points": dict(boxes=box, points=points)}
+        cases = {
+            "text": dict(text=["liver"]),
+            "box": dict(boxes=box),
+            "points": dict(points=points),
+            "text_box": dict(text=["liver"], boxes=box),
+            "text_points": dict(text=["liver"], points=points),
+            "box_points": dict(boxes=box, points=points),
+        }
         for name, prompts in cases.items():
             logits = model.forward_decoder(embedding, SPATIAL_SIZE, **prompts)
             if name == "text_box":
@@ -253,8 +288,10 @@ def preprocess_goldens(ct_path: Path, label_path: Path, names: list[str]):
     item = demo_data_process.process_ct_gt(str(ct_path), str(label_path), names, SPATIAL_SIZE)
     # MONAI 0.9's ToTensord returned plain contiguous tensors; 1.6 returns MetaTensors that keep the
     # transposed strides, on which the demo's `.view()` fails. Same values either way.
-    return {key: torch.from_numpy(np.ascontiguousarray(_numpy(value))) if isinstance(value, torch.Tensor) else value
-            for key, value in item.items()}, snapshots
+    return {
+        key: torch.from_numpy(np.ascontiguousarray(_numpy(value))) if isinstance(value, torch.Tensor) else value
+        for key, value in item.items()
+    }, snapshots
 
 
 def pipeline_goldens(model_for, workdir: Path, full_ct, cases) -> dict[str, np.ndarray]:
@@ -262,10 +299,12 @@ def pipeline_goldens(model_for, workdir: Path, full_ct, cases) -> dict[str, np.n
     import inference_demo
     import utils.monai_inferers_utils as inferers
 
-    recorders = {"dense_patch_slices": _Recorder(inferers.dense_patch_slices),
-                 "logits2roi_coor": _Recorder(inference_demo.logits2roi_coor),
-                 "dice_score": _Recorder(inference_demo.dice_score),
-                 "sliding_window_inference": _Recorder(inference_demo.sliding_window_inference)}
+    recorders = {
+        "dense_patch_slices": _Recorder(inferers.dense_patch_slices),
+        "logits2roi_coor": _Recorder(inference_demo.logits2roi_coor),
+        "dice_score": _Recorder(inference_demo.dice_score),
+        "sliding_window_inference": _Recorder(inference_demo.sliding_window_inference),
+    }
     inferers.dense_patch_slices = recorders["dense_patch_slices"]
     for name in ("logits2roi_coor", "dice_score", "sliding_window_inference"):
         setattr(inference_demo, name, recorders[name])
@@ -284,22 +323,34 @@ def pipeline_goldens(model_for, workdir: Path, full_ct, cases) -> dict[str, np.n
             for mode in modes:
                 use_text, use_box, use_point = PIPELINE_MODES[mode]
                 key = f"{case}.{organ}.{mode}"
-                args = types.SimpleNamespace(spatial_size=SPATIAL_SIZE, infer_overlap=0.5, use_zoom_in=True,
-                                             use_text_prompt=use_text, use_box_prompt=use_box,
-                                             use_point_prompt=use_point)
+                args = types.SimpleNamespace(
+                    spatial_size=SPATIAL_SIZE,
+                    infer_overlap=0.5,
+                    use_zoom_in=True,
+                    use_text_prompt=use_text,
+                    use_box_prompt=use_box,
+                    use_point_prompt=use_point,
+                )
                 for recorder in recorders.values():
                     recorder.calls.clear()
                 predictor = _Recorder(model)
                 torch.manual_seed(0)  # point prompts are drawn with torch.randint/randperm
                 start = time.perf_counter()
                 record = inference_demo.zoom_in_zoom_out(
-                    args, predictor, image.unsqueeze(0), zoom_out_image.unsqueeze(0),
-                    item["label"][index:index + 1].unsqueeze(0),
-                    item["zoom_out_label"][index:index + 1].unsqueeze(0), categories=[organ])
+                    args,
+                    predictor,
+                    image.unsqueeze(0),
+                    zoom_out_image.unsqueeze(0),
+                    item["label"][index : index + 1].unsqueeze(0),
+                    item["zoom_out_label"][index : index + 1].unsqueeze(0),
+                    categories=[organ],
+                )
                 out[f"{key}.runtime_s"] = np.float64(time.perf_counter() - start)
                 _record_run(out, key, predictor, recorders, record[organ][4], ct, crop, index)
-                print(f"{key}: {len(predictor.calls)} forwards, {out[f'{key}.runtime_s']:.1f} s, "
-                      f"dice zoom-out {out[f'{key}.dice_zoom_out']:.4f} final {out[f'{key}.dice']:.4f}")
+                print(
+                    f"{key}: {len(predictor.calls)} forwards, {out[f'{key}.runtime_s']:.1f} s, "
+                    f"dice zoom-out {out[f'{key}.dice_zoom_out']:.4f} final {out[f'{key}.dice']:.4f}"
+                )
     return out
 
 
@@ -309,10 +360,13 @@ def standin_model(out: dict[str, np.ndarray]):
     from fake_segvol import LAYOUT_EMPTY_BAND, BandSegVol
 
     def model_for(ct, minmax):
-        bands = {name: (float(minmax[ct.labels == value][0]) if name != "stomach" else LAYOUT_EMPTY_BAND)
-                 for value, name in ct.label_names.items()}
+        bands = {
+            name: (float(minmax[ct.labels == value][0]) if name != "stomach" else LAYOUT_EMPTY_BAND)
+            for value, name in ct.label_names.items()
+        }
         out["bands_names"], out["bands_values"] = np.array(list(bands)), np.array(list(bands.values()))
         return BandSegVol(bands)
+
     return model_for
 
 
@@ -320,8 +374,9 @@ def _slab(ct, slices: slice):
     """The CT restricted to some slices, its matrix moved so the kept voxels stay where they were."""
     ijk_to_ras = ct.ijk_to_ras.copy()
     ijk_to_ras[:3, 3] += ijk_to_ras[:3, 2] * (slices.start or 0)
-    return type(ct)(volume=ct.volume[slices], labels=ct.labels[slices], ijk_to_ras=ijk_to_ras,
-                    label_names=ct.label_names)
+    return type(ct)(
+        volume=ct.volume[slices], labels=ct.labels[slices], ijk_to_ras=ijk_to_ras, label_names=ct.label_names
+    )
 
 
 def _record_preprocessing(out, prefix, ct, item, snapshots):
@@ -393,10 +448,12 @@ def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
         out[f"{key}.windows_box"] = np.stack(boxes)
         if points:  # a window with no click gets one ignore point instead of five: NaN rows pad it
             count = max(len(p) for p in points)
-            out[f"{key}.windows_points"] = np.stack([np.pad(p, ((0, count - len(p)), (0, 0)), constant_values=np.nan)
-                                                     for p in points])
-            out[f"{key}.windows_point_labels"] = np.stack([np.pad(l, (0, count - len(l)), constant_values=np.nan)
-                                                           for l in labels])
+            out[f"{key}.windows_points"] = np.stack(
+                [np.pad(p, ((0, count - len(p)), (0, 0)), constant_values=np.nan) for p in points]
+            )
+            out[f"{key}.windows_point_labels"] = np.stack(
+                [np.pad(lab, (0, count - len(lab)), constant_values=np.nan) for lab in labels]
+            )
         out[f"{key}.windows_logits_sub"] = np.stack(logits_sub)
 
     mask_cropped = (torch.sigmoid(final_logits) > 0.5).numpy()  # the official threshold
@@ -415,9 +472,18 @@ def _record_run(out, key, predictor, recorders, final_logits, ct, crop, index):
 def _versions() -> dict[str, np.ndarray]:
     import monai
     import transformers
-    return {"versions": np.array([f"python {platform.python_version()}", f"torch {torch.__version__}",
-                                  f"monai {monai.__version__}", f"transformers {transformers.__version__}",
-                                  f"numpy {np.__version__}"])}
+
+    return {
+        "versions": np.array(
+            [
+                f"python {platform.python_version()}",
+                f"torch {torch.__version__}",
+                f"monai {monai.__version__}",
+                f"transformers {transformers.__version__}",
+                f"numpy {np.__version__}",
+            ]
+        )
+    }
 
 
 def main(argv=None) -> None:
@@ -436,12 +502,14 @@ def main(argv=None) -> None:
         print(f"wrote {args.out / 'model_goldens.npz'}")
     if args.only in (None, "pipeline"):
         with tempfile.TemporaryDirectory() as workdir:
-            goldens = pipeline_goldens(lambda ct, minmax: model, Path(workdir), make_synthetic_ct(seed=0),
-                                       PIPELINE_CASES)
+            goldens = pipeline_goldens(
+                lambda ct, minmax: model, Path(workdir), make_synthetic_ct(seed=0), PIPELINE_CASES
+            )
         np.savez_compressed(args.out / "pipeline_goldens.npz", **goldens, **_versions())
         print(f"wrote {args.out / 'pipeline_goldens.npz'}")
     if args.only in (None, "standin"):
         from fake_segvol import layout_ct
+
         goldens = {}
         with tempfile.TemporaryDirectory() as workdir:
             goldens.update(pipeline_goldens(standin_model(goldens), Path(workdir), layout_ct(), STANDIN_CASES))

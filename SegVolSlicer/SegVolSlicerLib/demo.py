@@ -19,16 +19,24 @@ from .terminology import look_for_text
 from .weights import DEMO_CT, HUB_URL, default_folder, resolve_demo_ct, resolve_weights
 
 
-def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in: bool = True,
-             targets: Sequence[str] = ("liver",), reporter_for=None) -> tuple[Path, Path]:
+def run_demo(
+    source: str | None,
+    output_dir: Path,
+    device: str = "auto",
+    zoom_in: bool = True,
+    targets: Sequence[str] = ("liver",),
+    reporter_for=None,
+) -> tuple[Path, Path]:
     """Segment `targets` in the demo CT; returns (segmentation path, PNG path). `reporter_for(names)`: a
     context manager that is also the run's reporter (the CLI's tqdm bars), or None."""
     folder = Path(source).expanduser() if source else default_folder()
     if source and not folder.is_dir():
         raise InputError(f"--source {folder} is not a folder: give a BAAI/SegVol snapshot folder")
     if source and not (folder / DEMO_CT).is_file():  # a local folder is used as it is, never downloaded into
-        raise InputError(f"--source {folder} has no demo CT: download {HUB_URL}/{DEMO_CT} into it, or leave out "
-                         "--source to download the BAAI/SegVol snapshot")
+        raise InputError(
+            f"--source {folder} has no demo CT: download {HUB_URL}/{DEMO_CT} into it, or leave out "
+            "--source to download the BAAI/SegVol snapshot"
+        )
     ct_path = resolve_demo_ct(folder)  # first: offline, its message names every file to fetch
     weights = resolve_weights(folder if source else None)
     output_dir = output_dir.expanduser()
@@ -43,8 +51,7 @@ def run_demo(source: str | None, output_dir: Path, device: str = "auto", zoom_in
     host = EngineHost(ModelChoice(str(weights), device, "auto"), max_sessions=1)
     requested = [Target(look_for_text(name).name, name) for name in targets]
     with reporter_for([t.name for t in requested]) if reporter_for else nullcontext(NO_REPORT) as reporter:
-        results = host.segment(VolumeInput(str(ct_path), volume.array, volume.ijk_to_ras), requested, zoom_in,
-                               reporter)
+        results = host.segment(VolumeInput(str(ct_path), volume.array, volume.ijk_to_ras), requested, zoom_in, reporter)
     segments = []
     for result in results:
         for warning in result.warnings:

@@ -22,8 +22,9 @@ TORCH_REQUIREMENT = "torch>=2.2"
 # Slicer's own packages: installing SegVol's requirements must never replace them.
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "torch", "requests")
 
-NEEDS_PYTORCH_EXTENSION = ("SegVol needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, "
-                           "restart Slicer and try again.")
+NEEDS_PYTORCH_EXTENSION = (
+    "SegVol needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, restart Slicer and try again."
+)
 PRESS_SEGMENT = "SegVol's Python packages are not installed yet: press Segment to install them."
 DECLINED = "SegVol's Python packages were not installed: SegVol cannot run without them."
 FAILED = "Installing SegVol's Python packages failed (see the log); check the network connection and try again."
@@ -86,8 +87,9 @@ def ensure(requirements_file, interactive: bool = True, needs_torch: bool = True
         return _pip_install(requirements_file, missing, constraints)
     try:
         # Asks, shows pip's log (and a dialog if pip fails), offers a restart if a loaded package was updated.
-        packaging.pip_ensure(packaging.load_requirements(requirements_file), constraints=constraints,
-                             requester="SegVol")
+        packaging.pip_ensure(
+            packaging.load_requirements(requirements_file), constraints=constraints, requester="SegVol"
+        )
     except RuntimeError:  # the user declined
         return DECLINED
     except subprocess.CalledProcessError:
@@ -112,16 +114,19 @@ def _ensure_torch(interactive: bool) -> str | None:
             return DECLINED
     if unsatisfied([TORCH_REQUIREMENT]):
         found = importlib.metadata.version("torch")
-        return (f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
-                "module (Uninstall, restart Slicer, Install) and try again.")
+        return (
+            f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
+            "module (Uninstall, restart Slicer, Install) and try again."
+        )
     return None
 
 
 def _pip_install(requirements_file, missing, constraints) -> str | None:
     """Slicer 5.10, before slicer.packaging: ask, install with pip, tell when a restart is needed."""
     if not slicer.util.confirmOkCancelDisplay(
-            "SegVol needs these Python packages. Install them now (needs a network connection)?",
-            detailedText="\n".join(missing)):
+        "SegVol needs these Python packages. Install them now (needs a network connection)?",
+        detailedText="\n".join(missing),
+    ):
         return DECLINED
     names = (Requirement(line).name for line in missing)
     loaded = [name for name in names if name.lower().replace("-", "_") in sys.modules]

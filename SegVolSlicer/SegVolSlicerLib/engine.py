@@ -79,9 +79,16 @@ class EngineHost:
     and repeat the run there (off: the error is raised).
     """
 
-    def __init__(self, choice: ModelChoice | None = None, *, model=None, max_sessions: int = 2,
-                 memory_budget_mb: float = 4096, session_options: SessionOptions | None = None,
-                 cpu_fallback: bool = True):
+    def __init__(
+        self,
+        choice: ModelChoice | None = None,
+        *,
+        model=None,
+        max_sessions: int = 2,
+        memory_budget_mb: float = 4096,
+        session_options: SessionOptions | None = None,
+        cpu_fallback: bool = True,
+    ):
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self.choice = choice or ModelChoice()
@@ -142,8 +149,15 @@ class EngineHost:
                 return kept.session
             self._sessions.pop(volume.key, None)
         options = self.session_options
-        session = SegVolSession(model, volume.voxels, volume.ijk_to_ras, cache_budget_mb=options.cache_budget_mb,
-                                point_sampling=options.point_sampling, seed=options.seed, reporter=reporter)
+        session = SegVolSession(
+            model,
+            volume.voxels,
+            volume.ijk_to_ras,
+            cache_budget_mb=options.cache_budget_mb,
+            point_sampling=options.point_sampling,
+            seed=options.seed,
+            reporter=reporter,
+        )
         with self._lock:
             self._sessions[volume.key] = _KeptSession(volume.signature, session)
             self._evict(keep=volume.key)
@@ -192,8 +206,9 @@ class EngineHost:
             return sum(kept.session.memory_bytes for kept in self._sessions.values())
 
     def _evict(self, keep: Hashable) -> None:
-        while len(self._sessions) > 1 and (len(self._sessions) > self.max_sessions
-                                           or self.memory_bytes > self.memory_budget_bytes):
+        while len(self._sessions) > 1 and (
+            len(self._sessions) > self.max_sessions or self.memory_bytes > self.memory_budget_bytes
+        ):
             oldest = next(k for k in self._sessions if k != keep)
             del self._sessions[oldest]
 
@@ -216,8 +231,9 @@ class EngineHost:
             self._evict_after_run(volume.key)
             return result
 
-    def segment(self, volume: VolumeInput, targets: Sequence[Target], zoom_in: bool = True,
-                reporter: Reporter = NO_REPORT) -> list[SegmentationResult]:
+    def segment(
+        self, volume: VolumeInput, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
+    ) -> list[SegmentationResult]:
         """One result per target, in order; all targets share the volume's embeddings."""
         return self.run(volume, lambda session: session.segment_many(targets, zoom_in, reporter), reporter)
 

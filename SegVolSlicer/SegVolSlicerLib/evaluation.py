@@ -71,8 +71,14 @@ def _upsampled_clicks(coords: torch.Tensor, labels: torch.Tensor, space: ModelSp
     return ClickMap(np.unique(voxels, axis=0))
 
 
-def label_prompts(label_kji: np.ndarray, text: str | None, mode: PromptMode, prepared: PreparedVolume,
-                  space: ModelSpace, generator: torch.Generator | None) -> ModelPrompts:
+def label_prompts(
+    label_kji: np.ndarray,
+    text: str | None,
+    mode: PromptMode,
+    prepared: PreparedVolume,
+    space: ModelSpace,
+    generator: torch.Generator | None,
+) -> ModelPrompts:
     """The demo's prompts for one class (`label_kji` binary on the input grid). Clicks are drawn from
     `generator` (None: torch's global generator); pass the same generator on to the zoom-in, as the official
     demo's draws continue one random stream."""
@@ -115,8 +121,14 @@ class ClassResult:
     warnings: list[str] = field(default_factory=list)
 
     def row(self) -> dict:
-        return {"class": self.name, "label": self.label, "prompt": self.prompt, "dice": self.dice,
-                "zoom_out_dice": self.zoom_out_dice, "windows": self.windows}
+        return {
+            "class": self.name,
+            "label": self.label,
+            "prompt": self.prompt,
+            "dice": self.dice,
+            "zoom_out_dice": self.zoom_out_dice,
+            "windows": self.windows,
+        }
 
 
 def class_name_warnings(name: str) -> list[str]:
@@ -126,14 +138,22 @@ def class_name_warnings(name: str) -> list[str]:
     if not known:
         return [unknown_name_warning(name)]
     if training_name != name:
-        return [f"'{name}' is used as typed, as the official evaluation does; SegVol's training name for it is "
-                f"'{training_name}'"]
+        return [
+            f"'{name}' is used as typed, as the official evaluation does; SegVol's training name for it is "
+            f"'{training_name}'"
+        ]
     return []
 
 
-def evaluate_classes(host: EngineHost, volume: VolumeInput, labels_kji: np.ndarray,
-                     classes: Sequence[tuple[str, int]], prompt: str, zoom_in: bool = True,
-                     reporter: Reporter = NO_REPORT) -> list[ClassResult]:
+def evaluate_classes(
+    host: EngineHost,
+    volume: VolumeInput,
+    labels_kji: np.ndarray,
+    classes: Sequence[tuple[str, int]],
+    prompt: str,
+    zoom_in: bool = True,
+    reporter: Reporter = NO_REPORT,
+) -> list[ClassResult]:
     """The official protocol for each (name, label value) of one CT, on the host's session of the volume."""
     mode = PromptMode.parse(prompt)
 
@@ -149,9 +169,18 @@ def evaluate_classes(host: EngineHost, volume: VolumeInput, labels_kji: np.ndarr
             result = session.segment_model_prompts(name, prompts, zoom_in, reporter, generator=generator)
             crop = result.crop
             warnings = (class_name_warnings(name) if mode.text else []) + result.warnings
-            results.append(ClassResult(name, int(value), prompt, dice(result.mask[crop], truth[crop]),
-                                       dice(result.zoom_out_mask[crop], truth[crop]), result.windows, result.mask,
-                                       warnings))
+            results.append(
+                ClassResult(
+                    name,
+                    int(value),
+                    prompt,
+                    dice(result.mask[crop], truth[crop]),
+                    dice(result.zoom_out_mask[crop], truth[crop]),
+                    result.windows,
+                    result.mask,
+                    warnings,
+                )
+            )
         return results
 
     return host.run(volume, work, reporter)

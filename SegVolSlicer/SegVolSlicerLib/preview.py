@@ -45,8 +45,9 @@ def _slices_to_show(masks: Sequence[np.ndarray], depth: int) -> list[int]:
     return chosen or [depth // 2]
 
 
-def write_preview_png(path: str | os.PathLike, volume_kji: np.ndarray, ijk_to_ras: np.ndarray,
-                      segments: Sequence[Segment]) -> None:
+def write_preview_png(
+    path: str | os.PathLike, volume_kji: np.ndarray, ijk_to_ras: np.ndarray, segments: Sequence[Segment]
+) -> None:
     orient = _display_axes(np.asarray(ijk_to_ras, dtype=np.float64))
     image = orient(volume_kji).astype(np.float32)
     low, high = SOFT_TISSUE_WINDOW

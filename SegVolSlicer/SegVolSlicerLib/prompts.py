@@ -31,8 +31,10 @@ def label_from_description(description: str | None) -> int:
         return POSITIVE
     if word in _NEGATIVE_WORDS:
         return NEGATIVE
-    raise InputError(f"point description {description!r} is neither positive nor negative: leave it empty "
-                     "or write 'positive' for a positive point, write 'negative' for a negative one")
+    raise InputError(
+        f"point description {description!r} is neither positive nor negative: leave it empty "
+        "or write 'positive' for a positive point, write 'negative' for a negative one"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,9 +80,11 @@ class Points:
         outside = np.any((self.ijk < -0.5) | (self.ijk >= upper), axis=1)
         if np.any(outside):
             first = self.ijk[np.argmax(outside)]
-            raise InputError(f"{int(outside.sum())} point(s) lie outside the volume, e.g. IJK "
-                             f"({first[0]:.1f}, {first[1]:.1f}, {first[2]:.1f}) while the volume has "
-                             f"{shape_kji[2]} x {shape_kji[1]} x {shape_kji[0]} voxels: place the points on the image")
+            raise InputError(
+                f"{int(outside.sum())} point(s) lie outside the volume, e.g. IJK "
+                f"({first[0]:.1f}, {first[1]:.1f}, {first[2]:.1f}) while the volume has "
+                f"{shape_kji[2]} x {shape_kji[1]} x {shape_kji[0]} voxels: place the points on the image"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,10 @@ class Box:
         size_ijk = np.asarray(shape_kji[::-1])
         low, high = np.maximum(self.ijk_min, 0), np.minimum(self.ijk_max, size_ijk - 1)
         if np.any(high < low):
-            raise InputError(f"the box {self.ijk_min} .. {self.ijk_max} lies outside the volume "
-                             f"({size_ijk[0]} x {size_ijk[1]} x {size_ijk[2]} voxels): draw it on the image")
+            raise InputError(
+                f"the box {self.ijk_min} .. {self.ijk_max} lies outside the volume "
+                f"({size_ijk[0]} x {size_ijk[1]} x {size_ijk[2]} voxels): draw it on the image"
+            )
         return Box(tuple(low), tuple(high))
 
     def corners_ijk(self) -> np.ndarray:
@@ -146,12 +152,15 @@ class Target:
         if self.points is not None and not len(self.points):
             object.__setattr__(self, "points", None)
         if self.text is None and self.box is None and (self.points is None or not self.points.has_positive):
-            raise InputError(f"target {self.name!r} has no usable prompt: give a text, a box or at least one "
-                             "positive point (negative points alone cannot say what to segment)")
+            raise InputError(
+                f"target {self.name!r} has no usable prompt: give a text, a box or at least one "
+                "positive point (negative points alone cannot say what to segment)"
+            )
 
 
-def plan_targets(texts: Sequence[str], points: Points | None, box: Box | None, unnamed: str,
-                 name: str | None = None) -> list[Target]:
+def plan_targets(
+    texts: Sequence[str], points: Points | None, box: Box | None, unnamed: str, name: str | None = None
+) -> list[Target]:
     """The targets of one request, for every face: each text alone is one target, named after its anatomy
     (Slicer's standard name); points and a box describe one structure, with at most one text, named `name`,
     else after its text, else `unnamed` (e.g. "SegVol 1")."""
@@ -162,8 +171,10 @@ def plan_targets(texts: Sequence[str], points: Points | None, box: Box | None, u
     if not texts and not spatial:
         raise InputError("nothing to segment: give an anatomy name, a positive point or a box")
     if spatial and len(texts) > 1:
-        raise InputError("points and a box describe one structure: give at most one name with them, or segment "
-                         "several names without points and box (one run per structure)")
+        raise InputError(
+            "points and a box describe one structure: give at most one name with them, or segment "
+            "several names without points and box (one run per structure)"
+        )
     if spatial:
         text = texts[0] if texts else None
         return [Target(name or (look_for_text(text).name if text else unnamed), text, points, box)]

@@ -13,8 +13,7 @@ from .errors import InputError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Image-encoder precision; "auto" is `default_precision(device)`. The decoder always runs in fp32.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICE_HELP = ("where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N (the N-th GPU) "
-               "or mps")
+DEVICE_HELP = "where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
 def check_device_name(name: str) -> str:
@@ -45,8 +44,10 @@ def resolve_device(device="auto"):
         if not torch.cuda.is_available():
             raise InputError("CUDA was requested but no CUDA GPU is usable here: use device 'cpu' or 'auto'")
         if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
-            raise InputError(f"there is no GPU {name}: this machine has {torch.cuda.device_count()} "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise InputError(
+                f"there is no GPU {name}: this machine has {torch.cuda.device_count()} "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     if kind == "mps" and not mps_available:
         raise InputError("Apple MPS was requested but is not available here: use device 'cpu' or 'auto'")
     return torch.device(name)
@@ -99,12 +100,15 @@ def keeps_crop_on_device(device) -> bool:
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA raises torch.OutOfMemoryError; MPS and older torch raise RuntimeError("... out of memory ...")."""
     return type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
 
 
 def fallback_message(device) -> str:
-    return (f"Not enough GPU memory on '{device}': SegVol continues on the CPU (slower) until another device or "
-            "other weights are chosen.")
+    return (
+        f"Not enough GPU memory on '{device}': SegVol continues on the CPU (slower) until another device or "
+        "other weights are chosen."
+    )
 
 
 def release_device_memory() -> None:

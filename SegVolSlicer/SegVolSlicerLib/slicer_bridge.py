@@ -42,8 +42,10 @@ def _to_world(node) -> np.ndarray:
     if parent is None:
         return np.eye(4)
     if not parent.IsTransformToWorldLinear():
-        raise InputError(f"'{node.GetName()}' is under a non-linear transform: harden the transform "
-                         "(Data module, right-click the node) and try again")
+        raise InputError(
+            f"'{node.GetName()}' is under a non-linear transform: harden the transform "
+            "(Data module, right-click the node) and try again"
+        )
     matrix = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(matrix)
     return slicer.util.arrayFromVTKMatrix(matrix)
@@ -64,8 +66,10 @@ def read_volume(volume_node) -> tuple[np.ndarray, np.ndarray]:
     if image is None or min(image.GetDimensions()) < 1:
         raise InputError(f"volume '{volume_node.GetName()}' has no voxels: load a CT volume")
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} components "
-                         "per voxel (colour or vector image): select a scalar CT volume")
+        raise InputError(
+            f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} components "
+            "per voxel (colour or vector image): select a scalar CT volume"
+        )
     # arrayFromVolume is a view of VTK memory; the worker thread must not see later edits.
     return slicer.util.arrayFromVolume(volume_node).copy(), world_ijk_to_ras(volume_node)
 
@@ -129,8 +133,9 @@ def create_prompt_node(scene, role: str):
 def create_segmentation_node(volume_node):
     """A new segmentation for the results on `volume_node`, named after it, with the volume's geometry."""
     scene = volume_node.GetScene()
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                   scene.GenerateUniqueName(f"{volume_node.GetName()} SegVol"))
+    node = scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volume_node.GetName()} SegVol")
+    )
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     return node
@@ -174,8 +179,8 @@ class SegmentSpec:
     name: str
     color: tuple[float, float, float]
     terminology_entry: str | None = None
-    target_key: str | None = None    # TARGET_TAG value: finds the segment of an earlier run of the same text
-    segment_id: str | None = None    # refine this segment
+    target_key: str | None = None  # TARGET_TAG value: finds the segment of an earlier run of the same text
+    segment_id: str | None = None  # refine this segment
 
 
 def spec_for_text(text: str) -> SegmentSpec:
@@ -211,15 +216,19 @@ def split_names(text: str) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
-def plan_targets(names: list[str], points: Points | None, box: Box | None, segmentation_node,
-                 refine_segment_id: str | None = None) -> list[tuple[Target, SegmentSpec]]:
+def plan_targets(
+    names: list[str], points: Points | None, box: Box | None, segmentation_node, refine_segment_id: str | None = None
+) -> list[tuple[Target, SegmentSpec]]:
     """What to segment (prompts.plan_targets) and where each result goes: a name's segment is found again
     when the name is run again; without a name, the prompts refine `refine_segment_id` or make a new
     "SegVol N"."""
     unnamed = None
     if not names:
-        unnamed = (spec_for_segment(segmentation_node, refine_segment_id) if refine_segment_id
-                   else spec_for_new_segment(segmentation_node))
+        unnamed = (
+            spec_for_segment(segmentation_node, refine_segment_id)
+            if refine_segment_id
+            else spec_for_new_segment(segmentation_node)
+        )
     targets = prompts.plan_targets(names, points, box, unnamed.name if unnamed else "")
     return [(target, spec_for_text(target.text) if target.text is not None else unnamed) for target in targets]
 
@@ -229,9 +238,11 @@ def check_labelmap_source(segmentation_node) -> None:
     segments (the surfaces are the source, voxels derived from them), and converting it is the user's choice."""
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSourceRepresentationName() != LABELMAP and segmentation.GetNumberOfSegments():
-        raise InputError(f"segmentation '{segmentation_node.GetName()}' stores its segments as "
-                         f"{segmentation.GetSourceRepresentationName().lower()}s: make 'Binary labelmap' its source "
-                         "representation (Segmentations module, Representations) or choose another segmentation")
+        raise InputError(
+            f"segmentation '{segmentation_node.GetName()}' stores its segments as "
+            f"{segmentation.GetSourceRepresentationName().lower()}s: make 'Binary labelmap' its source "
+            "representation (Segmentations module, Representations) or choose another segmentation"
+        )
 
 
 def find_target_segment(segmentation_node, target_key: str) -> str | None:
@@ -300,15 +311,22 @@ class SegmentWriter:
         expected_shape = slicer.util.arrayFromVolume(self.volume_node).shape
         for _, mask in results:
             if mask.shape != expected_shape:
-                raise InputError(f"a mask of shape {mask.shape} does not fit volume "
-                                 f"'{self.volume_node.GetName()}' of shape {expected_shape}")
+                raise InputError(
+                    f"a mask of shape {mask.shape} does not fit volume "
+                    f"'{self.volume_node.GetName()}' of shape {expected_shape}"
+                )
         self._save_state()
         segment_ids = []
         for spec, mask in results:
             segment_id = self._segment_for(spec)
-            self._logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id,
-                                                _oriented_labelmap(mask, ijk_to_segmentation),
-                                                self._logic.ModificationModeSet, True, False)
+            self._logic.ModifySegmentByLabelmap(
+                self.segmentation_node,
+                segment_id,
+                _oriented_labelmap(mask, ijk_to_segmentation),
+                self._logic.ModificationModeSet,
+                True,
+                False,
+            )
             segment_ids.append(segment_id)
         return segment_ids
 

@@ -27,9 +27,9 @@ SHAPE_KJI = (12, 20, 24)
 def oblique_lps_ijk_to_ras(spacing=(0.8, 0.9, 2.5), origin=(30.0, -12.0, 7.0), degrees=20.0) -> np.ndarray:
     """An oblique, anisotropic IJK-to-RAS matrix whose i and j axes point to L and P (as in DICOM/LPS files)."""
     angle = math.radians(degrees)
-    rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0],
-                         [math.sin(angle), math.cos(angle), 0.0],
-                         [0.0, 0.0, 1.0]])
+    rotation = np.array(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
     directions = np.diag([-1.0, -1.0, 1.0]) @ rotation  # LPS flip of a rotated frame
     matrix = np.eye(4)
     matrix[:3, :3] = directions @ np.diag(spacing)
@@ -130,17 +130,24 @@ def check_point_prompts():
         voxels = slicer.util.arrayFromVolume(volume)
         model_voxels = axes.to_model(voxels)
         for p_ijk, p_dhw in zip(np.round(points.ijk).astype(int), np.round(dhw).astype(int)):
-            _check(voxels[p_ijk[2], p_ijk[1], p_ijk[0]] == model_voxels[tuple(p_dhw)],
-                   f"{label}: model-space point {p_dhw} is not voxel {p_ijk}")
+            _check(
+                voxels[p_ijk[2], p_ijk[1], p_ijk[0]] == model_voxels[tuple(p_dhw)],
+                f"{label}: model-space point {p_dhw} is not voxel {p_ijk}",
+            )
         _check(np.allclose(axes.model_to_ijk(dhw), points.ijk), f"{label}: model -> IJK round trip")
 
         transform, shift = _translation((4.0, 2.0, -6.0))
         moved = _add_points("moved", ras[:1] - shift[:3, 3], slicer_bridge.POSITIVE_ROLE)
         moved.SetAndObserveTransformNodeID(transform.GetID())
-        _check(np.allclose(slicer_bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
-               f"{label}: point under a transform")
-        _check(slicer_bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")],
-                                         ijk_to_ras) is None, f"{label}: an empty node gave points")
+        _check(
+            np.allclose(slicer_bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
+            f"{label}: point under a transform",
+        )
+        _check(
+            slicer_bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")], ijk_to_ras)
+            is None,
+            f"{label}: an empty node gave points",
+        )
 
 
 def check_prompts_in_model_space():
@@ -156,8 +163,10 @@ def check_prompts_in_model_space():
         points = slicer_bridge.read_points([_add_points("clicks", ijk_to_ras_points(ijk_to_ras, ijk))], matrix)
         _check(np.all(space.contains_crop(space.ijk_to_crop(points.ijk))), f"{label}: clicks outside the crop")
         zoom_out = space.ijk_to_zoom_out(points.ijk)
-        _check(np.all(zoom_out > -0.5) and np.all(zoom_out < np.array([32, 256, 256]) - 0.5),
-               f"{label}: clicks left the zoom-out grid: {zoom_out}")
+        _check(
+            np.all(zoom_out > -0.5) and np.all(zoom_out < np.array([32, 256, 256]) - 0.5),
+            f"{label}: clicks left the zoom-out grid: {zoom_out}",
+        )
         _check(np.allclose(space.zoom_out_to_ijk(zoom_out), ijk, atol=1e-6), f"{label}: zoom-out -> IJK round trip")
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
         box = Box((2, 3, 1), (17, 12, 9))
@@ -185,11 +194,13 @@ def check_roi_prompt():
         rotated.SetSize(8.0, 8.0, 8.0)
         corners_ijk = ras_to_ijk_points(ijk_to_ras, slicer_bridge.roi_corners_ras(rotated))
         got = slicer_bridge.read_box(rotated, ijk_to_ras)
-        _check(np.all(np.asarray(got.ijk_min) >= corners_ijk.min(axis=0) - 1e-6)
-               and np.all(np.asarray(got.ijk_min) - 1 < corners_ijk.min(axis=0))
-               and np.all(np.asarray(got.ijk_max) <= corners_ijk.max(axis=0) + 1e-6)
-               and np.all(np.asarray(got.ijk_max) + 1 > corners_ijk.max(axis=0)),
-               f"{label}: rotated ROI {got} vs corners {corners_ijk.min(axis=0)}..{corners_ijk.max(axis=0)}")
+        _check(
+            np.all(np.asarray(got.ijk_min) >= corners_ijk.min(axis=0) - 1e-6)
+            and np.all(np.asarray(got.ijk_min) - 1 < corners_ijk.min(axis=0))
+            and np.all(np.asarray(got.ijk_max) <= corners_ijk.max(axis=0) + 1e-6)
+            and np.all(np.asarray(got.ijk_max) + 1 > corners_ijk.max(axis=0)),
+            f"{label}: rotated ROI {got} vs corners {corners_ijk.min(axis=0)}..{corners_ijk.max(axis=0)}",
+        )
 
         transform, shift = _translation((-7.0, 3.0, 2.0))
         moved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "moved")
@@ -230,19 +241,24 @@ def check_mask_to_segment():
         volume, segmentation, manual, shape = _volume_with_manual_segments(ijk_to_ras, label)
         writer = slicer_bridge.SegmentWriter(segmentation, volume)
         liver, spleen = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (5, 0, 10), (12, 9, 24))
-        liver_id, spleen_id = writer.write([(slicer_bridge.spec_for_text("Liver"), liver),
-                                            (slicer_bridge.spec_for_text("spleen"), spleen)])
+        liver_id, spleen_id = writer.write(
+            [(slicer_bridge.spec_for_text("Liver"), liver), (slicer_bridge.spec_for_text("spleen"), spleen)]
+        )
         _check(np.array_equal(_segment_array(segmentation, liver_id, volume), liver), f"{label}: liver voxels")
         stored = slicer.vtkOrientedImageData()
         segmentation.GetBinaryLabelmapRepresentation(liver_id, stored)
         image_to_world = vtk.vtkMatrix4x4()
         stored.GetImageToWorldMatrix(image_to_world)
-        _check(np.allclose(slicer.util.arrayFromVTKMatrix(image_to_world), ijk_to_ras, atol=1e-6),
-               f"{label}: the segment is not stored on the volume's grid")
+        _check(
+            np.allclose(slicer.util.arrayFromVTKMatrix(image_to_world), ijk_to_ras, atol=1e-6),
+            f"{label}: the segment is not stored on the volume's grid",
+        )
         _check(np.array_equal(_segment_array(segmentation, spleen_id, volume), spleen), f"{label}: spleen voxels")
         for segment_id, before in manual.items():
-            _check(np.array_equal(_segment_array(segmentation, segment_id, volume), before),
-                   f"{label}: segment {segment_id} was modified")
+            _check(
+                np.array_equal(_segment_array(segmentation, segment_id, volume), before),
+                f"{label}: segment {segment_id} was modified",
+            )
         segment = segmentation.GetSegmentation().GetSegment(liver_id)
         expected = terminology.standard_term("liver")
         _check(segment.GetName() == "liver", f"{label}: name {segment.GetName()}")
@@ -250,8 +266,10 @@ def check_mask_to_segment():
         entry = vtk.reference("")
         segment.GetTag(terminology.TERMINOLOGY_ENTRY_TAG, entry)
         _check(entry.get() == expected.entry, f"{label}: terminology {entry.get()}")
-        _check(not segment.GetNameAutoGenerated() and not segment.GetColorAutoGenerated(),
-               f"{label}: name/colour still auto-generated")
+        _check(
+            not segment.GetNameAutoGenerated() and not segment.GetColorAutoGenerated(),
+            f"{label}: name/colour still auto-generated",
+        )
         writer.close()
 
 
@@ -317,8 +335,10 @@ def check_overwrite_settings():
     bigger = _blob(shape, (0, 0, 0), (12, 20, 24))
     writer.write([(slicer_bridge.spec_for_text("stomach"), bigger)])
     outside = 1 - np.maximum.reduce(list(before.values()))
-    _check(np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
-           "mask 'outside all segments' was not honoured")
+    _check(
+        np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
+        "mask 'outside all segments' was not honoured",
+    )
     writer.close()
 
 
@@ -346,8 +366,10 @@ def check_surface_segmentations():
     # Counted, not expected to be 0: the Segment Editor's own node is a singleton that scene.Clear() keeps.
     editor_nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems()
     _expect_input_error(lambda: slicer_bridge.SegmentWriter(surfaces, volume), "Binary labelmap")
-    _check(slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems() == editor_nodes,
-           "a refused writer left its editor node in the scene")
+    _check(
+        slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems() == editor_nodes,
+        "a refused writer left its editor node in the scene",
+    )
     empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty surfaces")
     empty.GetSegmentation().SetSourceRepresentationName("Closed surface")
     writer = slicer_bridge.SegmentWriter(empty, volume)
@@ -360,8 +382,12 @@ def check_seg_nrrd_roundtrip(folder=None):
     """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     writer = slicer_bridge.SegmentWriter(segmentation, volume)
-    written = writer.write([(slicer_bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
-                            (slicer_bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3)))])
+    written = writer.write(
+        [
+            (slicer_bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
+            (slicer_bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3))),
+        ]
+    )
     writer.close()
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = os.path.join(tmp, "result.seg.nrrd")
@@ -378,8 +404,12 @@ def check_seg_nrrd_roundtrip(folder=None):
             original.GetTag(tag, a)
             copy.GetTag(tag, b)
             _check(a.get() == b.get(), f"tag {tag} of {copy.GetName()}: {b.get()!r}")
-        _check(np.array_equal(_segment_array(loaded, segment_id, volume),
-                              _segment_array(segmentation, segment_id, volume)), f"voxels of {copy.GetName()}")
+        _check(
+            np.array_equal(
+                _segment_array(loaded, segment_id, volume), _segment_array(segmentation, segment_id, volume)
+            ),
+            f"voxels of {copy.GetName()}",
+        )
     target = vtk.reference("")
     loaded.GetSegmentation().GetSegment(written[0]).GetTag(slicer_bridge.TARGET_TAG, target)
     _check(target.get() == "inferior vena cava", "target tag lost")
@@ -398,8 +428,10 @@ def check_logic_refuses_unusable_input(logic):
     """Unusable input is one InputError saying what to do, and creates nothing; usable input a new segmentation."""
     ijk_to_ras = oblique_lps_ijk_to_ras()
     volume = make_volume(ijk_to_ras)
-    positive, negative, roi = (slicer_bridge.create_prompt_node(slicer.mrmlScene, role) for role in
-                               (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE))
+    positive, negative, roi = (
+        slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
+        for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)
+    )
     clicks = [positive, negative]
     centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
     _expect_input_error(lambda: logic.prepare(None, None, "liver"), "no input volume")
@@ -422,15 +454,18 @@ def check_logic_refuses_unusable_input(logic):
 
     set_roi_to_box(roi, Box((-3, 2, 1), (5, 30, 4)), ijk_to_ras)  # reaches out of the volume: clipped
     request = logic.prepare(volume, None, "liver", clicks, roi)
-    (target, spec), = request.targets
-    _check(target.text == "liver" and spec.name == "liver" and list(target.points.labels) == [1, 0],
-           f"targets {request.targets}")
+    ((target, spec),) = request.targets
+    _check(
+        target.text == "liver" and spec.name == "liver" and list(target.points.labels) == [1, 0],
+        f"targets {request.targets}",
+    )
     _check(target.box == Box((0, 2, 1), (5, SHAPE_KJI[1] - 1, 4)), f"box not clipped to the volume: {target.box}")
     segmentation = request.segmentationNode
-    _check(segmentation.GetScene() is slicer.mrmlScene and segmentation.GetName() == "SegVol test CT SegVol",
-           "no new segmentation for the results")
-    geometry = segmentation.GetNodeReference(
-        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    _check(
+        segmentation.GetScene() is slicer.mrmlScene and segmentation.GetName() == "SegVol test CT SegVol",
+        "no new segmentation for the results",
+    )
+    geometry = segmentation.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
     _check(geometry is volume, "the new segmentation does not take the volume's geometry")
 
 
@@ -490,8 +525,10 @@ def check_logic_end_to_end(logic, model):
         _check(np.allclose(segment.GetColor(), terminology.standard_term(name).color), f"{name} colour")
     expected = session.segment(Target("liver", text="liver"), zoom_in=False).mask  # cached embedding: decoder only
     _check(expected.any(), "the synthetic model found nothing: the check would prove little")
-    _check(np.array_equal(_segment_array(segmentation, segment_ids[0], volume), expected),
-           "the liver segment differs from the engine's mask on the volume grid")
+    _check(
+        np.array_equal(_segment_array(segmentation, segment_ids[0], volume), expected),
+        "the liver segment differs from the engine's mask on the volume grid",
+    )
 
     liver = np.argwhere(ct.labels == 1)
     centre_kji = liver.mean(axis=0)
@@ -503,13 +540,17 @@ def check_logic_end_to_end(logic, model):
     _check(segmentation.GetSegmentation().GetSegment(clicked_id).GetName() == "SegVol 1", "prompt-only segment name")
     _check(logic.engine.kept_session(volume.GetID()) is session, "the session was not reused")
     request = logic.prepare(volume, segmentation, pointNodes=[clicks], roiNode=roi, zoomIn=False)
-    (target, _), = request.targets
-    _check(target.box == box and np.allclose(target.points.ijk, [centre_kji[::-1]]), "prompts reached the engine changed")
+    ((target, _),) = request.targets
+    _check(
+        target.box == box and np.allclose(target.points.ijk, [centre_kji[::-1]]), "prompts reached the engine changed"
+    )
 
     count = segmentation.GetSegmentation().GetNumberOfSegments()
     (again,), _ = logic.process(volume, segmentation, names="Liver", zoomIn=False)
-    _check(again == segment_ids[0] and segmentation.GetSegmentation().GetNumberOfSegments() == count,
-           "re-running 'liver' did not update its segment in place")
+    _check(
+        again == segment_ids[0] and segmentation.GetSegmentation().GetNumberOfSegments() == count,
+        "re-running 'liver' did not update its segment in place",
+    )
 
     slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1
     slicer.util.arrayFromVolumeModified(volume)
@@ -517,15 +558,25 @@ def check_logic_end_to_end(logic, model):
     _check(logic.engine.kept_session(volume.GetID()) is None, "the session survived a change of the voxels")
     volume_id = volume.GetID()
     fresh = logic.engine.session(logic.prepare(volume, segmentation, names="aorta").volume)
-    _check(logic.engine.kept_session(volume_id) is fresh and fresh is not session, "no new session for the changed volume")
+    _check(
+        logic.engine.kept_session(volume_id) is fresh and fresh is not session, "no new session for the changed volume"
+    )
     other = slicer.util.addVolumeFromArray(ct.volume, ct.ijk_to_ras, "other CT")
     slicer.mrmlScene.RemoveNode(volume)
     logic.prepare(other, segmentation, names="liver")
     _check(logic.engine.kept_session(volume_id) is None, "the session of a removed volume was kept")
 
 
-BRIDGE_CHECKS = (check_volume_geometry, check_point_prompts, check_roi_prompt, check_mask_to_segment,
-                 check_rerun_updates_in_place, check_undo_steps, check_overwrite_settings, check_surface_segmentations,
-                 check_seg_nrrd_roundtrip)
+BRIDGE_CHECKS = (
+    check_volume_geometry,
+    check_point_prompts,
+    check_roi_prompt,
+    check_mask_to_segment,
+    check_rerun_updates_in_place,
+    check_undo_steps,
+    check_overwrite_settings,
+    check_surface_segmentations,
+    check_seg_nrrd_roundtrip,
+)
 LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
 ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)

@@ -45,9 +45,9 @@ class Code:
 class StandardTerm:
     """A SegVol category as a Slicer terminology entry."""
 
-    label: str                                   # Slicer's display name, e.g. "left kidney"
-    color: tuple[float, float, float] | None     # recommended colour in [0, 1]; None when the list has none
-    context: str                                 # terminology context name
+    label: str  # Slicer's display name, e.g. "left kidney"
+    color: tuple[float, float, float] | None  # recommended colour in [0, 1]; None when the list has none
+    context: str  # terminology context name
     category: Code
     type: Code
     modifier: Code
@@ -56,8 +56,17 @@ class StandardTerm:
     def entry(self) -> str:
         """Serialized as vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry does (the segment tag value)."""
         empty = Code("", "", "").serialize()
-        return "~".join([self.context, self.category.serialize(), self.type.serialize(), self.modifier.serialize(),
-                         ANATOMIC_CONTEXT_NAME, empty, empty])
+        return "~".join(
+            [
+                self.context,
+                self.category.serialize(),
+                self.type.serialize(),
+                self.modifier.serialize(),
+                ANATOMIC_CONTEXT_NAME,
+                empty,
+                empty,
+            ]
+        )
 
 
 def _rgb(item: dict) -> tuple[int, int, int] | None:
@@ -75,8 +84,9 @@ def _term(context: str, category: dict, type_: dict, modifier: dict | None) -> S
         label = modifier.get("3dSlicerLabel") or f"{modifier['CodeMeaning']} {type_['CodeMeaning']}".lower()
         rgb = _rgb(modifier) or _rgb(type_)
     color = None if rgb is None else tuple(c / 255.0 for c in rgb)
-    return StandardTerm(label, color, context, Code.from_json(category), Code.from_json(type_),
-                        Code.from_json(modifier))
+    return StandardTerm(
+        label, color, context, Code.from_json(category), Code.from_json(type_), Code.from_json(modifier)
+    )
 
 
 @cache
@@ -89,8 +99,9 @@ def _terms_by_meaning(list_key: str) -> dict[tuple[str, str], StandardTerm]:
         for type_ in category.get("Type", []):
             terms.setdefault((type_["CodeMeaning"], ""), _term(context, category, type_, None))
             for modifier in type_.get("Modifier", []):
-                terms.setdefault((type_["CodeMeaning"], modifier["CodeMeaning"]),
-                                 _term(context, category, type_, modifier))
+                terms.setdefault(
+                    (type_["CodeMeaning"], modifier["CodeMeaning"]), _term(context, category, type_, modifier)
+                )
     return terms
 
 

@@ -72,19 +72,46 @@ SYNONYMS = {
 # Colours (RGB 0-255) of common anatomy, as in 3D Slicer's general anatomy terminology; other names get a
 # fixed colour derived from the name.
 _COLOURS = {
-    "liver": (221, 130, 101), "spleen": (157, 108, 162), "pancreas": (249, 180, 111),
-    "left kidney": (185, 102, 83), "right kidney": (185, 102, 83), "kidney": (185, 102, 83),
-    "kidneys": (185, 102, 83), "kidney left": (185, 102, 83), "kidney right": (185, 102, 83),
-    "gall bladder": (139, 150, 98), "gallbladder": (139, 150, 98), "stomach": (216, 132, 105),
-    "aorta": (224, 97, 76), "postcava": (0, 151, 206), "inferior vena cava": (0, 151, 206),
-    "portal vein and splenic vein": (0, 151, 206), "esophagus": (211, 171, 143), "duodenum": (255, 253, 229),
-    "bladder": (222, 154, 132), "urinary bladder": (222, 154, 132), "heart": (206, 110, 84),
-    "left lung": (197, 165, 145), "right lung": (197, 165, 145), "lungs": (197, 165, 145),
-    "colon": (204, 168, 143), "small bowel": (205, 167, 142), "intestine": (205, 167, 142),
-    "rectum": (204, 142, 178), "left adrenal gland": (249, 186, 150), "right adrenal gland": (249, 186, 150),
-    "adrenal": (249, 186, 150), "trachea": (182, 228, 255), "spinal cord": (244, 214, 49),
-    "brain": (250, 250, 225), "thyroid": (220, 188, 146), "bone": (241, 214, 145), "sacrum": (241, 214, 145),
-    "prostate or uterus": (230, 158, 140), "tumor": (144, 238, 144), "liver tumor": (144, 238, 144),
+    "liver": (221, 130, 101),
+    "spleen": (157, 108, 162),
+    "pancreas": (249, 180, 111),
+    "left kidney": (185, 102, 83),
+    "right kidney": (185, 102, 83),
+    "kidney": (185, 102, 83),
+    "kidneys": (185, 102, 83),
+    "kidney left": (185, 102, 83),
+    "kidney right": (185, 102, 83),
+    "gall bladder": (139, 150, 98),
+    "gallbladder": (139, 150, 98),
+    "stomach": (216, 132, 105),
+    "aorta": (224, 97, 76),
+    "postcava": (0, 151, 206),
+    "inferior vena cava": (0, 151, 206),
+    "portal vein and splenic vein": (0, 151, 206),
+    "esophagus": (211, 171, 143),
+    "duodenum": (255, 253, 229),
+    "bladder": (222, 154, 132),
+    "urinary bladder": (222, 154, 132),
+    "heart": (206, 110, 84),
+    "left lung": (197, 165, 145),
+    "right lung": (197, 165, 145),
+    "lungs": (197, 165, 145),
+    "colon": (204, 168, 143),
+    "small bowel": (205, 167, 142),
+    "intestine": (205, 167, 142),
+    "rectum": (204, 142, 178),
+    "left adrenal gland": (249, 186, 150),
+    "right adrenal gland": (249, 186, 150),
+    "adrenal": (249, 186, 150),
+    "trachea": (182, 228, 255),
+    "spinal cord": (244, 214, 49),
+    "brain": (250, 250, 225),
+    "thyroid": (220, 188, 146),
+    "bone": (241, 214, 145),
+    "sacrum": (241, 214, 145),
+    "prostate or uterus": (230, 158, 140),
+    "tumor": (144, 238, 144),
+    "liver tumor": (144, 238, 144),
     "kidney tumor": (144, 238, 144),
 }
 
@@ -106,8 +133,7 @@ def _lookup() -> dict[str, str]:
     for level, count in (("C", 7), ("T", 12), ("L", 5)):  # "L1", "L1 vertebra", "vertebra L1" -> "vertebrae L1"
         for n in range(1, count + 1):
             name = f"vertebrae {level}{n}"
-            for spelling in (f"{level}{n}", f"{level}{n} vertebra", f"vertebra {level}{n}",
-                             f"{level}{n} vertebrae"):
+            for spelling in (f"{level}{n}", f"{level}{n} vertebra", f"vertebra {level}{n}", f"{level}{n} vertebrae"):
                 lookup.setdefault(_normalise(spelling), name)
     lookup.update(SYNONYMS)
     return lookup
@@ -122,8 +148,10 @@ def resolve_name(user_text: str) -> tuple[str, bool]:
 
 
 def unknown_name_warning(text: str) -> str:
-    return (f"'{text}' is not one of SegVol's 222 training names: it is used as typed, expect a weaker result "
-            "(see the list of known names)")
+    return (
+        f"'{text}' is not one of SegVol's 222 training names: it is used as typed, expect a weaker result "
+        "(see the list of known names)"
+    )
 
 
 def resolve_text(user_text: str | None) -> tuple[str | None, list[str]]:

@@ -20,8 +20,16 @@ from .model.checkpoint import WEIGHT_FILES, find_weights
 HUB_REPO = "BAAI/SegVol"
 HUB_URL = f"https://huggingface.co/{HUB_REPO}/resolve/main"
 DEMO_CT = "Case_image_00001_0000.nii.gz"
-_SNAPSHOT_FILES = ["config.json", "pytorch_model.bin", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                   "vocab.json", "merges.txt", "special_tokens_map.json"]
+_SNAPSHOT_FILES = [
+    "config.json",
+    "pytorch_model.bin",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,11 +58,14 @@ def _progress_bar(progress: Progress | None):
 def _offline_help(folder: Path, reason: str, demo_ct: bool = False) -> CheckpointError:
     """What to fetch by hand when the hub cannot be used (the weights, and the demo CT if that was asked for)."""
     what = "the demo CT" if demo_ct else "the SegVol weights"
-    files = [f"{HUB_URL}/pytorch_model.bin (724 MB)", f"{HUB_URL}/config.json"] + ([f"{HUB_URL}/{DEMO_CT}"] if demo_ct else [])
+    files = [f"{HUB_URL}/pytorch_model.bin (724 MB)", f"{HUB_URL}/config.json"] + (
+        [f"{HUB_URL}/{DEMO_CT}"] if demo_ct else []
+    )
     return CheckpointError(
         f"cannot download {what} from the Hugging Face hub ({HUB_REPO}): {reason}. Download "
         f"{', '.join(files[:-1])} and {files[-1]} into {folder}, or give a local SegVol_v1.pth or snapshot folder "
-        "as the checkpoint.")
+        "as the checkpoint."
+    )
 
 
 def _why_unreachable(error: Exception) -> str:
@@ -102,14 +113,22 @@ def _check_weights_file(path: Path) -> None:
         raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
     if path.suffix == ".safetensors" or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip or pickle
         return
-    what = "a Git LFS pointer, not the weights" if head.startswith(b"version https://git-lfs") else \
-        "not a PyTorch checkpoint"
-    raise CheckpointError(f"{path} is {what}: download {HUB_URL}/pytorch_model.bin (724 MB) or the GitHub "
-                          "release SegVol_v1.pth and give its path")
+    what = (
+        "a Git LFS pointer, not the weights"
+        if head.startswith(b"version https://git-lfs")
+        else "not a PyTorch checkpoint"
+    )
+    raise CheckpointError(
+        f"{path} is {what}: download {HUB_URL}/pytorch_model.bin (724 MB) or the GitHub "
+        "release SegVol_v1.pth and give its path"
+    )
 
 
-def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                    progress: Progress | None = None) -> Path:
+def resolve_weights(
+    source: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """A validated weights path: `source` (SegVol_v1.pth, a snapshot folder, pytorch_model.bin, .safetensors)
     or, if None, the `BAAI/SegVol` snapshot folder in `cache_dir` (default `default_folder()`), downloaded
     when missing."""
@@ -126,13 +145,16 @@ def resolve_weights(source: str | os.PathLike | None = None, cache_dir: str | os
     _check_hub(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        snapshot_download(HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES,
-                          tqdm_class=_progress_bar(progress))
+        snapshot_download(
+            HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES, tqdm_class=_progress_bar(progress)
+        )
     except Exception as error:  # HTTP errors, or the hub's HTTP client failing mid-download
         raise _offline_help(folder, _why_interrupted(error)) from None
     if not _has_weights(folder):
-        raise CheckpointError(f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
-                              f"({', '.join(WEIGHT_FILES)}); download {HUB_URL}/pytorch_model.bin there by hand")
+        raise CheckpointError(
+            f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "
+            f"({', '.join(WEIGHT_FILES)}); download {HUB_URL}/pytorch_model.bin there by hand"
+        )
     return folder
 
 

@@ -14,8 +14,12 @@ from .preprocess import PreparedVolume
 from .roi import Roi
 
 
-def final_mask(prepared: PreparedVolume, zoom_out_crop_mask: np.ndarray, roi: Roi | None = None,
-               roi_logits: torch.Tensor | None = None) -> np.ndarray:
+def final_mask(
+    prepared: PreparedVolume,
+    zoom_out_crop_mask: np.ndarray,
+    roi: Roi | None = None,
+    roi_logits: torch.Tensor | None = None,
+) -> np.ndarray:
     """The (K, J, I) uint8 mask on the input grid: the zoom-out crop mask, with the ROI replaced by the
     thresholded zoom-in logits when there are any."""
     merged = zoom_out_crop_mask

@@ -17,8 +17,12 @@ POSITIVE_THRESHOLD, NEGATIVE_THRESHOLD = 0.9, 0.1
 IGNORE = -1
 
 
-def select_points(binary_map: torch.Tensor, generator: torch.Generator | None, num_positive_extra: int = 4,
-                  num_negative_extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def select_points(
+    binary_map: torch.Tensor,
+    generator: torch.Generator | None,
+    num_positive_extra: int = 4,
+    num_negative_extra: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """binary_map (any shape, (d,h,w) here) -> coords (N,3) float32, labels (N,) float32."""
     positive = torch.nonzero(binary_map > POSITIVE_THRESHOLD)  # C order, as the official as_tuple indices
     coords, labels = [], []

@@ -57,12 +57,15 @@ def check_volume(volume: np.ndarray) -> np.ndarray:
     """The volume as a 3-D array, or an InputError saying what is wrong with it."""
     volume = np.asarray(volume)
     if volume.ndim > 3:
-        raise InputError(f"the image has {volume.ndim} dimensions {volume.shape}: give a single 3-D CT volume "
-                         "(not a time series or a multi-component image)")
+        raise InputError(
+            f"the image has {volume.ndim} dimensions {volume.shape}: give a single 3-D CT volume "
+            "(not a time series or a multi-component image)"
+        )
     if volume.ndim < 3 or min(volume.shape) < 2:
         raise InputError(f"the image is 2-D {volume.shape}: SegVol needs a 3-D CT volume (several slices)")
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)
-            or volume.dtype == np.bool_):
+    if not (
+        np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating) or volume.dtype == np.bool_
+    ):
         raise InputError(f"the image voxels must be numbers, got {volume.dtype}")
     if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume)):
         raise InputError("the image contains NaN or infinite voxels: fix or mask them before segmenting")
@@ -171,10 +174,17 @@ def prepare_volume(volume_kji: np.ndarray, ijk_to_ras) -> PreparedVolume:
     normaliser = _Normaliser(volume_dhw, stats)
     start, stop = generate_spatial_bounding_box(normaliser.foreground()[None])
     if any(b <= a for a, b in zip(start, stop)):
-        raise InputError("the image has no intensity contrast inside the body after normalisation: "
-                         "it does not look like a CT volume")
+        raise InputError(
+            "the image has no intensity contrast inside the body after normalisation: it does not look like a CT volume"
+        )
     crop = tuple(slice(a, b) for a, b in zip(start, stop))
     image = torch.from_numpy(np.ascontiguousarray(normaliser(crop)))
-    return PreparedVolume(axes=axes, shape_kji=tuple(int(s) for s in volume_kji.shape),
-                          crop_start=tuple(int(a) for a in start), crop_stop=tuple(int(b) for b in stop),
-                          image=image, zoom_out_image=resize_nearest_exact(image), statistics=stats)
+    return PreparedVolume(
+        axes=axes,
+        shape_kji=tuple(int(s) for s in volume_kji.shape),
+        crop_start=tuple(int(a) for a in start),
+        crop_stop=tuple(int(b) for b in stop),
+        image=image,
+        zoom_out_image=resize_nearest_exact(image),
+        statistics=stats,
+    )

@@ -62,8 +62,10 @@ def _map_points(target: Target, space: ModelSpace, warnings: list[str]):
     crop = space.ijk_to_crop(target.points.ijk)
     inside = space.contains_crop(crop)
     if not inside.all():
-        warnings.append(f"{int((~inside).sum())} point(s) of '{target.name}' lie outside the body region "
-                        "SegVol analyses (air around the patient) and were ignored")
+        warnings.append(
+            f"{int((~inside).sum())} point(s) of '{target.name}' lie outside the body region "
+            "SegVol analyses (air around the patient) and were ignored"
+        )
     if not inside.any():
         return None, None
     crop, labels = crop[inside], target.points.labels[inside]
@@ -94,6 +96,9 @@ def prompts_from_target(target: Target, text: str | None, space: ModelSpace) -> 
     if target.box is not None:
         box, box_map = _map_box(target, space, warnings)
     if text is None and box is None and click_map is None:
-        raise InputError(f"no usable prompt for '{target.name}': " + ("; ".join(warnings) or "give a text, a box "
-                         "or a positive point") + ". Place the prompts on the patient")
+        raise InputError(
+            f"no usable prompt for '{target.name}': "
+            + ("; ".join(warnings) or "give a text, a box or a positive point")
+            + ". Place the prompts on the patient"
+        )
     return ModelPrompts(text, points, box, box_map, click_map, tuple(warnings))

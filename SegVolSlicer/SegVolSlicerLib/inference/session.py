@@ -62,9 +62,17 @@ class SegVolSession:
     window_batch_size: windows encoded per encoder call (default: runtime.window_batch_size).
     """
 
-    def __init__(self, model, volume: np.ndarray, ijk_to_ras, cache_budget_mb: float = 1024,
-                 point_sampling: str = "seeded", seed: int = 0, window_batch_size: int | None = None,
-                 reporter: Reporter = NO_REPORT):
+    def __init__(
+        self,
+        model,
+        volume: np.ndarray,
+        ijk_to_ras,
+        cache_budget_mb: float = 1024,
+        point_sampling: str = "seeded",
+        seed: int = 0,
+        window_batch_size: int | None = None,
+        reporter: Reporter = NO_REPORT,
+    ):
         if point_sampling not in POINT_SAMPLING:
             raise InputError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
         device = model.device
@@ -105,7 +113,7 @@ class SegVolSession:
         found = {w.cache_key: self.cache.get(w.cache_key) for w in windows}
         missing = list({w.cache_key: w for w in windows if found[w.cache_key] is None}.values())
         for first in range(0, len(missing), self.window_batch_size):
-            batch = missing[first:first + self.window_batch_size]
+            batch = missing[first : first + self.window_batch_size]
             images = torch.cat([w.image(self._window_source) for w in batch])
             for window, embedding in zip(batch, self.model.encode_image(images)):
                 found[window.cache_key] = self.cache.put(window.cache_key, embedding[None].clone())
@@ -118,8 +126,9 @@ class SegVolSession:
         prompts = prompts_from_target(target, text, self.space)
         return self.segment_model_prompts(target.name, prompts, zoom_in, reporter, warnings)
 
-    def segment_many(self, targets: Sequence[Target], zoom_in: bool = True,
-                     reporter: Reporter = NO_REPORT) -> list[SegmentationResult]:
+    def segment_many(
+        self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
+    ) -> list[SegmentationResult]:
         """One result per target; the image is encoded once and shared windows once."""
         results = []
         for index, target in enumerate(targets):
@@ -131,9 +140,15 @@ class SegVolSession:
         """The click sampler's random source for one target: seeded, or None for torch's global generator."""
         return make_generator(self.seed if self.point_sampling == "seeded" else None)
 
-    def segment_model_prompts(self, name: str, prompts: ModelPrompts, zoom_in: bool = True,
-                              reporter: Reporter = NO_REPORT, warnings: Sequence[str] = (),
-                              generator: torch.Generator | None = None) -> SegmentationResult:
+    def segment_model_prompts(
+        self,
+        name: str,
+        prompts: ModelPrompts,
+        zoom_in: bool = True,
+        reporter: Reporter = NO_REPORT,
+        warnings: Sequence[str] = (),
+        generator: torch.Generator | None = None,
+    ) -> SegmentationResult:
         """The pipeline for prompts already in model space (segment() and the evaluation protocol build them).
 
         `generator`: the random source of the zoom-in click sampling, when the caller already drew from it
@@ -150,9 +165,11 @@ class SegVolSession:
         zoom_out_mask = final_mask(self.prepared, zoom_out_crop_mask)
         mask, roi, windows = zoom_out_mask, None, 0
         if not zoom_out_crop_mask.any():
-            warnings.append(f"SegVol found nothing for '{name}'"
-                            + (" in the zoom-out pass, so the zoom-in was skipped" if zoom_in else "")
-                            + ": check the prompts")
+            warnings.append(
+                f"SegVol found nothing for '{name}'"
+                + (" in the zoom-out pass, so the zoom-in was skipped" if zoom_in else "")
+                + ": check the prompts"
+            )
         elif zoom_in:
             roi = roi_from_zoom_out(zoom_out.mask, self.space)
             plan = WindowPlan.for_roi(roi)
@@ -160,25 +177,42 @@ class SegVolSession:
             roi_logits = self._zoom_in(plan, prompts, prediction, text_embedding, generator, reporter)
             mask, windows = final_mask(self.prepared, zoom_out_crop_mask, roi, roi_logits), len(plan)
             if not mask.any():
-                warnings.append(f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
-                                "compare with the zoom-out result")
-        return SegmentationResult(name=name, text=prompts.text, mask=mask, zoom_out_mask=zoom_out_mask,
-                                  warnings=warnings, roi=roi, windows=windows, crop=self.prepared.crop_slices_kji,
-                                  zoom_out=zoom_out)
+                warnings.append(
+                    f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
+                    "compare with the zoom-out result"
+                )
+        return SegmentationResult(
+            name=name,
+            text=prompts.text,
+            mask=mask,
+            zoom_out_mask=zoom_out_mask,
+            warnings=warnings,
+            roi=roi,
+            windows=windows,
+            crop=self.prepared.crop_slices_kji,
+            zoom_out=zoom_out,
+        )
 
-    def _zoom_in(self, plan: WindowPlan, prompts: ModelPrompts, prediction: ZoomOutPrediction,
-                 text_embedding: torch.Tensor | None, generator, reporter: Reporter) -> torch.Tensor:
+    def _zoom_in(
+        self,
+        plan: WindowPlan,
+        prompts: ModelPrompts,
+        prediction: ZoomOutPrediction,
+        text_embedding: torch.Tensor | None,
+        generator,
+        reporter: Reporter,
+    ) -> torch.Tensor:
         """Zoom-in logits over the ROI: the windows in batches, each with its official prompts."""
         average = WindowAverage(plan, self.model.device)
         done = 0
         for first in range(0, len(plan), self.window_batch_size):
             reporter.check_cancelled()
-            chunk = plan.windows[first:first + self.window_batch_size]
+            chunk = plan.windows[first : first + self.window_batch_size]
             for window, embedding in zip(chunk, self.encode_windows(chunk)):
-                window_prompt = window_prompts(plan, window, prompts.box_map, prompts.click_map, prediction,
-                                               generator)
-                average.add(window, self.model.decode(embedding, text_embedding, window_prompt.boxes,
-                                                      window_prompt.points))
+                window_prompt = window_prompts(plan, window, prompts.box_map, prompts.click_map, prediction, generator)
+                average.add(
+                    window, self.model.decode(embedding, text_embedding, window_prompt.boxes, window_prompt.points)
+                )
                 done += 1
                 reporter.progress("zoom-in", done, len(plan))
         return average.roi_logits()

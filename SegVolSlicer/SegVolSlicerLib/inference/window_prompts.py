@@ -80,14 +80,24 @@ class WindowPrompts:
     points: tuple[torch.Tensor, torch.Tensor] | None  # (1, N, 3), (1, N)
 
 
-def window_prompts(plan: WindowPlan, window: Window, box_map: BoxMap | None, click_map: ClickMap | None,
-                   prediction: ZoomOutPrediction, generator) -> WindowPrompts:
+def window_prompts(
+    plan: WindowPlan,
+    window: Window,
+    box_map: BoxMap | None,
+    click_map: ClickMap | None,
+    prediction: ZoomOutPrediction,
+    generator,
+) -> WindowPrompts:
     """The official per-window prompts. Point mode wins when both maps exist: it also carries a box."""
     if click_map is not None:
         coords, labels = select_points(click_window_map(click_map, plan, window), generator)
         box = prediction_box_in_window(prediction, window)
         return WindowPrompts(torch.tensor([box]), (coords[None], labels[None]))
     if box_map is not None:
-        box = user_box_in_window(box_map, plan, window) if len(plan) == 1 else prediction_box_in_window(prediction, window)
+        box = (
+            user_box_in_window(box_map, plan, window)
+            if len(plan) == 1
+            else prediction_box_in_window(prediction, window)
+        )
         return WindowPrompts(torch.tensor([box]), None)
     return WindowPrompts(None, None)

@@ -40,12 +40,16 @@ def prompt_tensors(prompts: ModelPrompts) -> tuple[torch.Tensor | None, tuple[to
     points = None
     if prompts.points is not None:
         coords, labels = prompts.points
-        points = (torch.as_tensor(coords, dtype=torch.float32)[None], torch.as_tensor(labels, dtype=torch.float32)[None])
+        points = (
+            torch.as_tensor(coords, dtype=torch.float32)[None],
+            torch.as_tensor(labels, dtype=torch.float32)[None],
+        )
     return boxes, points
 
 
-def run_zoom_out(model, image_embedding: torch.Tensor, text_embedding: torch.Tensor | None,
-                 prompts: ModelPrompts) -> ZoomOutResult:
+def run_zoom_out(
+    model, image_embedding: torch.Tensor, text_embedding: torch.Tensor | None, prompts: ModelPrompts
+) -> ZoomOutResult:
     boxes, points = prompt_tensors(prompts)
     logits = model.decode(image_embedding, text_embedding, boxes, points)[0, 0]
     # The official code thresholds sigmoid(logits) > 0.5 (not logits > 0: they differ for tiny logits).

@@ -22,8 +22,7 @@ _OUR_CLIP = "text_encoder.clip_text_model."
 # Tensors of the official checkpoint that SegVol never uses: the legacy CLIP `position_ids` buffer and the
 # untrained 2-D mask_downscaling stack of the prompt encoder.
 _TOLERATED = ("text_encoder.clip_text_model.embeddings.position_ids", "prompt_encoder.mask_downscaling.")
-_HINT = ("use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder "
-         "(pytorch_model.bin)")
+_HINT = "use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder (pytorch_model.bin)"
 
 
 def _data_only_globals() -> list:
@@ -51,6 +50,7 @@ def _read_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
@@ -65,18 +65,21 @@ def _read_file(path: Path) -> dict:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error).lower():  # the weights-only unpickler met a class or function reference
-            raise CheckpointError(f"refusing to load {path}: it contains Python objects or code, not just tensors "
-                                  "(only weights_only files are loaded); re-download the official weights") from None
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects or code, not just tensors "
+                "(only weights_only files are loaded); re-download the official weights"
+            ) from None
         raise CheckpointError(f"cannot read {path}: corrupt or not a PyTorch checkpoint; {_HINT}") from None
     except Exception as error:  # a damaged pickle can fail with almost any error type (KeyError, IndexError, ...)
-        raise CheckpointError(f"cannot read {path}: corrupt, truncated or not a PyTorch checkpoint "
-                              f"({type(error).__name__}); {_HINT}") from None
+        raise CheckpointError(
+            f"cannot read {path}: corrupt, truncated or not a PyTorch checkpoint ({type(error).__name__}); {_HINT}"
+        ) from None
 
 
 def _strip_prefix(state: dict) -> dict:
     for prefix in ("module.", "model."):
         if state and all(key.startswith(prefix) for key in state):
-            return {key[len(prefix):]: value for key, value in state.items()}
+            return {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 
@@ -90,8 +93,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state = _strip_prefix(content)
     if not any(key.startswith(("image_encoder.", "mask_decoder.")) for key in state):
         raise CheckpointError(f"{path} is not a SegVol checkpoint (no image_encoder/mask_decoder weights); {_HINT}")
-    return {(_OUR_CLIP + key[len(_OFFICIAL_CLIP):] if key.startswith(_OFFICIAL_CLIP) else key): value
-            for key, value in state.items()}
+    return {
+        (_OUR_CLIP + key[len(_OFFICIAL_CLIP) :] if key.startswith(_OFFICIAL_CLIP) else key): value
+        for key, value in state.items()
+    }
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:
@@ -110,8 +115,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
         problems.append(f"missing {len(missing)} key(s): {_listing(missing)}")
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} key(s): {_listing(unexpected)}")
-    mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-                  for key in expected if key in state and state[key].shape != expected[key].shape]
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
     if mismatched:
         problems.append(f"wrong shape for {len(mismatched)} key(s): {_listing(mismatched)}")
     if problems:

@@ -19,9 +19,20 @@ class ImageEncoderViT3D(ViT):
     """
 
     def __init__(self) -> None:
-        super().__init__(in_channels=1, img_size=WINDOW_SIZE, patch_size=PATCH_SIZE, hidden_size=EMBED_DIM,
-                         mlp_dim=3072, num_layers=12, num_heads=12, proj_type="perceptron",
-                         classification=False, dropout_rate=0.0, qkv_bias=False, save_attn=False)
+        super().__init__(
+            in_channels=1,
+            img_size=WINDOW_SIZE,
+            patch_size=PATCH_SIZE,
+            hidden_size=EMBED_DIM,
+            mlp_dim=3072,
+            num_layers=12,
+            num_heads=12,
+            proj_type="perceptron",
+            classification=False,
+            dropout_rate=0.0,
+            qkv_bias=False,
+            save_attn=False,
+        )
         for block in self.blocks:
             block.norm_cross_attn = nn.Identity()
         self.set_sdpa(True)

@@ -41,12 +41,19 @@ class MaskDecoder3D(nn.Module):
         # Mask tokens 1-3 and the IoU head never reached the training loss (single-mask output); their
         # tensors are loaded but not computed.
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(EMBED_DIM, EMBED_DIM, EMBED_DIM // 8, 3) for _ in range(NUM_MASK_TOKENS))
+            MLP(EMBED_DIM, EMBED_DIM, EMBED_DIM // 8, 3) for _ in range(NUM_MASK_TOKENS)
+        )
         self.iou_prediction_head = MLP(EMBED_DIM, 256, NUM_MASK_TOKENS, 3)
         self.txt_align_upscaled_embedding = nn.Linear(EMBED_DIM, EMBED_DIM // 8)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, text_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        text_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """image_embedding (B or 1,768,8,16,16), sparse (B,N,768), dense (B,768,8,16,16) -> (B,1,32,64,64)."""
         batch = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)

@@ -74,8 +74,9 @@ class PromptEncoder3D(nn.Module):
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = self.pe_layer.at_voxels(boxes.float().reshape(-1, 2, 3) + 0.5)
-        return torch.cat([corners[:, :1] + self.point_embeddings[2].weight,
-                          corners[:, 1:] + self.point_embeddings[3].weight], dim=1)
+        return torch.cat(
+            [corners[:, :1] + self.point_embeddings[2].weight, corners[:, 1:] + self.point_embeddings[3].weight], dim=1
+        )
 
     def forward(self, points=None, boxes=None, text_embedding=None) -> tuple[torch.Tensor, torch.Tensor]:
         """points: (coords (B,N,3) (d,h,w), labels (B,N)); boxes (B,1,6); text_embedding (B,768).

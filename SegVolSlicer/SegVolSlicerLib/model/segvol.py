@@ -38,7 +38,7 @@ class SegVol(nn.Module):
         self.precision = "fp32"
 
     def set_precision(self, precision: str) -> None:
-        """"fp32", "bf16" or "fp16" autocast for encode_image ("auto": runtime.default_precision)."""
+        """ "fp32", "bf16" or "fp16" autocast for encode_image ("auto": runtime.default_precision)."""
         self.precision = resolve_precision(precision, self.device)
 
     def _autocast(self):
@@ -57,8 +57,9 @@ class SegVol(nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B,1,32,256,256) in [0,1] -> image embedding (B,768,8,16,16)."""
         if image.ndim != 5 or tuple(image.shape[1:]) != (1, *WINDOW_SIZE):
-            raise InputError(f"model input must have shape (B,1,{','.join(map(str, WINDOW_SIZE))}), "
-                             f"got {tuple(image.shape)}")
+            raise InputError(
+                f"model input must have shape (B,1,{','.join(map(str, WINDOW_SIZE))}), got {tuple(image.shape)}"
+            )
         with self._autocast():
             return self.image_encoder(image.to(self.device, self.dtype))
 
@@ -67,9 +68,14 @@ class SegVol(nn.Module):
         return self.text_encoder([names] if isinstance(names, str) else list(names))
 
     @torch.no_grad()
-    def decode(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor | None = None,
-               boxes: torch.Tensor | None = None, points: Points | None = None,
-               upsample: bool = True) -> torch.Tensor:
+    def decode(
+        self,
+        image_embedding: torch.Tensor,
+        text_embedding: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        points: Points | None = None,
+        upsample: bool = True,
+    ) -> torch.Tensor:
         """Prompts on an image embedding -> logits (B,1,32,256,256), or (B,1,32,64,64) if not upsample.
 
         boxes (B,6) or (B,1,6) = (d0,h0,w0,d1,h1,w1) inclusive voxel indices of the window.
@@ -84,21 +90,33 @@ class SegVol(nn.Module):
         if points is not None:
             coords, labels = (torch.as_tensor(x, device=device) for x in points)
             if coords.ndim != 3 or coords.shape[-1] != 3 or labels.shape != coords.shape[:2]:
-                raise InputError(f"points must be coords (B,N,3) and labels (B,N), got "
-                                 f"{tuple(coords.shape)} and {tuple(labels.shape)}")
+                raise InputError(
+                    f"points must be coords (B,N,3) and labels (B,N), got "
+                    f"{tuple(coords.shape)} and {tuple(labels.shape)}"
+                )
             points = (coords, labels)
         if text_embedding is not None:
             text_embedding = text_embedding.to(device)
         with torch.autocast(device.type, enabled=False):  # fp32 even inside a caller's autocast
             sparse, dense = self.prompt_encoder(points, boxes, text_embedding)
-            low_res = self.mask_decoder(image_embedding.to(device, torch.float32),
-                                        self.prompt_encoder.get_dense_pe(), sparse, dense, text_embedding)
+            low_res = self.mask_decoder(
+                image_embedding.to(device, torch.float32),
+                self.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                text_embedding,
+            )
         if not upsample:
             return low_res
         return F.interpolate(low_res, size=WINDOW_SIZE, mode="trilinear", align_corners=False)
 
-    def forward(self, image: torch.Tensor, text: list[str] | str | None = None,
-                boxes: torch.Tensor | None = None, points: Points | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: list[str] | str | None = None,
+        boxes: torch.Tensor | None = None,
+        points: Points | None = None,
+    ) -> torch.Tensor:
         """The official call: image (B,1,32,256,256) + prompts -> logits (B,1,32,256,256)."""
         _require_a_prompt(text, boxes, points)  # before the expensive encoder pass
         text_embedding = self.encode_text(text) if text is not None else None

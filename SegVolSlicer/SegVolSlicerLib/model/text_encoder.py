@@ -40,13 +40,14 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Official tokenisation: template, pad to the longest text, no truncation."""
-        tokens = self.tokenizer([PROMPT_TEMPLATE.format(name) for name in names], padding=True,
-                                return_tensors="pt")
+        tokens = self.tokenizer([PROMPT_TEMPLATE.format(name) for name in names], padding=True, return_tensors="pt")
         length = tokens["input_ids"].shape[1]
         if length > MAX_TOKENS:
             longest = max(names, key=len)
-            raise InputError(f"text prompt {longest[:60]!r} is too long ({length} tokens with the template, "
-                             f"at most {MAX_TOKENS}): use a shorter anatomy name")
+            raise InputError(
+                f"text prompt {longest[:60]!r} is too long ({length} tokens with the template, "
+                f"at most {MAX_TOKENS}): use a shorter anatomy name"
+            )
         return tokens
 
     @torch.no_grad()

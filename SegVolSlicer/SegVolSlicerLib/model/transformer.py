@@ -74,7 +74,8 @@ class TwoWayTransformer(nn.Module):
     def __init__(self, depth: int = 2, embed_dim: int = 768, num_heads: int = 8, mlp_dim: int = 2048) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embed_dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0)) for i in range(depth))
+            TwoWayAttentionBlock(embed_dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0)) for i in range(depth)
+        )
         self.final_attn_token_to_image = Attention(embed_dim, num_heads, downsample_rate=2)
         self.norm_final_attn = nn.LayerNorm(embed_dim)
 

@@ -23,8 +23,18 @@ SPACING_IJK = (0.8, 0.8, 2.5)  # mm along i, j, k
 LABEL_NAMES = {1: "liver", 2: "spleen", 3: "left kidney", 4: "right kidney", 5: "aorta"}
 
 # HU of each tissue; organs differ so that intensity alone tells them apart.
-_HU = {"air": -1000, "fat": -100, "muscle": 40, "bone": 400, "cortical bone": 900,
-       "liver": 60, "spleen": 45, "left kidney": 150, "right kidney": 140, "aorta": 250}
+_HU = {
+    "air": -1000,
+    "fat": -100,
+    "muscle": 40,
+    "bone": 400,
+    "cortical bone": 900,
+    "liver": 60,
+    "spleen": 45,
+    "left kidney": 150,
+    "right kidney": 140,
+    "aorta": 250,
+}
 _NOISE_HU = 12.0
 
 
@@ -68,7 +78,7 @@ def make_synthetic_ct(seed: int = 0) -> SyntheticCT:
     """The synthetic CT; `seed` only changes the noise, never the anatomy."""
     n_k, n_j, n_i = SHAPE_KJI
     k, j, i = np.meshgrid(np.arange(n_k), np.arange(n_j), np.arange(n_i), indexing="ij", sparse=True)
-    ck, cj, ci = (n_k - 1) / 2, (n_j - 1) / 2, (n_i - 1) / 2
+    cj, ci = (n_j - 1) / 2, (n_i - 1) / 2
     # Low i is the patient's right, low j anterior, low k inferior (see synthetic_ijk_to_ras).
     right, left = -1.0, 1.0
 
@@ -97,14 +107,15 @@ def make_synthetic_ct(seed: int = 0) -> SyntheticCT:
         inside = _ellipsoid((k, j, i), centre, semi_axes) & inner
         volume[inside] = _HU[LABEL_NAMES[label]]
         labels[inside] = label
-    aorta = _ellipsoid((j, i), (cj + 0.09 * n_j, ci + left * 0.05 * n_i), (6.5, 6.5)) & (k >= 4)  # ends above the bifurcation
+    aorta = _ellipsoid((j, i), (cj + 0.09 * n_j, ci + left * 0.05 * n_i), (6.5, 6.5)) & (
+        k >= 4
+    )  # ends above the bifurcation
     volume[aorta] = _HU["aorta"]
     labels[aorta] = 5
 
     rng = np.random.default_rng(seed)
     volume += rng.normal(0.0, _NOISE_HU, SHAPE_KJI).astype(np.float32)
-    return SyntheticCT(volume=np.round(volume).astype(np.int16), labels=labels,
-                       ijk_to_ras=synthetic_ijk_to_ras())
+    return SyntheticCT(volume=np.round(volume).astype(np.int16), labels=labels, ijk_to_ras=synthetic_ijk_to_ras())
 
 
 def _write_image(array_kji: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> None:
@@ -136,13 +147,16 @@ def model_input_image(seed: int = 0) -> torch.Tensor:
     rather than pure noise, and the values never depend on torch's global random state.
     """
     rng = np.random.default_rng(seed)
-    d, h, w = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 256), np.linspace(0, 1, 256),
-                          indexing="ij", sparse=True)
+    d, h, w = np.meshgrid(
+        np.linspace(0, 1, 32), np.linspace(0, 1, 256), np.linspace(0, 1, 256), indexing="ij", sparse=True
+    )
     image = 0.3 * d + 0.2 * np.sin(2 * np.pi * h) * np.cos(3 * np.pi * w)
-    for centre, width, amplitude in zip(rng.uniform(0.2, 0.8, (6, 3)), rng.uniform(0.05, 0.2, 6),
-                                        rng.uniform(-1, 1, 6)):
-        image = image + amplitude * np.exp(-((d - centre[0]) ** 2 + (h - centre[1]) ** 2 + (w - centre[2]) ** 2)
-                                           / (2 * width ** 2))
+    for centre, width, amplitude in zip(
+        rng.uniform(0.2, 0.8, (6, 3)), rng.uniform(0.05, 0.2, 6), rng.uniform(-1, 1, 6)
+    ):
+        image = image + amplitude * np.exp(
+            -((d - centre[0]) ** 2 + (h - centre[1]) ** 2 + (w - centre[2]) ** 2) / (2 * width**2)
+        )
     image = image + 0.05 * rng.standard_normal(image.shape)
     image = (image - image.min()) / (image.max() - image.min())
     return torch.from_numpy(image.astype(np.float32)).reshape(1, 1, 32, 256, 256)

@@ -23,8 +23,16 @@ import torch
 OFFICIAL_KEYS_FILE = Path(__file__).with_name("official_keys.json")
 
 # Key-name fragments of tensors that are nn.Embedding-like tables or learned tokens.
-_EMBEDDING_KEYS = ("point_embeddings", "not_a_point_embed", "no_mask_embed", "iou_token", "mask_tokens",
-                   "token_embedding", "position_embedding", "position_embeddings")
+_EMBEDDING_KEYS = (
+    "point_embeddings",
+    "not_a_point_embed",
+    "no_mask_embed",
+    "iou_token",
+    "mask_tokens",
+    "token_embedding",
+    "position_embedding",
+    "position_embeddings",
+)
 
 
 def official_key_shapes() -> dict[str, tuple[int, ...]]:
@@ -36,8 +44,13 @@ def official_key_shapes() -> dict[str, tuple[int, ...]]:
 def _is_norm_weight(key: str) -> bool:
     if not key.endswith(".weight"):
         return False
-    return ("norm" in key or "layer_norm" in key or key.endswith("output_upscaling.1.weight")
-            or ".mask_downscaling.1." in key or ".mask_downscaling.4." in key)
+    return (
+        "norm" in key
+        or "layer_norm" in key
+        or key.endswith("output_upscaling.1.weight")
+        or ".mask_downscaling.1." in key
+        or ".mask_downscaling.4." in key
+    )
 
 
 def synthetic_tensor(key: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -82,19 +95,28 @@ def save_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike, fmt
         torch.save({"model." + k: v for k, v in state.items()}, path)
     elif fmt == "safetensors":
         from safetensors.torch import save_file
+
         save_file({"model." + k: v.contiguous() for k, v in state.items()}, str(path))
     elif fmt == "hf-folder":
         import shutil
+
         path.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, path / "pytorch_model.bin", "bin")
-        config = {"architectures": ["SegVolModel"], "model_type": "segvol", "patch_size": [4, 16, 16],
-                  "spatial_size": [32, 256, 256], "test_mode": True, "torch_dtype": "float32",
-                  "auto_map": {"AutoConfig": "model_segvol_single.SegVolConfig",
-                               "AutoModel": "model_segvol_single.SegVolModel"}}
+        config = {
+            "architectures": ["SegVolModel"],
+            "model_type": "segvol",
+            "patch_size": [4, 16, 16],
+            "spatial_size": [32, 256, 256],
+            "test_mode": True,
+            "torch_dtype": "float32",
+            "auto_map": {
+                "AutoConfig": "model_segvol_single.SegVolConfig",
+                "AutoModel": "model_segvol_single.SegVolModel",
+            },
+        }
         (path / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer_dir = Path(__file__).resolve().parent.parent / "data" / "clip-tokenizer"
-        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json"):
+        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             shutil.copyfile(tokenizer_dir / name, path / name)
     else:
         raise ValueError(f"unknown checkpoint format {fmt!r}")

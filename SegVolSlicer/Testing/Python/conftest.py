@@ -6,6 +6,7 @@ import pytest
 @pytest.fixture(scope="session")
 def synthetic_state():
     from SegVolSlicerLib.testing.synthetic_weights import synthetic_state_dict
+
     return synthetic_state_dict()
 
 
@@ -13,10 +14,12 @@ def synthetic_state():
 def synthetic_checkpoint(synthetic_state, tmp_path_factory):
     """Path of SegVol_v1.pth-style synthetic weights."""
     from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint
+
     return save_checkpoint(synthetic_state, tmp_path_factory.mktemp("weights") / "SegVol_v1.pth", "pth")
 
 
 @pytest.fixture(scope="session")
 def synthetic_model(synthetic_checkpoint):
     from SegVolSlicerLib.model import load_segvol
+
     return load_segvol(synthetic_checkpoint, device="cpu")

@@ -43,8 +43,12 @@ class FakeSegVol:
 
     def decode(self, image_embedding, text_embedding=None, boxes=None, points=None, upsample=True):
         assert text_embedding is not None or boxes is not None or points is not None
-        self.decode_calls.append((None if boxes is None else boxes.clone(),
-                                  None if points is None else (points[0].clone(), points[1].clone())))
+        self.decode_calls.append(
+            (
+                None if boxes is None else boxes.clone(),
+                None if points is None else (points[0].clone(), points[1].clone()),
+            )
+        )
         logits = F.interpolate(image_embedding, size=WINDOW_SIZE, mode="nearest") - self.threshold
         if text_embedding is not None:
             logits = logits + text_embedding[:, :1, None, None, None]
@@ -61,7 +65,7 @@ class FakeSegVol:
             for coord, label in zip(coords.reshape(-1, 3), labels.reshape(-1)):
                 if label < 0:
                     continue
-                near = ((grid - coord[:, None, None, None]) ** 2).sum(0) < 8 ** 2
+                near = ((grid - coord[:, None, None, None]) ** 2).sum(0) < 8**2
                 logits = logits + torch.where(near, 1.0 if label > 0 else -1.0, 0.0)
         if not upsample:
             return F.interpolate(logits, size=(32, 64, 64), mode="nearest")
@@ -111,7 +115,7 @@ class BandSegVol:
             for coord, label in zip(coords.reshape(-1, 3).float(), labels.reshape(-1)):
                 if label < 0:
                     continue
-                near = ((GRID - coord[:, None, None, None]) ** 2).sum(0) <= self.CLICK_RADIUS ** 2
+                near = ((GRID - coord[:, None, None, None]) ** 2).sum(0) <= self.CLICK_RADIUS**2
                 logits = torch.where(near, logits + (3.0 if label > 0 else -3.0), logits)
         return logits
 
@@ -148,5 +152,9 @@ def layout_ct():
         for centre, semi_axes in blobs:
             inside = inner & (sum(((g - c) / a) ** 2 for g, c, a in zip((k, j, i), centre, semi_axes)) <= 1.0)
             volume[inside], labels[inside] = hu, label
-    return SyntheticCT(volume=volume.astype(np.int16), labels=labels, ijk_to_ras=synthetic_ijk_to_ras(),
-                       label_names={label: name for label, (name, _, _) in LAYOUT_ORGANS.items()})
+    return SyntheticCT(
+        volume=volume.astype(np.int16),
+        labels=labels,
+        ijk_to_ras=synthetic_ijk_to_ras(),
+        label_names={label: name for label, (name, _, _) in LAYOUT_ORGANS.items()},
+    )

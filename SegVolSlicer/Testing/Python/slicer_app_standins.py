@@ -62,8 +62,16 @@ class Widget:
         if class_name not in CLASSES:
             raise AttributeError(f"no class {class_name} in Slicer 5.10/5.12 (Testing/Data/slicer-widget-api.json)")
         properties, signals, methods = _members(class_name)
-        state = {"class": class_name, "properties": properties, "signals": signals, "methods": methods,
-                 "values": {"objectName": object_name}, "connections": {}, "calls": [], "children": {}}
+        state = {
+            "class": class_name,
+            "properties": properties,
+            "signals": signals,
+            "methods": methods,
+            "values": {"objectName": object_name},
+            "connections": {},
+            "calls": [],
+            "children": {},
+        }
         object.__setattr__(self, "_standin", state)
 
     def __repr__(self):
@@ -131,8 +139,9 @@ def emit(widget: Widget, signal: str, *args) -> None:
 
 
 def standin_calls(widget: Widget, name: str | None = None) -> list:
-    return [args if name else (called, args) for called, args in widget._standin["calls"]
-            if name is None or called == name]
+    return [
+        args if name else (called, args) for called, args in widget._standin["calls"] if name is None or called == name
+    ]
 
 
 def process_events() -> None:
@@ -145,8 +154,11 @@ def process_events() -> None:
 
 def _python_class(class_name: str, enums: dict | None = None, **static):
     """A class like PythonQt's wrapper: calling it makes a stand-in instance; enum values are attributes."""
-    namespace = {value: index for values in (enums or CLASSES[class_name]["enums"]).values()
-                 for index, value in enumerate(values)}
+    namespace = {
+        value: index
+        for values in (enums or CLASSES[class_name]["enums"]).values()
+        for index, value in enumerate(values)
+    }
     namespace.update(static)
     return type(class_name, (), {**namespace, "__new__": lambda cls, *args: _construct(class_name, *args)})
 
@@ -174,8 +186,9 @@ def _qt_module():
         if name.startswith("Q"):
             setattr(qt, name, _python_class(name))
     qt.QTimer = _python_class("QTimer", singleShot=staticmethod(lambda msec, callback: _PENDING.append(callback)))
-    qt.Qt = types.SimpleNamespace(**{value: index for values in API["qt_namespace_enums"].values()
-                                     for index, value in enumerate(values)})
+    qt.Qt = types.SimpleNamespace(
+        **{value: index for values in API["qt_namespace_enums"].values() for index, value in enumerate(values)}
+    )
     return qt
 
 
@@ -327,8 +340,11 @@ class Choice:
 def parameterNodeWrapper(cls):
     """The class's annotated members as typed parameters of a vtkMRMLScriptedModuleNode: nodes as node
     references, other values as strings; Choice refuses values outside its choices."""
-    wrapped = {"__doc__": cls.__doc__, "__annotations__": dict(cls.__annotations__),
-               "allParameters": dict(cls.__annotations__)}
+    wrapped = {
+        "__doc__": cls.__doc__,
+        "__annotations__": dict(cls.__annotations__),
+        "allParameters": dict(cls.__annotations__),
+    }
 
     def make_property(name, annotation, default):
         kind, choices = annotation, None
@@ -378,9 +394,13 @@ def parameterNodeWrapper(cls):
     def disconnectGui(self, tag):
         self._guiTags.pop(tag, None)  # as Slicer: an unknown or spent tag is ignored
 
-    wrapped.update(__init__=__init__, connectGui=connectGui, disconnectGui=disconnectGui,
-                   AddObserver=lambda self, *args: self.parameterNode.AddObserver(*args),
-                   RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag))
+    wrapped.update(
+        __init__=__init__,
+        connectGui=connectGui,
+        disconnectGui=disconnectGui,
+        AddObserver=lambda self, *args: self.parameterNode.AddObserver(*args),
+        RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag),
+    )
     return type(cls.__name__, (), wrapped)
 
 
@@ -425,20 +445,37 @@ def install():
     """Put the application-only modules where `import qt` and friends find them (once per test process: the
     loaded module keeps them)."""
     sys.modules["qt"], sys.modules["ctk"] = _qt_module(), _ctk_module()
-    sys.modules["slicer.ScriptedLoadableModule"] = _module("slicer.ScriptedLoadableModule", **{
-        name: globals()[name] for name in _check_python_names("slicer.ScriptedLoadableModule", [
-            "ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-            "ScriptedLoadableModuleTest"])})
-    sys.modules["slicer.parameterNodeWrapper"] = _module("slicer.parameterNodeWrapper", **{
-        name: globals()[name] for name in _check_python_names("slicer.parameterNodeWrapper",
-                                                              ["parameterNodeWrapper", "Choice"])})
+    sys.modules["slicer.ScriptedLoadableModule"] = _module(
+        "slicer.ScriptedLoadableModule",
+        **{
+            name: globals()[name]
+            for name in _check_python_names(
+                "slicer.ScriptedLoadableModule",
+                [
+                    "ScriptedLoadableModule",
+                    "ScriptedLoadableModuleWidget",
+                    "ScriptedLoadableModuleLogic",
+                    "ScriptedLoadableModuleTest",
+                ],
+            )
+        },
+    )
+    sys.modules["slicer.parameterNodeWrapper"] = _module(
+        "slicer.parameterNodeWrapper",
+        **{
+            name: globals()[name]
+            for name in _check_python_names("slicer.parameterNodeWrapper", ["parameterNodeWrapper", "Choice"])
+        },
+    )
     _check_python_names("slicer.i18n", ["tr", "translate"])
-    sys.modules["slicer.i18n"] = _module("slicer.i18n", tr=lambda text: text,
-                                         translate=lambda context, text: text)
-    util = {"loadUI": load_ui, "childWidgetVariables": child_widget_variables,
-            "mainWindow": lambda: Widget("QMainWindow", "MainWindow"),
-            "errorDisplay": lambda text, **kwargs: logging.error(text),
-            "showStatusMessage": lambda message, duration=0: logging.info(message)}
+    sys.modules["slicer.i18n"] = _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+    util = {
+        "loadUI": load_ui,
+        "childWidgetVariables": child_widget_variables,
+        "mainWindow": lambda: Widget("QMainWindow", "MainWindow"),
+        "errorDisplay": lambda text, **kwargs: logging.error(text),
+        "showStatusMessage": lambda message, duration=0: logging.info(message),
+    }
     _check_python_names("slicer.util", list(util))
     for name, function in util.items():
         setattr(slicer.util, name, function)

@@ -7,6 +7,7 @@ Usage: scene = slicer_core_env.setup(); ...; slicer_core_env.teardown(), or the 
 application has (which scene.Clear() keeps), the Segment Editor's among them.
 Never call it inside real Slicer. From /work/shared/docs/slicer-testing.md (the team's verified shim).
 """
+
 import importlib.util
 import sys
 import tempfile
@@ -24,8 +25,13 @@ slicer_app_standins.install()
 _SEG_EXT = (".seg.nrrd", ".seg.nhdr", ".seg.vtm")
 _MARKUPS_EXT = (".mrk.json", ".fcsv", ".json")
 _VOLUME_EXT = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".hdr", ".img", ".img.gz", ".tif", ".tiff")
-_VOLUME_FLAGS = {"labelmap": (1, False), "center": (2, False), "singleFile": (4, True),
-                 "autoWindowLevel": (8, True), "discardOrientation": (16, False)}  # property: (bit, default)
+_VOLUME_FLAGS = {
+    "labelmap": (1, False),
+    "center": (2, False),
+    "singleFile": (4, True),
+    "autoWindowLevel": (8, True),
+    "discardOrientation": (16, False),
+}  # property: (bit, default)
 _ENV = None
 
 
@@ -35,8 +41,7 @@ class _CoreIOManager:
 
     def fileType(self, filename):
         name = str(filename).lower()
-        for exts, kind in ((_SEG_EXT, "SegmentationFile"), (_MARKUPS_EXT, "MarkupsFile"),
-                           (_VOLUME_EXT, "VolumeFile")):
+        for exts, kind in ((_SEG_EXT, "SegmentationFile"), (_MARKUPS_EXT, "MarkupsFile"), (_VOLUME_EXT, "VolumeFile")):
             if name.endswith(exts):
                 return kind
         return "NoFile"
@@ -53,7 +58,8 @@ class _CoreIOManager:
                 node = env.volumes.AddArchetypeVolume(fileName, name, options, None)
         elif fileType == "SegmentationFile":
             node = env.segmentations.LoadSegmentationFromFile(
-                fileName, bool(properties.get("autoOpacities", True)), name, None, userMessages)
+                fileName, bool(properties.get("autoOpacities", True)), name, None, userMessages
+            )
         elif fileType == "MarkupsFile":
             nodeId = env.markups.LoadMarkups(fileName, name, userMessages)
             node = env.scene.GetNodeByID(nodeId) if nodeId else None
@@ -67,8 +73,11 @@ class _CoreIOManager:
         return True
 
     def fileWriterFileType(self, node):
-        for cls, kind in (("vtkMRMLSegmentationNode", "SegmentationFile"),
-                          ("vtkMRMLMarkupsNode", "MarkupsFile"), ("vtkMRMLVolumeNode", "VolumeFile")):
+        for cls, kind in (
+            ("vtkMRMLSegmentationNode", "SegmentationFile"),
+            ("vtkMRMLMarkupsNode", "MarkupsFile"),
+            ("vtkMRMLVolumeNode", "VolumeFile"),
+        ):
             if node.IsA(cls):
                 return kind
         return "NoFile"
@@ -94,12 +103,23 @@ class _FakeApp:
         self._env, self._io = env, _CoreIOManager(env)
         self.temporaryPath = tempfile.gettempdir()
 
-    def coreIOManager(self): return self._io
-    def ioManager(self): return self._io
-    def applicationLogic(self): return self._env.app_logic
-    def mrmlScene(self): return self._env.scene
-    def processEvents(self): pass
-    def testingEnabled(self): return True
+    def coreIOManager(self):
+        return self._io
+
+    def ioManager(self):
+        return self._io
+
+    def applicationLogic(self):
+        return self._env.app_logic
+
+    def mrmlScene(self):
+        return self._env.scene
+
+    def processEvents(self):
+        pass
+
+    def testingEnabled(self):
+        return True
 
 
 class _Module(types.SimpleNamespace):
@@ -116,10 +136,12 @@ def setup(scene=None):
     colors.AddDefaultColorNodes()
     env.app_logic.SetModuleLogic("Colors", colors)
     modules = {}
-    for attr, name, cls in (("volumes", "Volumes", slicer.vtkSlicerVolumesLogic),
-                            ("segmentations", "Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                            ("markups", "Markups", slicer.vtkSlicerMarkupsLogic),
-                            ("subjecthierarchy", "SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
+    for attr, name, cls in (
+        ("volumes", "Volumes", slicer.vtkSlicerVolumesLogic),
+        ("segmentations", "Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("markups", "Markups", slicer.vtkSlicerMarkupsLogic),
+        ("subjecthierarchy", "SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+    ):
         logic = cls()
         logic.SetMRMLScene(env.scene)
         logic.SetMRMLApplicationLogic(env.app_logic)
@@ -130,7 +152,8 @@ def setup(scene=None):
     slicer_app_standins.add_segment_editor_node(env.scene)
     editor_module = slicer_app_standins.SegmentEditorModuleWidget()
     modules["segmenteditor"] = types.SimpleNamespace(
-        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: editor_module))
+        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: editor_module)
+    )
     slicer_app_standins.reset()
     slicer.mrmlScene = env.scene
     slicer.app = _FakeApp(env)
@@ -160,7 +183,9 @@ def slicer_scene():
 @pytest.fixture(scope="module")
 def slicer_module():
     """SegVolSlicer.py, imported from the module folder as Slicer imports it."""
-    spec = importlib.util.spec_from_file_location("SegVolSlicer", Path(__file__).resolve().parents[2] / "SegVolSlicer.py")
+    spec = importlib.util.spec_from_file_location(
+        "SegVolSlicer", Path(__file__).resolve().parents[2] / "SegVolSlicer.py"
+    )
     loaded = importlib.util.module_from_spec(spec)
     sys.modules["SegVolSlicer"] = loaded  # Slicer imports module files as modules of that name
     spec.loader.exec_module(loaded)

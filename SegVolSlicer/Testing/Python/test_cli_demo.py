@@ -28,8 +28,20 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     (snapshot / "pytorch_model.bin").write_bytes(b"PK\x03\x04")  # looks like a checkpoint; the stand-in model is used
     write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
     monkeypatch.setattr(SegVolSlicerLib.model, "load_segvol", lambda weights, device, precision: FakeSegVol())
-    code = cli.main(["demo", "--source", str(snapshot), "--output-dir", str(tmp_path / "out"), "--text", "liver",
-                     "--text", "spleen", "--no-zoom-in"])
+    code = cli.main(
+        [
+            "demo",
+            "--source",
+            str(snapshot),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--text",
+            "liver",
+            "--text",
+            "spleen",
+            "--no-zoom-in",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert str(tmp_path / "out" / "demo.seg.nrrd") in out and str(tmp_path / "out" / "demo.png") in out
@@ -37,7 +49,9 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     assert png.ndim == 3 and png.shape[2] == 3 and png.dtype == np.uint8
     assert (png[..., 0] != png[..., 2]).any()  # coloured overlays on a grey image
     segmentation = sitk.ReadImage(str(tmp_path / "out" / "demo.seg.nrrd"))
-    assert segmentation.GetMetaData("Segment0_Name") == "liver" and segmentation.GetMetaData("Segment1_Name") == "spleen"
+    assert (
+        segmentation.GetMetaData("Segment0_Name") == "liver" and segmentation.GetMetaData("Segment1_Name") == "spleen"
+    )
 
 
 def test_demo_source_must_be_a_folder(tmp_path, capsys):

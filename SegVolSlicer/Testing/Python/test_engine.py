@@ -165,8 +165,13 @@ class FullGpuSegVol(FakeSegVol):
         return super().encode_image(image)
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)"),
+    ],
+)
 def test_a_full_gpu_moves_the_model_to_the_cpu_once(ct, error):
     model = FullGpuSegVol(error)
     host = EngineHost(ModelChoice(precision="fp16"), model=model)
@@ -216,8 +221,10 @@ def test_out_of_memory_while_loading_loads_on_the_cpu(loads, ct, monkeypatch):
     assert "'cuda:1'" in reporter.messages[0] and reporter.stages[:2] == ["load", "load"]
 
 
-@pytest.mark.parametrize("error", [RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"),
-                                   torch.OutOfMemoryError("CUDA out of memory")])
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"), torch.OutOfMemoryError("CUDA out of memory")],
+)
 def test_out_of_memory_is_recognised(error):
     assert runtime.is_out_of_memory(error)
     assert not runtime.is_out_of_memory(ValueError("out of memory"))
@@ -236,8 +243,7 @@ def test_requests_run_one_at_a_time(ct):
             return super().decode(*args, **kwargs)
 
     host = EngineHost(model=Slow(), max_sessions=4)
-    threads = [threading.Thread(target=host.segment, args=(volume_input(ct, key), [LIVER], False))
-               for key in range(4)]
+    threads = [threading.Thread(target=host.segment, args=(volume_input(ct, key), [LIVER], False)) for key in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -246,8 +252,9 @@ def test_requests_run_one_at_a_time(ct):
 
 
 def test_session_options_reach_the_sessions(ct):
-    host = EngineHost(model=FakeSegVol(), session_options=SessionOptions(cache_budget_mb=1, point_sampling="official",
-                                                                          seed=7))
+    host = EngineHost(
+        model=FakeSegVol(), session_options=SessionOptions(cache_budget_mb=1, point_sampling="official", seed=7)
+    )
     session = host.session(volume_input(ct))
     assert (session.cache.budget_bytes, session.point_sampling, session.seed) == (2**20, "official", 7)
 

@@ -23,9 +23,15 @@ ORGANS = {"liver": 1, "spleen": 2}
 MODES = {"text": "text", "box": "box", "text_box": "text+box", "points": "point", "text_points": "text+point"}
 # Zoom-in checked on these runs (every official zoom-in path: text only, box and point windows with two windows,
 # the single-window box and padding quirks); the zoom-out pass on all of them. Fewer decoder passes, same cover.
-ZOOM_IN_RUNS = [("full", "liver", "text_box"), ("full", "liver", "box"), ("full", "spleen", "text"),
-                ("full", "spleen", "points"), ("thin", "spleen", "box"), ("thin", "spleen", "text_box"),
-                ("thin", "spleen", "points")]
+ZOOM_IN_RUNS = [
+    ("full", "liver", "text_box"),
+    ("full", "liver", "box"),
+    ("full", "spleen", "text"),
+    ("full", "spleen", "points"),
+    ("thin", "spleen", "box"),
+    ("thin", "spleen", "text_box"),
+    ("thin", "spleen", "points"),
+]
 LOGIT_TOLERANCE = 1e-3  # fp32 on CPU, as test_model_parity
 # The model matches the official logits to ~2e-5 (SDPA attention), so a voxel whose logit is that close to 0
 # may flip; allow a few per million.
@@ -117,11 +123,13 @@ def runs(sessions):
             session, labels = sessions[case]
             truth = (labels == ORGANS[organ]).astype(np.uint8)
             generator = session.new_generator()
-            prompts = label_prompts(truth, organ, PromptMode.parse(MODES[mode]), session.prepared, session.space,
-                                    generator)
+            prompts = label_prompts(
+                truth, organ, PromptMode.parse(MODES[mode]), session.prepared, session.space, generator
+            )
             session.model.calls = []
-            result = session.segment_model_prompts(organ, prompts, zoom_in=(case, organ, mode) in ZOOM_IN_RUNS,
-                                                   generator=generator)
+            result = session.segment_model_prompts(
+                organ, prompts, zoom_in=(case, organ, mode) in ZOOM_IN_RUNS, generator=generator
+            )
             cache[case, organ, mode] = (prompts, result, session.model.calls, truth)
         return cache[case, organ, mode]
 
@@ -140,8 +148,12 @@ def test_preprocessing(case, goldens, sessions):
     pre = f"{case}.pre."
     assert int(volume.astype(np.int64).sum()) == int(goldens[pre + "input_hu_sum"])  # same synthetic CT
     stats = intensity_statistics(volume)
-    np.testing.assert_array_equal(stats.z_score(volume.astype(np.float32))[::2, ::8, ::8], goldens[pre + "normalised_sub"])
-    np.testing.assert_array_equal(stats.normalise(volume.astype(np.float32))[::2, ::8, ::8], goldens[pre + "minmax_sub"])
+    np.testing.assert_array_equal(
+        stats.z_score(volume.astype(np.float32))[::2, ::8, ::8], goldens[pre + "normalised_sub"]
+    )
+    np.testing.assert_array_equal(
+        stats.normalise(volume.astype(np.float32))[::2, ::8, ::8], goldens[pre + "minmax_sub"]
+    )
     assert prepared.crop_start == tuple(goldens[pre + "crop_start"])
     assert prepared.crop_stop == tuple(goldens[pre + "crop_end"])
     assert prepared.cropped_shape == tuple(goldens[pre + "cropped_shape"])
@@ -160,12 +172,15 @@ def test_zoom_out_pass(case, organ, mode, goldens, runs):
         np.testing.assert_array_equal(prompts.points[0], goldens[key + "zoom_out_points"][0])
         np.testing.assert_array_equal(prompts.points[1], goldens[key + "zoom_out_point_labels"][0])
     zoom_out_logits = calls[0]["logits"]
-    np.testing.assert_allclose(zoom_out_logits.numpy()[::2, ::8, ::8], goldens[key + "zoom_out_logits_sub"][0, 0],
-                               atol=LOGIT_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        zoom_out_logits.numpy()[::2, ::8, ::8], goldens[key + "zoom_out_logits_sub"][0, 0], atol=LOGIT_TOLERANCE, rtol=0
+    )
     shape = goldens[f"{case}.pre.input_shape"]
     assert_same_mask(result.zoom_out_mask, unpack(goldens[key + "zoom_out_mask_bits"], shape))
     crop = result.crop
-    assert dice(result.zoom_out_mask[crop], truth[crop]) == pytest.approx(float(goldens[key + "dice_zoom_out"]), abs=1e-5)
+    assert dice(result.zoom_out_mask[crop], truth[crop]) == pytest.approx(
+        float(goldens[key + "dice_zoom_out"]), abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("case, organ, mode", ZOOM_IN_RUNS)
@@ -174,8 +189,12 @@ def test_zoom_in_pass(case, organ, mode, goldens, runs):
     key = f"{case}.{organ}.{mode}."
     assert_zoom_in_plan(result, calls[1:], goldens, key, goldens[f"{case}.pre.cropped_shape"])
     for n, call in enumerate(calls[1:]):
-        np.testing.assert_allclose(call["logits"].numpy()[::4, ::32, ::32], goldens[key + "windows_logits_sub"][n],
-                                   atol=LOGIT_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            call["logits"].numpy()[::4, ::32, ::32],
+            goldens[key + "windows_logits_sub"][n],
+            atol=LOGIT_TOLERANCE,
+            rtol=0,
+        )
     shape = goldens[f"{case}.pre.input_shape"]
     assert_same_mask(result.mask, unpack(goldens[key + "mask_bits"], shape))
     crop = result.crop

@@ -84,8 +84,14 @@ def test_progress_and_cancel(ct):
     reporter = RecordingReporter()
     session = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras, reporter=reporter)
     session.segment(Target("liver", text="liver"), reporter=reporter)
-    assert reporter.calls == [("preprocess", 0, 1), ("preprocess", 1, 1), ("zoom-out", 0, 1), ("zoom-out", 1, 1),
-                              ("zoom-in", 1, 2), ("zoom-in", 2, 2)]
+    assert reporter.calls == [
+        ("preprocess", 0, 1),
+        ("preprocess", 1, 1),
+        ("zoom-out", 0, 1),
+        ("zoom-out", 1, 1),
+        ("zoom-in", 1, 2),
+        ("zoom-in", 2, 2),
+    ]
     cancelling = RecordingReporter(cancel_at="zoom-in")
     with pytest.raises(Cancelled):
         session.segment(Target("spleen", text="spleen"), reporter=cancelling)
@@ -146,14 +152,16 @@ def test_point_mode_is_deterministic_and_official_mode_uses_the_global_generator
 def test_a_permuted_copy_gives_the_same_physical_mask(ct):
     target_click = np.rint(liver_click(ct))
     reference = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras).segment(
-        Target("liver", text="liver", points=Points([target_click], [1])))
+        Target("liver", text="liver", points=Points([target_click], [1]))
+    )
     stored, matrix = permuted_geometry(ct.volume, ct.ijk_to_ras, (1, 2, 0))
     # The click at the same physical place: voxel (i, j, k) of the original is a permuted voxel of the copy.
     k, j, i = np.rint(target_click[::-1]).astype(int)
     original_index = np.array([k, j, i])
     new_index = original_index[[1, 2, 0]]
     permuted = SegVolSession(FakeSegVol(), stored, matrix).segment(
-        Target("liver", text="liver", points=Points([new_index[::-1].astype(float)], [1])))
+        Target("liver", text="liver", points=Points([new_index[::-1].astype(float)], [1]))
+    )
     np.testing.assert_array_equal(permuted.mask, reference.mask.transpose(1, 2, 0))
     assert reference.mask.any()
 
@@ -172,6 +180,7 @@ def test_odd_volume_sizes_run_end_to_end(shape):
     volume[:, : shape[1] // 4] = -1000  # air above the body
     matrix = np.diag([0.8, 0.8, 2.5, 1.0])
     result = SegVolSession(FakeSegVol(threshold=0.55), volume, matrix).segment(
-        Target("x", text="liver", box=Box((1, shape[1] // 2, 0), (shape[2] - 2, shape[1] - 2, shape[0] - 1))))
+        Target("x", text="liver", box=Box((1, shape[1] // 2, 0), (shape[2] - 2, shape[1] - 2, shape[0] - 1)))
+    )
     assert result.mask.shape == shape and result.mask.dtype == np.uint8
     assert result.windows >= 1 and result.zoom_out_mask.any()

@@ -27,14 +27,19 @@ from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
 
 def space_for(cropped_shape):
     image = torch.zeros(cropped_shape)
-    prepared = PreparedVolume(ModelAxes((0, 1, 2)), cropped_shape, (0, 0, 0), cropped_shape, image,
-                              torch.zeros(1, 1, *WINDOW_SIZE), None)
+    prepared = PreparedVolume(
+        ModelAxes((0, 1, 2)), cropped_shape, (0, 0, 0), cropped_shape, image, torch.zeros(1, 1, *WINDOW_SIZE), None
+    )
     return ModelSpace(prepared)
 
 
 def dense_upsample(zoom_out_mask, shape):
-    return F.interpolate(torch.from_numpy(zoom_out_mask.astype(np.float32))[None, None], size=shape,
-                         mode="nearest")[0, 0].numpy() > 0.5
+    return (
+        F.interpolate(torch.from_numpy(zoom_out_mask.astype(np.float32))[None, None], size=shape, mode="nearest")[
+            0, 0
+        ].numpy()
+        > 0.5
+    )
 
 
 def official_roi(upsampled):
@@ -56,7 +61,11 @@ def random_blob_mask(seed):
     rng = np.random.default_rng(seed)
     mask = np.zeros(WINDOW_SIZE, dtype=bool)
     low = rng.integers(0, [20, 150, 150])
-    mask[low[0]:low[0] + rng.integers(1, 12), low[1]:low[1] + rng.integers(1, 100), low[2]:low[2] + rng.integers(1, 100)] = True
+    mask[
+        low[0] : low[0] + rng.integers(1, 12),
+        low[1] : low[1] + rng.integers(1, 100),
+        low[2] : low[2] + rng.integers(1, 100),
+    ] = True
     return mask
 
 
@@ -150,7 +159,9 @@ def test_point_sampling_is_the_official_draw():
         torch.testing.assert_close(a, b)
     coords, labels = seeded
     assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0]
-    assert all(binary[tuple(c.long())] == 1 for c in coords[:4]) and all(binary[tuple(c.long())] == 0 for c in coords[4:])
+    assert all(binary[tuple(c.long())] == 1 for c in coords[:4]) and all(
+        binary[tuple(c.long())] == 0 for c in coords[4:]
+    )
 
 
 def test_point_sampling_pads_with_ignore_points():

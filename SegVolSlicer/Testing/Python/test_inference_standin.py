@@ -66,8 +66,14 @@ def test_matches_official(organ, mode, goldens, session):
     value = {name: label for label, name in ct.label_names.items()}[organ]
     assert session.prepared.crop_start == tuple(goldens["layout.pre.crop_start"])
     generator = session.new_generator()
-    prompts = label_prompts((ct.labels == value).astype(np.uint8), organ, PromptMode.parse(MODES[mode]),
-                            session.prepared, session.space, generator)
+    prompts = label_prompts(
+        (ct.labels == value).astype(np.uint8),
+        organ,
+        PromptMode.parse(MODES[mode]),
+        session.prepared,
+        session.space,
+        generator,
+    )
     session.model.calls = []
     result = session.segment_model_prompts(organ, prompts, generator=generator)
 
@@ -96,8 +102,18 @@ def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys
     bands = dict(zip(goldens["bands_names"].tolist(), goldens["bands_values"].tolist()))
     monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: BandSegVol(bands))
     classes = [f"{name}={value}" for value, name in ct.label_names.items()]
-    code = cli.main(["evaluate", "--image", str(tmp_path / "ct.nii.gz"), "--label", str(tmp_path / "labels.nii.gz"),
-                     *[a for c in classes for a in ("--class", c)], "--output-dir", str(tmp_path / "eval")])
+    code = cli.main(
+        [
+            "evaluate",
+            "--image",
+            str(tmp_path / "ct.nii.gz"),
+            "--label",
+            str(tmp_path / "labels.nii.gz"),
+            *[a for c in classes for a in ("--class", c)],
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     shape = goldens["layout.pre.input_shape"]
     for name in ct.label_names.values():
@@ -105,5 +121,6 @@ def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys
         np.testing.assert_array_equal(mask, unpack(goldens[f"layout.{name}.text_box.mask_bits"], shape))
     metrics = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
     dice = {row.split(",")[0]: float(row.split(",")[3]) for row in metrics[1:]}
-    assert dice == pytest.approx({name: float(goldens[f"layout.{name}.text_box.dice_official"])
-                                  for name in ct.label_names.values()}, abs=1e-6)
+    assert dice == pytest.approx(
+        {name: float(goldens[f"layout.{name}.text_box.dice_official"]) for name in ct.label_names.values()}, abs=1e-6
+    )

@@ -44,8 +44,9 @@ def test_pth_loads_every_tensor(synthetic_model, synthetic_state):
     assert torch.equal(ours[gaussian], synthetic_state[gaussian])  # loaded, never re-drawn
 
 
-@pytest.mark.parametrize("fmt, name", [("bin", "pytorch_model.bin"), ("safetensors", "model.safetensors"),
-                                       ("hf-folder", "snapshot")])
+@pytest.mark.parametrize(
+    "fmt, name", [("bin", "pytorch_model.bin"), ("safetensors", "model.safetensors"), ("hf-folder", "snapshot")]
+)
 def test_hugging_face_formats_load_the_same_weights(fmt, name, synthetic_state, synthetic_model, tmp_path):
     path = save_checkpoint(synthetic_state, tmp_path / name, fmt)
     model = load_segvol(path, device="cpu")
@@ -62,9 +63,16 @@ def test_hugging_face_formats_load_the_same_weights(fmt, name, synthetic_state, 
 def test_training_checkpoint_with_numpy_and_args_loads(synthetic_state, tmp_path):
     """SegVol_v1.pth is a training checkpoint: plain-data extras next to 'model' must not block loading."""
     path = tmp_path / "SegVol_v1.pth"
-    torch.save({"model": {"module." + k: v for k, v in synthetic_state.items()}, "epoch": np.int64(2000),
-                "args": argparse.Namespace(lr=1e-4, spatial_size=(32, 256, 256)), "history": np.zeros(3),
-                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}}, path)
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in synthetic_state.items()},
+            "epoch": np.int64(2000),
+            "args": argparse.Namespace(lr=1e-4, spatial_size=(32, 256, 256)),
+            "history": np.zeros(3),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+        },
+        path,
+    )
     state = read_state_dict(path)
     assert torch.equal(state["mask_decoder.iou_token.weight"], synthetic_state["mask_decoder.iou_token.weight"])
 
@@ -73,8 +81,11 @@ def test_missing_and_unexpected_keys_are_named(synthetic_model, synthetic_checkp
     state = read_state_dict(synthetic_checkpoint)
     del state["mask_decoder.iou_token.weight"]
     state["mask_decoder.extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing 1 key\(s\): mask_decoder.iou_token.weight.*"
-                                              r"unexpected 1 key\(s\): mask_decoder.extra.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing 1 key\(s\): mask_decoder.iou_token.weight.*"
+        r"unexpected 1 key\(s\): mask_decoder.extra.weight",
+    ):
         load_state_strict(synthetic_model, state, synthetic_checkpoint)
 
 
@@ -89,8 +100,9 @@ def test_only_position_ids_and_mask_downscaling_are_optional(synthetic_model, sy
     state = read_state_dict(synthetic_checkpoint)
     assert "text_encoder.clip_text_model.embeddings.position_ids" in state
     assert sum(key.startswith("prompt_encoder.mask_downscaling.") for key in state) == 10
-    trimmed = {key: value for key, value in state.items()
-               if "mask_downscaling" not in key and not key.endswith("position_ids")}
+    trimmed = {
+        key: value for key, value in state.items() if "mask_downscaling" not in key and not key.endswith("position_ids")
+    }
     load_state_strict(synthetic_model, trimmed, synthetic_checkpoint)  # same weights: the model is unchanged
 
 
@@ -105,6 +117,7 @@ def test_non_checkpoint_files_are_refused(content, tmp_path):
 @pytest.mark.parametrize("seed", [8, 15])  # garbage after a pickle header: IndexError / KeyError in the unpickler
 def test_damaged_pickle_is_refused(seed, tmp_path):
     import random
+
     rng = random.Random(seed)
     path = tmp_path / "SegVol_v1.pth"
     path.write_bytes(b"\x80\x02" + bytes(rng.randrange(256) for _ in range(200)))
@@ -123,6 +136,7 @@ def test_truncated_checkpoint_is_refused(synthetic_checkpoint, tmp_path):
 def test_truncated_safetensors_is_refused(tmp_path):
     path = tmp_path / "model.safetensors"
     from safetensors.torch import save_file
+
     save_file({"model.image_encoder.norm.weight": torch.ones(768)}, str(path))
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="not a valid safetensors"):

@@ -39,9 +39,11 @@ def image_embedding(synthetic_model, image):
 def _prompts(golden, case):
     box = torch.from_numpy(golden["box"])
     points = (torch.from_numpy(golden["points_coords"]), torch.from_numpy(golden["points_labels"]))
-    return {"text": ["liver"] if "text" in case else None,
-            "boxes": box if "box" in case else None,
-            "points": points if "points" in case else None}
+    return {
+        "text": ["liver"] if "text" in case else None,
+        "boxes": box if "box" in case else None,
+        "points": points if "points" in case else None,
+    }
 
 
 def _max_abs(actual: torch.Tensor, expected: np.ndarray) -> float:

@@ -66,19 +66,27 @@ def test_crop_to_zoom_out_is_centred_on_voxels(space):
 
 
 def markups_file(path, markup):
-    path.write_text(json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/"
-                                          "Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
-                                "markups": [markup]}))
+    path.write_text(
+        json.dumps(
+            {
+                "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/"
+                "Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+                "markups": [markup],
+            }
+        )
+    )
     return path
 
 
 def test_lps_markups_are_converted_to_ras(tmp_path):
     """Mistake: reading an LPS file's coordinates as RAS (Slicer writes LPS by default)."""
     points = [{"label": "p", "position": [10.0, -20.0, 30.0], "positionStatus": "defined"}]
-    lps = markups_file(tmp_path / "lps.mrk.json", {"type": "Fiducial", "coordinateSystem": "LPS",
-                                                   "controlPoints": points})
-    ras = markups_file(tmp_path / "ras.mrk.json", {"type": "Fiducial", "coordinateSystem": "RAS",
-                                                   "controlPoints": points})
+    lps = markups_file(
+        tmp_path / "lps.mrk.json", {"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": points}
+    )
+    ras = markups_file(
+        tmp_path / "ras.mrk.json", {"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": points}
+    )
     assert np.allclose(imageio.read_points(lps)[0], [[-10.0, 20.0, 30.0]])
     assert np.allclose(imageio.read_points(ras)[0], [[10.0, -20.0, 30.0]])
 
@@ -107,8 +115,9 @@ def test_several_names_make_one_undo_step(slicer_module, slicer_scene):  # noqa:
     logic.useModel(FakeSegVol())
     volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
     steps = []
-    segment_ids, _ = logic.process(volume, None, names="liver, spleen", zoomIn=False,
-                                   saveStateForUndo=lambda: steps.append(1))
+    segment_ids, _ = logic.process(
+        volume, None, names="liver, spleen", zoomIn=False, saveStateForUndo=lambda: steps.append(1)
+    )
     assert len(segment_ids) == 2 and len(steps) == 1
 
 
@@ -135,7 +144,8 @@ def test_writing_honours_the_segmentations_parent_transform(slicer_scene):  # no
     to_volume_ijk = np.linalg.inv(volume_to_world) @ moved @ slicer.util.arrayFromVTKMatrix(local)
     extent = labelmap.GetExtent()
     values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
-        extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+        extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1
+    )
     k, j, i = np.nonzero(values == segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue())
     ijk = np.stack([i + extent[0], j + extent[2], k + extent[4], np.ones_like(i)])
     volume_ijk = np.rint(to_volume_ijk @ ijk)[:3].astype(int)
@@ -173,8 +183,18 @@ def test_negative_point_ijk_end_to_end(ct, tmp_path, monkeypatch, capsys):
     outputs = {}
     for name, extra in (("positive", []), ("both", ["--negative-point-ijk", *negative])):
         output = tmp_path / f"{name}.seg.nrrd"
-        code = cli.main(["segment", str(image), "--point-ijk", *map(str, positive), *map(str, extra),
-                         "--no-zoom-in", "-o", str(output)])
+        code = cli.main(
+            [
+                "segment",
+                str(image),
+                "--point-ijk",
+                *map(str, positive),
+                *map(str, extra),
+                "--no-zoom-in",
+                "-o",
+                str(output),
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         outputs[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(output))) > 0
     labels_sent = model.decode_calls[-1][1][1].reshape(-1).tolist()

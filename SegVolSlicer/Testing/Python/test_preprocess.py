@@ -32,8 +32,9 @@ def test_normalised_crop_matches_the_spec_bit_for_bit(ct):
     start, stop = foreground.min(0), foreground.max(0) + 1
     assert prepared.crop_start == tuple(start) and prepared.crop_stop == tuple(stop)
     assert prepared.image.dtype.is_floating_point and prepared.image.dtype.itemsize == 4
-    np.testing.assert_array_equal(prepared.image.numpy(),
-                                  expected[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]])
+    np.testing.assert_array_equal(
+        prepared.image.numpy(), expected[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    )
     assert tuple(prepared.zoom_out_image.shape) == (1, 1, *WINDOW_SIZE)
     assert float(prepared.image.min()) == 0.0 and float(prepared.image.max()) == 1.0
 
@@ -70,14 +71,17 @@ def test_statistics_use_the_foreground_above_the_mean(ct):
     assert stats.lower < stats.upper
 
 
-@pytest.mark.parametrize("volume, message", [
-    (np.zeros((10, 10)), "2-D"),
-    (np.zeros((1, 10, 10)), "2-D"),
-    (np.zeros((2, 10, 10, 3)), "4 dimensions"),
-    (np.full((8, 10, 10), 7, dtype=np.int16), "constant"),
-    (np.where(np.arange(800).reshape(8, 10, 10) % 2, np.nan, 1.0), "NaN"),
-    (np.where(np.arange(800).reshape(8, 10, 10) < 400, -1000, 40).astype(np.int16), "no intensity contrast"),
-])
+@pytest.mark.parametrize(
+    "volume, message",
+    [
+        (np.zeros((10, 10)), "2-D"),
+        (np.zeros((1, 10, 10)), "2-D"),
+        (np.zeros((2, 10, 10, 3)), "4 dimensions"),
+        (np.full((8, 10, 10), 7, dtype=np.int16), "constant"),
+        (np.where(np.arange(800).reshape(8, 10, 10) % 2, np.nan, 1.0), "NaN"),
+        (np.where(np.arange(800).reshape(8, 10, 10) < 400, -1000, 40).astype(np.int16), "no intensity contrast"),
+    ],
+)
 def test_unusable_volumes_are_user_errors(volume, message):
     with pytest.raises(InputError, match=message):
         prepare_volume(volume, np.eye(4))

@@ -23,8 +23,9 @@ def space(ct):
     return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
 
 
-@pytest.mark.parametrize("text, label", [("", 1), ("positive", 1), (" Positive ", 1), (None, 1), ("negative", 0),
-                                         ("NEG", 0), ("-", 0)])
+@pytest.mark.parametrize(
+    "text, label", [("", 1), ("positive", 1), (" Positive ", 1), (None, 1), ("negative", 0), ("NEG", 0), ("-", 0)]
+)
 def test_point_polarity_from_description(text, label):
     assert label_from_description(text) == label
 
@@ -91,9 +92,10 @@ def test_zoom_out_coordinates_follow_the_nearest_exact_resize(space, ct):
             crop_index[axis] = source[z]
             mapped = space.crop_to_zoom_out(crop_index)[axis]
             assert abs(mapped - z) < max(1.0, space.scale[axis])  # within one zoom-out voxel of where it shows
-    np.testing.assert_array_equal(prepared.zoom_out_image[0, 0, 3, 100, 50],
-                                  prepared.image[space.zoom_out_source[0][3], space.zoom_out_source[1][100],
-                                                 space.zoom_out_source[2][50]])
+    np.testing.assert_array_equal(
+        prepared.zoom_out_image[0, 0, 3, 100, 50],
+        prepared.image[space.zoom_out_source[0][3], space.zoom_out_source[1][100], space.zoom_out_source[2][50]],
+    )
 
 
 def test_box_maps_to_the_zoom_out_voxels_showing_it(space, ct):
@@ -101,7 +103,7 @@ def test_box_maps_to_the_zoom_out_voxels_showing_it(space, ct):
     prepared = prepare_volume(ct.volume, ct.ijk_to_ras)
     low, high = np.array([5, 30, 40]), np.array([20, 90, 120])  # crop coordinates (d, h, w)
     label = np.zeros(prepared.cropped_shape, dtype=np.float32)
-    label[low[0]:high[0] + 1, low[1]:high[1] + 1, low[2]:high[2] + 1] = 1
+    label[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1] = 1
     resized = resize_nearest_exact(torch.from_numpy(label))[0, 0]
     positive = torch.nonzero(resized)
     zoom_low, zoom_high = space.crop_box_to_zoom_out(low, high)

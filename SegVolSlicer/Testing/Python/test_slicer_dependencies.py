@@ -65,8 +65,7 @@ def test_constraints_protect_slicers_packages(tmp_path):
 class FakeSlicer:
     """Records Slicer's dialogs, PyTorchUtils and pip; `answers` are the user's replies to confirmations."""
 
-    def __init__(self, monkeypatch, tmp_path, torch_installed=True, answers=(), pip_error=None,
-                 packaging_outcome=None):
+    def __init__(self, monkeypatch, tmp_path, torch_installed=True, answers=(), pip_error=None, packaging_outcome=None):
         self.dialogs, self.pip_calls, self.torch_installs, self.ensure_calls = [], [], [], []
         self.answers = list(answers)
         monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path), raising=False)
@@ -88,6 +87,7 @@ class FakeSlicer:
 
         monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
         if packaging_outcome is not None:
+
             def pip_ensure(requirements, constraints=None, requester=None):
                 self.ensure_calls.append((requirements, constraints, requester))
                 if isinstance(packaging_outcome, BaseException):
@@ -108,6 +108,7 @@ class FakeSlicer:
             self.pip_calls.append(arguments)
             if error is not None:
                 raise error
+
         return pip_install
 
 
@@ -170,11 +171,14 @@ def test_slicer_5_10_restart_notice_and_failure(slicer_scene, monkeypatch, tmp_p
     assert fake.dialogs[-1] == ("errorDisplay", dependencies.FAILED)
 
 
-@pytest.mark.parametrize("outcome, message", [
-    (RuntimeError("User declined package installation"), dependencies.DECLINED),
-    (subprocess.CalledProcessError(1, "pip install"), dependencies.FAILED),
-    (False, dependencies.FAILED),  # pip "succeeded" yet the package is still missing
-])
+@pytest.mark.parametrize(
+    "outcome, message",
+    [
+        (RuntimeError("User declined package installation"), dependencies.DECLINED),
+        (subprocess.CalledProcessError(1, "pip install"), dependencies.FAILED),
+        (False, dependencies.FAILED),  # pip "succeeded" yet the package is still missing
+    ],
+)
 def test_slicer_5_12_uses_pip_ensure(outcome, message, slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     requirements = requirements_file(tmp_path, "no-such-package-segvol==1.0")
     fake = FakeSlicer(monkeypatch, tmp_path, packaging_outcome=outcome)

@@ -43,7 +43,7 @@ def repository_file_for_raw_url(url, scm_url):
     owner_repo = urllib.parse.urlsplit(scm_url).path.strip("/").removesuffix(".git")
     assert parts.scheme == "https" and parts.netloc == "raw.githubusercontent.com", url
     assert parts.path.startswith(f"/{owner_repo}/"), f"{url} is not in {scm_url}"
-    branch_and_path = parts.path[len(owner_repo) + 2:]
+    branch_and_path = parts.path[len(owner_repo) + 2 :]
     return REPO / branch_and_path.split("/", 1)[1]
 
 

@@ -75,13 +75,16 @@ def test_logic(check, slicer_module, slicer_scene):  # noqa: F811
 
 
 def test_prompt_nodes_are_tagged_and_distinct(slicer_scene):  # noqa: F811
-    nodes = {role: slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
-             for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)}
+    nodes = {
+        role: slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
+        for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)
+    }
     colours = {tuple(node.GetDisplayNode().GetSelectedColor()) for node in nodes.values()}
     assert len(colours) == 3
     # Red and green alone fail colour-blind users: negative clicks are crosses too.
-    positive, negative = (nodes[role].GetDisplayNode() for role in (slicer_bridge.POSITIVE_ROLE,
-                                                                    slicer_bridge.NEGATIVE_ROLE))
+    positive, negative = (
+        nodes[role].GetDisplayNode() for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE)
+    )
     assert negative.GetGlyphType() != positive.GetGlyphType()
     negative_node = nodes[slicer_bridge.NEGATIVE_ROLE]
     negative_node.AddControlPoint(1.0, 2.0, 3.0)
@@ -115,8 +118,11 @@ def test_terminology_matches_slicers_own_lookup():
             assert found.GetTypeObject().GetCodeValue() == entry.GetTypeObject().GetCodeValue(), name
             assert found.GetTypeModifierObject().GetCodeValue() == entry.GetTypeModifierObject().GetCodeValue(), name
             modifier_rgb = found.GetTypeModifierObject().GetRecommendedDisplayRGBValue()
-            rgb = modifier_rgb if found.GetTypeModifierObject().GetCodeValue() and tuple(modifier_rgb) != (127, 127, 127) \
+            rgb = (
+                modifier_rgb
+                if found.GetTypeModifierObject().GetCodeValue() and tuple(modifier_rgb) != (127, 127, 127)
                 else found.GetTypeObject().GetRecommendedDisplayRGBValue()
+            )
             assert np.allclose(np.array(term.color) * 255, rgb, atol=0.5), name
     assert checked >= 50, checked  # every mapped name that has a Slicer label
     assert terminology.standard_term("liver tumor") is None
@@ -139,7 +145,6 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scen
     (An Apple GPU here: a CUDA model would need a CUDA build of torch to stage its input.)"""
     import torch
     from fake_segvol import FakeSegVol
-
 
     class FullGpuSegVol(FakeSegVol):
         def __init__(self):

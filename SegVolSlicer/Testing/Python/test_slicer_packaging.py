@@ -25,7 +25,7 @@ FAKE_SLICER = {
         set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/CPack.cmake")
     """,
     "UseSlicer.cmake": """
-        set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "%s")
+        set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "@LAYOUT@")
         set(BUILD_TESTING ON)
         foreach(var HOMEPAGE CATEGORY CONTRIBUTORS DESCRIPTION ICONURL SCREENSHOTURLS DEPENDS)
           if(NOT DEFINED EXTENSION_${var})
@@ -51,7 +51,7 @@ FAKE_SLICER = {
           cmake_parse_arguments(ARG "" "SCRIPT" "SLICER_ARGS" ${ARGN})
           file(APPEND "${CMAKE_BINARY_DIR}/unittests.txt" "${ARG_SCRIPT}\\n")
         endfunction()
-    """ % LAYOUT,
+    """.replace("@LAYOUT@", LAYOUT),
     "GenerateConfig.cmake": """
         file(WRITE "${CMAKE_BINARY_DIR}/extension.json"
           "{\\"homepage\\": \\"${EXTENSION_HOMEPAGE}\\", \\"category\\": \\"${EXTENSION_CATEGORY}\\",
@@ -65,13 +65,17 @@ FAKE_SLICER = {
 def package_files() -> list[str]:
     """Files of SegVolSlicerLib as shipped: tracked by git (a checkout), else on disk."""
     try:
-        listed = subprocess.run(["git", "ls-files", "SegVolSlicerLib"], cwd=MODULE_DIR, capture_output=True,
-                                text=True, check=True).stdout.split()
+        listed = subprocess.run(
+            ["git", "ls-files", "SegVolSlicerLib"], cwd=MODULE_DIR, capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         listed = []
     if not listed:
-        listed = [str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "SegVolSlicerLib").rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts]
+        listed = [
+            str(p.relative_to(MODULE_DIR))
+            for p in (MODULE_DIR / "SegVolSlicerLib").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
     return sorted(listed)
 
 
@@ -99,8 +103,9 @@ def built_extension(tmp_path_factory):
     slicer_dir.mkdir()
     for name, content in FAKE_SLICER.items():
         (slicer_dir / name).write_text(textwrap.dedent(content))
-    configure = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={slicer_dir}"],
-                               capture_output=True, text=True)
+    configure = subprocess.run(
+        ["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={slicer_dir}"], capture_output=True, text=True
+    )
     assert configure.returncode == 0, configure.stdout + configure.stderr
     return build
 
@@ -109,8 +114,13 @@ def test_extension_builds_slicers_module_layout(built_extension):
     modules = built_extension / LAYOUT
     assert (built_extension / "modules.txt").read_text().split() == ["SegVolSlicer"]
     assert (built_extension / "unittests.txt").read_text().split() == ["SegVolSlicer.py"]
-    for name in ["SegVolSlicer.py", "Resources/UI/SegVolSlicer.ui", "Resources/Icons/SegVolSlicer.png",
-                 "Resources/requirements.txt", *package_files()]:
+    for name in [
+        "SegVolSlicer.py",
+        "Resources/UI/SegVolSlicer.ui",
+        "Resources/Icons/SegVolSlicer.png",
+        "Resources/requirements.txt",
+        *package_files(),
+    ]:
         assert (modules / name).is_file(), name
     # The installed copy works on its own: the module imports, the package and its data resolve there.
     probe = textwrap.dedent(f"""
@@ -125,7 +135,8 @@ def test_extension_builds_slicers_module_layout(built_extension):
         assert len(vocabulary.category_names()) == 222
         assert terminology.standard_term("liver").label == "liver"
         import os
-        assert os.path.isfile(SegVolSlicer.REQUIREMENTS_FILE) and SegVolSlicer.REQUIREMENTS_FILE.startswith({str(modules)!r})
+        requirements = SegVolSlicer.REQUIREMENTS_FILE
+        assert os.path.isfile(requirements) and requirements.startswith({str(modules)!r})
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=built_extension)
     assert result.returncode == 0, result.stderr
@@ -133,9 +144,11 @@ def test_extension_builds_slicers_module_layout(built_extension):
 
 def test_extension_metadata_agrees(built_extension):
     cmake = json.loads((built_extension / "extension.json").read_text())
-    s4ext = dict(line.split(" ", 1) if " " in line else (line, "")
-                 for line in (REPO / "SegVolSlicer.s4ext").read_text().splitlines()
-                 if line.strip() and not line.startswith("#"))
+    s4ext = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in (REPO / "SegVolSlicer.s4ext").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     catalog = json.loads((REPO / "SegVolSlicer.json").read_text())
     assert cmake["category"] == s4ext["category"] == catalog["category"] == "Segmentation"
     assert cmake["depends"] == s4ext["depends"] == " ".join(catalog["build_dependencies"]) == "PyTorch"
@@ -146,8 +159,18 @@ def test_extension_metadata_agrees(built_extension):
     assert cmake["iconurl"].endswith("/SegVolSlicer.png") and (REPO / "SegVolSlicer.png").is_file()
     # The ExtensionsIndex schema (v1.0.2): required keys, no unknown ones.
     assert {"$schema", "category", "scm_url"} <= set(catalog)
-    assert set(catalog) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-                            "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert set(catalog) <= {
+        "$schema",
+        "category",
+        "scm_url",
+        "scm_revision",
+        "scm_type",
+        "build_dependencies",
+        "dicom_support_rule",
+        "build_subdirectory",
+        "enabled",
+        "tier",
+    }
     assert 1 <= catalog["tier"] <= 5
 
 

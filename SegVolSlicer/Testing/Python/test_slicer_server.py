@@ -26,8 +26,10 @@ def server_url():
 
 
 def segment_masks(segmentation_node, volume_node):
-    return [slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-            for segment_id in segmentation_node.GetSegmentation().GetSegmentIDs()]
+    return [
+        slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
+        for segment_id in segmentation_node.GetSegmentation().GetSegmentIDs()
+    ]
 
 
 def test_the_logic_on_a_server_writes_what_it_writes_here(slicer_module, slicer_scene, server_url):  # noqa: F811
@@ -68,7 +70,7 @@ def test_the_panel_runs_on_the_server_with_the_clients_packages_only(panel, serv
     emit(widget.ui.serverKeyEdit, "editingFinished()")
     assert not widget.ui.deviceComboBox.enabled and widget.ui.serverUrlEdit.enabled
     widget.runSegmentation(interactive=True)
-    (args, kwargs), = ensured
+    ((args, kwargs),) = ensured
     assert args[0].endswith("requirements-client.txt") and kwargs == {"needs_torch": False}
     assert isinstance(widget.logic.engine, RemoteEngine) and dialogs == []
     assert widget.ui.statusLabel.text.startswith("Done: SegVol 1")
@@ -77,12 +79,17 @@ def test_the_panel_runs_on_the_server_with_the_clients_packages_only(panel, serv
     import qt
 
     settings = qt.QSettings()
-    assert (settings.value("SegVolSlicer/ServerURL"), settings.value("SegVolSlicer/ServerAPIKey")) == (server_url, "k3y")
+    assert (settings.value("SegVolSlicer/ServerURL"), settings.value("SegVolSlicer/ServerAPIKey")) == (
+        server_url,
+        "k3y",
+    )
     stored = slicer.mrmlScene.GetNodesByClass("vtkMRMLScriptedModuleNode")
     for index in range(stored.GetNumberOfItems()):
         node = stored.GetItemAsObject(index)
-        assert all("k3y" not in str(node.GetParameter(name)) and server_url not in str(node.GetParameter(name))
-                   for name in node.GetParameterNames())
+        assert all(
+            "k3y" not in str(node.GetParameter(name)) and server_url not in str(node.GetParameter(name))
+            for name in node.GetParameterNames()
+        )
     widget.ui.runOnComboBox.currentIndex = 0  # back to this computer: the local model again
     emit(widget.ui.runOnComboBox, "currentIndexChanged(int)", 0)
     assert settings.value("SegVolSlicer/RunOn") == "local" and widget.ui.deviceComboBox.enabled

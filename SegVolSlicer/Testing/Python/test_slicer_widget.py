@@ -221,7 +221,7 @@ def test_worker_keeps_its_speed_while_slicer_holds_the_gil(panel):
         widget.logic.engine.segment = slow_segment
         slicer.app.processEvents = handle_qt_events  # the panel fixture restores it
         widget.runSegmentation(interactive=True)
-        (start, end), = work
+        ((start, end),) = work
         times = [start, *(t for t in event_times if start < t < end), end]  # while the worker runs
         attempts.append((free / (end - start), max(b - a for a, b in zip(times, times[1:]))))
         if attempts[-1][0] >= 0.7 and attempts[-1][1] <= 0.1:

@@ -77,5 +77,6 @@ def test_written_files_carry_the_true_geometry(ct, tmp_path):
 def test_pipeline_goldens_were_made_from_this_ct(ct, case, slices):
     with np.load(GOLDENS) as golden:
         assert golden[f"{case}.pre.input_hu_sum"] == ct.volume[slices].astype(np.int64).sum()
-        np.testing.assert_array_equal(golden[f"{case}.pre.input_label_counts"],
-                                      np.bincount(ct.labels[slices].ravel(), minlength=6))
+        np.testing.assert_array_equal(
+            golden[f"{case}.pre.input_label_counts"], np.bincount(ct.labels[slices].ravel(), minlength=6)
+        )

@@ -11,11 +11,22 @@ def test_the_222_training_names():
     assert names[0] == "liver" and "postcava" in names and "gall bladder" in names
 
 
-@pytest.mark.parametrize("typed, expected", [
-    ("liver", "liver"), ("  Liver ", "liver"), ("SPLEEN", "spleen"), ("gallbladder", "gall bladder"),
-    ("Gallbladder", "gall bladder"), ("IVC", "postcava"), ("left_kidney", "left kidney"), ("L1", "vertebrae L1"),
-    ("vertebra t12", "vertebrae T12"), ("small intestine", "small bowel"), ("kidney left", "kidney left"),
-])
+@pytest.mark.parametrize(
+    "typed, expected",
+    [
+        ("liver", "liver"),
+        ("  Liver ", "liver"),
+        ("SPLEEN", "spleen"),
+        ("gallbladder", "gall bladder"),
+        ("Gallbladder", "gall bladder"),
+        ("IVC", "postcava"),
+        ("left_kidney", "left kidney"),
+        ("L1", "vertebrae L1"),
+        ("vertebra t12", "vertebrae T12"),
+        ("small intestine", "small bowel"),
+        ("kidney left", "kidney left"),
+    ],
+)
 def test_known_names_and_synonyms(typed, expected):
     assert resolve_name(typed) == (expected, True)
 

@@ -29,13 +29,16 @@ def write(path, content: bytes):
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.pth", "does not exist"),
-    (lambda p: p, "no SegVol weights in folder"),
-    (lambda p: write(p / "SegVol_v1.pth", b"version https://git-lfs.github.com/spec/v1\n"), "Git LFS pointer"),
-    (lambda p: write(p / "page.pth", b"<html>Not Found</html>"), "not a PyTorch checkpoint"),
-    (lambda p: write(p / "pytorch_model.bin", b""), "not a PyTorch checkpoint"),  # an interrupted download
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.pth", "does not exist"),
+        (lambda p: p, "no SegVol weights in folder"),
+        (lambda p: write(p / "SegVol_v1.pth", b"version https://git-lfs.github.com/spec/v1\n"), "Git LFS pointer"),
+        (lambda p: write(p / "page.pth", b"<html>Not Found</html>"), "not a PyTorch checkpoint"),
+        (lambda p: write(p / "pytorch_model.bin", b""), "not a PyTorch checkpoint"),  # an interrupted download
+    ],
+)
 def test_bad_local_sources(tmp_path, make, message):
     with pytest.raises(CheckpointError, match=message):
         resolve_weights(make(tmp_path))
