@@ -1,4 +1,5 @@
-"""Session-wide fixtures: synthetic SegVol weights are built and saved once per test run."""
+"""Shared fixtures: the synthetic CT (per test module) and synthetic SegVol weights (built and saved once per
+test run)."""
 
 import pytest
 
@@ -23,3 +24,19 @@ def synthetic_model(synthetic_checkpoint):
     from SegVolSlicerLib.model import load_segvol
 
     return load_segvol(synthetic_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
+
+    return make_synthetic_ct()
+
+
+@pytest.fixture(scope="module")
+def space(ct):
+    """The synthetic CT's model space (crop, zoom-out and window coordinates)."""
+    from SegVolSlicerLib.inference.model_space import ModelSpace
+    from SegVolSlicerLib.inference.preprocess import prepare_volume
+
+    return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))

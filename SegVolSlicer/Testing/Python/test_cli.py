@@ -17,11 +17,6 @@ from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 
 @pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
-
-
-@pytest.fixture(scope="module")
 def ct_files(ct, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ct")
     write_ct(ct, folder / "ct.nii.gz", folder / "labels.nii.gz")

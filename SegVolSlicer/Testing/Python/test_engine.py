@@ -17,14 +17,8 @@ from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.prompts import Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 LIVER = Target("liver", text="liver")
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
 
 
 def volume_input(ct, key="CT", signature=None, voxels=None):

@@ -10,12 +10,6 @@ from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
 
 
 def liver_click(ct):

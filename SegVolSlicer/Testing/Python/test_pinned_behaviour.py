@@ -20,21 +20,9 @@ from vtk.util import numpy_support
 from SegVolSlicerLib import cli, imageio, slicer_bridge, slicer_testing
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
-from SegVolSlicerLib.inference.model_space import ModelSpace
-from SegVolSlicerLib.inference.preprocess import prepare_volume
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import NEGATIVE, POSITIVE, Points, Target
-from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
-
-
-@pytest.fixture(scope="module")
-def space(ct):
-    return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
+from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 
 def test_zoom_in_clicks_go_to_the_nearest_voxel(space, ct):

@@ -7,12 +7,6 @@ from test_geometry import permuted_geometry
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.preprocess import intensity_statistics, prepare_volume
 from SegVolSlicerLib.model.image_encoder import WINDOW_SIZE
-from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
 
 
 def spec_normalisation(volume_dhw):

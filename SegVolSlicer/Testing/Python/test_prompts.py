@@ -6,21 +6,9 @@ import torch
 
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.geometry import ijk_to_ras_points
-from SegVolSlicerLib.inference.model_space import ModelSpace
 from SegVolSlicerLib.inference.preprocess import prepare_volume, resize_nearest_exact
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import Box, Points, Target, label_from_description
-from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return make_synthetic_ct()
-
-
-@pytest.fixture(scope="module")
-def space(ct):
-    return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
 
 
 @pytest.mark.parametrize(
