@@ -29,8 +29,18 @@ import numpy as np
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
 from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 
-TEXTS = ["liver", "spleen", "left kidney", "right kidney", "aorta", "pancreas", "stomach", "gall bladder",
-         "postcava", "esophagus"]
+TEXTS = [
+    "liver",
+    "spleen",
+    "left kidney",
+    "right kidney",
+    "aorta",
+    "pancreas",
+    "stomach",
+    "gall bladder",
+    "postcava",
+    "esophagus",
+]
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -72,8 +82,13 @@ class PeakMemory(threading.Thread):
                         rss = int(file.read().split()[1]) * PAGE_MB
                 except (OSError, IndexError, ValueError):
                     continue
-                name = "worker actor" if "_RayCaseWorker" in command else \
-                    "batch process" if pid == self.root else command.split(" ")[0].rsplit("/", 1)[-1][:40]
+                name = (
+                    "worker actor"
+                    if "_RayCaseWorker" in command
+                    else "batch process"
+                    if pid == self.root
+                    else command.split(" ")[0].rsplit("/", 1)[-1][:40]
+                )
                 key = (name, pid)
                 self.peaks[key] = max(self.peaks.get(key, 0.0), rss)
             time.sleep(0.05)
@@ -84,8 +99,9 @@ def make_cases(folder: Path, count: int, shape: tuple[int, int, int] | None) -> 
     if shape is not None:  # nearest resampling to the asked size, the geometry scaled to match
         index = [np.linspace(0, n - 1, m).round().astype(int) for n, m in zip(ct.volume.shape, shape)]
         grid = np.ix_(*index)
-        scale = np.diag([ct.volume.shape[2] / shape[2], ct.volume.shape[1] / shape[1], ct.volume.shape[0] / shape[0],
-                         1.0])
+        scale = np.diag(
+            [ct.volume.shape[2] / shape[2], ct.volume.shape[1] / shape[1], ct.volume.shape[0] / shape[0], 1.0]
+        )
         ct = SyntheticCT(ct.volume[grid], ct.labels[grid], ct.ijk_to_ras @ scale)
     paths = []
     for n in range(count):
@@ -112,17 +128,24 @@ def run_mode(label: str, command: list[str], output: Path) -> dict:
     seconds = [float(row["seconds"]) for row in rows if row["status"] == "ok"]
     workers = [mb for (name, _), mb in memory.peaks.items() if name in ("worker actor", "batch process")]
     actors = [mb for (name, _), mb in memory.peaks.items() if name == "worker actor"]
-    return {"mode": label, "cases": len(seconds), "wall_s": wall, "per_hour": 3600 * len(seconds) / wall,
-            "case_s": statistics.median(seconds), "worker_mb": max(actors or workers),
-            "total_mb": sum(memory.peaks.values())}
+    return {
+        "mode": label,
+        "cases": len(seconds),
+        "wall_s": wall,
+        "per_hour": 3600 * len(seconds) / wall,
+        "case_s": statistics.median(seconds),
+        "worker_mb": max(actors or workers),
+        "total_mb": sum(memory.peaks.values()),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--texts", type=int, default=2, help="names per case (at most 10)")
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2],
-                        help="Ray worker counts to run (none: without Ray only)")
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2], help="Ray worker counts to run (none: without Ray only)"
+    )
     parser.add_argument("--checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"))
@@ -133,23 +156,38 @@ def main() -> None:
         checkpoint = args.checkpoint or save_checkpoint(synthetic_state_dict(), tmp / "SegVol_v1.pth", "pth")
         (tmp / "cases").mkdir()
         make_cases(tmp / "cases", args.cases, tuple(args.shape) if args.shape else None)
-        base = [sys.executable, "-m", "SegVolSlicerLib.cli", "batch", str(tmp / "cases"), "--checkpoint",
-                str(checkpoint), "--device", args.device, *[a for t in TEXTS[: args.texts] for a in ("--text", t)]]
+        base = [
+            sys.executable,
+            "-m",
+            "SegVolSlicerLib.cli",
+            "batch",
+            str(tmp / "cases"),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            args.device,
+            *[a for t in TEXTS[: args.texts] for a in ("--text", t)],
+        ]
         base += ["--no-zoom-in"] if args.no_zoom_in else []
-        modes = [("no Ray", [])] + [(f"--ray local --workers {n}", ["--ray", "local", "--workers", str(n)])
-                                    for n in args.workers]
+        modes = [("no Ray", [])] + [
+            (f"--ray local --workers {n}", ["--ray", "local", "--workers", str(n)]) for n in args.workers
+        ]
         results = []
         for number, (label, extra) in enumerate(modes):
             output = tmp / f"out{number}"
             results.append(run_mode(label, base + ["--output-dir", str(output)] + extra, output))
             print(results[-1], flush=True)
-    print(f"\n{args.cases} cases, {args.texts} name(s) each, zoom-in {'off' if args.no_zoom_in else 'on'}, "
-          f"{os.cpu_count()} CPU(s)\n")
+    print(
+        f"\n{args.cases} cases, {args.texts} name(s) each, zoom-in {'off' if args.no_zoom_in else 'on'}, "
+        f"{os.cpu_count()} CPU(s)\n"
+    )
     print("| mode | wall | cases/hour (whole run) | median s/case | peak RSS per worker | peak RSS all processes |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['mode']} | {r['wall_s']:.0f} s | {r['per_hour']:.0f} | {r['case_s']:.1f} | "
-              f"{r['worker_mb']:.0f} MB | {r['total_mb']:.0f} MB |")
+        print(
+            f"| {r['mode']} | {r['wall_s']:.0f} s | {r['per_hour']:.0f} | {r['case_s']:.1f} | "
+            f"{r['worker_mb']:.0f} MB | {r['total_mb']:.0f} MB |"
+        )
 
 
 if __name__ == "__main__":

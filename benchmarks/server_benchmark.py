@@ -60,8 +60,7 @@ def build_engine(args) -> EngineHost:
         from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 
         args.model = str(save_checkpoint(synthetic_state_dict(), Path(tempfile.mkdtemp()) / "SegVol_v1.pth", "pth"))
-    return EngineHost(ModelChoice(args.model, args.device), max_sessions=args.sessions + 1,
-                      memory_budget_mb=64 * 1024)
+    return EngineHost(ModelChoice(args.model, args.device), max_sessions=args.sessions + 1, memory_budget_mb=64 * 1024)
 
 
 class Uvicorn:
@@ -100,11 +99,20 @@ def main() -> None:
     engine = build_engine(args)
     model = engine.model()
     volume, ijk_to_ras = phantom_ct(0)
-    print(f"CT {SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]} int16 ({volume.nbytes / 2**20:.0f} MB), model "
-          f"{args.model} on {model.device}, clicks {'with' if args.zoom_in else 'without'} zoom-in")
+    print(
+        f"CT {SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]} int16 ({volume.nbytes / 2**20:.0f} MB), model "
+        f"{args.model} on {model.device}, clicks {'with' if args.zoom_in else 'without'} zoom-in"
+    )
     rng = np.random.default_rng(1)
-    clicks = [Target("click", points=Points([[180 + rng.integers(-30, 30), 220 + rng.integers(-30, 30),
-                                              150 + rng.integers(-20, 20)]], [1])) for _ in range(args.clicks)]
+    clicks = [
+        Target(
+            "click",
+            points=Points(
+                [[180 + rng.integers(-30, 30), 220 + rng.integers(-30, 30), 150 + rng.integers(-20, 20)]], [1]
+            ),
+        )
+        for _ in range(args.clicks)
+    ]
 
     app = create_app(engine, ServerSettings(max_sessions=args.sessions + 2))
     with Uvicorn(app) as url, SegVolClient(url) as client:
@@ -122,9 +130,11 @@ def main() -> None:
             assert not again.uploaded
             again.close()
             frame_mb = len(wire.pack_volume(volume)) / 2**20
-            print(f"upload (hash, compress to {frame_mb:.0f} MB, send, unpack, verify): median "
-                  f"{statistics.median(uploads):.2f} s of {', '.join(f'{t:.2f}' for t in uploads)}; "
-                  f"reconnect with the same volume {reconnect * 1000:.0f} ms (no upload)")
+            print(
+                f"upload (hash, compress to {frame_mb:.0f} MB, send, unpack, verify): median "
+                f"{statistics.median(uploads):.2f} s of {', '.join(f'{t:.2f}' for t in uploads)}; "
+                f"reconnect with the same volume {reconnect * 1000:.0f} ms (no upload)"
+            )
 
             local = VolumeInput("in-process", volume, ijk_to_ras)
             engine.segment(local, clicks[:1], args.zoom_in)  # preprocessing and embeddings on both sides
@@ -140,8 +150,10 @@ def main() -> None:
             (local_median, local_p95), (remote_median, remote_p95) = percentiles(in_process), percentiles(remote)
             print(f"click in-process: median {local_median:.1f} ms, p95 {local_p95:.1f} ms")
             print(f"click via server: median {remote_median:.1f} ms, p95 {remote_p95:.1f} ms")
-            print(f"added by the server: median {remote_median - local_median:.1f} ms, "
-                  f"p95 {remote_p95 - local_p95:.1f} ms")
+            print(
+                f"added by the server: median {remote_median - local_median:.1f} ms, "
+                f"p95 {remote_p95 - local_p95:.1f} ms"
+            )
 
         engine.forget("in-process")
         if model.device.type == "cuda":
@@ -156,9 +168,11 @@ def main() -> None:
         for session in sessions:
             session.segment(clicks[0], args.zoom_in)
         clicked = _rss_mb() - frames_mb
-        print(f"server memory per idle session: {(uploaded - before) / args.sessions:.0f} MB after the upload "
-              f"(the voxels: {volume.nbytes / 2**20:.0f} MB), {(clicked - before) / args.sessions:.0f} MB once "
-              f"segmented (+ the engine's prepared volume and embeddings); {args.sessions} sessions")
+        print(
+            f"server memory per idle session: {(uploaded - before) / args.sessions:.0f} MB after the upload "
+            f"(the voxels: {volume.nbytes / 2**20:.0f} MB), {(clicked - before) / args.sessions:.0f} MB once "
+            f"segmented (+ the engine's prepared volume and embeddings); {args.sessions} sessions"
+        )
         for session in sessions:
             session.close()
 

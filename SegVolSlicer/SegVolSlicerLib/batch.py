@@ -37,6 +37,7 @@ RESULTS_NAME = "results.csv"
 
 # --- what segvol segment and segvol batch share ---
 
+
 def read_ct(path):
     """The CT, checked before the model runs (seconds) so that a bad volume fails at once."""
     from .imageio import read_volume
@@ -57,6 +58,7 @@ def write_segmentation_results(output: Path, results, volume, existing=()) -> li
 
 
 # --- cases ---
+
 
 @dataclass(frozen=True)
 class Case:
@@ -90,9 +92,11 @@ def _manifest_rows(path: Path, columns: Sequence[str]) -> list[dict]:
             header = [name.strip() for name in reader.fieldnames or []]
             missing = [c for c in columns if c not in header]
             if missing:
-                raise InputError(f"manifest {path} has no column {', '.join(missing)} (columns: "
-                                 f"{', '.join(header) or 'none'}): give a CSV with a header row "
-                                 f"{','.join(columns)}[,id]")
+                raise InputError(
+                    f"manifest {path} has no column {', '.join(missing)} (columns: "
+                    f"{', '.join(header) or 'none'}): give a CSV with a header row "
+                    f"{','.join(columns)}[,id]"
+                )
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"cannot read manifest {path}: {error}") from None
@@ -117,8 +121,9 @@ def discover_cases(inputs: Iterable[str | os.PathLike]) -> list[Case]:
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if path.is_file() and path.suffix.lower() == ".csv":
-            found += [(row.get("id") or None, _resolve(row["image"], path.parent))
-                      for row in _manifest_rows(path, ["image"])]
+            found += [
+                (row.get("id") or None, _resolve(row["image"], path.parent)) for row in _manifest_rows(path, ["image"])
+            ]
         elif path.is_dir():
             images = sorted(p for p in path.iterdir() if _is_image_file(p))
             if images:
@@ -126,23 +131,26 @@ def discover_cases(inputs: Iterable[str | os.PathLike]) -> list[Case]:
             elif any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
                 found.append((None, str(path.resolve())))
             else:
-                raise InputError(f"{path} holds no NIfTI/NRRD/MHA file and no DICOM files: give CT files, "
-                                 "folders of them, DICOM folders or a CSV manifest")
+                raise InputError(
+                    f"{path} holds no NIfTI/NRRD/MHA file and no DICOM files: give CT files, "
+                    "folders of them, DICOM folders or a CSV manifest"
+                )
         else:  # a file named explicitly is a case whatever its name; a file that is no CT fails as a case
             found.append((None, str(path.resolve())))
     return _with_unique_ids(found)
 
 
-def _with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[str | None] | None = None
-                     ) -> list[Case]:
+def _with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[str | None] | None = None) -> list[Case]:
     """Cases with ids from the manifest (must be unique) or from the file names (numbered when they clash)."""
     labels = labels or [None] * len(found)
     cases, seen_images, used = [], set(), set()
     given = [safe_id(i) for i, _ in found if i is not None]
     duplicates = sorted({i for i in given if given.count(i) > 1})
     if duplicates:
-        raise InputError(f"the manifest gives the id(s) {', '.join(duplicates)} to several images: ids must be "
-                         "unique (they name the output files)")
+        raise InputError(
+            f"the manifest gives the id(s) {', '.join(duplicates)} to several images: ids must be "
+            "unique (they name the output files)"
+        )
     used.update(given)
     for (given_id, image), label in zip(found, labels):
         if image in seen_images:
@@ -160,6 +168,7 @@ def _with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[s
 
 
 # --- results.csv ---
+
 
 def read_results(path: Path) -> dict[str, dict]:
     """The rows of a previous run's results.csv by id (none if there is no file)."""
@@ -195,6 +204,7 @@ def _failure_message(error: BaseException) -> str:
 
 
 # --- jobs: the per-case functions ---
+
 
 @dataclass(frozen=True)
 class Job(ABC):
@@ -232,8 +242,14 @@ class Job(ABC):
             warnings, status, error = [], "failed", _failure_message(failure)
         finally:
             host.forget(case.id)  # one CT at a time: its session (embeddings) is not needed again
-        return {"id": case.id, "image": case.image, "status": status,
-                "seconds": f"{time.perf_counter() - start:.2f}", "warnings": "; ".join(warnings), "error": error}
+        return {
+            "id": case.id,
+            "image": case.image,
+            "status": status,
+            "seconds": f"{time.perf_counter() - start:.2f}",
+            "warnings": "; ".join(warnings),
+            "error": error,
+        }
 
 
 @dataclass(frozen=True)
@@ -250,13 +266,15 @@ class SegmentJob(Job):
 
         volume = read_ct(case.image)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
-        results = host.segment(VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets,
-                               zoom_in=self.zoom_in, reporter=reporter)
+        results = host.segment(
+            VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
+        )
         warnings = [w for result in results for w in result.warnings]
         return warnings + write_segmentation_results(self.output_of(case), results, volume)
 
 
 # --- running: here or on Ray ---
+
 
 class _CaseBar:
     """The case count and ETA on stderr (tqdm), a line per failed case."""
@@ -283,8 +301,9 @@ class RunSummary:
     statuses: dict[str, str] = field(default_factory=dict)  # id -> ok/failed of every case recorded
 
 
-def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, workers: int | None = None
-              ) -> RunSummary:
+def run_cases(
+    job: Job, cases: Sequence[Case], ray_address: str | None = None, workers: int | None = None
+) -> RunSummary:
     """Every case not done yet, here or on Ray; results.csv in job.output_dir is rewritten as rows complete."""
     output_dir = Path(job.output_dir)
     results_path = output_dir / RESULTS_NAME
@@ -293,8 +312,10 @@ def run_cases(job: Job, cases: Sequence[Case], ray_address: str | None = None, w
     todo = [case for case in cases if not job.is_done(case, rows.get(case.id))]
     summary = RunSummary(done_before=len(cases) - len(todo))
     if summary.done_before:
-        print(f"segvol: {summary.done_before} of {len(cases)} case(s) already done in {output_dir}: skipped",
-              file=sys.stderr)
+        print(
+            f"segvol: {summary.done_before} of {len(cases)} case(s) already done in {output_dir}: skipped",
+            file=sys.stderr,
+        )
     bars: list[_CaseBar] = []
 
     def ready() -> None:  # the model is loaded (or the cluster started): the bar and its clock start
@@ -344,13 +365,21 @@ class _RayCaseWorker:
         self.host.model()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [self.job.run_case(self.host, Case(str(case_id), str(image), str(label) or None))
-                for case_id, image, label in zip(batch["id"], batch["image"], batch["label"])]
+        rows = [
+            self.job.run_case(self.host, Case(str(case_id), str(image), str(label) or None))
+            for case_id, image, label in zip(batch["id"], batch["image"], batch["label"])
+        ]
         return {name: [row.get(name, "") for row in rows] for name in rows[0]}
 
 
-def _run_on_ray(job: Job, todo: Sequence[Case], ready: Callable[[], None], record: Callable[[dict], None],
-                address: str, workers: int | None) -> None:
+def _run_on_ray(
+    job: Job,
+    todo: Sequence[Case],
+    ready: Callable[[], None],
+    record: Callable[[dict], None],
+    address: str,
+    workers: int | None,
+) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
@@ -368,13 +397,20 @@ def _run_on_ray(job: Job, todo: Sequence[Case], ready: Callable[[], None], recor
         try:
             if address == "local":
                 # A private cluster on this machine, on loopback, without dashboard.
-                ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), include_dashboard=False,
-                         _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=True)
+                ray.init(
+                    num_cpus=max(workers or 1, os.cpu_count() or 1),
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    logging_level="warning",
+                    log_to_driver=True,
+                )
             else:
                 ray.init(address=address, logging_level="warning")
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise InputError(f"cannot reach the Ray cluster at {address}: {_failure_message(error)} (start it with "
-                             "'ray start --head' and give its address, or use --ray local)") from None
+            raise InputError(
+                f"cannot reach the Ray cluster at {address}: {_failure_message(error)} (start it with "
+                "'ray start --head' and give its address, or use --ray local)"
+            ) from None
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -386,8 +422,13 @@ def _run_on_ray(job: Job, todo: Sequence[Case], ready: Callable[[], None], recor
         context.enable_progress_bars = False  # the driver's bar counts cases
         items = [{"id": case.id, "image": case.image, "label": case.label or ""} for case in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _RayCaseWorker, fn_constructor_args=(job,), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus, num_gpus=1 if gpus else 0)
+            _RayCaseWorker,
+            fn_constructor_args=(job,),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=cpus,
+            num_gpus=1 if gpus else 0,
+        )
         ready()
         try:
             for row in dataset.iter_rows():

@@ -33,10 +33,10 @@ DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
 
 # --- helpers shared by the commands ---
 
+
 def _fail_if_unwritable(path: Path) -> None:
     if not str(path).lower().endswith(SEGMENTATION_ENDINGS):
-        raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz "
-                         "(labelmap)")
+        raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz (labelmap)")
     path = path.expanduser()
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a folder; give a file name ending in .seg.nrrd or .nii.gz")
@@ -99,9 +99,14 @@ class _ProgressBars(Reporter):
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total, desc=f"{self.label} {stage}".strip(),
-                            unit="window" if stage == "zoom-in" else "B" if stage == "download" else "pass",
-                            unit_scale=stage == "download", file=sys.stderr, leave=False)
+            self.bar = tqdm(
+                total=total,
+                desc=f"{self.label} {stage}".strip(),
+                unit="window" if stage == "zoom-in" else "B" if stage == "download" else "pass",
+                unit_scale=stage == "download",
+                file=sys.stderr,
+                leave=False,
+            )
         self.bar.update(done - self.bar.n)
 
     def notice(self, message: str) -> None:
@@ -131,6 +136,7 @@ def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
 
 # --- segment ---
 
+
 def _targets_from_args(args, volume):
     from .imageio import points_from_files, read_roi_corners
     from .prompts import Box, Points, plan_targets
@@ -139,7 +145,9 @@ def _targets_from_args(args, volume):
     if args.point_ijk:
         clicks.append(Points(np.asarray(args.point_ijk), np.ones(len(args.point_ijk), dtype=np.int64)))
     if args.negative_point_ijk:
-        clicks.append(Points(np.asarray(args.negative_point_ijk), np.zeros(len(args.negative_point_ijk), dtype=np.int64)))
+        clicks.append(
+            Points(np.asarray(args.negative_point_ijk), np.zeros(len(args.negative_point_ijk), dtype=np.int64))
+        )
     clicks.append(points_from_files(args.points, args.negative_points, volume.ijk_to_ras))
     points = Points.concatenate(*clicks)
     box = None
@@ -168,13 +176,19 @@ def cmd_segment(args) -> int:
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
     with _ProgressBars([target.name for target in targets]) as bars, contextlib.closing(_engine_host(args)) as host:
-        results = host.segment(VolumeInput(args.image, volume.array, volume.ijk_to_ras), targets,
-                               zoom_in=not args.no_zoom_in, reporter=bars)
+        results = host.segment(
+            VolumeInput(args.image, volume.array, volume.ijk_to_ras),
+            targets,
+            zoom_in=not args.no_zoom_in,
+            reporter=bars,
+        )
     for result in results:
         _warn(result.warnings)
-        print(f"{result.name}: {np.count_nonzero(result.mask)} voxels, "
-              f"{_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
-              + (f", {result.windows} zoom-in window(s)" if result.windows else ""))
+        print(
+            f"{result.name}: {np.count_nonzero(result.mask)} voxels, "
+            f"{_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
+            + (f", {result.windows} zoom-in window(s)" if result.windows else "")
+        )
     kept = [s.name for s in existing if s.name not in {result.name for result in results}]
     _warn(write_segmentation_results(output, results, volume, existing))
     print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
@@ -182,6 +196,7 @@ def cmd_segment(args) -> int:
 
 
 # --- evaluate ---
+
 
 def _parse_classes(specs: Sequence[str]) -> list[tuple[str, int]]:
     classes = []
@@ -227,8 +242,10 @@ def cmd_evaluate(args) -> int:
     present = set(np.unique(labels).tolist())
     absent = [f"{name}={value}" for name, value in classes if value not in present]
     if absent:
-        raise InputError(f"label value(s) absent from {args.label}: {', '.join(absent)} (values present: "
-                         f"{', '.join(str(v) for v in sorted(present) if v)})")
+        raise InputError(
+            f"label value(s) absent from {args.label}: {', '.join(absent)} (values present: "
+            f"{', '.join(str(v) for v in sorted(present) if v)})"
+        )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -236,8 +253,15 @@ def cmd_evaluate(args) -> int:
     for name, _ in classes:
         _fail_if_unwritable(output_dir / f"{_safe_file_name(name)}.nii.gz")
     with _ProgressBars([name for name, _ in classes]) as bars:
-        results = evaluate_classes(_engine_host(args), VolumeInput(args.image, volume.array, volume.ijk_to_ras),
-                                   labels, classes, args.prompt, zoom_in=not args.no_zoom_in, reporter=bars)
+        results = evaluate_classes(
+            _engine_host(args),
+            VolumeInput(args.image, volume.array, volume.ijk_to_ras),
+            labels,
+            classes,
+            args.prompt,
+            zoom_in=not args.no_zoom_in,
+            reporter=bars,
+        )
     for result in results:
         _warn(result.warnings)
         write_mask(output_dir / f"{_safe_file_name(result.name)}.nii.gz", result.mask, volume.reference)
@@ -248,6 +272,7 @@ def cmd_evaluate(args) -> int:
 
 
 # --- whole datasets: batch and evaluate --dataset ---
+
 
 def _batch_output_dir(args) -> Path:
     output_dir = Path(args.output_dir).expanduser()
@@ -277,8 +302,10 @@ def _batch_job_parts(args) -> dict:
 
 
 def _print_run(summary, total: int, output_dir: Path) -> int:
-    print(f"{summary.ok} case(s) done, {len(summary.failed)} failed, {summary.done_before} skipped (done before) "
-          f"of {total}; see {output_dir / 'results.csv'}")
+    print(
+        f"{summary.ok} case(s) done, {len(summary.failed)} failed, {summary.done_before} skipped (done before) "
+        f"of {total}; see {output_dir / 'results.csv'}"
+    )
     return 1 if summary.failed else 0
 
 
@@ -313,28 +340,39 @@ def _evaluate_dataset(args) -> int:
     if not classes:
         raise InputError(f"{args.dataset} names no classes (no dataset.json 'labels'): give --class NAME=VALUE")
     output_dir = _batch_output_dir(args)
-    job = EvaluateJob(**_batch_job_parts(args), output_dir=str(output_dir),
-                      classes=tuple(classes), prompts=prompts)
+    job = EvaluateJob(**_batch_job_parts(args), output_dir=str(output_dir), classes=tuple(classes), prompts=prompts)
     summary = run_cases(job, cases, args.ray, args.workers)
     for row in write_dataset_tables(job, cases, summary.statuses):
-        print(f"{row['class']} ({row['prompt']}): Dice {float(row['dice_mean']):.4f} ± {float(row['dice_sd']):.4f} "
-              f"over {row['cases']} case(s)")
-    print(f"wrote {output_dir / 'metrics.csv'}, {output_dir / 'summary.csv'}"
-          + (f", {output_dir / 'dice.png'}" if (output_dir / "dice.png").exists() else ""))
+        print(
+            f"{row['class']} ({row['prompt']}): Dice {float(row['dice_mean']):.4f} ± {float(row['dice_sd']):.4f} "
+            f"over {row['cases']} case(s)"
+        )
+    print(
+        f"wrote {output_dir / 'metrics.csv'}, {output_dir / 'summary.csv'}"
+        + (f", {output_dir / 'dice.png'}" if (output_dir / "dice.png").exists() else "")
+    )
     return _print_run(summary, len(cases), output_dir)
 
 
 # --- demo ---
 
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(source=args.source, output_dir=Path(args.output_dir), device=args.device,
-             zoom_in=not args.no_zoom_in, targets=args.text or DEMO_TARGETS, reporter_for=_ProgressBars)
+    run_demo(
+        source=args.source,
+        output_dir=Path(args.output_dir),
+        device=args.device,
+        zoom_in=not args.no_zoom_in,
+        targets=args.text or DEMO_TARGETS,
+        reporter_for=_ProgressBars,
+    )
     return 0
 
 
 # --- serve ---
+
 
 def cmd_serve(args) -> int:
     import uvicorn
@@ -349,23 +387,34 @@ def cmd_serve(args) -> int:
     try:  # bound before the model loads: a port in use fails at once
         listener = listen(args.host, args.port)
     except OSError as error:
-        raise InputError(f"cannot listen on {args.host}:{args.port} ({error.strerror}): choose another --port "
-                         "or --host") from None
+        raise InputError(
+            f"cannot listen on {args.host}:{args.port} ({error.strerror}): choose another --port or --host"
+        ) from None
     with listener:
-        engine = EngineHost(ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir),
-                            max_sessions=args.max_sessions)
+        engine = EngineHost(
+            ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir), max_sessions=args.max_sessions
+        )
         with _ProgressBars() as bars:  # loaded now: a bad checkpoint fails here, and the first request is quick
             model = engine.model(bars)
-        settings = ServerSettings(api_key=api_key, max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
-                                  max_upload_mb=args.max_upload_mb)
+        settings = ServerSettings(
+            api_key=api_key,
+            max_sessions=args.max_sessions,
+            idle_timeout_s=args.idle_timeout,
+            max_upload_mb=args.max_upload_mb,
+        )
         address = f"http://{args.host}:{listener.getsockname()[1]}"
-        print(f"segvol: serving SegVol on {model.device} at {address} (API documentation: {address}/docs"
-              + ("; API key required" if api_key else "") + ")", file=sys.stderr)
+        print(
+            f"segvol: serving SegVol on {model.device} at {address} (API documentation: {address}/docs"
+            + ("; API key required" if api_key else "")
+            + ")",
+            file=sys.stderr,
+        )
         uvicorn.Server(uvicorn.Config(create_app(engine, settings), log_level="info")).run(sockets=[listener])
     return 0
 
 
 # --- parser ---
+
 
 def _device(text: str) -> str:
     try:
@@ -375,101 +424,176 @@ def _device(text: str) -> str:
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", type=_device, metavar="{" + ",".join(runtime.DEVICES) + ",cuda:N}",
-                        help=f"{runtime.DEVICE_HELP} (default: auto)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        metavar="{" + ",".join(runtime.DEVICES) + ",cuda:N}",
+        help=f"{runtime.DEVICE_HELP} (default: auto)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, checkpoint_help: str, precision: str = "auto") -> None:
     parser.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
     _add_device(parser)
-    parser.add_argument("--precision", default=precision, choices=runtime.PRECISIONS,
-                        help=f"image-encoder precision (default {precision}; auto = bf16 on CUDA and on CPUs with "
-                             "native bf16, fp16 on older GPUs, else fp32; fp32 is faithful to the official code, "
-                             "reduced precision stays within Dice 0.99 of it)")
-    parser.add_argument("--no-zoom-in", action="store_true",
-                        help="run the zoom-out pass only (one model pass; faster, coarser)")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="folder for downloaded weights (default: $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)")
+    parser.add_argument(
+        "--precision",
+        default=precision,
+        choices=runtime.PRECISIONS,
+        help=f"image-encoder precision (default {precision}; auto = bf16 on CUDA and on CPUs with "
+        "native bf16, fp16 on older GPUs, else fp32; fp32 is faithful to the official code, "
+        "reduced precision stays within Dice 0.99 of it)",
+    )
+    parser.add_argument(
+        "--no-zoom-in", action="store_true", help="run the zoom-out pass only (one model pass; faster, coarser)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="folder for downloaded weights (default: $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)",
+    )
 
 
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--point-sampling", default="seeded", choices=("seeded", "official"),
-                        help="zoom-in click sampling: 'seeded' (default, reproducible) or 'official' (unseeded "
-                             "random draws, as the official code)")
+    parser.add_argument(
+        "--point-sampling",
+        default="seeded",
+        choices=("seeded", "official"),
+        help="zoom-in click sampling: 'seeded' (default, reproducible) or 'official' (unseeded "
+        "random draws, as the official code)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the 'seeded' click sampling (default 0)")
 
 
 def _add_ray(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray", metavar="ADDRESS|local",
-                        help="run the cases on a Ray cluster: 'local' starts one on this machine, ADDRESS joins a "
-                             "running one (e.g. 10.0.0.5:6379 after 'ray start --head'); needs pip install "
-                             "'SegVolSlicer[ray]'")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="Ray worker actors, one model each (default: one per GPU of the cluster, else 1)")
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS|local",
+        help="run the cases on a Ray cluster: 'local' starts one on this machine, ADDRESS joins a "
+        "running one (e.g. 10.0.0.5:6379 after 'ray start --head'); needs pip install "
+        "'SegVolSlicer[ray]'",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray worker actors, one model each (default: one per GPU of the cluster, else 1)",
+    )
 
 
-CHECKPOINT_HELP = ("SegVol weights: SegVol_v1.pth, a BAAI/SegVol snapshot folder, pytorch_model.bin or .safetensors "
-                   "(default: download the BAAI/SegVol snapshot from the Hugging Face hub, cached)")
+CHECKPOINT_HELP = (
+    "SegVol weights: SegVol_v1.pth, a BAAI/SegVol snapshot folder, pytorch_model.bin or .safetensors "
+    "(default: download the BAAI/SegVol snapshot from the Hugging Face hub, cached)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segvol", description="SegVol promptable 3-D CT segmentation "
-                                     "(BAAI-DCAI/SegVol, zoom-out-zoom-in inference).")
+    parser = argparse.ArgumentParser(
+        prog="segvol",
+        description="SegVol promptable 3-D CT segmentation (BAAI-DCAI/SegVol, zoom-out-zoom-in inference).",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     segment = commands.add_parser(
-        "segment", help="segment a CT volume from text, box and point prompts",
+        "segment",
+        help="segment a CT volume from text, box and point prompts",
         description="Segment IMAGE (NIfTI, NRRD, MHA or a DICOM folder). One target per --text; box and point "
-                    "prompts (voxel indices i j k, or Slicer markups files) form one target, optionally with one "
-                    "--text. Coordinates: IJK are 0-based voxel indices of IMAGE (as in Slicer); markups files "
-                    "are read in LPS or RAS as their coordinateSystem says.")
+        "prompts (voxel indices i j k, or Slicer markups files) form one target, optionally with one "
+        "--text. Coordinates: IJK are 0-based voxel indices of IMAGE (as in Slicer); markups files "
+        "are read in LPS or RAS as their coordinateSystem says.",
+    )
     segment.add_argument("image", help="CT volume file or DICOM folder")
-    segment.add_argument("-o", "--output", required=True, metavar="OUT",
-                         help="output: *.seg.nrrd (Slicer segmentation, one named coloured segment per target) or "
-                              "*.nii.gz / *.nrrd / *.mha (labelmap: value n = n-th target)")
-    segment.add_argument("--text", action="append", metavar="NAME",
-                         help="anatomy to segment, e.g. liver; repeat for several targets; any text is allowed, "
-                              "the 222 SegVol training names and common synonyms work best")
-    segment.add_argument("--box-ijk", nargs=6, type=float, metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
-                         help="box prompt: inclusive voxel index range")
-    segment.add_argument("--point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"),
-                         help="positive click at voxel (i, j, k); repeat for more")
-    segment.add_argument("--negative-point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"),
-                         help="negative click at voxel (i, j, k); repeat for more")
-    segment.add_argument("--points", metavar="FILE.mrk.json",
-                         help="Slicer point list; a point whose description is empty or 'positive' is positive, "
-                              "'negative' is negative")
+    segment.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output: *.seg.nrrd (Slicer segmentation, one named coloured segment per target) or "
+        "*.nii.gz / *.nrrd / *.mha (labelmap: value n = n-th target)",
+    )
+    segment.add_argument(
+        "--text",
+        action="append",
+        metavar="NAME",
+        help="anatomy to segment, e.g. liver; repeat for several targets; any text is allowed, "
+        "the 222 SegVol training names and common synonyms work best",
+    )
+    segment.add_argument(
+        "--box-ijk",
+        nargs=6,
+        type=float,
+        metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+        help="box prompt: inclusive voxel index range",
+    )
+    segment.add_argument(
+        "--point-ijk",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("I", "J", "K"),
+        help="positive click at voxel (i, j, k); repeat for more",
+    )
+    segment.add_argument(
+        "--negative-point-ijk",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("I", "J", "K"),
+        help="negative click at voxel (i, j, k); repeat for more",
+    )
+    segment.add_argument(
+        "--points",
+        metavar="FILE.mrk.json",
+        help="Slicer point list; a point whose description is empty or 'positive' is positive, 'negative' is negative",
+    )
     segment.add_argument("--negative-points", metavar="FILE.mrk.json", help="Slicer point list of negative clicks")
     segment.add_argument("--roi", metavar="FILE.mrk.json", help="Slicer ROI (box, may be rotated) as box prompt")
     segment.add_argument("--name", help="segment name for a box/point target (default: its text, else 'SegVol 1')")
     _add_common(segment, CHECKPOINT_HELP)
     _add_sampling(segment)
-    segment.add_argument("--server", metavar="URL",
-                         help="run on a SegVol server (`segvol serve`), e.g. http://gpu-box:8765; --checkpoint, "
-                              "--device and --precision are then the server's")
-    segment.add_argument("--api-key-file", metavar="FILE", help="file holding the server's API key (default: "
-                                                                "$SEGVOL_API_KEY)")
+    segment.add_argument(
+        "--server",
+        metavar="URL",
+        help="run on a SegVol server (`segvol serve`), e.g. http://gpu-box:8765; --checkpoint, "
+        "--device and --precision are then the server's",
+    )
+    segment.add_argument(
+        "--api-key-file", metavar="FILE", help="file holding the server's API key (default: $SEGVOL_API_KEY)"
+    )
     segment.set_defaults(run=cmd_segment)
 
     evaluate = commands.add_parser(
-        "evaluate", help="reproduce the official evaluation: prompts from a label map, Dice",
+        "evaluate",
+        help="reproduce the official evaluation: prompts from a label map, Dice",
         description="Run the official evaluation protocol: for each --class, prompts are derived from the label "
-                    "map exactly as the official demo derives them, the zoom-out-zoom-in result is written to "
-                    "OUTPUT_DIR/<class>.nii.gz (uint8, on the image's grid) and Dice (official formula "
-                    "2|P&G|/(|P|+|G|+1), also for the zoom-out pass alone) to OUTPUT_DIR/metrics.csv.")
+        "map exactly as the official demo derives them, the zoom-out-zoom-in result is written to "
+        "OUTPUT_DIR/<class>.nii.gz (uint8, on the image's grid) and Dice (official formula "
+        "2|P&G|/(|P|+|G|+1), also for the zoom-out pass alone) to OUTPUT_DIR/metrics.csv.",
+    )
     evaluate.add_argument("--image", help="CT volume file or DICOM folder")
     evaluate.add_argument("--label", help="label map on the CT's grid")
-    evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME=VALUE",
-                          help="a class to evaluate: its name (the text prompt, used as typed) and its label value, e.g. "
-                               "liver=1; repeat for more (with --dataset: default the dataset.json labels)")
+    evaluate.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a class to evaluate: its name (the text prompt, used as typed) and its label value, e.g. "
+        "liver=1; repeat for more (with --dataset: default the dataset.json labels)",
+    )
     # evaluation.PROMPT_MODES, spelled out: importing it pulls in torch and slows `segvol --help` by seconds.
-    evaluate.add_argument("--prompt", action="append", choices=("text", "box", "point", "text+box", "text+point"),
-                          help="prompt mode (default text+box, the official demo's); with --dataset repeat it to "
-                               "evaluate several")
-    evaluate.add_argument("--dataset", metavar="DIR|CSV",
-                          help="evaluate every case of a dataset: a folder in the MSD/nnU-Net layout (dataset.json, "
-                               "imagesTr/, labelsTr/) or a CSV with columns image,label[,id]; writes per case "
-                               "cases/<id>/, and metrics.csv, summary.csv (mean ± sd Dice), dice.png, results.csv")
+    evaluate.add_argument(
+        "--prompt",
+        action="append",
+        choices=("text", "box", "point", "text+box", "text+point"),
+        help="prompt mode (default text+box, the official demo's); with --dataset repeat it to evaluate several",
+    )
+    evaluate.add_argument(
+        "--dataset",
+        metavar="DIR|CSV",
+        help="evaluate every case of a dataset: a folder in the MSD/nnU-Net layout (dataset.json, "
+        "imagesTr/, labelsTr/) or a CSV with columns image,label[,id]; writes per case "
+        "cases/<id>/, and metrics.csv, summary.csv (mean ± sd Dice), dice.png, results.csv",
+    )
     _add_ray(evaluate)
     evaluate.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")
     _add_common(evaluate, CHECKPOINT_HELP, precision="fp32")
@@ -477,16 +601,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_evaluate)
 
     batch = commands.add_parser(
-        "batch", help="segment many CTs (files, folders, DICOM folders, a CSV manifest), here or on Ray",
+        "batch",
+        help="segment many CTs (files, folders, DICOM folders, a CSV manifest), here or on Ray",
         description="Segment every case of INPUT... into OUTPUT_DIR/<id>.seg.nrrd (one named segment per --text, "
-                    "as 'segvol segment' writes it) with a row per case in OUTPUT_DIR/results.csv (id, image, status "
-                    "ok/failed, seconds, warnings, error). A failed case never stops the others; a rerun with the "
-                    "same arguments skips the cases done and redoes the failed or interrupted ones.")
-    batch.add_argument("inputs", nargs="+", metavar="INPUT",
-                       help="CT file, folder (each NIfTI/NRRD/MHA file in it is a case; a folder of DICOM files is "
-                            "one case) or CSV manifest with a column 'image' (and optionally 'id')")
-    batch.add_argument("--text", action="append", required=True, metavar="NAME",
-                       help="anatomy to segment in every case; repeat for several")
+        "as 'segvol segment' writes it) with a row per case in OUTPUT_DIR/results.csv (id, image, status "
+        "ok/failed, seconds, warnings, error). A failed case never stops the others; a rerun with the "
+        "same arguments skips the cases done and redoes the failed or interrupted ones.",
+    )
+    batch.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="CT file, folder (each NIfTI/NRRD/MHA file in it is a case; a folder of DICOM files is "
+        "one case) or CSV manifest with a column 'image' (and optionally 'id')",
+    )
+    batch.add_argument(
+        "--text",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="anatomy to segment in every case; repeat for several",
+    )
     batch.add_argument("--output-dir", required=True, metavar="OUT", help="folder for <id>.seg.nrrd and results.csv")
     _add_common(batch, CHECKPOINT_HELP)
     _add_sampling(batch)
@@ -494,41 +629,68 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(run=cmd_batch)
 
     demo = commands.add_parser(
-        "demo", help="download SegVol and its demo CT, segment a few organs, write .seg.nrrd + PNG",
+        "demo",
+        help="download SegVol and its demo CT, segment a few organs, write .seg.nrrd + PNG",
         description="The first thing to run: fetches the BAAI/SegVol weights and demo CT from the Hugging Face "
-                    "hub (or uses --source), segments a few organs by text, and writes a Slicer segmentation "
-                    "and a PNG preview.")
-    demo.add_argument("--source", metavar="FOLDER",
-                      help="a local BAAI/SegVol snapshot folder holding the weights and Case_image_00001_0000.nii.gz "
-                           "(default: download into $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)")
-    demo.add_argument("--output-dir", default="segvol-demo", metavar="DIR", help="where to write (default ./segvol-demo)")
-    demo.add_argument("--text", action="append", metavar="NAME",
-                      help=f"organs to segment (default: {', '.join(DEMO_TARGETS)})")
+        "hub (or uses --source), segments a few organs by text, and writes a Slicer segmentation "
+        "and a PNG preview.",
+    )
+    demo.add_argument(
+        "--source",
+        metavar="FOLDER",
+        help="a local BAAI/SegVol snapshot folder holding the weights and Case_image_00001_0000.nii.gz "
+        "(default: download into $SEGVOL_HOME or ~/.cache/segvol/BAAI-SegVol)",
+    )
+    demo.add_argument(
+        "--output-dir", default="segvol-demo", metavar="DIR", help="where to write (default ./segvol-demo)"
+    )
+    demo.add_argument(
+        "--text", action="append", metavar="NAME", help=f"organs to segment (default: {', '.join(DEMO_TARGETS)})"
+    )
     _add_device(demo)
     demo.add_argument("--no-zoom-in", action="store_true", help="zoom-out pass only (faster)")
     demo.set_defaults(run=cmd_demo)
 
     serve = commands.add_parser(
-        "serve", help="serve SegVol to remote clients (Slicer, `segvol segment --server`)",
+        "serve",
+        help="serve SegVol to remote clients (Slicer, `segvol segment --server`)",
         description="Load SegVol once and serve it over HTTP (API documentation at /docs). Clients upload a volume "
-                    "once per session and send prompts; the model runs one request at a time. One server per GPU: "
-                    "start one per --device cuda:N on its own --port.")
+        "once per session and send prompts; the model runs one request at a time. One server per GPU: "
+        "start one per --device cuda:N on its own --port.",
+    )
     serve.add_argument("--checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1, this computer only; any other needs an API key)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this computer only; any other needs an API key)",
+    )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     _add_device(serve)
-    serve.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
-                       help="image-encoder precision (default auto)")
+    serve.add_argument(
+        "--precision", default="auto", choices=runtime.PRECISIONS, help="image-encoder precision (default auto)"
+    )
     serve.add_argument("--cache-dir", metavar="DIR", help="folder for downloaded weights")
-    serve.add_argument("--api-key-file", metavar="FILE",
-                       help="file holding the key clients must send (default: $SEGVOL_API_KEY; none: loopback only)")
-    serve.add_argument("--max-sessions", type=int, default=8,
-                       help="volumes open at once (default 8); one more is refused as busy (HTTP 503)")
-    serve.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
-                       help="seconds after which a session without requests is closed (default 600)")
-    serve.add_argument("--max-upload-mb", type=float, default=2048.0,
-                       help="largest compressed volume upload in MB (default 2048)")
+    serve.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the key clients must send (default: $SEGVOL_API_KEY; none: loopback only)",
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=8,
+        help="volumes open at once (default 8); one more is refused as busy (HTTP 503)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds after which a session without requests is closed (default 600)",
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload in MB (default 2048)"
+    )
     serve.set_defaults(run=cmd_serve)
     return parser
 

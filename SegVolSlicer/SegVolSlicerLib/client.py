@@ -70,8 +70,9 @@ class RemoteResult:
 class SegVolClient:
     """A SegVol server. `http`: an httpx.Client to send through instead of a new one (tests give the app's)."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
-                 http: httpx.Client | None = None):
+    def __init__(
+        self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0, http: httpx.Client | None = None
+    ):
         self.url = url.rstrip("/")
         headers = {wire.PROTOCOL_HEADER: str(wire.PROTOCOL_VERSION)}
         if api_key:
@@ -89,9 +90,11 @@ class SegVolClient:
             if self._info is None:
                 info = self.request("GET", "/info").json()
                 if info.get("protocol") != wire.PROTOCOL_VERSION:
-                    raise VersionMismatch(f"the server at {self.url} speaks SegVol protocol {info.get('protocol')}, "
-                                          f"this client {wire.PROTOCOL_VERSION}: install the same SegVolSlicer "
-                                          "version on both sides")
+                    raise VersionMismatch(
+                        f"the server at {self.url} speaks SegVol protocol {info.get('protocol')}, "
+                        f"this client {wire.PROTOCOL_VERSION}: install the same SegVolSlicer "
+                        "version on both sides"
+                    )
                 self._info = info
             return self._info
 
@@ -106,8 +109,10 @@ class SegVolClient:
             headers = {**self.headers, **kwargs.pop("headers", {})}
             response = self.http.request(method, self.url + path, headers=headers, **kwargs)
         except httpx.TransportError as error:
-            raise ServerUnreachable(f"cannot reach the SegVol server at {self.url} ({type(error).__name__}: "
-                                    f"{error}): check the address and that `segvol serve` runs there") from None
+            raise ServerUnreachable(
+                f"cannot reach the SegVol server at {self.url} ({type(error).__name__}: "
+                f"{error}): check the address and that `segvol serve` runs there"
+            ) from None
         if response.is_success:
             return response
         try:
@@ -122,8 +127,9 @@ class SegVolClient:
             raise VersionMismatch(message)
         if status == 503:
             retry = response.headers.get("retry-after")
-            raise ServerBusy(f"the SegVol server at {self.url}: {message}",
-                             float(retry) if retry and retry.isdigit() else None)
+            raise ServerBusy(
+                f"the SegVol server at {self.url}: {message}", float(retry) if retry and retry.isdigit() else None
+            )
         if code == "unknown-session":
             raise SessionExpired(message)
         if status == 404 and code is None:
@@ -161,14 +167,25 @@ class RemoteSession:
         self._open()
 
     def _open(self) -> None:
-        reply = self.client.request("POST", f"{wire.API}/sessions", json={
-            "shape": list(self.shape), "dtype": self.dtype,
-            "ijk_to_ras": self.ijk_to_ras.tolist(), "sha256": self.sha256}).json()
+        reply = self.client.request(
+            "POST",
+            f"{wire.API}/sessions",
+            json={
+                "shape": list(self.shape),
+                "dtype": self.dtype,
+                "ijk_to_ras": self.ijk_to_ras.tolist(),
+                "sha256": self.sha256,
+            },
+        ).json()
         self.session_id, self.uploaded = reply["session_id"], reply["upload_needed"]
         if self.uploaded:
             try:
-                self.client.request("PUT", self._path("/volume"), content=self.frame,
-                                    headers={"Content-Type": "application/octet-stream"})
+                self.client.request(
+                    "PUT",
+                    self._path("/volume"),
+                    content=self.frame,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
             except SegVolError:
                 self._close_quietly()
                 raise
@@ -179,8 +196,9 @@ class RemoteSession:
     def segment(self, target: Target, zoom_in: bool = True, reporter: Reporter | None = None) -> RemoteResult:
         return self.segment_many([target], zoom_in, reporter)[0]
 
-    def segment_many(self, targets: Sequence[Target], zoom_in: bool = True,
-                     reporter: Reporter | None = None) -> list[RemoteResult]:
+    def segment_many(
+        self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter | None = None
+    ) -> list[RemoteResult]:
         """One result per target, in order, as the server's engine made them. Progress comes to `reporter`;
         setting `reporter.cancel` cancels the job on the server (Cancelled is raised)."""
         reporter = reporter or NO_REPORT
@@ -195,8 +213,9 @@ class RemoteSession:
 
     def _run(self, body: dict, reporter: Reporter) -> list[RemoteResult]:
         reporter.check_cancelled()
-        status = self.client.request("POST", self._path("/jobs"), json=body,
-                                     params={"wait": 0 if reporter.cancel.is_set() else FIRST_WAIT_S}).json()
+        status = self.client.request(
+            "POST", self._path("/jobs"), json=body, params={"wait": 0 if reporter.cancel.is_set() else FIRST_WAIT_S}
+        ).json()
         job_path, shown, notices, cancel_sent = self._path(f"/jobs/{status['job_id']}"), None, 0, False
         while True:
             progress = (status["stage"], status["done"], status["total"])
@@ -211,8 +230,9 @@ class RemoteSession:
             if reporter.cancel.is_set() and not cancel_sent:
                 status, cancel_sent = self.client.request("POST", job_path + "/cancel").json(), True
                 continue
-            status = self.client.request("GET", job_path, params={"wait": POLL_WAIT_S,
-                                                                  "since": status["version"]}).json()
+            status = self.client.request(
+                "GET", job_path, params={"wait": POLL_WAIT_S, "since": status["version"]}
+            ).json()
         if status["state"] == "cancelled":
             raise Cancelled(status["error"] or "segmentation cancelled")
         if status["state"] == "failed":
@@ -226,13 +246,14 @@ class RemoteSession:
         def mask(kind: str) -> np.ndarray:
             where = entry[kind]
             start = where["offset"]
-            return wire.unpack_mask(self.shape, where["bounds"], bits[start:start + where["length"]])
+            return wire.unpack_mask(self.shape, where["bounds"], bits[start : start + where["length"]])
 
         zoom_out_mask = mask("zoom_out_mask")
         # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
         final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
-        return RemoteResult(entry["name"], entry["text"], final, zoom_out_mask, list(entry["warnings"]),
-                            int(entry["windows"]))
+        return RemoteResult(
+            entry["name"], entry["text"], final, zoom_out_mask, list(entry["warnings"]), int(entry["windows"])
+        )
 
     def heartbeat(self) -> None:
         """Renews the session's lease (any request does; this one does nothing else)."""
@@ -278,8 +299,9 @@ class RemoteEngine:
         self._sessions: dict[Hashable, _Kept] = {}
         self._lock = threading.RLock()
 
-    def segment(self, volume, targets: Sequence[Target], zoom_in: bool = True,
-                reporter: Reporter = NO_REPORT) -> list[RemoteResult]:
+    def segment(
+        self, volume, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
+    ) -> list[RemoteResult]:
         """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature)."""
         return self.session(volume).segment_many(targets, zoom_in, reporter)
 

@@ -30,14 +30,17 @@ SUMMARY_FIELDS = ("class", "prompt", "cases", "dice_mean", "dice_sd", "zoom_out_
 
 # --- reading a dataset ---
 
+
 def _classes_from_labels(labels: dict, path: Path) -> list[tuple[str, int]]:
     """dataset.json "labels": MSD's {"1": "liver"} or nnU-Net v2's {"liver": 1}; background (0) left out."""
     classes = []
     for key, value in labels.items():
         name, number = (value, key) if str(key).strip().lstrip("-").isdigit() else (key, value)
         if isinstance(number, (list, tuple)):
-            raise InputError(f"{path}: '{name}' is a region of several labels {number}: give the classes to "
-                             "evaluate as --class NAME=VALUE")
+            raise InputError(
+                f"{path}: '{name}' is a region of several labels {number}: give the classes to "
+                "evaluate as --class NAME=VALUE"
+            )
         try:
             number = int(number)
         except (TypeError, ValueError):
@@ -73,16 +76,19 @@ def _pairs_from_folder(folder: Path, description: dict) -> list[tuple[Path, Path
     ending = description.get("file_ending", ".nii.gz")
     labels_folder = folder / "labelsTr"
     if not labels_folder.is_dir():
-        raise InputError(f"{folder} has no labelsTr folder and its dataset.json no 'training' list: give a "
-                         "dataset in the MSD/nnU-Net layout or a CSV of image,label pairs")
+        raise InputError(
+            f"{folder} has no labelsTr folder and its dataset.json no 'training' list: give a "
+            "dataset in the MSD/nnU-Net layout or a CSV of image,label pairs"
+        )
     pairs = []
     for label in sorted(labels_folder.iterdir()):
         if label.name.startswith(".") or not label.name.endswith(ending):
             continue
         image = _image_of(folder, label, ending)
         if image is None:
-            raise InputError(f"{label} has no image in {folder / 'imagesTr'} (expected "
-                             f"{label.name[: -len(ending)]}_0000{ending})")
+            raise InputError(
+                f"{label} has no image in {folder / 'imagesTr'} (expected {label.name[: -len(ending)]}_0000{ending})"
+            )
         pairs.append((image, label))
     return pairs
 
@@ -92,12 +98,15 @@ def discover_dataset(path: str) -> tuple[list[Case], list[tuple[str, int]]]:
     path = Path(path).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         rows = _manifest_rows(path, ["image", "label"])
-        found = [(row.get("id") or safe_id(_stem(Path(row["label"]))), _resolve(row["image"], path.parent))
-                 for row in rows]
+        found = [
+            (row.get("id") or safe_id(_stem(Path(row["label"]))), _resolve(row["image"], path.parent)) for row in rows
+        ]
         return _with_unique_ids(found, [_resolve(row["label"], path.parent) for row in rows]), []
     if not path.is_dir():
-        raise InputError(f"--dataset {path}: give a dataset folder (dataset.json, imagesTr/, labelsTr/) or a CSV "
-                         "with columns image,label")
+        raise InputError(
+            f"--dataset {path}: give a dataset folder (dataset.json, imagesTr/, labelsTr/) or a CSV "
+            "with columns image,label"
+        )
     description, classes = {}, []
     description_path = path / "dataset.json"
     if description_path.is_file():
@@ -118,6 +127,7 @@ def discover_dataset(path: str) -> tuple[list[Case], list[tuple[str, int]]]:
 
 # --- the per-case function ---
 
+
 @dataclass(frozen=True)
 class EvaluateJob(Job):
     classes: tuple[tuple[str, int], ...] = ()
@@ -137,15 +147,25 @@ class EvaluateJob(Job):
         labels = read_label_volume(case.label, volume)
         present = set(np.unique(labels).tolist())
         classes = [(name, value) for name, value in self.classes if value in present]
-        warnings = [f"{name}={value} is absent from the label map" for name, value in self.classes
-                    if value not in present]
+        warnings = [
+            f"{name}={value} is absent from the label map" for name, value in self.classes if value not in present
+        ]
         if not classes:
-            raise InputError(f"none of the classes is in {case.label} (values present: "
-                             f"{', '.join(str(v) for v in sorted(present) if v) or 'none'})")
+            raise InputError(
+                f"none of the classes is in {case.label} (values present: "
+                f"{', '.join(str(v) for v in sorted(present) if v) or 'none'})"
+            )
         rows = []
         for prompt in self.prompts:  # one session: every class and prompt of the CT share its embeddings
-            results = evaluate_classes(host, VolumeInput(case.id, volume.array, volume.ijk_to_ras), labels,
-                                       classes, prompt, zoom_in=self.zoom_in, reporter=reporter)
+            results = evaluate_classes(
+                host,
+                VolumeInput(case.id, volume.array, volume.ijk_to_ras),
+                labels,
+                classes,
+                prompt,
+                zoom_in=self.zoom_in,
+                reporter=reporter,
+            )
             folder = self.case_dir(case) / prompt
             folder.mkdir(parents=True, exist_ok=True)
             for result in results:
@@ -158,6 +178,7 @@ class EvaluateJob(Job):
 
 
 # --- the dataset's tables and plot ---
+
 
 def collect_metrics(job: EvaluateJob, cases: Sequence[Case], statuses: dict[str, str]) -> list[dict]:
     """The metric rows of every case recorded ok, in case order."""
@@ -184,8 +205,17 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     for (name, prompt), group in groups.items():
         dice_mean, dice_sd = mean_sd([float(r["dice"]) for r in group])
         zoom_out_mean, zoom_out_sd = mean_sd([float(r["zoom_out_dice"]) for r in group])
-        summary.append({"class": name, "prompt": prompt, "cases": len(group), "dice_mean": dice_mean,
-                        "dice_sd": dice_sd, "zoom_out_dice_mean": zoom_out_mean, "zoom_out_dice_sd": zoom_out_sd})
+        summary.append(
+            {
+                "class": name,
+                "prompt": prompt,
+                "cases": len(group),
+                "dice_mean": dice_mean,
+                "dice_sd": dice_sd,
+                "zoom_out_dice_mean": zoom_out_mean,
+                "zoom_out_dice_sd": zoom_out_sd,
+            }
+        )
     return summary
 
 
@@ -218,10 +248,14 @@ def write_box_plot(path: Path, rows: Sequence[dict]) -> None:
     for number, prompt in enumerate(prompts):
         values = [[float(r["dice"]) for r in rows if r["class"] == name and r["prompt"] == prompt] for name in classes]
         shown = [(position, v) for position, v in enumerate(values) if v]
-        boxes = axes.boxplot([v for _, v in shown], positions=[p + (number - (len(prompts) - 1) / 2) * width
-                                                               for p, _ in shown],
-                             widths=width * 0.9, patch_artist=True, manage_ticks=False,
-                             medianprops={"color": "black"})
+        boxes = axes.boxplot(
+            [v for _, v in shown],
+            positions=[p + (number - (len(prompts) - 1) / 2) * width for p, _ in shown],
+            widths=width * 0.9,
+            patch_artist=True,
+            manage_ticks=False,
+            medianprops={"color": "black"},
+        )
         for box in boxes["boxes"]:
             box.set_facecolor(f"C{number}")
         axes.plot([], [], color=f"C{number}", linewidth=8, label=prompt)

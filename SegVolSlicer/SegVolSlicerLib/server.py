@@ -80,11 +80,15 @@ class Problem(Exception):
 
 
 def _unknown_session() -> Problem:
-    return Problem(404, "unknown-session", "unknown or expired session (sessions end after the server's idle "
-                                           "timeout): open a new session")
+    return Problem(
+        404,
+        "unknown-session",
+        "unknown or expired session (sessions end after the server's idle timeout): open a new session",
+    )
 
 
 # --- request bodies (they make the OpenAPI schema at /docs) ---
+
 
 class SessionRequest(BaseModel):
     shape: list[int] = Field(min_length=3, max_length=3, description="(K, J, I) voxels")
@@ -116,6 +120,7 @@ class JobRequest(BaseModel):
 
 
 # --- state ---
+
 
 class JobReporter(Reporter):
     """The engine's progress and notices, kept for the status endpoint; every change bumps `version` and
@@ -167,16 +172,26 @@ class Job:
     def status(self) -> dict:
         with self.reporter.changed:
             reporter = self.reporter
-            return {"job_id": self.id, "state": self.state, "version": reporter.version, "stage": reporter.stage,
-                    "done": reporter.done, "total": reporter.total, "notices": list(reporter.notices),
-                    "error": self.error, "error_code": self.error_code, "results": self.results}
+            return {
+                "job_id": self.id,
+                "state": self.state,
+                "version": reporter.version,
+                "stage": reporter.stage,
+                "done": reporter.done,
+                "total": reporter.total,
+                "notices": list(reporter.notices),
+                "error": self.error,
+                "error_code": self.error_code,
+                "results": self.results,
+            }
 
     def wait(self, since: int | None, timeout: float) -> None:
         """Until the job ends, its status changes past version `since` (None: only the end counts) or
         `timeout` seconds pass."""
         with self.reporter.changed:
             self.reporter.changed.wait_for(
-                lambda: self.finished or (since is not None and self.reporter.version > since), timeout)
+                lambda: self.finished or (since is not None and self.reporter.version > since), timeout
+            )
 
 
 @dataclass
@@ -213,27 +228,57 @@ class SegVolServer:
     def open_session(self, request: SessionRequest) -> tuple[Session, bool]:
         shape = tuple(request.shape)
         if min(shape) < 1 or max(shape) > self.settings.max_dimension:
-            raise Problem(413 if max(shape) > self.settings.max_dimension else 422, "volume-too-large",
-                          f"volume of {shape[2]} x {shape[1]} x {shape[0]} voxels: each dimension must be 1 to "
-                          f"{self.settings.max_dimension} on this server")
+            raise Problem(
+                413 if max(shape) > self.settings.max_dimension else 422,
+                "volume-too-large",
+                f"volume of {shape[2]} x {shape[1]} x {shape[0]} voxels: each dimension must be 1 to "
+                f"{self.settings.max_dimension} on this server",
+            )
         if math.prod(shape) > self.settings.max_voxels:
-            raise Problem(413, "volume-too-large", f"volume of {math.prod(shape)} voxels: this server takes at most "
-                                                   f"{self.settings.max_voxels}; crop or resample it first")
+            raise Problem(
+                413,
+                "volume-too-large",
+                f"volume of {math.prod(shape)} voxels: this server takes at most "
+                f"{self.settings.max_voxels}; crop or resample it first",
+            )
         ijk_to_ras = np.asarray(request.ijk_to_ras, dtype=np.float64)
-        if ijk_to_ras.shape != (4, 4) or not np.all(np.isfinite(ijk_to_ras)) \
-                or abs(np.linalg.det(ijk_to_ras[:3, :3])) < 1e-12:
+        if (
+            ijk_to_ras.shape != (4, 4)
+            or not np.all(np.isfinite(ijk_to_ras))
+            or abs(np.linalg.det(ijk_to_ras[:3, :3])) < 1e-12
+        ):
             raise Problem(422, "bad-geometry", "ijk_to_ras must be an invertible 4x4 matrix of finite numbers")
         self.reap()
         with self.lock:
             if len(self.sessions) >= self.settings.max_sessions:
                 wait = self._seconds_until_a_session_frees()
-                raise Problem(503, "server-busy", f"the server is busy: all {self.settings.max_sessions} sessions "
-                                                  f"are in use; try again in {wait} s", {"Retry-After": str(wait)})
+                raise Problem(
+                    503,
+                    "server-busy",
+                    f"the server is busy: all {self.settings.max_sessions} sessions are in use; try again in {wait} s",
+                    {"Retry-After": str(wait)},
+                )
             # A live session with the same frame lends its voxels: the client proved it has them by the hash.
-            twin = next((s for s in self.sessions.values() if s.voxels is not None and s.sha256 == request.sha256
-                         and s.shape == shape and s.dtype == request.dtype), None)
-            session = Session(secrets.token_urlsafe(24), shape, request.dtype, ijk_to_ras, request.sha256,
-                              self.clock(), voxels=None if twin is None else twin.voxels)
+            twin = next(
+                (
+                    s
+                    for s in self.sessions.values()
+                    if s.voxels is not None
+                    and s.sha256 == request.sha256
+                    and s.shape == shape
+                    and s.dtype == request.dtype
+                ),
+                None,
+            )
+            session = Session(
+                secrets.token_urlsafe(24),
+                shape,
+                request.dtype,
+                ijk_to_ras,
+                request.sha256,
+                self.clock(),
+                voxels=None if twin is None else twin.voxels,
+            )
             self.sessions[session.id] = session
         return session, twin is None
 
@@ -257,8 +302,9 @@ class SegVolServer:
         from .inference.preprocess import check_volume
 
         if wire.frame_hash(frame) != session.sha256:
-            raise InputError("the upload does not match the session's sha256: upload the volume the session was "
-                             "opened with")
+            raise InputError(
+                "the upload does not match the session's sha256: upload the volume the session was opened with"
+            )
         voxels = wire.unpack_volume(frame, session.shape, session.dtype)
         check_volume(voxels)
         voxels.setflags(write=False)  # shared by sessions with the same content
@@ -276,8 +322,9 @@ class SegVolServer:
         """End the sessions idle for longer than the idle timeout (never one with a job queued or running)."""
         now = self.clock()
         with self.lock:
-            expired = [s for s in self.sessions.values()
-                       if now - s.last_seen > self.settings.idle_timeout_s and not s.busy]
+            expired = [
+                s for s in self.sessions.values() if now - s.last_seen > self.settings.idle_timeout_s and not s.busy
+            ]
             for session in expired:
                 del self.sessions[session.id]
         for session in expired:
@@ -312,11 +359,14 @@ class SegVolServer:
             raise InputError(f"{len(targets)} targets in one request: this server takes at most {limits.max_targets}")
         for body in targets:
             if max(len(body.name), len(body.text or "")) > limits.max_text_chars:
-                raise InputError(f"target {body.name[:40]!r}: names and texts may have at most "
-                                 f"{limits.max_text_chars} characters")
+                raise InputError(
+                    f"target {body.name[:40]!r}: names and texts may have at most {limits.max_text_chars} characters"
+                )
             if body.points is not None and len(body.points.ijk) > limits.max_points:
-                raise InputError(f"target {body.name!r} has {len(body.points.ijk)} points: this server takes at most "
-                                 f"{limits.max_points} per target")
+                raise InputError(
+                    f"target {body.name!r} has {len(body.points.ijk)} points: this server takes at most "
+                    f"{limits.max_points} per target"
+                )
         return targets
 
     @staticmethod
@@ -341,8 +391,12 @@ class SegVolServer:
             results = self.engine.segment(session.volume(), job.targets, job.zoom_in, reporter)
             packed, blobs, offset = [], [], 0
             for result in results:
-                entry = {"name": result.name, "text": result.text, "warnings": list(result.warnings),
-                         "windows": result.windows}
+                entry = {
+                    "name": result.name,
+                    "text": result.text,
+                    "warnings": list(result.warnings),
+                    "windows": result.windows,
+                }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once
                     entry["mask"] = "zoom_out_mask"
@@ -381,14 +435,22 @@ class SegVolServer:
         device = str(model.device) if model is not None else choice.device
         with self.lock:
             sessions = len(self.sessions)
-        return {"protocol": wire.PROTOCOL_VERSION, "server": f"SegVolSlicer {__version__}",
-                "model": {"weights": choice.weights or "BAAI/SegVol", "device": device,
-                          "precision": choice.precision},
-                "limits": {"max_sessions": limits.max_sessions, "idle_timeout_s": limits.idle_timeout_s,
-                           "max_upload_bytes": self.max_upload_bytes, "max_voxels": limits.max_voxels,
-                           "max_dimension": limits.max_dimension, "max_targets": limits.max_targets,
-                           "max_points": limits.max_points},
-                "sessions": sessions, "voxel_types": list(wire.VOXEL_TYPES)}
+        return {
+            "protocol": wire.PROTOCOL_VERSION,
+            "server": f"SegVolSlicer {__version__}",
+            "model": {"weights": choice.weights or "BAAI/SegVol", "device": device, "precision": choice.precision},
+            "limits": {
+                "max_sessions": limits.max_sessions,
+                "idle_timeout_s": limits.idle_timeout_s,
+                "max_upload_bytes": self.max_upload_bytes,
+                "max_voxels": limits.max_voxels,
+                "max_dimension": limits.max_dimension,
+                "max_targets": limits.max_targets,
+                "max_points": limits.max_points,
+            },
+            "sessions": sessions,
+            "voxel_types": list(wire.VOXEL_TYPES),
+        }
 
     @property
     def max_upload_bytes(self) -> int:
@@ -405,6 +467,7 @@ class SegVolServer:
 
 # --- HTTP ---
 
+
 def _wait_seconds(wait: float) -> float:
     return min(max(wait, 0.0), MAX_WAIT_S)
 
@@ -414,8 +477,9 @@ async def _wait_for(job: Job, since: int | None, wait: float) -> None:
         await anyio.to_thread.run_sync(job.wait, since, wait)
 
 
-def create_app(engine: EngineHost, settings: ServerSettings | None = None,
-               clock: Callable[[], float] = time.monotonic) -> FastAPI:
+def create_app(
+    engine: EngineHost, settings: ServerSettings | None = None, clock: Callable[[], float] = time.monotonic
+) -> FastAPI:
     """The FastAPI app serving one engine. `clock`: seconds, for leases (tests inject their own)."""
     settings = settings or ServerSettings()
     server = SegVolServer(engine, settings, clock)
@@ -433,16 +497,28 @@ def create_app(engine: EngineHost, settings: ServerSettings | None = None,
         if settings.api_key is not None:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-                raise Problem(401, "access-refused", "missing or wrong API key: give the server's key",
-                              {"WWW-Authenticate": "Bearer"})
+                raise Problem(
+                    401,
+                    "access-refused",
+                    "missing or wrong API key: give the server's key",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         version = request.headers.get(wire.PROTOCOL_HEADER)
         if version is not None and version != str(wire.PROTOCOL_VERSION):
-            raise Problem(409, "version-mismatch", f"this client speaks SegVol protocol {version}, the server "
-                                                   f"{wire.PROTOCOL_VERSION}: install the same SegVolSlicer "
-                                                   "version on both sides")
+            raise Problem(
+                409,
+                "version-mismatch",
+                f"this client speaks SegVol protocol {version}, the server "
+                f"{wire.PROTOCOL_VERSION}: install the same SegVolSlicer "
+                "version on both sides",
+            )
 
-    app = FastAPI(title="SegVol server", version=__version__, lifespan=lifespan,
-                  description="Promptable 3-D CT segmentation (SegVol) for remote clients: see SegVolSlicerLib.server")
+    app = FastAPI(
+        title="SegVol server",
+        version=__version__,
+        lifespan=lifespan,
+        description="Promptable 3-D CT segmentation (SegVol) for remote clients: see SegVolSlicerLib.server",
+    )
     app.state.server = server
     router = APIRouter(dependencies=[Depends(check_access)])
 
@@ -507,8 +583,7 @@ def create_app(engine: EngineHost, settings: ServerSettings | None = None,
         return job.status()
 
     @router.get(f"{wire.API}/sessions/{{session_id}}/jobs/{{job_id}}")
-    async def job_status(session_id: str, job_id: str, wait: float = Query(0.0, ge=0),
-                         since: int = Query(-1)) -> dict:
+    async def job_status(session_id: str, job_id: str, wait: float = Query(0.0, ge=0), since: int = Query(-1)) -> dict:
         """The job's state and progress, once it changed past version `since` or `wait` seconds passed."""
         job = server.job(server.session(session_id), job_id)
         await _wait_for(job, since, _wait_seconds(wait))
@@ -535,8 +610,12 @@ def create_app(engine: EngineHost, settings: ServerSettings | None = None,
 
 
 def _too_large(size: int, limit: int) -> Problem:
-    return Problem(413, "upload-too-large", f"upload of {size / 2**20:.1f} MB: this server takes at most "
-                                            f"{limit / 2**20:.1f} MB; crop or resample the volume first")
+    return Problem(
+        413,
+        "upload-too-large",
+        f"upload of {size / 2**20:.1f} MB: this server takes at most "
+        f"{limit / 2**20:.1f} MB; crop or resample the volume first",
+    )
 
 
 async def _reap_forever(server: SegVolServer) -> None:
@@ -559,5 +638,7 @@ def check_bind(host: str, api_key: str | None) -> None:
     """Only loopback without an API key: anyone who reaches the port could otherwise use the GPU and read
     what others upload."""
     if api_key is None and host not in LOOPBACK_HOSTS:
-        raise InputError(f"refusing to serve on {host} without an API key: give --api-key-file FILE (or set "
-                         "SEGVOL_API_KEY), or serve on 127.0.0.1")
+        raise InputError(
+            f"refusing to serve on {host} without an API key: give --api-key-file FILE (or set "
+            "SEGVOL_API_KEY), or serve on 127.0.0.1"
+        )

@@ -58,19 +58,23 @@ def unpack_volume(frame: bytes, shape: tuple[int, ...], dtype: str) -> np.ndarra
     try:
         array = blosc2.ndarray_from_cframe(bytes(frame))
     except Exception as error:  # blosc2 raises several kinds of errors on garbage
-        raise InputError(f"the upload is not a blosc2 array frame ({error}): send the volume as the client does "
-                         "(wire.pack_volume)") from None
+        raise InputError(
+            f"the upload is not a blosc2 array frame ({error}): send the volume as the client does (wire.pack_volume)"
+        ) from None
     if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
-        raise InputError(f"the upload holds a {array.dtype} array of shape {tuple(array.shape)} but the session "
-                         f"was opened for {dtype} {tuple(shape)}: upload the volume the session was opened with")
+        raise InputError(
+            f"the upload holds a {array.dtype} array of shape {tuple(array.shape)} but the session "
+            f"was opened for {dtype} {tuple(shape)}: upload the volume the session was opened with"
+        )
     try:
         return np.ascontiguousarray(array[...])
     except Exception as error:
         raise InputError(f"the upload is corrupt ({error}): upload the volume again") from None
 
 
-def mask_bounds(mask: np.ndarray, within: tuple[slice, slice, slice] | None = None
-                ) -> tuple[int, int, int, int, int, int] | None:
+def mask_bounds(
+    mask: np.ndarray, within: tuple[slice, slice, slice] | None = None
+) -> tuple[int, int, int, int, int, int] | None:
     """(k0, j0, i0, k1, j1, i1), half-open, of the nonzero voxels; None for an empty mask. `within`: slices of
     the mask outside which it is known to be empty (the engine's body crop), to search less."""
     offset = [0, 0, 0] if within is None else [s.indices(n)[0] for s, n in zip(within, mask.shape)]
@@ -80,7 +84,7 @@ def mask_bounds(mask: np.ndarray, within: tuple[slice, slice, slice] | None = No
         return None
     j = np.flatnonzero(columns.any(axis=1))
     i = np.flatnonzero(columns.any(axis=0))
-    slab = region[:, j[0]:j[-1] + 1, i[0]:i[-1] + 1]
+    slab = region[:, j[0] : j[-1] + 1, i[0] : i[-1] + 1]
     k = np.flatnonzero(slab.reshape(len(slab), -1).any(axis=1))
     k0, j0, i0 = offset
     return k0 + int(k[0]), j0 + int(j[0]), i0 + int(i[0]), k0 + int(k[-1]) + 1, j0 + int(j[-1]) + 1, i0 + int(i[-1]) + 1
@@ -117,10 +121,12 @@ def target_to_json(target: Target) -> dict:
     return {
         "name": target.name,
         "text": target.text,
-        "points": None if target.points is None else {"ijk": target.points.ijk.tolist(),
-                                                      "labels": target.points.labels.tolist()},
-        "box": None if target.box is None else {"ijk_min": list(target.box.ijk_min),
-                                                "ijk_max": list(target.box.ijk_max)},
+        "points": None
+        if target.points is None
+        else {"ijk": target.points.ijk.tolist(), "labels": target.points.labels.tolist()},
+        "box": None
+        if target.box is None
+        else {"ijk_min": list(target.box.ijk_min), "ijk_max": list(target.box.ijk_max)},
     }
 
 
@@ -128,7 +134,12 @@ def target_from_json(data: dict) -> Target:
     """The Target of a request's target (InputError if it is not one)."""
     points, box = data.get("points"), data.get("box")
     return Target(
-        name=data["name"], text=data.get("text"),
-        points=None if points is None else Points(np.asarray(points["ijk"], dtype=np.float64).reshape(-1, 3),
-                                                  np.asarray(points["labels"], dtype=np.int64)),
-        box=None if box is None else Box(tuple(box["ijk_min"]), tuple(box["ijk_max"])))
+        name=data["name"],
+        text=data.get("text"),
+        points=None
+        if points is None
+        else Points(
+            np.asarray(points["ijk"], dtype=np.float64).reshape(-1, 3), np.asarray(points["labels"], dtype=np.int64)
+        ),
+        box=None if box is None else Box(tuple(box["ijk_min"]), tuple(box["ijk_max"])),
+    )

@@ -30,7 +30,7 @@ def ct():
 
 def tiny_ct(ct, shift: int) -> SyntheticCT:
     """A small CT (18 x 40 x 48 voxels) cut from the synthetic one, starting `4 * shift` slices up (cases differ)."""
-    cut = np.s_[4 * shift: 4 * shift + 36: 2, ::4, ::4]
+    cut = np.s_[4 * shift : 4 * shift + 36 : 2, ::4, ::4]
     first_slice = np.eye(4)
     first_slice[2, 3] = 4 * shift
     ijk_to_ras = ct.ijk_to_ras @ first_slice @ np.diag([4.0, 4.0, 2.0, 1.0])  # i, j, k strides
@@ -81,6 +81,7 @@ def assert_same_segmentation(path, reference):
 
 # --- inputs ---
 
+
 def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
     """Guards: a folder read as one case, a DICOM folder split per file, ids clashing or unsafe as file names,
     manifest paths taken relative to the working folder instead of the CSV."""
@@ -99,7 +100,11 @@ def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
     (tmp_path / "lists" / "m.csv").write_text("image,id\n../b/x.mha,scan/1\n../a/y.nrrd,\n")
     cases = batch.discover_cases([tmp_path / "a", tmp_path / "b" / "x.mha", dicom, tmp_path / "lists" / "m.csv"])
     assert [(c.id, Path(c.image).relative_to(tmp_path).as_posix()) for c in cases] == [
-        ("x", "a/x.nii.gz"), ("y", "a/y.nrrd"), ("x-2", "b/x.mha"), ("patient_7", "patient 7")]
+        ("x", "a/x.nii.gz"),
+        ("y", "a/y.nrrd"),
+        ("x-2", "b/x.mha"),
+        ("patient_7", "patient 7"),
+    ]
     cases = batch.discover_cases([tmp_path / "lists" / "m.csv"])
     assert [(c.id, Path(c.image).name) for c in cases] == [("scan_1", "x.mha"), ("y", "y.nrrd")]
     (tmp_path / "bad.csv").write_text("path\nx.nii.gz\n")
@@ -111,6 +116,7 @@ def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
 
 
 # --- batch here, with the stand-in model ---
+
 
 def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_model, capsys):
     """Guards: batch outputs differing from `segvol segment` (names, colours, voxels), one bad case stopping the
@@ -126,12 +132,17 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
     assert [rows[i]["status"] for i in rows] == ["ok", "ok", "ok", "failed"]
     assert "cannot read image" in rows["corrupt"]["error"] and not (out / "corrupt.seg.nrrd").exists()
     assert "corrupt failed" in err and "3 case(s) done, 1 failed" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["case_0.seg.nrrd", "case_1.seg.nrrd", "case_2.seg.nrrd",
-                                                      "results.csv"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case_0.seg.nrrd",
+        "case_1.seg.nrrd",
+        "case_2.seg.nrrd",
+        "results.csv",
+    ]  # no temporary file left
     for n in range(3):
         reference = tmp_path / f"segment {n}.seg.nrrd"
-        code, _, err = run_cli(["segment", scans / f"case {n}.nii.gz", "--text", "liver", "--text", "spleen",
-                                "-o", reference], capsys)
+        code, _, err = run_cli(
+            ["segment", scans / f"case {n}.nii.gz", "--text", "liver", "--text", "spleen", "-o", reference], capsys
+        )
         assert code == 0, err
         assert_same_segmentation(out / f"case_{n}.seg.nrrd", reference)
 
@@ -154,14 +165,28 @@ def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
         (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--workers", "2"], "--ray"),
         (["batch", scans, "--text", "liver", "--output-dir", scans / "case 0.nii.gz"], "is a file"),
         # checked before Ray starts: one error, not one per actor
-        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--ray", "local", "--checkpoint",
-          tmp_path / "missing.pth"], "missing.pth"),
+        (
+            [
+                "batch",
+                scans,
+                "--text",
+                "liver",
+                "--output-dir",
+                tmp_path / "o",
+                "--ray",
+                "local",
+                "--checkpoint",
+                tmp_path / "missing.pth",
+            ],
+            "missing.pth",
+        ),
     ]:
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.startswith("segvol: error: ") and message in err and err.count("\n") == 1, err
 
 
 # --- evaluate --dataset ---
+
 
 def msd_dataset(folder, scans, cases=(0, 1)):
     """An MSD-layout dataset (dataset.json with labels and a training list) of the tiny CTs."""
@@ -172,9 +197,16 @@ def msd_dataset(folder, scans, cases=(0, 1)):
         (folder / "imagesTr" / f"ct_{n}.nii.gz").write_bytes((scans / f"case {n}.nii.gz").read_bytes())
         (folder / "labelsTr" / f"ct_{n}.nii.gz").write_bytes((scans / "labels" / f"case {n}.nii.gz").read_bytes())
         training.append({"image": f"./imagesTr/ct_{n}.nii.gz", "label": f"./labelsTr/ct_{n}.nii.gz"})
-    (folder / "dataset.json").write_text(json.dumps({"name": "tiny", "labels": {"0": "background", "1": "liver",
-                                                                                 "2": "spleen"},
-                                                     "numTraining": len(training), "training": training}))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "labels": {"0": "background", "1": "liver", "2": "spleen"},
+                "numTraining": len(training),
+                "training": training,
+            }
+        )
+    )
     return folder
 
 
@@ -186,7 +218,9 @@ def test_dataset_layouts(tmp_path, scans):
     cases, classes = discover_dataset(str(msd_dataset(tmp_path / "msd", scans)))
     assert classes == [("liver", 1), ("spleen", 2)]
     assert [(c.id, Path(c.image).name, Path(c.label).name) for c in cases] == [
-        ("ct_0", "ct_0.nii.gz", "ct_0.nii.gz"), ("ct_1", "ct_1.nii.gz", "ct_1.nii.gz")]
+        ("ct_0", "ct_0.nii.gz", "ct_0.nii.gz"),
+        ("ct_1", "ct_1.nii.gz", "ct_1.nii.gz"),
+    ]
     v2 = tmp_path / "Dataset001_Tiny"
     (v2 / "imagesTr").mkdir(parents=True)
     (v2 / "labelsTr").mkdir()
@@ -209,19 +243,51 @@ def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_mo
     dataset = msd_dataset(tmp_path / "Task99_Tiny", scans)
     out = tmp_path / "eval"
     # Zoom-out only: the stand-in's zoom-in finds nothing on CTs this small, and Dice 0 everywhere proves nothing.
-    code, stdout, err = run_cli(["evaluate", "--dataset", dataset, "--prompt", "text+box", "--prompt", "point",
-                                 "--no-zoom-in", "--output-dir", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "evaluate",
+            "--dataset",
+            dataset,
+            "--prompt",
+            "text+box",
+            "--prompt",
+            "point",
+            "--no-zoom-in",
+            "--output-dir",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = read_rows(out / "metrics.csv")
     assert [(r["case"], r["class"], r["prompt"]) for r in metrics] == [
-        (case, name, prompt) for case in ("ct_0", "ct_1") for prompt in ("text+box", "point")
-        for name in ("liver", "spleen")]
+        (case, name, prompt)
+        for case in ("ct_0", "ct_1")
+        for prompt in ("text+box", "point")
+        for name in ("liver", "spleen")
+    ]
     for case in ("ct_0", "ct_1"):
         for prompt in ("text+box", "point"):
             single = tmp_path / f"single-{case}-{prompt}"
-            code, _, err = run_cli(["evaluate", "--image", dataset / "imagesTr" / f"{case}.nii.gz", "--label",
-                                    dataset / "labelsTr" / f"{case}.nii.gz", "--class", "liver=1", "--class",
-                                    "spleen=2", "--prompt", prompt, "--no-zoom-in", "--output-dir", single], capsys)
+            code, _, err = run_cli(
+                [
+                    "evaluate",
+                    "--image",
+                    dataset / "imagesTr" / f"{case}.nii.gz",
+                    "--label",
+                    dataset / "labelsTr" / f"{case}.nii.gz",
+                    "--class",
+                    "liver=1",
+                    "--class",
+                    "spleen=2",
+                    "--prompt",
+                    prompt,
+                    "--no-zoom-in",
+                    "--output-dir",
+                    single,
+                ],
+                capsys,
+            )
             assert code == 0, err
             expected = {r["class"]: r["dice"] for r in read_rows(single / "metrics.csv")}
             assert {r["class"]: r["dice"] for r in metrics if r["case"] == case and r["prompt"] == prompt} == expected
@@ -238,8 +304,21 @@ def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_mo
     assert "spleen (point): Dice" in stdout
     assert [r["status"] for r in read_rows(out / "results.csv")] == ["ok", "ok"]
     tables = {name: (out / name).read_bytes() for name in ("metrics.csv", "summary.csv")}
-    code, stdout, err = run_cli(["evaluate", "--dataset", dataset, "--prompt", "text+box", "--prompt", "point",
-                                 "--no-zoom-in", "--output-dir", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "evaluate",
+            "--dataset",
+            dataset,
+            "--prompt",
+            "text+box",
+            "--prompt",
+            "point",
+            "--no-zoom-in",
+            "--output-dir",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0 and "2 of 2 case(s) already done" in err, err  # the rerun computes nothing ...
     assert {name: (out / name).read_bytes() for name in tables} == tables  # ... and writes the same tables
 
@@ -256,28 +335,54 @@ def segment_references(scans, synthetic_model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(EngineHost, "model", lambda self, reporter=None: synthetic_model)
         for n in range(2):
-            assert cli.main(["segment", str(scans / f"case {n}.nii.gz"), *SEGMENT_OPTIONS,
-                             "-o", str(folder / f"case_{n}.seg.nrrd")]) == 0
+            assert (
+                cli.main(
+                    [
+                        "segment",
+                        str(scans / f"case {n}.nii.gz"),
+                        *SEGMENT_OPTIONS,
+                        "-o",
+                        str(folder / f"case_{n}.seg.nrrd"),
+                    ]
+                )
+                == 0
+            )
     return folder
 
 
 def batch_command(inputs, out, checkpoint, *extra):
-    return [sys.executable, "-m", "SegVolSlicerLib.cli", "batch", *map(str, inputs), "--output-dir", str(out),
-            "--checkpoint", str(checkpoint), *SEGMENT_OPTIONS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "SegVolSlicerLib.cli",
+        "batch",
+        *map(str, inputs),
+        "--output-dir",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        *SEGMENT_OPTIONS,
+        *extra,
+    ]
 
 
 def subprocess_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path, synthetic_checkpoint,
-                                                                segment_references):
+def test_batch_killed_then_rerun_computes_only_the_missing_case(
+    scans, tmp_path, synthetic_checkpoint, segment_references
+):
     """Guards: a SIGKILL leaving a partial results.csv or .seg.nrrd under its final name, a rerun redoing a case
     already recorded or skipping the interrupted one; batch output differing from `segvol segment`."""
     inputs = [scans / "case 0.nii.gz", scans / "case 1.nii.gz"]
     out = tmp_path / "out"
-    process = subprocess.Popen(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        batch_command(inputs, out, synthetic_checkpoint),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     results = out / "results.csv"
     try:
         deadline = time.monotonic() + 240
@@ -296,8 +401,13 @@ def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path,
     assert_same_segmentation(out / "case_0.seg.nrrd", segment_references / "case_0.seg.nrrd")
     written = (out / "case_0.seg.nrrd").stat().st_mtime_ns
 
-    rerun = subprocess.run(batch_command(inputs, out, synthetic_checkpoint), env=subprocess_env(),
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        batch_command(inputs, out, synthetic_checkpoint),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "1 of 2 case(s) already done" in rerun.stderr and "1 case(s) done, 0 failed, 1 skipped" in rerun.stdout
     assert (out / "case_0.seg.nrrd").stat().st_mtime_ns == written
@@ -307,8 +417,9 @@ def test_batch_killed_then_rerun_computes_only_the_missing_case(scans, tmp_path,
     assert_same_segmentation(out / "case_1.seg.nrrd", segment_references / "case_1.seg.nrrd")
 
 
-def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint, segment_references, capsys,
-                                           monkeypatch):
+def test_batch_on_ray_local_equals_segment(
+    scans, tmp_path, synthetic_checkpoint, segment_references, capsys, monkeypatch
+):
     """Guards: Ray workers writing other outputs than `segvol segment`, rows lost between actors and the driver's
     results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, CPUs declared)."""
     pytest.importorskip("ray")
@@ -320,14 +431,37 @@ def test_batch_on_ray_local_equals_segment(scans, tmp_path, synthetic_checkpoint
     real_init = ray.init
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
     out = tmp_path / "out"
-    code, stdout, err = run_cli(["batch", scans / "case 0.nii.gz", scans / "case 1.nii.gz", "--output-dir", out,
-                                 "--checkpoint", synthetic_checkpoint, *SEGMENT_OPTIONS, "--ray", "local",
-                                 "--workers", "1"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "batch",
+            scans / "case 0.nii.gz",
+            scans / "case 1.nii.gz",
+            "--output-dir",
+            out,
+            "--checkpoint",
+            synthetic_checkpoint,
+            *SEGMENT_OPTIONS,
+            "--ray",
+            "local",
+            "--workers",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert started == [{"num_cpus": os.cpu_count(), "include_dashboard": False, "_node_ip_address": "127.0.0.1",
-                        "logging_level": "warning", "log_to_driver": True}]
+    assert started == [
+        {
+            "num_cpus": os.cpu_count(),
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",
+            "logging_level": "warning",
+            "log_to_driver": True,
+        }
+    ]
     assert not ray.is_initialized()  # the run shut down the cluster it started
     assert sorted((row["id"], row["status"]) for row in read_rows(out / "results.csv")) == [
-        ("case_0", "ok"), ("case_1", "ok")]
+        ("case_0", "ok"),
+        ("case_1", "ok"),
+    ]
     for n in range(2):
         assert_same_segmentation(out / f"case_{n}.seg.nrrd", segment_references / f"case_{n}.seg.nrrd")

@@ -83,22 +83,28 @@ def same_results(remote, local):
 def prompts_of(ct):
     spleen = organ_centre_ijk(ct, 2)
     liver = np.argwhere(ct.labels == 1)
-    return [Target("liver", text="liver"),
-            Target("clicks", points=Points([spleen, spleen + [6.25, -3.5, 0.0]], [1, 0])),
-            Target("box", box=Box(tuple(liver.min(0)[::-1]), tuple(liver.max(0)[::-1])))]
+    return [
+        Target("liver", text="liver"),
+        Target("clicks", points=Points([spleen, spleen + [6.25, -3.5, 0.0]], [1, 0])),
+        Target("box", box=Box(tuple(liver.min(0)[::-1]), tuple(liver.max(0)[::-1]))),
+    ]
 
 
 # --- results ---
+
 
 def test_results_through_the_server_equal_in_process_bit_for_bit(ct, synthetic_model):
     """Guards the transport (voxels, geometry, prompts as JSON floats, masks as box + bits): any loss or shift
     changes a mask. Real synthetic weights, zoom-out only (full-size forwards are slow on CPU): text, points,
     box."""
     targets = prompts_of(ct)
-    local = EngineHost(model=synthetic_model).segment(VolumeInput("local", ct.volume, ct.ijk_to_ras), targets,
-                                                      zoom_in=False)
-    with in_process(EngineHost(model=synthetic_model)) as (client, _), \
-            client.open_session(ct.volume, ct.ijk_to_ras) as session:
+    local = EngineHost(model=synthetic_model).segment(
+        VolumeInput("local", ct.volume, ct.ijk_to_ras), targets, zoom_in=False
+    )
+    with (
+        in_process(EngineHost(model=synthetic_model)) as (client, _),
+        client.open_session(ct.volume, ct.ijk_to_ras) as session,
+    ):
         same_results(session.segment_many(targets, zoom_in=False), local)
     assert all(result.mask.any() for result in local)
 
@@ -107,8 +113,10 @@ def test_zoom_in_results_through_the_server_equal_in_process(ct):
     """The zoom-in path's results (windows, final and zoom-out masks) through the server, with the fast stand-in."""
     targets = prompts_of(ct)
     local = EngineHost(model=FakeSegVol()).segment(VolumeInput("local", ct.volume, ct.ijk_to_ras), targets)
-    with in_process(EngineHost(model=FakeSegVol())) as (client, _), \
-            client.open_session(ct.volume, ct.ijk_to_ras) as session:
+    with (
+        in_process(EngineHost(model=FakeSegVol())) as (client, _),
+        client.open_session(ct.volume, ct.ijk_to_ras) as session,
+    ):
         same_results(session.segment_many(targets, zoom_in=True), local)
     assert all(result.windows > 0 for result in local)
     assert not np.array_equal(local[0].mask, local[0].zoom_out_mask)
@@ -119,8 +127,10 @@ def test_eight_concurrent_clients_on_different_volumes_get_their_own_results(ct)
     mix-up of sessions, jobs or masks between clients would give another volume's mask)."""
     volumes = [np.roll(ct.volume, 9 * n, axis=2) for n in range(8)]
     targets = [Target(name, text=name) for name in ("liver", "spleen", "aorta", "left kidney")]  # the cheapest
-    expected = [EngineHost(model=FakeSegVol()).segment(VolumeInput(n, v, ct.ijk_to_ras), targets, zoom_in=False)
-                for n, v in enumerate(volumes)]
+    expected = [
+        EngineHost(model=FakeSegVol()).segment(VolumeInput(n, v, ct.ijk_to_ras), targets, zoom_in=False)
+        for n, v in enumerate(volumes)
+    ]
     assert not np.array_equal(expected[0][0].mask, expected[1][0].mask)  # the volumes are told apart
 
     def client_run(url, n):
@@ -163,8 +173,10 @@ def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_p
     key_file.write_text("s3cret\n")
     app = create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="s3cret"))
     with real_server(app) as url:
-        assert cli.main(argv + ["-o", str(tmp_path / "remote.nii.gz"), "--server", url, "--api-key-file",
-                                str(key_file)]) == 0
+        assert (
+            cli.main(argv + ["-o", str(tmp_path / "remote.nii.gz"), "--server", url, "--api-key-file", str(key_file)])
+            == 0
+        )
         assert app.state.server.sessions == {}  # the command ended its session
         capsys.readouterr()
         assert cli.main(argv + ["-o", str(tmp_path / "refused.nii.gz"), "--server", url]) == 2
@@ -180,8 +192,12 @@ def test_prompts_travel_exactly():
     """JSON carries float64 clicks exactly; a lossy encoding (e.g. float32) would move clicks between voxels."""
     import json
 
-    target = Target("x", text="liver", points=Points([[0.1, 1 / 3, 2 ** -30], [7.0, 8.5, 9.25]], [1, 0]),
-                    box=Box((1, 2, 3), (4, 5, 6)))
+    target = Target(
+        "x",
+        text="liver",
+        points=Points([[0.1, 1 / 3, 2**-30], [7.0, 8.5, 9.25]], [1, 0]),
+        box=Box((1, 2, 3), (4, 5, 6)),
+    )
     back = wire.target_from_json(json.loads(json.dumps(wire.target_to_json(target))))
     assert (back.name, back.text, back.box) == (target.name, target.text, target.box)
     assert back.points.ijk.dtype == np.float64 and np.array_equal(back.points.ijk, target.points.ijk)
@@ -199,6 +215,7 @@ def test_masks_travel_as_their_bounding_box():
 
 
 # --- access, versions, limits ---
+
 
 def test_requests_without_the_right_key_get_401(ct):
     with in_process(EngineHost(model=FakeSegVol()), ServerSettings(api_key="right")) as (client, _):
@@ -250,8 +267,12 @@ def test_oversized_volumes_and_uploads_are_refused_with_a_message(ct):
 def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
     with in_process(EngineHost(model=FakeSegVol())) as (client, _):
         http = client.http
-        spec = {"shape": list(ct.volume.shape), "dtype": "int16", "ijk_to_ras": ct.ijk_to_ras.tolist(),
-                "sha256": wire.frame_hash(wire.pack_volume(ct.volume))}
+        spec = {
+            "shape": list(ct.volume.shape),
+            "dtype": "int16",
+            "ijk_to_ras": ct.ijk_to_ras.tolist(),
+            "sha256": wire.frame_hash(wire.pack_volume(ct.volume)),
+        }
 
         def session_id(**changes):
             reply = http.post("/v1/sessions", json={**spec, **changes})
@@ -259,15 +280,21 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
             return reply.json()["session_id"]
 
         singular = np.zeros((4, 4)).tolist()
-        for changes, message in [({"dtype": "complex64"}, "dtype"), ({"shape": [2, 3]}, "shape"),
-                                 ({"sha256": "abc"}, "sha256"), ({"ijk_to_ras": singular}, "invertible")]:
+        for changes, message in [
+            ({"dtype": "complex64"}, "dtype"),
+            ({"shape": [2, 3]}, "shape"),
+            ({"sha256": "abc"}, "sha256"),
+            ({"ijk_to_ras": singular}, "invertible"),
+        ]:
             reply = http.post("/v1/sessions", json={**spec, **changes})
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], reply.text
         assert http.post("/v1/sessions", content=b"{not json").status_code == 422
         garbage, cut = b"garbage", wire.pack_volume(ct.volume[:10])
-        uploads = [(garbage, wire.frame_hash(garbage), "not a blosc2 array frame"),
-                   (cut, wire.frame_hash(cut), "shape (10, 160, 192)"),
-                   (wire.pack_volume(ct.volume + 1), spec["sha256"], "does not match the session's sha256")]
+        uploads = [
+            (garbage, wire.frame_hash(garbage), "not a blosc2 array frame"),
+            (cut, wire.frame_hash(cut), "shape (10, 160, 192)"),
+            (wire.pack_volume(ct.volume + 1), spec["sha256"], "does not match the session's sha256"),
+        ]
         for frame, sha256, message in uploads:
             reply = http.put(f"/v1/sessions/{session_id(sha256=sha256)}/volume", content=frame)
             assert reply.status_code == 400 and message in reply.json()["detail"], reply.text
@@ -281,8 +308,10 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
 
 
 def test_out_of_range_and_malformed_prompts_are_refused(ct):
-    with in_process(EngineHost(model=FakeSegVol()), ServerSettings(max_targets=3)) as (client, _), \
-            client.open_session(ct.volume, ct.ijk_to_ras) as session:
+    with (
+        in_process(EngineHost(model=FakeSegVol()), ServerSettings(max_targets=3)) as (client, _),
+        client.open_session(ct.volume, ct.ijk_to_ras) as session,
+    ):
         with pytest.raises(InputError, match="outside the volume"):
             session.segment(Target("p", points=Points([[500.0, 10.0, 10.0]], [1])))
         with pytest.raises(InputError, match="lies outside the volume"):
@@ -290,10 +319,13 @@ def test_out_of_range_and_malformed_prompts_are_refused(ct):
         with pytest.raises(InputError, match="at most 3"):
             session.segment_many([Target(f"t{n}", text="liver") for n in range(4)])
         jobs = f"/v1/sessions/{session.session_id}/jobs"
-        for body, message in [({"targets": []}, "targets"), ({"targets": [{"text": "liver"}]}, "name"),
-                              ({"targets": [{"name": "x"}]}, "no usable prompt"),
-                              ({"targets": [{"name": "x", "points": {"ijk": [[1, 2]], "labels": [1]}}]}, "three"),
-                              ({"targets": [{"name": "x", "points": {"ijk": [[1, 2, 3]], "labels": [7]}}]}, "labels")]:
+        for body, message in [
+            ({"targets": []}, "targets"),
+            ({"targets": [{"text": "liver"}]}, "name"),
+            ({"targets": [{"name": "x"}]}, "no usable prompt"),
+            ({"targets": [{"name": "x", "points": {"ijk": [[1, 2]], "labels": [1]}}]}, "three"),
+            ({"targets": [{"name": "x", "points": {"ijk": [[1, 2, 3]], "labels": [7]}}]}, "labels"),
+        ]:
             reply = client.http.post(jobs, json=body)
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], (body, reply.text)
         assert session.segment(Target("liver", text="liver"), zoom_in=False).mask.any()  # still serving
@@ -301,17 +333,24 @@ def test_out_of_range_and_malformed_prompts_are_refused(ct):
 
 # --- sessions ---
 
+
 def test_sessions_are_private_and_unknown_ones_are_404(ct):
-    with in_process(EngineHost(model=FakeSegVol())) as (client, _), \
-            client.open_session(ct.volume, ct.ijk_to_ras) as mine, \
-            client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras) as theirs:
+    with (
+        in_process(EngineHost(model=FakeSegVol())) as (client, _),
+        client.open_session(ct.volume, ct.ijk_to_ras) as mine,
+        client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras) as theirs,
+    ):
         assert theirs.uploaded  # another volume never borrows a live session's voxels
         http = client.http
-        job = http.post(f"/v1/sessions/{mine.session_id}/jobs?wait=5",
-                        json={"targets": [{"name": "liver", "text": "liver"}], "zoom_in": False}).json()
+        job = http.post(
+            f"/v1/sessions/{mine.session_id}/jobs?wait=5",
+            json={"targets": [{"name": "liver", "text": "liver"}], "zoom_in": False},
+        ).json()
         assert job["state"] == "done"
-        for path in (f"/v1/sessions/{theirs.session_id}/jobs/{job['job_id']}",
-                     f"/v1/sessions/{theirs.session_id}/jobs/{job['job_id']}/masks"):
+        for path in (
+            f"/v1/sessions/{theirs.session_id}/jobs/{job['job_id']}",
+            f"/v1/sessions/{theirs.session_id}/jobs/{job['job_id']}/masks",
+        ):
             reply = http.get(path)
             assert reply.status_code == 404 and reply.json()["code"] == "unknown-job"
         reply = http.get(f"/v1/sessions/no-such-session/jobs/{job['job_id']}/masks")
@@ -325,8 +364,10 @@ def test_same_volume_skips_the_upload_and_a_full_server_says_when_to_retry(ct):
         first = client.open_session(ct.volume, ct.ijk_to_ras)
         again = client.open_session(ct.volume.copy(), ct.ijk_to_ras)  # e.g. Slicer reconnecting
         assert first.uploaded and not again.uploaded
-        same_results([again.segment(Target("liver", text="liver"), zoom_in=False)],
-                     [first.segment(Target("liver", text="liver"), zoom_in=False)])
+        same_results(
+            [again.segment(Target("liver", text="liver"), zoom_in=False)],
+            [first.segment(Target("liver", text="liver"), zoom_in=False)],
+        )
         clock[0] = 30.0
         again.heartbeat()
         with pytest.raises(ServerBusy, match="all 2 sessions are in use; try again in 70 s") as busy:
@@ -378,8 +419,11 @@ class Recorder(Reporter):
 
 def test_cancel_in_the_middle_of_the_zoom_in(ct):
     model = GatedSegVol()
-    with in_process(EngineHost(model=model)) as (client, server), \
-            client.open_session(ct.volume, ct.ijk_to_ras) as session, ThreadPoolExecutor(1) as pool:
+    with (
+        in_process(EngineHost(model=model)) as (client, server),
+        client.open_session(ct.volume, ct.ijk_to_ras) as session,
+        ThreadPoolExecutor(1) as pool,
+    ):
         reporter = Recorder()
         running = pool.submit(session.segment, Target("liver", text="liver"), True, reporter)
         assert model.in_zoom_in.wait(30)
@@ -421,6 +465,7 @@ print('ok')
 
 # --- segvol serve ---
 
+
 def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
     """The command as users start it (in a thread; the stand-in as its model): key, session limit, timeout."""
     started = []
@@ -436,8 +481,19 @@ def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
     (tmp_path / "key").write_text("k3y\n")
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    argv = ["serve", "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--max-sessions", "1",
-            "--idle-timeout", "30", "--device", "cpu"]
+    argv = [
+        "serve",
+        "--port",
+        str(port),
+        "--api-key-file",
+        str(tmp_path / "key"),
+        "--max-sessions",
+        "1",
+        "--idle-timeout",
+        "30",
+        "--device",
+        "cpu",
+    ]
     thread = threading.Thread(target=cli.main, args=(argv,), daemon=True)
     thread.start()
     try:
@@ -471,9 +527,19 @@ def test_segvol_serve_on_a_port_in_use_is_one_clear_error(monkeypatch, capsys):
 
 
 def test_help_documents_the_server_options(capsys):
-    for command, options in {"serve": ["--checkpoint", "--host", "--port", "--device", "--api-key-file",
-                                       "--max-sessions", "--idle-timeout", "--max-upload-mb"],
-                             "segment": ["--server", "--api-key-file"]}.items():
+    for command, options in {
+        "serve": [
+            "--checkpoint",
+            "--host",
+            "--port",
+            "--device",
+            "--api-key-file",
+            "--max-sessions",
+            "--idle-timeout",
+            "--max-upload-mb",
+        ],
+        "segment": ["--server", "--api-key-file"],
+    }.items():
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         text = capsys.readouterr().out
