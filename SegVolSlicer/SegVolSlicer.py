@@ -136,7 +136,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.engine = self._newEngine()  # or a client.RemoteEngine: the same face over a SegVol server
-        self._serverKey = None
+        self._server = None  # (url, key) while the engine is a server's
 
     @staticmethod
     def _newEngine(model=None):
@@ -156,7 +156,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def useThisComputer(self) -> None:
         """Run the model in Slicer's Python (the default)."""
-        if not isinstance(self.engine, EngineHost):
+        if self._server is not None:
             self._replaceEngine(self._newEngine())
 
     def useServer(self, url: str, apiKey: str | None = None) -> None:
@@ -170,14 +170,13 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
                 "no SegVol server address: enter it under Advanced, e.g. http://gpu-server:8765 "
                 "(start the server there with `segvol serve`)"
             )
-        apiKey = (apiKey or "").strip() or None
-        if isinstance(self.engine, RemoteEngine) and self.engine.client.url == url and self._serverKey == apiKey:
-            return  # the same server: its sessions (uploaded volumes) stay
-        self._replaceEngine(RemoteEngine(url, apiKey))
-        self._serverKey = apiKey
+        server = (url, (apiKey or "").strip() or None)
+        if server != self._server:  # the same server keeps its sessions (uploaded volumes)
+            self._replaceEngine(RemoteEngine(*server))
+            self._server = server
 
     def _replaceEngine(self, engine) -> None:
-        old, self.engine, self._serverKey = self.engine, engine, None
+        old, self.engine, self._server = self.engine, engine, None
         old.close()  # a server's sessions end; a local model's memory is freed
 
     def forgetVolume(self, volumeNodeID: str) -> None:
