@@ -164,6 +164,7 @@ class RemoteSession:
         self.sha256 = wire.frame_hash(self.frame)
         self.session_id: str | None = None
         self.uploaded = False  # whether the last open sent the voxels (False: the server had them)
+        self.closed = False  # closed by its owner: never reopened (a reopened one would be nobody's to close)
         self._open()
 
     def _open(self) -> None:
@@ -203,11 +204,14 @@ class RemoteSession:
         setting `reporter.cancel` cancels the job on the server (Cancelled is raised)."""
         reporter = reporter or NO_REPORT
         body = {"targets": [wire.target_to_json(target) for target in targets], "zoom_in": bool(zoom_in)}
-        if self.session_id is None:
-            self._open()
+        if self.closed:
+            raise SessionExpired("this SegVol server session was closed: open a new one")
         try:
             return self._run(body, reporter)
         except SessionExpired:  # reaped while idle: a new session, the volume again, the same request
+            if self.closed:  # closed meanwhile (e.g. its volume was removed): nothing to redo
+                raise
+            reporter.check_cancelled()
             self._open()
             return self._run(body, reporter)
 
@@ -264,6 +268,7 @@ class RemoteSession:
 
     def close(self) -> None:
         """Ends the session on the server (its memory is freed there at once)."""
+        self.closed = True
         if self.session_id is not None:
             try:
                 self.client.request("DELETE", self._path())

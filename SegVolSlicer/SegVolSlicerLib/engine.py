@@ -98,6 +98,9 @@ class EngineHost:
         self._model, self._given_model = model, model is not None
         self._on_cpu_after_fallback = False
         self._sessions: OrderedDict[Hashable, _KeptSession] = OrderedDict()
+        # Keys whose session is being made (outside the lock), and those of them forgotten meanwhile.
+        self._preparing: set[Hashable] = set()
+        self._forgotten_while_preparing: set[Hashable] = set()
         self._lock = threading.RLock()  # the model reference and the session table
         self._run_lock = threading.Lock()  # one request at a time on the model
 
@@ -148,25 +151,35 @@ class EngineHost:
                 self._sessions.move_to_end(volume.key)
                 return kept.session
             self._sessions.pop(volume.key, None)
+            self._preparing.add(volume.key)
         options = self.session_options
-        session = SegVolSession(
-            model,
-            volume.voxels,
-            volume.ijk_to_ras,
-            cache_budget_mb=options.cache_budget_mb,
-            point_sampling=options.point_sampling,
-            seed=options.seed,
-            reporter=reporter,
-        )
+        try:
+            session = SegVolSession(
+                model,
+                volume.voxels,
+                volume.ijk_to_ras,
+                cache_budget_mb=options.cache_budget_mb,
+                point_sampling=options.point_sampling,
+                seed=options.seed,
+                reporter=reporter,
+            )
+        finally:
+            with self._lock:
+                self._preparing.discard(volume.key)
+                forgotten = volume.key in self._forgotten_while_preparing
+                self._forgotten_while_preparing.discard(volume.key)
         with self._lock:
-            self._sessions[volume.key] = _KeptSession(volume.signature, session)
-            self._evict(keep=volume.key)
+            if not forgotten:  # a volume dropped while it was prepared is used for this run only
+                self._sessions[volume.key] = _KeptSession(volume.signature, session)
+                self._evict(keep=volume.key)
         return session
 
     def forget(self, key: Hashable) -> None:
         """Drop a volume's session (the volume was removed, or will not be segmented again)."""
         with self._lock:
             self._sessions.pop(key, None)
+            if key in self._preparing:
+                self._forgotten_while_preparing.add(key)
 
     def keep_only(self, keys) -> None:
         """Drop the sessions of every volume not in `keys` (e.g. after a scene was closed)."""
@@ -174,12 +187,14 @@ class EngineHost:
         with self._lock:
             for key in [k for k in self._sessions if k not in keys]:
                 del self._sessions[key]
+            self._forgotten_while_preparing |= self._preparing - keys
 
     def close(self) -> None:
         """Drop the sessions and the model (a host built around a given model lets it go too)."""
         with self._lock:
             self._sessions.clear()
             self._model = None
+            self._forgotten_while_preparing |= self._preparing
 
     def session_keys(self) -> list[Hashable]:
         """Keys of the kept sessions, least recently used first."""
@@ -258,11 +273,12 @@ class EngineHost:
     def _move_model_to_cpu(self) -> str:
         """Later runs use the CPU, until another model choice is selected."""
         with self._lock:
-            device = self._model.device if self._model is not None else self.choice.device
+            model = self._model
+            device = model.device if model is not None else self.choice.device
             self._sessions.clear()  # their cached embeddings live on the GPU
             self._on_cpu_after_fallback = True
-            if self._model is not None:
-                self._model.to("cpu")
-                self._model.set_precision(self._precision_on("cpu"))
+        if model is not None:  # seconds for 0.7 GB: outside the table lock (runs hold _run_lock meanwhile)
+            model.to("cpu")
+            model.set_precision(self._precision_on("cpu"))
         runtime.release_device_memory()
         return runtime.fallback_message(device)

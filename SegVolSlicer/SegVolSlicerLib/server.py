@@ -583,7 +583,9 @@ def create_app(
         return job.status()
 
     @router.get(f"{wire.API}/sessions/{{session_id}}/jobs/{{job_id}}")
-    async def job_status(session_id: str, job_id: str, wait: float = Query(0.0, ge=0), since: int = Query(-1)) -> dict:
+    async def job_status(
+        session_id: str, job_id: str, wait: float = Query(0.0, ge=0), since: int | None = Query(None)
+    ) -> dict:
         """The job's state and progress, once it changed past version `since` or `wait` seconds passed."""
         job = server.job(server.session(session_id), job_id)
         await _wait_for(job, since, _wait_seconds(wait))

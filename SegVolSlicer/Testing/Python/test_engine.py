@@ -262,3 +262,19 @@ def test_one_device_list_for_every_face():
         assert parser.parse_args(["demo", "--device", device]).device == device
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--device", "gpu"])
+
+
+def test_a_volume_forgotten_while_it_is_prepared_is_not_kept(ct):
+    """Slicer forgets a removed volume from the GUI thread while the worker may be preparing its session: the
+    forget must hold, or the removed volume's float copy and caches stay in memory."""
+    host = EngineHost(model=FakeSegVol())
+
+    class ForgetDuringPreprocessing(Reporter):
+        def progress(self, stage, done, total):
+            if stage == "preprocess" and done == 0:
+                host.forget("CT")
+
+    (result,) = host.segment(volume_input(ct), [LIVER], zoom_in=False, reporter=ForgetDuringPreprocessing())
+    assert result.mask.any() and host.session_keys() == []  # the run itself completes
+    host.segment(volume_input(ct), [LIVER], zoom_in=False)
+    assert host.session_keys() == ["CT"]  # a later run keeps its session again

@@ -544,3 +544,39 @@ def test_help_documents_the_server_options(capsys):
             cli.main([command, "--help"])
         text = capsys.readouterr().out
         assert all(option in text for option in options), command
+
+
+def test_a_session_closed_by_its_owner_is_never_reopened(ct):
+    """RemoteEngine.forget closes a removed volume's session while a run may still poll it: reopening it then
+    would upload the volume again into a session nobody tracks or closes."""
+    from SegVolSlicerLib.client import SessionExpired
+
+    with in_process(EngineHost(model=FakeSegVol())) as (client, server):
+        session = client.open_session(ct.volume, ct.ijk_to_ras)
+        session.close()
+        with pytest.raises(SessionExpired, match="was closed"):
+            session.segment(Target("liver", text="liver"), zoom_in=False)
+        assert server.sessions == {}
+
+
+def test_a_wait_without_since_waits_for_the_end(ct):
+    """`since` left out means "only the end counts": a status request that waits must not answer at once."""
+    release = threading.Event()
+
+    class Gated(FakeSegVol):
+        def encode_image(self, image):
+            assert release.wait(30)
+            return super().encode_image(image)
+
+    with (
+        in_process(EngineHost(model=Gated())) as (client, _),
+        client.open_session(ct.volume, ct.ijk_to_ras) as session,
+    ):
+        http = client.http
+        job = http.post(
+            f"/v1/sessions/{session.session_id}/jobs?wait=0",
+            json={"targets": [{"name": "liver", "text": "liver"}], "zoom_in": False},
+        ).json()
+        threading.Timer(0.3, release.set).start()
+        status = http.get(f"/v1/sessions/{session.session_id}/jobs/{job['job_id']}?wait=20").json()
+        assert status["state"] == "done"
