@@ -232,10 +232,11 @@ class Job(ABC):
 
     def run_case(self, host: EngineHost, case: Case, reporter: Reporter = NO_REPORT) -> dict:
         """The case's results.csv row; a failure of this case is a `failed` row, never an exception (except
-        cancelling, which stops the run)."""
+        cancelling, which stops the run). The engine's notices (e.g. the CPU fallback) go into its warnings."""
         start = time.perf_counter()
+        notices = _CaseNotices(reporter)
         try:
-            warnings, status, error = self.run(host, case, reporter), "ok", ""
+            warnings, status, error = self.run(host, case, notices), "ok", ""
         except (Cancelled, KeyboardInterrupt):
             raise
         except Exception as failure:  # noqa: BLE001 - every failure of one case is recorded, the others go on
@@ -247,9 +248,25 @@ class Job(ABC):
             "image": case.image,
             "status": status,
             "seconds": f"{time.perf_counter() - start:.2f}",
-            "warnings": "; ".join(warnings),
+            "warnings": "; ".join(notices.messages + warnings),
             "error": error,
         }
+
+
+class _CaseNotices(Reporter):
+    """Passes progress on and keeps the notices of one case for its row (after a GPU ran out of memory, the
+    following cases run on the CPU: results.csv says where that began)."""
+
+    def __init__(self, outer: Reporter):
+        super().__init__(outer.cancel)
+        self.outer, self.messages = outer, []
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.outer.progress(stage, done, total)
+
+    def notice(self, message: str) -> None:
+        self.messages.append(message)
+        self.outer.notice(message)
 
 
 @dataclass(frozen=True)
