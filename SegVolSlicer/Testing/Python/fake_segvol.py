@@ -158,3 +158,25 @@ def layout_ct():
         ijk_to_ras=synthetic_ijk_to_ras(),
         label_names={label: name for label, (name, _, _) in LAYOUT_ORGANS.items()},
     )
+
+
+class FullGpuSegVol(FakeSegVol):
+    """On a GPU that has no room: every encoder pass off the CPU runs out of memory."""
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        error = error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.device, self.precision, self.error, self.moves = torch.device("mps"), "fp16", error, []
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.moves.append(str(device))
+        return self
+
+    def set_precision(self, precision):
+        self.precision = (precision, self.device.type)
+
+    def encode_image(self, image):
+        if self.device.type != "cpu":
+            raise self.error
+        return super().encode_image(image)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from fake_segvol import FakeSegVol
+from fake_segvol import FakeSegVol, FullGpuSegVol
 
 from SegVolSlicerLib import batch, cli
 from SegVolSlicerLib.engine import EngineHost
@@ -469,26 +469,8 @@ def test_batch_on_ray_local_equals_segment(
 
 def test_the_cpu_fallback_is_recorded_in_the_case_row(tmp_path):
     """After a GPU runs out of memory every later case runs on the CPU: the row where it began says so."""
-    import torch
 
     from SegVolSlicerLib.engine import ModelChoice, SessionOptions
-
-    class FullGpuSegVol(FakeSegVol):
-        def __init__(self):
-            super().__init__()
-            self.device = torch.device("mps")
-
-        def to(self, device):
-            self.device = torch.device(device)
-            return self
-
-        def set_precision(self, precision):
-            pass
-
-        def encode_image(self, image):
-            if self.device.type != "cpu":
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return super().encode_image(image)
 
     write_ct(make_synthetic_ct(), tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
     job = batch.SegmentJob(ModelChoice(), SessionOptions(), str(tmp_path / "out"), zoom_in=False, texts=("liver",))

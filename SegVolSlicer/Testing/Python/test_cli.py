@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from fake_segvol import FakeSegVol
+from fake_segvol import FakeSegVol, FullGpuSegVol
 
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.engine import EngineHost
@@ -510,24 +510,6 @@ def test_sagittally_stored_copy_gives_the_same_physical_mask(ct_files, tmp_path,
 
 def test_a_full_gpu_falls_back_to_the_cpu_as_in_slicer(ct_files, tmp_path, capsys, monkeypatch):
     """The CLI once stopped with "retry with --device cpu": the engine host's fallback serves every face."""
-    import torch
-
-    class FullGpuSegVol(FakeSegVol):
-        def __init__(self):
-            super().__init__()
-            self.device = torch.device("mps")
-
-        def to(self, device):
-            self.device = torch.device(device)
-            return self
-
-        def set_precision(self, precision):
-            pass
-
-        def encode_image(self, image):
-            if self.device.type != "cpu":
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return super().encode_image(image)
 
     import SegVolSlicerLib.model
     import SegVolSlicerLib.weights

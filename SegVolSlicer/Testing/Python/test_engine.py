@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from fake_segvol import FakeSegVol
+from fake_segvol import FakeSegVol, FullGpuSegVol
 
 import SegVolSlicerLib.model
 import SegVolSlicerLib.weights
@@ -136,27 +136,6 @@ def test_the_session_in_use_is_kept_even_over_budget(ct):
     host = EngineHost(model=FakeSegVol(), memory_budget_mb=0.001)
     host.segment(volume_input(ct, "big"), [LIVER], zoom_in=False)
     assert host.session_keys() == ["big"]
-
-
-class FullGpuSegVol(FakeSegVol):
-    """On a GPU that has no room: every encoder pass off the CPU runs out of memory."""
-
-    def __init__(self, error):
-        super().__init__()
-        self.device, self.precision, self.error, self.moves = torch.device("mps"), "fp16", error, []
-
-    def to(self, device):
-        self.device = torch.device(device)
-        self.moves.append(str(device))
-        return self
-
-    def set_precision(self, precision):
-        self.precision = (precision, self.device.type)
-
-    def encode_image(self, image):
-        if self.device.type != "cpu":
-            raise self.error
-        return super().encode_image(image)
 
 
 @pytest.mark.parametrize(
