@@ -15,7 +15,6 @@ from .errors import Cancelled
 
 # Stages, in the order a run reports them: "download" and "load" (weights, once), "preprocess" (once per
 # volume), then per target "target" (done = its index), "zoom-out", "zoom-in" (done / total windows).
-STAGES = ("download", "load", "preprocess", "target", "zoom-out", "zoom-in")
 
 
 @dataclass(frozen=True)
