@@ -29,10 +29,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SegVolSlicerLib import backends, dependencies, runtime, slicer_bridge, slicer_testing, vocabulary
+from SegVolSlicerLib import runtime, vocabulary
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
+from SegVolSlicerLib.slicer import bridge, checks, dependencies, worker
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
@@ -112,7 +113,7 @@ class SegmentationRequest:
     volumeNode: vtkMRMLScalarVolumeNode
     segmentationNode: vtkMRMLSegmentationNode
     volume: VolumeInput  # key: the volume node ID; signature: (voxels' modification time, world IJK-to-RAS)
-    targets: list  # [(prompts.Target, slicer_bridge.SegmentSpec)]
+    targets: list  # [(prompts.Target, bridge.SegmentSpec)]
     zoomIn: bool
 
     @property
@@ -203,19 +204,17 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
         """
-        voxels, ijkToRas = slicer_bridge.read_volume(volumeNode)
+        voxels, ijkToRas = bridge.read_volume(volumeNode)
         volume = VolumeInput(
             volumeNode.GetID(), voxels, ijkToRas, signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
         )
         self.forgetRemovedVolumes(volumeNode.GetScene())
         self.engine.forget_if_changed(volume.key, volume.signature)
-        points, box = slicer_bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
-        targets = slicer_bridge.plan_targets(
-            slicer_bridge.split_names(names), points, box, segmentationNode, refineSegmentID
-        )
+        points, box = bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
+        targets = bridge.plan_targets(bridge.split_names(names), points, box, segmentationNode, refineSegmentID)
         if segmentationNode is None:
-            segmentationNode = slicer_bridge.create_segmentation_node(volumeNode)
-        slicer_bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
+            segmentationNode = bridge.create_segmentation_node(volumeNode)
+        bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
         return SegmentationRequest(volumeNode, segmentationNode, volume, targets, bool(zoomIn))
 
     def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
@@ -236,7 +235,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         if (
             image is None
             or tuple(image.GetDimensions())[::-1] != request.voxels.shape
-            or not np.array_equal(slicer_bridge.world_ijk_to_ras(volume), request.ijkToRas)
+            or not np.array_equal(bridge.world_ijk_to_ras(volume), request.ijkToRas)
         ):
             raise InputError(
                 f"volume '{volume.GetName()}' was moved or resampled while SegVol was running: "
@@ -247,7 +246,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         """Write the results as segments of the request's segmentation, one undo step (GUI thread); returns the
         segment IDs."""
         self.checkNodes(request)
-        writer = slicer_bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
+        writer = bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
         try:
             return writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
@@ -270,10 +269,10 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         """Prepare, run and apply in the calling thread; returns (segment IDs, warnings). Without a segmentation
         node the results go to a new one named "<volume> SegVol"."""
         request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
-        reporter = backends.QueueReporter()
+        reporter = worker.QueueReporter()
         results = self.run(request, reporter, weights, device)
         segmentIDs = self.apply(request, results, editorNode, saveStateForUndo)
-        notices = [event.message for event in reporter.drain() if isinstance(event, backends.Notice)]
+        notices = [event.message for event in reporter.drain() if isinstance(event, worker.Notice)]
         return segmentIDs, notices + [warning for result in results for warning in result.warnings]
 
 
@@ -391,7 +390,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNodeAboutToBeRemoved(self, caller, event, node):
         if node.IsA("vtkMRMLVolumeNode"):
             self.logic.forgetVolume(node.GetID())
-        elif slicer_bridge.node_role(node) is not None and self.parent.isEntered:
+        elif bridge.node_role(node) is not None and self.parent.isEntered:
             # Placing must keep working: a fresh prompt node once the removal is over.
             qt.QTimer.singleShot(0, self._createMissingPromptNodes)
 
@@ -408,12 +407,12 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not node:
             return
         for attribute, role in (
-            ("positivePoints", slicer_bridge.POSITIVE_ROLE),
-            ("negativePoints", slicer_bridge.NEGATIVE_ROLE),
-            ("boxROI", slicer_bridge.BOX_ROLE),
+            ("positivePoints", bridge.POSITIVE_ROLE),
+            ("negativePoints", bridge.NEGATIVE_ROLE),
+            ("boxROI", bridge.BOX_ROLE),
         ):
             if not getattr(node, attribute):
-                setattr(node, attribute, slicer_bridge.create_prompt_node(slicer.mrmlScene, role))
+                setattr(node, attribute, bridge.create_prompt_node(slicer.mrmlScene, role))
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -496,7 +495,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetNamesEdit.text = ", ".join(typed + [name])
 
     def _onPointDefined(self, caller, event):
-        slicer_bridge.tag_point_descriptions(caller)
+        bridge.tag_point_descriptions(caller)
         self._onPromptChanged()
 
     def _onPromptChanged(self, caller=None, event=None):
@@ -512,7 +511,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onClearPrompts(self):
         node = self._parameterNode
-        slicer_bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
+        bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
         self._autoTimer.stop()  # clearing starts over; it is not a prompt to run
         self._selectResult = False  # a run still going belongs to the previous structure
 
@@ -631,7 +630,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.outputSegmentation = request.segmentationNode  # a new one when none was selected
         weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
         self._request, self._selectResult, self._interactive = request, True, interactive
-        self._job = backends.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
+        self._job = worker.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
@@ -677,7 +676,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._autoRun()
 
     def _showProgress(self, event):
-        if isinstance(event, backends.Notice):
+        if isinstance(event, worker.Notice):
             self.ui.statusLabel.text = event.message
             slicer.util.showStatusMessage(event.message, 5000)
         elif event.stage == "target":
@@ -746,27 +745,27 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class SegVolSlicerTest(ScriptedLoadableModuleTest):
-    """Runs the checks pytest runs (SegVolSlicerLib.slicer_testing), here against the real application."""
+    """Runs the checks pytest runs (SegVolSlicerLib.slicer.checks), here against the real application."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for check in slicer_testing.BRIDGE_CHECKS:
+        for check in checks.BRIDGE_CHECKS:
             self._run(check)
-        for check in slicer_testing.LOGIC_CHECKS:
+        for check in checks.LOGIC_CHECKS:
             self._run(check, SegVolSlicerLogic())
         if dependencies.unsatisfied(
             [dependencies.TORCH_REQUIREMENT, *dependencies.requirement_lines(REQUIREMENTS_FILE)]
         ):
             self.delayDisplay("SegVol's Python packages are not installed: engine checks skipped")
             return
-        for check in slicer_testing.ENGINE_CHECKS:
+        for check in checks.ENGINE_CHECKS:
             self._run(check)
         self._run(
-            slicer_testing.check_logic_end_to_end,
+            checks.check_logic_end_to_end,
             SegVolSlicerLogic(),
-            slicer_testing.synthetic_model(slicer.app.temporaryPath),
+            checks.synthetic_model(slicer.app.temporaryPath),
         )
         self.delayDisplay("Test passed")
 

@@ -26,7 +26,7 @@ import slicer
 import slicer_core_env  # noqa: F401  (Slicer's application modules, for importing SegVolSlicer.py)
 import torch
 
-from SegVolSlicerLib import backends
+from SegVolSlicerLib.slicer import worker
 
 MODULE_FILE = Path(__file__).resolve().parents[1] / "SegVolSlicer" / "SegVolSlicer.py"
 
@@ -40,7 +40,7 @@ def load_module():
 
 def timed_job(steps):
     durations = []
-    return backends.WorkerJob(lambda reporter: durations.append(gil_emulation.torch_like_work(steps))), durations
+    return worker.WorkerJob(lambda reporter: durations.append(gil_emulation.torch_like_work(steps))), durations
 
 
 def qtimer_poll(steps) -> tuple[float, float]:

@@ -17,11 +17,12 @@ from fake_segvol import FakeSegVol
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 from vtk.util import numpy_support
 
-from SegVolSlicerLib import cli, imageio, slicer_bridge, slicer_testing
+from SegVolSlicerLib import cli, imageio
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import NEGATIVE, POSITIVE, Points, Target
+from SegVolSlicerLib.slicer import bridge, checks
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 
@@ -92,7 +93,7 @@ def test_rotated_roi_file_agrees_with_slicer(tmp_path, slicer_scene):  # noqa: F
     path = tmp_path / "box.mrk.json"
     assert slicer.util.saveNode(roi, str(path))
     assert json.loads(path.read_text())["markups"][0]["coordinateSystem"] == "LPS"
-    ours, slicers = imageio.read_roi_corners(path), slicer_bridge.roi_corners_ras(roi)
+    ours, slicers = imageio.read_roi_corners(path), bridge.roi_corners_ras(roi)
     ours, slicers = (sorted(map(tuple, np.round(corners, 6))) for corners in (ours, slicers))  # as point sets
     assert np.allclose(ours, slicers, atol=1e-6)
 
@@ -101,7 +102,7 @@ def test_several_names_make_one_undo_step(slicer_module, slicer_scene):  # noqa:
     """Mistake: one undo step per name ("liver, spleen" would need two Ctrl+Z)."""
     logic = slicer_module.SegVolSlicerLogic()
     logic.useModel(FakeSegVol())
-    volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
+    volume = checks.make_volume(checks.oblique_lps_ijk_to_ras())
     steps = []
     segment_ids, _ = logic.process(
         volume, None, names="liver, spleen", zoomIn=False, saveStateForUndo=lambda: steps.append(1)
@@ -112,7 +113,7 @@ def test_several_names_make_one_undo_step(slicer_module, slicer_scene):  # noqa:
 def test_writing_honours_the_segmentations_parent_transform(slicer_scene):  # noqa: F811
     """Mistake: writing voxels in the segmentation's local space as if it were world space: under a
     transform the segment would land somewhere else than the voxels it was computed on."""
-    volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
+    volume = checks.make_volume(checks.oblique_lps_ijk_to_ras())
     shape = slicer.util.arrayFromVolume(volume).shape
     mask = np.zeros(shape, np.uint8)
     mask[2:6, 4:12, 5:15] = 1
@@ -122,13 +123,13 @@ def test_writing_honours_the_segmentations_parent_transform(slicer_scene):  # no
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(moved))
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
-    writer = slicer_bridge.SegmentWriter(segmentation, volume)
-    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("liver"), mask)])
+    writer = bridge.SegmentWriter(segmentation, volume)
+    (segment_id,) = writer.write([(bridge.spec_for_text("liver"), mask)])
     writer.close()
     labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(segment_id)
     local = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(local)
-    volume_to_world = slicer_bridge.world_ijk_to_ras(volume)
+    volume_to_world = bridge.world_ijk_to_ras(volume)
     to_volume_ijk = np.linalg.inv(volume_to_world) @ moved @ slicer.util.arrayFromVTKMatrix(local)
     extent = labelmap.GetExtent()
     values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(

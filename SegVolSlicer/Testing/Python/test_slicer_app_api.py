@@ -49,7 +49,7 @@ def test_every_ui_class_and_property_exists():
 
 def test_every_qt_ctk_and_slicer_name_exists(slicer_module):  # noqa: F811
     code = "\n".join(line for line in SOURCE.splitlines() if not line.startswith(("from ", "import ")))
-    for module_name, attribute_path in re.findall(r"\b(qt|ctk|slicer)\.((?:\w+\.)*\w+)", code):
+    for module_name, attribute_path in re.findall(r"(?<![\w.])(qt|ctk|slicer)\.((?:\w+\.)*\w+)", code):
         value = {"qt": slicer_module.qt, "ctk": slicer_module.ctk, "slicer": slicer}[module_name]
         for part in attribute_path.split("."):
             if module_name == "slicer" and part in ("app", "mrmlScene", "modules"):

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from slicer_core_env import slicer_scene  # noqa: F401  (fixture)
 
-from SegVolSlicerLib import dependencies
+from SegVolSlicerLib.slicer import dependencies
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"

@@ -12,7 +12,7 @@ import pytest
 import slicer
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
-from SegVolSlicerLib import slicer_bridge, slicer_testing
+from SegVolSlicerLib.slicer import bridge, checks
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
@@ -66,36 +66,34 @@ def test_parameter_node_defaults(slicer_module, slicer_scene):  # noqa: F811
 
 
 def test_logic_end_to_end(slicer_module, slicer_scene, synthetic_model):  # noqa: F811
-    slicer_testing.check_logic_end_to_end(slicer_module.SegVolSlicerLogic(), synthetic_model)
+    checks.check_logic_end_to_end(slicer_module.SegVolSlicerLogic(), synthetic_model)
 
 
-@pytest.mark.parametrize("check", slicer_testing.LOGIC_CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("check", checks.LOGIC_CHECKS, ids=lambda check: check.__name__)
 def test_logic(check, slicer_module, slicer_scene):  # noqa: F811
     check(slicer_module.SegVolSlicerLogic())
 
 
 def test_prompt_nodes_are_tagged_and_distinct(slicer_scene):  # noqa: F811
     nodes = {
-        role: slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
-        for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)
+        role: bridge.create_prompt_node(slicer.mrmlScene, role)
+        for role in (bridge.POSITIVE_ROLE, bridge.NEGATIVE_ROLE, bridge.BOX_ROLE)
     }
     colours = {tuple(node.GetDisplayNode().GetSelectedColor()) for node in nodes.values()}
     assert len(colours) == 3
     # Red and green alone fail colour-blind users: negative clicks are crosses too.
-    positive, negative = (
-        nodes[role].GetDisplayNode() for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE)
-    )
+    positive, negative = (nodes[role].GetDisplayNode() for role in (bridge.POSITIVE_ROLE, bridge.NEGATIVE_ROLE))
     assert negative.GetGlyphType() != positive.GetGlyphType()
-    negative_node = nodes[slicer_bridge.NEGATIVE_ROLE]
+    negative_node = nodes[bridge.NEGATIVE_ROLE]
     negative_node.AddControlPoint(1.0, 2.0, 3.0)
-    slicer_bridge.tag_point_descriptions(negative_node)
+    bridge.tag_point_descriptions(negative_node)
     assert negative_node.GetNthControlPointDescription(0) == "negative"
-    slicer_bridge.clear_prompts(nodes.values())
+    bridge.clear_prompts(nodes.values())
     assert all(node.GetNumberOfControlPoints() == 0 for node in nodes.values())
 
 
 def test_names_are_split_once_each():
-    assert slicer_bridge.split_names(" liver,spleen ; left  kidney\nliver,, ") == ["liver", "spleen", "left kidney"]
+    assert bridge.split_names(" liver,spleen ; left  kidney\nliver,, ") == ["liver", "spleen", "left kidney"]
 
 
 def test_terminology_matches_slicers_own_lookup():
@@ -166,7 +164,7 @@ def test_logic_falls_back_to_cpu_when_the_gpu_is_full(slicer_module, slicer_scen
     logic = slicer_module.SegVolSlicerLogic()
     model = FullGpuSegVol()
     logic.useModel(model)
-    volume = slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras())
+    volume = checks.make_volume(checks.oblique_lps_ijk_to_ras())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segment_ids, messages = logic.process(volume, segmentation, names="liver", zoomIn=False, device="mps")
     assert model.device.type == "cpu" and model.image_calls == 1
@@ -181,7 +179,7 @@ def test_logic_keeps_the_sessions_of_recent_volumes_only(slicer_module, slicer_s
     logic = slicer_module.SegVolSlicerLogic()
     logic.useModel(FakeSegVol())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    volumes = [slicer_testing.make_volume(slicer_testing.oblique_lps_ijk_to_ras(), f"CT {n}") for n in range(3)]
+    volumes = [checks.make_volume(checks.oblique_lps_ijk_to_ras(), f"CT {n}") for n in range(3)]
 
     def kept():
         return [logic.engine.kept_session(volume.GetID()) is not None for volume in volumes]

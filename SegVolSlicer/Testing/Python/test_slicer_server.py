@@ -11,11 +11,11 @@ from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures
 from test_server import real_server
 from test_slicer_widget import panel  # noqa: F401  (fixture)
 
-from SegVolSlicerLib import dependencies
 from SegVolSlicerLib.client import RemoteEngine
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.server import ServerSettings, create_app
+from SegVolSlicerLib.slicer import dependencies
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 

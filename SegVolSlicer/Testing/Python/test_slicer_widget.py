@@ -20,8 +20,8 @@ from fake_segvol import FakeSegVol
 from slicer_app_standins import Widget, emit, standin_calls
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
-from SegVolSlicerLib import slicer_testing
 from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.slicer import checks
 
 
 @pytest.fixture
@@ -37,10 +37,10 @@ def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     widget.logic.useModel(FakeSegVol())
     widget._dependenciesReady = True
 
-    ijk_to_ras = slicer_testing.oblique_lps_ijk_to_ras()
+    ijk_to_ras = checks.oblique_lps_ijk_to_ras()
     parameters = widget._parameterNode
-    parameters.inputVolume = slicer_testing.make_volume(ijk_to_ras)
-    parameters.positivePoints.AddControlPoint(*slicer_testing.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
+    parameters.inputVolume = checks.make_volume(ijk_to_ras)
+    parameters.positivePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
     parameters.zoomIn = False
     widget.editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
     widget.qtEvents = []  # what the user does while the model runs: one per slicer.app.processEvents()

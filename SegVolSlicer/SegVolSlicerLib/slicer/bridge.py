@@ -16,9 +16,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import prompts, terminology, vocabulary
-from .errors import InputError
-from .prompts import NEGATIVE, POSITIVE, Box, Points, Target, label_from_description
+from .. import prompts, terminology, vocabulary
+from ..errors import InputError
+from ..prompts import NEGATIVE, POSITIVE, Box, Points, Target, label_from_description
 
 # Node attribute telling what a markups node is for; kept in the scene file, so prompts survive save/reload.
 ROLE_ATTRIBUTE = "SegVol.PromptRole"

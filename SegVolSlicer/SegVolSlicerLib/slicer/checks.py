@@ -16,10 +16,11 @@ import numpy as np
 import slicer
 import vtk
 
-from . import slicer_bridge, terminology
-from .errors import InputError
-from .geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
-from .prompts import Box
+from .. import terminology
+from ..errors import InputError
+from ..geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
+from ..prompts import Box
+from . import bridge
 
 SHAPE_KJI = (12, 20, 24)
 
@@ -61,7 +62,7 @@ def _check(condition, message):
 def _add_points(name, ras_points, role=None, descriptions=None):
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
     if role is not None:
-        node.SetAttribute(slicer_bridge.ROLE_ATTRIBUTE, role)
+        node.SetAttribute(bridge.ROLE_ATTRIBUTE, role)
     for index, ras in enumerate(ras_points):
         point = node.AddControlPoint(*[float(v) for v in ras])
         if descriptions is not None:
@@ -97,14 +98,14 @@ def check_volume_geometry():
     """A volume node becomes its own voxels and its world IJK-to-RAS, for oblique, flipped and transformed volumes."""
     for label, ijk_to_ras in geometries().items():
         volume = make_volume(ijk_to_ras, label)
-        voxels, matrix = slicer_bridge.read_volume(volume)
+        voxels, matrix = bridge.read_volume(volume)
         _check(np.array_equal(voxels, slicer.util.arrayFromVolume(volume)), f"{label}: voxels differ")
         _check(np.allclose(matrix, ijk_to_ras, atol=1e-9), f"{label}: IJK-to-RAS differs")
         voxels[0, 0, 0] += 1
         _check(slicer.util.arrayFromVolume(volume)[0, 0, 0] != voxels[0, 0, 0], f"{label}: voxels are not a copy")
         transform, shift = _translation((5.0, -3.0, 11.0))
         volume.SetAndObserveTransformNodeID(transform.GetID())
-        _, matrix = slicer_bridge.read_volume(volume)
+        _, matrix = bridge.read_volume(volume)
         _check(np.allclose(matrix, shift @ ijk_to_ras), f"{label}: parent transform ignored")
 
 
@@ -114,14 +115,14 @@ def check_point_prompts():
     for label, ijk_to_ras in geometries().items():
         volume = make_volume(ijk_to_ras, label)
         ras = ijk_to_ras_points(ijk_to_ras, ijk)
-        positive = _add_points("positive", ras[:2], slicer_bridge.POSITIVE_ROLE)
-        negative = _add_points("negative", ras[2:3], slicer_bridge.NEGATIVE_ROLE)
+        positive = _add_points("positive", ras[:2], bridge.POSITIVE_ROLE)
+        negative = _add_points("negative", ras[2:3], bridge.NEGATIVE_ROLE)
         # An untagged node: an empty description counts as positive, "negative" as negative.
         mixed = _add_points("mixed", [ras[3], ras[0]], descriptions=["", "negative"])
         preview = positive.AddControlPoint(0.0, 0.0, 0.0)
         positive.SetNthControlPointPosition(preview, 0.0, 0.0, 0.0, positive.PositionPreview)
 
-        points = slicer_bridge.read_points([positive, negative, mixed], ijk_to_ras)
+        points = bridge.read_points([positive, negative, mixed], ijk_to_ras)
         _check(np.allclose(points.ijk, np.vstack([ijk, ijk[:1]]), atol=1e-6), f"{label}: IJK {points.ijk}")
         _check(list(points.labels) == [1, 1, 0, 1, 0], f"{label}: labels {points.labels}")
 
@@ -137,30 +138,29 @@ def check_point_prompts():
         _check(np.allclose(axes.model_to_ijk(dhw), points.ijk), f"{label}: model -> IJK round trip")
 
         transform, shift = _translation((4.0, 2.0, -6.0))
-        moved = _add_points("moved", ras[:1] - shift[:3, 3], slicer_bridge.POSITIVE_ROLE)
+        moved = _add_points("moved", ras[:1] - shift[:3, 3], bridge.POSITIVE_ROLE)
         moved.SetAndObserveTransformNodeID(transform.GetID())
         _check(
-            np.allclose(slicer_bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
+            np.allclose(bridge.read_points([moved], ijk_to_ras).ijk, ijk[:1], atol=1e-6),
             f"{label}: point under a transform",
         )
         _check(
-            slicer_bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")], ijk_to_ras)
-            is None,
+            bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")], ijk_to_ras) is None,
             f"{label}: an empty node gave points",
         )
 
 
 def check_prompts_in_model_space():
     """Markups reach the zoom-out grid (32x256x256 after crop and resize) and map back to the same voxels."""
-    from .inference.model_space import ModelSpace
-    from .inference.preprocess import prepare_volume
+    from ..inference.model_space import ModelSpace
+    from ..inference.preprocess import prepare_volume
 
     for label, ijk_to_ras in geometries().items():
         volume = make_volume(ijk_to_ras, label)
-        voxels, matrix = slicer_bridge.read_volume(volume)
+        voxels, matrix = bridge.read_volume(volume)
         space = ModelSpace(prepare_volume(voxels, matrix))
         ijk = np.array([[12.0, 10.0, 6.0], [8.0, 12.5, 5.0]])  # inside the body crop
-        points = slicer_bridge.read_points([_add_points("clicks", ijk_to_ras_points(ijk_to_ras, ijk))], matrix)
+        points = bridge.read_points([_add_points("clicks", ijk_to_ras_points(ijk_to_ras, ijk))], matrix)
         _check(np.all(space.contains_crop(space.ijk_to_crop(points.ijk))), f"{label}: clicks outside the crop")
         zoom_out = space.ijk_to_zoom_out(points.ijk)
         _check(
@@ -171,7 +171,7 @@ def check_prompts_in_model_space():
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
         box = Box((2, 3, 1), (17, 12, 9))
         set_roi_to_box(roi, box, ijk_to_ras)
-        corners = space.ijk_to_crop(slicer_bridge.read_box(roi, matrix).corners_ijk())
+        corners = space.ijk_to_crop(bridge.read_box(roi, matrix).corners_ijk())
         _check(np.allclose(space.crop_to_ijk(corners), box.corners_ijk()), f"{label}: box corners round trip")
 
 
@@ -181,9 +181,9 @@ def check_roi_prompt():
     for label, ijk_to_ras in geometries().items():
         make_volume(ijk_to_ras, label)
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-        _check(slicer_bridge.read_box(roi, ijk_to_ras) is None, f"{label}: an unplaced ROI gave a box")
+        _check(bridge.read_box(roi, ijk_to_ras) is None, f"{label}: an unplaced ROI gave a box")
         set_roi_to_box(roi, box, ijk_to_ras)
-        _check(slicer_bridge.read_box(roi, ijk_to_ras) == box, f"{label}: {slicer_bridge.read_box(roi, ijk_to_ras)}")
+        _check(bridge.read_box(roi, ijk_to_ras) == box, f"{label}: {bridge.read_box(roi, ijk_to_ras)}")
 
         rotated = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "rotated")
         rotation = vtk.vtkTransform()
@@ -192,8 +192,8 @@ def check_roi_prompt():
         centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
         rotated.SetCenter(*centre)
         rotated.SetSize(8.0, 8.0, 8.0)
-        corners_ijk = ras_to_ijk_points(ijk_to_ras, slicer_bridge.roi_corners_ras(rotated))
-        got = slicer_bridge.read_box(rotated, ijk_to_ras)
+        corners_ijk = ras_to_ijk_points(ijk_to_ras, bridge.roi_corners_ras(rotated))
+        got = bridge.read_box(rotated, ijk_to_ras)
         _check(
             np.all(np.asarray(got.ijk_min) >= corners_ijk.min(axis=0) - 1e-6)
             and np.all(np.asarray(got.ijk_min) - 1 < corners_ijk.min(axis=0))
@@ -206,7 +206,7 @@ def check_roi_prompt():
         moved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "moved")
         set_roi_to_box(moved, box, np.linalg.inv(shift) @ ijk_to_ras)
         moved.SetAndObserveTransformNodeID(transform.GetID())
-        _check(slicer_bridge.read_box(moved, ijk_to_ras) == box, f"{label}: ROI under a transform")
+        _check(bridge.read_box(moved, ijk_to_ras) == box, f"{label}: ROI under a transform")
 
 
 def _segment_array(segmentation_node, segment_id, volume_node) -> np.ndarray:
@@ -239,10 +239,10 @@ def check_mask_to_segment():
     """A mask becomes a named, coloured, coded segment on the volume grid; other segments stay bit-identical."""
     for label, ijk_to_ras in geometries().items():
         volume, segmentation, manual, shape = _volume_with_manual_segments(ijk_to_ras, label)
-        writer = slicer_bridge.SegmentWriter(segmentation, volume)
+        writer = bridge.SegmentWriter(segmentation, volume)
         liver, spleen = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (5, 0, 10), (12, 9, 24))
         liver_id, spleen_id = writer.write(
-            [(slicer_bridge.spec_for_text("Liver"), liver), (slicer_bridge.spec_for_text("spleen"), spleen)]
+            [(bridge.spec_for_text("Liver"), liver), (bridge.spec_for_text("spleen"), spleen)]
         )
         _check(np.array_equal(_segment_array(segmentation, liver_id, volume), liver), f"{label}: liver voxels")
         stored = slicer.vtkOrientedImageData()
@@ -276,22 +276,22 @@ def check_mask_to_segment():
 def check_rerun_updates_in_place():
     """Re-running a text target replaces its segment's voxels; refining targets the chosen segment."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
-    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    writer = bridge.SegmentWriter(segmentation, volume)
     first, second = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (6, 1, 2), (11, 7, 9))
-    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("kidney left"), first)])
+    (segment_id,) = writer.write([(bridge.spec_for_text("kidney left"), first)])
     count = segmentation.GetSegmentation().GetNumberOfSegments()
-    (again,) = writer.write([(slicer_bridge.spec_for_text("left kidney"), second)])
+    (again,) = writer.write([(bridge.spec_for_text("left kidney"), second)])
     _check(again == segment_id, "re-run created a new segment")
     _check(segmentation.GetSegmentation().GetNumberOfSegments() == count, "segment count changed")
     _check(np.array_equal(_segment_array(segmentation, segment_id, volume), second), "re-run did not replace")
     manual_id = next(iter(manual))
-    (refined,) = writer.write([(slicer_bridge.spec_for_segment(segmentation, manual_id), first)])
+    (refined,) = writer.write([(bridge.spec_for_segment(segmentation, manual_id), first)])
     _check(refined == manual_id, "refine wrote elsewhere")
     _check(np.array_equal(_segment_array(segmentation, manual_id, volume), first), "refine did not replace")
-    new_spec = slicer_bridge.spec_for_new_segment(segmentation)
+    new_spec = bridge.spec_for_new_segment(segmentation)
     _check(new_spec.name == "SegVol 1", f"first default name {new_spec.name}")
     writer.write([(new_spec, second)])
-    _check(slicer_bridge.spec_for_new_segment(segmentation).name == "SegVol 2", "default names do not count up")
+    _check(bridge.spec_for_new_segment(segmentation).name == "SegVol 2", "default names do not count up")
     writer.close()
 
 
@@ -300,10 +300,10 @@ def check_undo_steps():
     volume = make_volume(lps_flipped_ijk_to_ras())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     shape = slicer.util.arrayFromVolume(volume).shape
-    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    writer = bridge.SegmentWriter(segmentation, volume)
     masks = [_blob(shape, (1, 1, 1), (4 + n, 6, 6)) for n in range(3)]
-    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("aorta"), masks[0])])
-    writer.write([(slicer_bridge.spec_for_text("aorta"), masks[1])])
+    (segment_id,) = writer.write([(bridge.spec_for_text("aorta"), masks[0])])
+    writer.write([(bridge.spec_for_text("aorta"), masks[1])])
     writer._save_state()  # a manual edit, as the Segment Editor records it
     slicer.util.updateSegmentBinaryLabelmapFromArray(masks[2], segmentation, segment_id, volume)
     states = [_segment_array(segmentation, segment_id, volume)]
@@ -323,9 +323,9 @@ def check_overwrite_settings():
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     editor_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor_node.SetOverwriteMode(editor_node.OverwriteAllSegments)
-    writer = slicer_bridge.SegmentWriter(segmentation, volume, editor_node=editor_node)
+    writer = bridge.SegmentWriter(segmentation, volume, editor_node=editor_node)
     mask = _blob(shape, (2, 4, 4), (8, 12, 14))
-    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("stomach"), mask)])
+    (segment_id,) = writer.write([(bridge.spec_for_text("stomach"), mask)])
     for other, before in manual.items():
         after = _segment_array(segmentation, other, volume)
         _check(np.array_equal(after, before * (1 - mask)), f"overwrite-all did not carve {other}")
@@ -333,7 +333,7 @@ def check_overwrite_settings():
     editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
     before = {sid: _segment_array(segmentation, sid, volume) for sid in manual}
     bigger = _blob(shape, (0, 0, 0), (12, 20, 24))
-    writer.write([(slicer_bridge.spec_for_text("stomach"), bigger)])
+    writer.write([(bridge.spec_for_text("stomach"), bigger)])
     outside = 1 - np.maximum.reduce(list(before.values()))
     _check(
         np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
@@ -347,7 +347,7 @@ def _surface_segmentation(volume):
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
     segmentation.GetSegmentation().SetSourceRepresentationName("Closed surface")
     sphere = vtk.vtkSphereSource()
-    sphere.SetCenter(*slicer_bridge.world_ijk_to_ras(volume)[:3, 3])
+    sphere.SetCenter(*bridge.world_ijk_to_ras(volume)[:3, 3])
     sphere.SetRadius(5.0)
     sphere.Update()
     segment = slicer.vtkSegment()
@@ -365,15 +365,15 @@ def check_surface_segmentations():
     surfaces = _surface_segmentation(volume)
     # Counted, not expected to be 0: the Segment Editor's own node is a singleton that scene.Clear() keeps.
     editor_nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems()
-    _expect_input_error(lambda: slicer_bridge.SegmentWriter(surfaces, volume), "Binary labelmap")
+    _expect_input_error(lambda: bridge.SegmentWriter(surfaces, volume), "Binary labelmap")
     _check(
         slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems() == editor_nodes,
         "a refused writer left its editor node in the scene",
     )
     empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty surfaces")
     empty.GetSegmentation().SetSourceRepresentationName("Closed surface")
-    writer = slicer_bridge.SegmentWriter(empty, volume)
-    (segment_id,) = writer.write([(slicer_bridge.spec_for_text("liver"), mask)])
+    writer = bridge.SegmentWriter(empty, volume)
+    (segment_id,) = writer.write([(bridge.spec_for_text("liver"), mask)])
     writer.close()
     _check(np.array_equal(_segment_array(empty, segment_id, volume), mask), "the result was not stored as voxels")
 
@@ -381,11 +381,11 @@ def check_surface_segmentations():
 def check_seg_nrrd_roundtrip(folder=None):
     """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
-    writer = slicer_bridge.SegmentWriter(segmentation, volume)
+    writer = bridge.SegmentWriter(segmentation, volume)
     written = writer.write(
         [
-            (slicer_bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
-            (slicer_bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3))),
+            (bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
+            (bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3))),
         ]
     )
     writer.close()
@@ -399,7 +399,7 @@ def check_seg_nrrd_roundtrip(folder=None):
         _check(copy is not None, f"segment {segment_id} lost")
         _check(copy.GetName() == original.GetName(), f"name {copy.GetName()}")
         _check(np.allclose(copy.GetColor(), original.GetColor(), atol=1e-6), f"colour of {copy.GetName()}")
-        for tag in (terminology.TERMINOLOGY_ENTRY_TAG, slicer_bridge.TARGET_TAG):
+        for tag in (terminology.TERMINOLOGY_ENTRY_TAG, bridge.TARGET_TAG):
             a, b = vtk.reference(""), vtk.reference("")
             original.GetTag(tag, a)
             copy.GetTag(tag, b)
@@ -411,7 +411,7 @@ def check_seg_nrrd_roundtrip(folder=None):
             f"voxels of {copy.GetName()}",
         )
     target = vtk.reference("")
-    loaded.GetSegmentation().GetSegment(written[0]).GetTag(slicer_bridge.TARGET_TAG, target)
+    loaded.GetSegmentation().GetSegment(written[0]).GetTag(bridge.TARGET_TAG, target)
     _check(target.get() == "inferior vena cava", "target tag lost")
 
 
@@ -429,8 +429,8 @@ def check_logic_refuses_unusable_input(logic):
     ijk_to_ras = oblique_lps_ijk_to_ras()
     volume = make_volume(ijk_to_ras)
     positive, negative, roi = (
-        slicer_bridge.create_prompt_node(slicer.mrmlScene, role)
-        for role in (slicer_bridge.POSITIVE_ROLE, slicer_bridge.NEGATIVE_ROLE, slicer_bridge.BOX_ROLE)
+        bridge.create_prompt_node(slicer.mrmlScene, role)
+        for role in (bridge.POSITIVE_ROLE, bridge.NEGATIVE_ROLE, bridge.BOX_ROLE)
     )
     clicks = [positive, negative]
     centre = ijk_to_ras_points(ijk_to_ras, [10.0, 10.0, 6.0])
@@ -498,8 +498,8 @@ def check_logic_writes_where_it_read(logic):
 
 def synthetic_model(folder=None):
     """SegVol with the project's deterministic synthetic weights, loaded on the CPU (needs torch)."""
-    from .model import load_segvol
-    from .testing.synthetic_weights import save_checkpoint, synthetic_state_dict
+    from ..model import load_segvol
+    from ..testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = save_checkpoint(synthetic_state_dict(), os.path.join(tmp, "SegVol_v1.pth"), "pth")
@@ -508,8 +508,8 @@ def synthetic_model(folder=None):
 
 def check_logic_end_to_end(logic, model):
     """The module logic on a synthetic CT: names, clicks and a box become segments; sessions are reused and dropped."""
-    from .prompts import Target
-    from .testing.synthetic_ct import make_synthetic_ct
+    from ..prompts import Target
+    from ..testing.synthetic_ct import make_synthetic_ct
 
     ct = make_synthetic_ct()
     volume = slicer.util.addVolumeFromArray(ct.volume, ct.ijk_to_ras, "synthetic CT")
@@ -532,7 +532,7 @@ def check_logic_end_to_end(logic, model):
 
     liver = np.argwhere(ct.labels == 1)
     centre_kji = liver.mean(axis=0)
-    clicks = _add_points("clicks", ijk_to_ras_points(ct.ijk_to_ras, [centre_kji[::-1]]), slicer_bridge.POSITIVE_ROLE)
+    clicks = _add_points("clicks", ijk_to_ras_points(ct.ijk_to_ras, [centre_kji[::-1]]), bridge.POSITIVE_ROLE)
     roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     box = Box(tuple(liver.min(axis=0)[::-1]), tuple(liver.max(axis=0)[::-1]))
     set_roi_to_box(roi, box, ct.ijk_to_ras)

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from SegVolSlicerLib import backends
 from SegVolSlicerLib.errors import Cancelled
+from SegVolSlicerLib.slicer import worker
 
 
 def test_job_reports_progress_and_result():
@@ -17,12 +17,12 @@ def test_job_reports_progress_and_result():
         release.wait(5)
         return threading.current_thread().name
 
-    job = backends.WorkerJob(work).start()
+    job = worker.WorkerJob(work).start()
     assert not job.finished
     release.set()
     assert job.wait(5)
     assert job.outcome() == "SegVol inference"  # ran off the calling thread
-    assert job.reporter.drain() == [backends.ProgressEvent("zoom-in", 1, 3), backends.Notice("hello")]
+    assert job.reporter.drain() == [worker.ProgressEvent("zoom-in", 1, 3), worker.Notice("hello")]
     assert job.reporter.drain() == []
 
 
@@ -34,7 +34,7 @@ def test_job_hands_back_errors_and_cancellation():
         reporter.cancel.wait(5)
         raise Cancelled("segmentation cancelled")
 
-    job = backends.WorkerJob(work).start()
+    job = worker.WorkerJob(work).start()
     started.wait(5)
     job.cancel()
     assert job.wait(5)

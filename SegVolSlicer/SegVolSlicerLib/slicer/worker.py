@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .reporting import ProgressEvent, Reporter
+from ..reporting import ProgressEvent, Reporter
 
 
 @dataclass(frozen=True)
