@@ -165,9 +165,8 @@ def _targets_from_args(args, volume):
 
 
 def cmd_segment(args) -> int:
-    from .batch import read_ct, write_segmentation_results
     from .engine import VolumeInput
-    from .imageio import is_segmentation_path, read_segmentation
+    from .imageio import is_segmentation_path, read_ct, read_segmentation, write_segmentation_results
 
     output = Path(args.output)
     _fail_if_unwritable(output)
@@ -218,10 +217,9 @@ def _safe_file_name(name: str) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .batch import read_ct
     from .engine import VolumeInput
     from .evaluation import PromptMode, evaluate_classes, write_metrics_csv
-    from .imageio import read_label_volume, write_mask
+    from .imageio import read_ct, read_label_volume, write_mask
 
     if args.dataset:
         return _evaluate_dataset(args)
@@ -310,7 +308,9 @@ def _print_run(summary, total: int, output_dir: Path) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .batch import SegmentJob, discover_cases, run_cases
+    from .datasets.cases import discover_cases
+    from .datasets.jobs import SegmentJob
+    from .datasets.runner import run_cases
 
     _check_workers(args)
     texts = tuple(text for text in args.text if text.strip())
@@ -325,8 +325,10 @@ def cmd_batch(args) -> int:
 
 
 def _evaluate_dataset(args) -> int:
-    from .batch import run_cases
-    from .dataset_evaluation import EvaluateJob, discover_dataset, write_dataset_tables
+    from .datasets.cases import discover_dataset
+    from .datasets.jobs import EvaluateJob
+    from .datasets.runner import run_cases
+    from .datasets.tables import write_dataset_tables
     from .evaluation import PromptMode
 
     _check_workers(args)

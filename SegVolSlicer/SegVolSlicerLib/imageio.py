@@ -24,6 +24,7 @@ from .errors import InputError
 from .geometry import LPS_TO_RAS, lps_to_ras_points, transform_points
 from .prompts import Points, label_from_description
 from .vocabulary import colour_for
+from .volume_checks import check_volume
 
 
 @dataclass
@@ -101,6 +102,13 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if image.GetDimension() < 3 or min(image.GetSize()) < 2:
         raise InputError(f"{path} is a 2-D image of size {size}: SegVol needs a 3-D CT volume (several slices)")
     return Volume(sitk.GetArrayFromImage(image), ijk_to_ras_of(image), image)
+
+
+def read_ct(path: str | os.PathLike) -> Volume:
+    """The CT, checked before the model runs (seconds) so that a bad volume fails at once."""
+    volume = read_volume(path)
+    check_volume(volume.array)
+    return volume
 
 
 # --- markups ---
@@ -399,3 +407,10 @@ def read_label_volume(path: str | os.PathLike, reference: Volume) -> np.ndarray:
             raise InputError(f"the label image {path} has non-integer values: give a label map")
         return rounded.astype(np.int64)
     return labels.array
+
+
+def write_segmentation_results(output: Path, results, volume, existing=()) -> list[str]:
+    """The engine's results as `segvol segment` writes them (one named segment per target, Slicer's colours
+    and terminology), merged into `existing` segments; returns the writer's warnings."""
+    segments = [Segment.for_target(result.name, result.text, result.mask) for result in results]
+    return write_segmentation(output, merge_segments(existing, segments), volume.reference)

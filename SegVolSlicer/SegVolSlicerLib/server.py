@@ -48,6 +48,7 @@ from . import __version__, wire
 from .engine import EngineHost, VolumeInput
 from .errors import Cancelled, InputError, SegVolError
 from .reporting import Reporter
+from .volume_checks import check_volume
 
 log = logging.getLogger("segvol.server")
 
@@ -299,8 +300,6 @@ class SegVolServer:
             return session
 
     def upload(self, session: Session, frame: bytes) -> None:
-        from .inference.preprocess import check_volume
-
         if wire.frame_hash(frame) != session.sha256:
             raise InputError(
                 "the upload does not match the session's sha256: upload the volume the session was opened with"

@@ -23,6 +23,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from ..errors import InputError
 from ..geometry import ModelAxes, as_matrix
 from ..model.image_encoder import WINDOW_SIZE
+from ..volume_checks import check_volume
 
 # Integer volumes with at most this many distinct possible values are normalised through a lookup table:
 # the same float32 operations per value, without full-volume float temporaries.
@@ -51,27 +52,6 @@ class IntensityStatistics:
     def normalise(self, values: np.ndarray) -> np.ndarray:
         """float32 values -> the official [0, 1] image values."""
         return (self.z_score(values) - self.z_min) / self.z_range
-
-
-def check_volume(volume: np.ndarray) -> np.ndarray:
-    """The volume as a 3-D array, or an InputError saying what is wrong with it."""
-    volume = np.asarray(volume)
-    if volume.ndim > 3:
-        raise InputError(
-            f"the image has {volume.ndim} dimensions {volume.shape}: give a single 3-D CT volume "
-            "(not a time series or a multi-component image)"
-        )
-    if volume.ndim < 3 or min(volume.shape) < 2:
-        raise InputError(f"the image is 2-D {volume.shape}: SegVol needs a 3-D CT volume (several slices)")
-    if not (
-        np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating) or volume.dtype == np.bool_
-    ):
-        raise InputError(f"the image voxels must be numbers, got {volume.dtype}")
-    if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume)):
-        raise InputError("the image contains NaN or infinite voxels: fix or mask them before segmenting")
-    if volume.min() == volume.max():  # ForegroundNormalization would find no voxel above the mean
-        raise InputError("the image is constant (every voxel has the same value): nothing to segment")
-    return volume
 
 
 def intensity_statistics(volume_dhw: np.ndarray) -> IntensityStatistics:

@@ -15,12 +15,14 @@ import pytest
 import SimpleITK as sitk
 from fake_segvol import FakeSegVol, FullGpuSegVol
 
-from SegVolSlicerLib import batch, cli
+from SegVolSlicerLib import cli
+from SegVolSlicerLib.datasets import cases as dataset_cases
+from SegVolSlicerLib.datasets import jobs as dataset_jobs
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
 
-LIB = Path(batch.__file__).resolve().parents[1]  # the folder holding SegVolSlicerLib (for subprocesses)
+LIB = Path(cli.__file__).resolve().parents[1]  # the folder holding SegVolSlicerLib (for subprocesses)
 
 
 @pytest.fixture(scope="module")
@@ -98,21 +100,23 @@ def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
         (dicom / f"IM{n}").write_bytes(b"DICM")
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "m.csv").write_text("image,id\n../b/x.mha,scan/1\n../a/y.nrrd,\n")
-    cases = batch.discover_cases([tmp_path / "a", tmp_path / "b" / "x.mha", dicom, tmp_path / "lists" / "m.csv"])
+    cases = dataset_cases.discover_cases(
+        [tmp_path / "a", tmp_path / "b" / "x.mha", dicom, tmp_path / "lists" / "m.csv"]
+    )
     assert [(c.id, Path(c.image).relative_to(tmp_path).as_posix()) for c in cases] == [
         ("x", "a/x.nii.gz"),
         ("y", "a/y.nrrd"),
         ("x-2", "b/x.mha"),
         ("patient_7", "patient 7"),
     ]
-    cases = batch.discover_cases([tmp_path / "lists" / "m.csv"])
+    cases = dataset_cases.discover_cases([tmp_path / "lists" / "m.csv"])
     assert [(c.id, Path(c.image).name) for c in cases] == [("scan_1", "x.mha"), ("y", "y.nrrd")]
     (tmp_path / "bad.csv").write_text("path\nx.nii.gz\n")
     with pytest.raises(InputError, match="no column image"):
-        batch.discover_cases([tmp_path / "bad.csv"])
+        dataset_cases.discover_cases([tmp_path / "bad.csv"])
     (tmp_path / "dup.csv").write_text("image,id\na/x.nii.gz,s\na/y.nrrd,s\n")
     with pytest.raises(InputError, match="unique"):
-        batch.discover_cases([tmp_path / "dup.csv"])
+        dataset_cases.discover_cases([tmp_path / "dup.csv"])
 
 
 # --- batch here, with the stand-in model ---
@@ -213,7 +217,7 @@ def msd_dataset(folder, scans, cases=(0, 1)):
 def test_dataset_layouts(tmp_path, scans):
     """Guards: nnU-Net v2 labels ({name: value}) read as MSD's ({value: name}), the _0000 channel not paired,
     background evaluated as a class, macOS '._' files taken for cases."""
-    from SegVolSlicerLib.dataset_evaluation import discover_dataset
+    from SegVolSlicerLib.datasets.cases import discover_dataset
 
     cases, classes = discover_dataset(str(msd_dataset(tmp_path / "msd", scans)))
     assert classes == [("liver", 1), ("spleen", 2)]
@@ -473,7 +477,9 @@ def test_the_cpu_fallback_is_recorded_in_the_case_row(tmp_path):
     from SegVolSlicerLib.engine import ModelChoice, SessionOptions
 
     write_ct(make_synthetic_ct(), tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
-    job = batch.SegmentJob(ModelChoice(), SessionOptions(), str(tmp_path / "out"), zoom_in=False, texts=("liver",))
+    job = dataset_jobs.SegmentJob(
+        ModelChoice(), SessionOptions(), str(tmp_path / "out"), zoom_in=False, texts=("liver",)
+    )
     (tmp_path / "out").mkdir()
-    row = job.run_case(EngineHost(model=FullGpuSegVol()), batch.Case("ct", str(tmp_path / "ct.nii.gz")))
+    row = job.run_case(EngineHost(model=FullGpuSegVol()), dataset_cases.Case("ct", str(tmp_path / "ct.nii.gz")))
     assert row["status"] == "ok" and "continues on the CPU" in row["warnings"], row
