@@ -4,6 +4,7 @@ deadline per connection, keep-alive, a concurrency limit)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import socket
 from pathlib import Path
@@ -38,15 +39,20 @@ def uvicorn_config(app, settings: ServerSettings, **options):
     """uvicorn's Config for the app: connections that send no complete request head within
     settings.header_timeout_s are closed (uvicorn's own keep-alive timer restarts on every byte, so a client
     trickling a head, or sending nothing at all, would otherwise hold its connection forever), and at most
-    settings.max_connections connections and requests at once. The guard logs the requests (without ids)."""
+    settings.max_connections connections and requests at once. The guard logs the requests (without ids) in
+    uvicorn's format, in place of uvicorn's access log (which has them)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["segvol.server"] = {"handlers": ["default"], "level": "INFO"}
     return uvicorn.Config(
         app,
         http=_protocol_with_head_deadline(settings.header_timeout_s),
         timeout_keep_alive=min(KEEP_ALIVE_S, settings.header_timeout_s),
         limit_concurrency=settings.max_connections,
         access_log=False,
+        log_config=log_config,
         **options,
     )
 

@@ -537,6 +537,9 @@ def test_help_documents_the_server_options(capsys):
             "--max-sessions",
             "--idle-timeout",
             "--max-upload-mb",
+            "--max-memory-mb",
+            "--max-connections",
+            "cuda:all",
         ],
         "segment": ["--server", "--api-key-file"],
     }.items():

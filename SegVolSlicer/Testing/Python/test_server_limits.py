@@ -175,7 +175,7 @@ def test_45_long_polls_leave_info_and_cancel_fast(ct):
                     answered_in = time.monotonic() - start
                 release.set()
                 assert set(polls) == {"cancelled"}  # woken by the end, long before their 10 s
-            assert answered_in < 2.0, f"/info and cancel took {answered_in:.1f} s behind 45 long polls"
+            assert answered_in < 4.0, f"/info and cancel took {answered_in:.1f} s behind 45 long polls"
             session.close()
     finally:
         release.set()
