@@ -39,6 +39,8 @@ def bearer_token(authorization: str) -> str | None:
 
 
 class RequestGuard:
+    """The ASGI middleware (FastAPI's add_middleware): inside Starlette's error layer, outside everything else."""
+
     def __init__(self, app, settings: ServerSettings):
         self.app, self.settings = app, settings
         # Digests compare in constant time whatever the length of the key given.
