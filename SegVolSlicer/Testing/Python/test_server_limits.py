@@ -24,7 +24,7 @@ from SegVolSlicerLib.client import SegVolClient, ServerBusy, ServerError, Server
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, VolumeInput
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.prompts import Target
-from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, weights_identity
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, expand_devices, weights_identity
 
 
 def rss_mb() -> float:
@@ -157,9 +157,11 @@ def test_45_long_polls_leave_info_and_cancel_fast(ct):
         with real_server(app) as url, SegVolClient(url) as client:
             session = client.open_session(ct.volume, ct.ijk_to_ras)
             job = client.request(
-                "POST", session._path("/jobs"), json={"targets": [{"name": "liver", "text": "liver"}]}
+                "POST",
+                f"/v1/sessions/{session.session_id}/jobs",
+                json={"targets": [{"name": "liver", "text": "liver"}]},
             ).json()
-            path = session._path(f"/jobs/{job['job_id']}")
+            path = f"/v1/sessions/{session.session_id}/jobs/{job['job_id']}"
 
             def poll(_):
                 with httpx.Client(timeout=30) as http:
@@ -220,7 +222,7 @@ def test_malformed_requests_are_4xx_and_the_clients_next_call_works(ct, monkeypa
     with real_server(app) as url, SegVolClient(url) as client, client.open_session(ct.volume, ct.ijk_to_ras) as s:
         spec = session_spec(ct.volume, ct.ijk_to_ras)
         ragged = [row[:3] if n == 1 else row for n, row in enumerate(spec["ijk_to_ras"])]
-        jobs = s._path("/jobs")
+        jobs = f"/v1/sessions/{s.session_id}/jobs"
         for method, path, text, where in [
             ("POST", "/v1/sessions", json.dumps({**spec, "ijk_to_ras": ragged}), "ijk_to_ras.1"),
             ("POST", "/v1/sessions", json.dumps({**spec, "ijk_to_ras": [[1e999] * 4] * 4}), "ijk_to_ras.0.0"),
@@ -459,3 +461,15 @@ def test_a_volume_beyond_the_whole_budget_is_one_sentence_for_the_client(ct):
         with pytest.raises(InputError, match="this server holds at most 0 MB for its clients; crop or resample"):
             client.open_session(ct.volume, ct.ijk_to_ras)
         assert server.sessions == {}
+
+
+def test_cuda_all_without_a_gpu_is_one_clear_error(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+    assert cli.main(["serve", "--device", "cuda:all", "--port", "0"]) == 2
+    assert "--device cuda:all: no CUDA GPU is usable here" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert expand_devices(["cpu", "cuda:all"]) == ["cpu", "cuda:0", "cuda:1", "cuda:2"]
