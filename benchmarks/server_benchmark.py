@@ -1,8 +1,9 @@
-"""What the SegVol server adds: a click over loopback against the same click in-process, the upload of a
-512 x 512 x 300 int16 CT, and the memory an idle session holds.
+"""What the SegVol server adds: a click over loopback against the same click in-process, with and without
+the request guard (API key, size limits) in the same run, the upload of a 512 x 512 x 300 int16 CT, the memory
+an idle session holds, and the clicks per second of two concurrent clients on two model replicas against one.
 
     python benchmarks/server_benchmark.py [--model standin|synthetic|CKPT] [--device cpu] [--clicks 40]
-                                          [--zoom-in] [--sessions 3]
+                                          [--zoom-in] [--sessions 3] [--replicas cpu,cpu]
 
 The server is a real uvicorn on a free port of 127.0.0.1 in this process (so RSS covers both sides). The
 model defaults to the test suite's stand-in, which runs the whole pipeline but answers in milliseconds: the
@@ -27,7 +28,8 @@ from SegVolSlicerLib import wire
 from SegVolSlicerLib.client import SegVolClient
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, VolumeInput
 from SegVolSlicerLib.prompts import Points, Target
-from SegVolSlicerLib.server import ServerSettings, create_app, listen
+from SegVolSlicerLib.server import ServerSettings, create_app, listen, uvicorn_config
+from SegVolSlicerLib.server.guard import RequestGuard
 
 SHAPE_KJI = (300, 512, 512)
 
@@ -48,7 +50,8 @@ def phantom_ct(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return volume.astype(np.int16), np.diag([0.7, 0.7, 1.5, 1.0])
 
 
-def build_engine(args) -> EngineHost:
+def build_engine(args, device: str | None = None) -> EngineHost:
+    device = device or args.device
     if args.model == "standin":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegVolSlicer" / "Testing" / "Python"))
         from fake_segvol import FakeSegVol
@@ -60,13 +63,13 @@ def build_engine(args) -> EngineHost:
         from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 
         args.model = str(save_checkpoint(synthetic_state_dict(), Path(tempfile.mkdtemp()) / "SegVol_v1.pth", "pth"))
-    return EngineHost(ModelChoice(args.model, args.device), max_sessions=args.sessions + 1, memory_budget_mb=64 * 1024)
+    return EngineHost(ModelChoice(args.model, device), max_sessions=args.sessions + 1, memory_budget_mb=64 * 1024)
 
 
 class Uvicorn:
-    def __init__(self, app):
+    def __init__(self, app, settings: ServerSettings):
         self.listener = listen("127.0.0.1", 0)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
 
     def __enter__(self) -> str:
@@ -94,6 +97,9 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--zoom-in", action="store_true", help="clicks with zoom-in (default: zoom-out only)")
     parser.add_argument("--sessions", type=int, default=3, help="idle sessions opened for the memory figure")
+    parser.add_argument(
+        "--replicas", default="cpu,cpu", help="devices of the replica throughput figure (default cpu,cpu)"
+    )
     args = parser.parse_args()
 
     engine = build_engine(args)
@@ -114,8 +120,15 @@ def main() -> None:
         for _ in range(args.clicks)
     ]
 
-    app = create_app(engine, ServerSettings(max_sessions=args.sessions + 2))
-    with Uvicorn(app) as url, SegVolClient(url) as client:
+    settings = ServerSettings(max_sessions=args.sessions + 2, api_key="benchmark-key", max_memory_mb=64 * 1024)
+    unguarded = create_app(engine, settings)
+    unguarded.user_middleware = [m for m in unguarded.user_middleware if m.cls is not RequestGuard]
+    with (
+        Uvicorn(create_app(engine, settings), settings) as url,
+        Uvicorn(unguarded, settings) as bare_url,
+        SegVolClient(url, settings.api_key) as client,
+        SegVolClient(bare_url, settings.api_key) as bare_client,
+    ):
         uploads = []
         for _ in range(3):
             start = time.perf_counter()
@@ -123,7 +136,7 @@ def main() -> None:
             uploads.append(time.perf_counter() - start)
             assert session.uploaded
             session.close()
-        with client.open_session(volume, ijk_to_ras) as session:
+        with client.open_session(volume, ijk_to_ras) as session, bare_client.open_session(volume, ijk_to_ras) as bare:
             start = time.perf_counter()
             again = client.open_session(volume, ijk_to_ras)
             reconnect = time.perf_counter() - start
@@ -139,21 +152,37 @@ def main() -> None:
             local = VolumeInput("in-process", volume, ijk_to_ras)
             engine.segment(local, clicks[:1], args.zoom_in)  # preprocessing and embeddings on both sides
             session.segment(clicks[0], args.zoom_in)
-            in_process, remote = [], []
-            for click in clicks:  # alternating, so that load on the machine hits both alike
+            bare.segment(clicks[0], args.zoom_in)
+            in_process, remote, unguarded_remote = [], [], []
+            for click in clicks:  # interleaved, so that load on the machine hits all three alike
                 start = time.perf_counter()
                 engine.segment(local, [click], args.zoom_in)
                 in_process.append(time.perf_counter() - start)
                 start = time.perf_counter()
+                bare.segment(click, args.zoom_in)
+                unguarded_remote.append(time.perf_counter() - start)
+                start = time.perf_counter()
                 session.segment(click, args.zoom_in)
                 remote.append(time.perf_counter() - start)
-            (local_median, local_p95), (remote_median, remote_p95) = percentiles(in_process), percentiles(remote)
-            print(f"click in-process: median {local_median:.1f} ms, p95 {local_p95:.1f} ms")
-            print(f"click via server: median {remote_median:.1f} ms, p95 {remote_p95:.1f} ms")
+            guarded_info, bare_info = [], []
+            for _ in range(300):  # one request alone: the guard's own cost, without the click's noise
+                for http_client, times in ((bare_client, bare_info), (client, guarded_info)):
+                    start = time.perf_counter()
+                    http_client.request("GET", "/info")
+                    times.append(time.perf_counter() - start)
+            (bare_median, bare_p95), (guarded_median, guarded_p95) = percentiles(bare_info), percentiles(guarded_info)
             print(
-                f"added by the server: median {remote_median - local_median:.1f} ms, "
-                f"p95 {remote_p95 - local_p95:.1f} ms"
+                f"GET /info without the guard: median {bare_median:.2f} ms, p95 {bare_p95:.2f} ms; with it: "
+                f"median {guarded_median:.2f} ms, p95 {guarded_p95:.2f} ms"
             )
+            local_median, local_p95 = percentiles(in_process)
+            print(f"click in-process: median {local_median:.1f} ms, p95 {local_p95:.1f} ms")
+            for name, times in (("server without the guard", unguarded_remote), ("server with the guard", remote)):
+                median, p95 = percentiles(times)
+                print(
+                    f"click via {name}: median {median:.1f} ms, p95 {p95:.1f} ms; added: median "
+                    f"{median - local_median:.1f} ms, p95 {p95 - local_p95:.1f} ms"
+                )
 
         engine.forget("in-process")
         if model.device.type == "cuda":
@@ -175,6 +204,42 @@ def main() -> None:
         )
         for session in sessions:
             session.close()
+    replica_throughput(args, volume, ijk_to_ras, clicks)
+
+
+def clicking(url, voxels, ijk_to_ras, clicks, args, ready: threading.Barrier) -> None:
+    with SegVolClient(url) as client, client.open_session(voxels, ijk_to_ras) as session:
+        session.segment(clicks[0], args.zoom_in)  # preprocessing and embeddings first
+        ready.wait()
+        for click in clicks:
+            session.segment(click, args.zoom_in)
+
+
+def replica_throughput(args, volume: np.ndarray, ijk_to_ras: np.ndarray, clicks: list[Target]) -> None:
+    """Two clients clicking at once, each on its own volume: one replica for both, then one each."""
+    devices = args.replicas.split(",")
+    volumes = [volume, np.roll(volume, 7, axis=2)]
+    for engines in ([build_engine(args, devices[0])], [build_engine(args, device) for device in devices]):
+        for engine in engines:
+            engine.model()
+        settings = ServerSettings(max_sessions=4, max_memory_mb=64 * 1024)
+        with Uvicorn(create_app(engines, settings), settings) as url:
+            ready = threading.Barrier(len(volumes) + 1)
+            threads = [
+                threading.Thread(target=clicking, args=(url, v, ijk_to_ras, clicks, args, ready)) for v in volumes
+            ]
+            for thread in threads:
+                thread.start()
+            ready.wait()
+            start = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            seconds = time.perf_counter() - start
+            rate = len(volumes) * len(clicks) / seconds
+            print(
+                f"{len(volumes)} clients at once on {len(engines)} replica(s) ({', '.join(devices[: len(engines)])}): "
+                f"{rate:.1f} clicks/s, {rate / len(engines):.1f} per replica"
+            )
 
 
 if __name__ == "__main__":

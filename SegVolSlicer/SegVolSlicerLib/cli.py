@@ -380,12 +380,17 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .engine import EngineHost, ModelChoice
-    from .server import ServerSettings, check_bind, create_app, listen
+    from .model.checkpoint import find_weights
+    from .server import ServerSettings, check_bind, create_app, expand_devices, listen, uvicorn_config, weights_identity
 
     api_key = _api_key(args)
     check_bind(args.host, api_key)
-    if args.max_sessions < 1 or args.idle_timeout <= 0 or args.max_upload_mb <= 0:
-        raise InputError("--max-sessions, --idle-timeout and --max-upload-mb must be positive")
+    limits = (args.max_sessions, args.idle_timeout, args.max_upload_mb, args.max_memory_mb or 1, args.max_connections)
+    if min(limits) <= 0:
+        raise InputError(
+            "--max-sessions, --idle-timeout, --max-upload-mb, --max-memory-mb and --max-connections must be positive"
+        )
+    devices = expand_devices(args.device or ["auto"])
     try:  # bound before the model loads: a port in use fails at once
         listener = listen(args.host, args.port)
     except OSError as error:
@@ -393,25 +398,30 @@ def cmd_serve(args) -> int:
             f"cannot listen on {args.host}:{args.port} ({error.strerror}): choose another --port or --host"
         ) from None
     with listener:
-        engine = EngineHost(
-            ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir), max_sessions=args.max_sessions
-        )
+        choices = [ModelChoice(args.checkpoint, device, args.precision, args.cache_dir) for device in devices]
+        engines = [EngineHost(choice, max_sessions=args.max_sessions) for choice in choices]
         with _ProgressBars() as bars:  # loaded now: a bad checkpoint fails here, and the first request is quick
-            model = engine.model(bars)
+            models = [engine.model(bars) for engine in engines]
+        weights = None
+        if engines[0].weights_path is not None:  # /info names the weights and their digest, not their path
+            name = Path(args.checkpoint).name if args.checkpoint else "BAAI/SegVol"
+            weights = weights_identity(name, find_weights(Path(engines[0].weights_path))[0])
         settings = ServerSettings(
             api_key=api_key,
             max_sessions=args.max_sessions,
             idle_timeout_s=args.idle_timeout,
             max_upload_mb=args.max_upload_mb,
+            max_connections=args.max_connections,
+            **({"max_memory_mb": args.max_memory_mb} if args.max_memory_mb else {}),
         )
+        app = create_app(engines, settings, weights=weights)
         address = f"http://{args.host}:{listener.getsockname()[1]}"
         print(
-            f"segvol: serving SegVol on {model.device} at {address} (API documentation: {address}/docs"
-            + ("; API key required" if api_key else "")
-            + ")",
+            f"segvol: serving SegVol on {', '.join(str(model.device) for model in models)} at {address} "
+            f"(API documentation: {address}/docs" + ("; API key required" if api_key else "") + ")",
             file=sys.stderr,
         )
-        uvicorn.Server(uvicorn.Config(create_app(engine, settings), log_level="info")).run(sockets=[listener])
+        uvicorn.Server(uvicorn_config(app, settings, log_level="info")).run(sockets=[listener])
     return 0
 
 
@@ -423,6 +433,10 @@ def _device(text: str) -> str:
         return runtime.check_device_name(text)
     except InputError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _serve_device(text: str) -> str:
+    return text if text == "cuda:all" else _device(text)
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -657,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve SegVol to remote clients (Slicer, `segvol segment --server`)",
         description="Load SegVol once and serve it over HTTP (API documentation at /docs). Clients upload a volume "
-        "once per session and send prompts; the model runs one request at a time. One server per GPU: "
-        "start one per --device cuda:N on its own --port.",
+        "once per session and send prompts. Several --device options (or --device cuda:all) load one model per "
+        "device: each new session goes to the least-loaded device and stays there; each device runs one "
+        "request at a time.",
     )
     serve.add_argument("--checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
     serve.add_argument(
@@ -667,7 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1, this computer only; any other needs an API key)",
     )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    _add_device(serve)
+    serve.add_argument(
+        "--device",
+        action="append",
+        type=_serve_device,
+        metavar="{" + ",".join(runtime.DEVICES) + ",cuda:N,cuda:all}",
+        help=f"{runtime.DEVICE_HELP}, or cuda:all (every GPU); repeat for one model per device (default: auto)",
+    )
     serve.add_argument(
         "--precision", default="auto", choices=runtime.PRECISIONS, help="image-encoder precision (default auto)"
     )
@@ -692,6 +713,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload in MB (default 2048)"
+    )
+    serve.add_argument(
+        "--max-memory-mb",
+        type=float,
+        help="memory held for clients at once, in MB: every session's voxels and the models' sessions; a "
+        "volume that does not fit is refused (default: half of this machine's memory)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections and requests at once (default 256); more are answered 503",
     )
     serve.set_defaults(run=cmd_serve)
     return parser

@@ -25,6 +25,9 @@ from .errors import Cancelled, InputError, SegVolError
 from .prompts import Target
 from .reporting import NO_REPORT, Reporter
 
+IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE")
+# A kept-alive connection the server (or a proxy) closed meanwhile: nothing reached the server's app.
+RESET_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 POLL_WAIT_S = 0.5  # longest a status request waits on the server: how soon a cancel is noticed
 FIRST_WAIT_S = 2.0  # a job request waits this long for the job: a quick click is one round trip
 
@@ -103,16 +106,23 @@ class SegVolClient:
         self.info()
         return RemoteSession(self, volume_kji, ijk_to_ras)
 
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """One request; every failure becomes the SegVolError that says what to do."""
-        try:
-            headers = {**self.headers, **kwargs.pop("headers", {})}
-            response = self.http.request(method, self.url + path, headers=headers, **kwargs)
-        except httpx.TransportError as error:
-            raise ServerUnreachable(
-                f"cannot reach the SegVol server at {self.url} ({type(error).__name__}: "
-                f"{error}): check the address and that `segvol serve` runs there"
-            ) from None
+    def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs) -> httpx.Response:
+        """One request; every failure becomes the SegVolError that says what to do. An idempotent request
+        (GET, PUT, DELETE, or `idempotent`) is sent once more when a kept-alive connection turns out reset."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        retry = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        while True:
+            try:
+                response = self.http.request(method, self.url + path, headers=headers, **kwargs)
+                break
+            except httpx.TransportError as error:
+                if retry and isinstance(error, RESET_ERRORS):
+                    retry = False
+                    continue
+                raise ServerUnreachable(
+                    f"cannot reach the SegVol server at {self.url} ({type(error).__name__}: "
+                    f"{error}): check the address and that `segvol serve` runs there"
+                ) from None
         if response.is_success:
             return response
         try:
@@ -135,7 +145,7 @@ class SegVolClient:
         if status == 404 and code is None:
             raise VersionMismatch(f"{self.url} does not answer {path}: is it a SegVol server of the same version?")
         if code == "internal" or status >= 500:
-            raise ServerError(f"the SegVol server failed: {message}")
+            raise ServerError(f"server error: {message} (the SegVol server at {self.url}; see its log)")
         raise InputError(message)
 
     def close(self) -> None:
@@ -160,6 +170,7 @@ class RemoteSession:
         if self.ijk_to_ras.shape != (4, 4):
             raise InputError(f"ijk_to_ras has shape {self.ijk_to_ras.shape}: give the 4x4 IJK-to-RAS matrix")
         self.shape, self.dtype = voxels.shape, wire.voxel_type(voxels)
+        self.voxels = voxels  # kept, as the frame: proof of possession, and a reopen after a reap
         self.frame = wire.pack_volume(voxels)  # kept: a reaped session is reopened without compressing again
         self.sha256 = wire.frame_hash(self.frame)
         self.session_id: str | None = None
@@ -179,17 +190,27 @@ class RemoteSession:
             },
         ).json()
         self.session_id, self.uploaded = reply["session_id"], reply["upload_needed"]
-        if self.uploaded:
-            try:
+        try:
+            if self.uploaded and "nonce" in reply:  # the server lends a live session's voxels to their holder
+                proof = wire.voxel_proof(bytes.fromhex(reply["nonce"]), self.voxels)
+                reused = self.client.request("POST", self._path("/reuse"), json={"proof": proof}, idempotent=True)
+                self.uploaded = not reused.json()["reused"]
+            if self.uploaded:
+                limit = self.client.info()["limits"].get("max_upload_bytes")
+                if limit is not None and len(self.frame) > limit:
+                    raise InputError(
+                        f"upload of {len(self.frame) / 2**20:.1f} MB: this server takes at most "
+                        f"{limit / 2**20:.1f} MB; crop or resample the volume first"
+                    )
                 self.client.request(
                     "PUT",
                     self._path("/volume"),
                     content=self.frame,
                     headers={"Content-Type": "application/octet-stream"},
                 )
-            except SegVolError:
-                self._close_quietly()
-                raise
+        except SegVolError:
+            self._close_quietly()
+            raise
 
     def _path(self, tail: str = "") -> str:
         return f"{wire.API}/sessions/{self.session_id}{tail}"
@@ -232,7 +253,7 @@ class RemoteSession:
             if status["state"] in ("done", "failed", "cancelled"):
                 break
             if reporter.cancel.is_set() and not cancel_sent:
-                status, cancel_sent = self.client.request("POST", job_path + "/cancel").json(), True
+                status, cancel_sent = self.client.request("POST", job_path + "/cancel", idempotent=True).json(), True
                 continue
             status = self.client.request(
                 "GET", job_path, params={"wait": POLL_WAIT_S, "since": status["version"]}
@@ -242,7 +263,7 @@ class RemoteSession:
         if status["state"] == "failed":
             if status["error_code"] == "input":
                 raise InputError(status["error"])
-            raise ServerError(f"the SegVol server failed: {status['error']}")
+            raise ServerError(f"server error: {status['error']} (the SegVol server at {self.client.url})")
         bits = self.client.request("GET", job_path + "/masks").content
         return [self._result(entry, bits) for entry in status["results"]]
 
@@ -262,7 +283,7 @@ class RemoteSession:
     def heartbeat(self) -> None:
         """Renews the session's lease (any request does; this one does nothing else)."""
         try:
-            self.client.request("POST", self._path("/heartbeat"))
+            self.client.request("POST", self._path("/heartbeat"), idempotent=True)
         except SessionExpired:
             self._open()
 

@@ -97,6 +97,7 @@ class EngineHost:
         self.cpu_fallback = cpu_fallback
         self._model, self._given_model = model, model is not None
         self._on_cpu_after_fallback = False
+        self.weights_path = None  # where the loaded model's weights came from (a file or a snapshot folder)
         self._sessions: OrderedDict[Hashable, _KeptSession] = OrderedDict()
         # Keys whose session is being made (outside the lock), and those of them forgotten meanwhile.
         self._preparing: set[Hashable] = set()
@@ -129,7 +130,7 @@ class EngineHost:
         reporter.progress("load", 1, 1)
         with self._lock:
             if self.choice == choice:
-                self._model = model
+                self._model, self.weights_path = model, path
         return model
 
     @property

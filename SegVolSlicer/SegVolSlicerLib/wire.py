@@ -9,6 +9,8 @@ zoom-out mask and travels once). Imports numpy and blosc2 only.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import math
 
 import numpy as np
 
@@ -41,6 +43,12 @@ def frame_hash(frame: bytes) -> str:
     return hashlib.sha256(frame).hexdigest()
 
 
+def voxel_proof(nonce: bytes, voxels: np.ndarray) -> str:
+    """Proof that a client holds a volume's voxels, not only its hash (which anyone may have seen): the
+    HMAC-SHA256 of the wire voxels keyed by the nonce the server gave the session."""
+    return hmac.new(nonce, memoryview(wire_voxels(voxels)).cast("B"), hashlib.sha256).hexdigest()
+
+
 def pack_volume(voxels: np.ndarray) -> bytes:
     import blosc2
 
@@ -66,10 +74,39 @@ def unpack_volume(frame: bytes, shape: tuple[int, ...], dtype: str) -> np.ndarra
             f"the upload holds a {array.dtype} array of shape {tuple(array.shape)} but the session "
             f"was opened for {dtype} {tuple(shape)}: upload the volume the session was opened with"
         )
+    _check_chunk_sizes(array)
     try:
         return np.ascontiguousarray(array[...])
     except Exception as error:
         raise InputError(f"the upload is corrupt ({error}): upload the volume again") from None
+
+
+def _check_chunk_sizes(array) -> None:
+    """Refuses a frame whose chunks or blocks would decompress into more than the declared array: only the
+    frame's metadata (array chunks and blocks, each chunk's header) is read, nothing is decompressed. A tiny
+    frame could otherwise declare a 2 x 2 x 2 array in one 400^3 chunk. Chunks are padded to whole blocks,
+    so a chunk may hold somewhat more than its share of the array, never more than twice the array (+1 MiB)."""
+    import blosc2
+
+    schunk, itemsize = array.schunk, array.dtype.itemsize
+    padded_chunk = math.prod(-(-c // b) * b for c, b in zip(array.chunks, array.blocks)) * itemsize
+    expected_chunks = math.prod(-(-n // c) for n, c in zip(array.shape, array.chunks))
+    sizes_fit = (
+        all(0 < b <= c <= n for b, c, n in zip(array.blocks, array.chunks, array.shape))
+        and padded_chunk <= 2 * array.size * itemsize + 2**20
+        and schunk.typesize == itemsize
+        and schunk.chunksize == padded_chunk
+        and schunk.blocksize <= padded_chunk
+        and schunk.nchunks == expected_chunks
+    )
+    for index in range(schunk.nchunks if sizes_fit else 0):
+        nbytes, _, blocksize = blosc2.get_cbuffer_sizes(schunk.get_lazychunk(index))
+        sizes_fit = sizes_fit and nbytes == padded_chunk and blocksize <= padded_chunk
+    if not sizes_fit:
+        raise InputError(
+            f"the upload's chunks {array.chunks} (blocks {array.blocks}) do not fit the declared {array.dtype} "
+            f"array of shape {tuple(array.shape)}: send the volume as the client does (wire.pack_volume)"
+        )
 
 
 def mask_bounds(

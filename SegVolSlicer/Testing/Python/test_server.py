@@ -28,7 +28,7 @@ from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, listen
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, listen, uvicorn_config
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there, the transport is the app
@@ -56,7 +56,7 @@ def in_process(engine, settings=None, clock=time.monotonic, api_key=None):
 def real_server(app):
     """uvicorn on a free port of 127.0.0.1, in a thread; always shut down."""
     listener = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, app.state.server.settings, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
@@ -323,7 +323,7 @@ def test_out_of_range_and_malformed_prompts_are_refused(ct):
             ({"targets": []}, "targets"),
             ({"targets": [{"text": "liver"}]}, "name"),
             ({"targets": [{"name": "x"}]}, "no usable prompt"),
-            ({"targets": [{"name": "x", "points": {"ijk": [[1, 2]], "labels": [1]}}]}, "three"),
+            ({"targets": [{"name": "x", "points": {"ijk": [[1, 2]], "labels": [1]}}]}, "points.ijk"),
             ({"targets": [{"name": "x", "points": {"ijk": [[1, 2, 3]], "labels": [7]}}]}, "labels"),
         ]:
             reply = client.http.post(jobs, json=body)
@@ -537,6 +537,9 @@ def test_help_documents_the_server_options(capsys):
             "--max-sessions",
             "--idle-timeout",
             "--max-upload-mb",
+            "--max-memory-mb",
+            "--max-connections",
+            "cuda:all",
         ],
         "segment": ["--server", "--api-key-file"],
     }.items():
