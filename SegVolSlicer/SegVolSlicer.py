@@ -532,7 +532,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onPointDefined(self, caller, event):
         bridge.tag_point_descriptions(caller)
-        self._onPromptChanged()
+        self._onPromptChanged(caller, event)
 
     def _onPromptChanged(self, caller=None, event=None):
         # Only while the panel is shown: prompts dragged in another module must not rewrite segments unseen.

@@ -137,11 +137,22 @@ class Widget:
 
 
 def emit(widget: Widget, signal: str, *args) -> None:
-    """Fire a signal as Qt would: every connected slot is called."""
+    """Fire a signal as Qt would: every connected slot is called, as PythonQt calls a Python callable: with as
+    many of the signal's arguments as it takes."""
     if signal not in widget._standin["signals"]:
         raise AttributeError(f"{widget._standin['class']} has no signal {signal}")
     for slot in list(widget._standin["connections"].get(signal, [])):
-        slot(*args)
+        slot(*args[: _positional_count(slot, len(args))])
+
+
+def _positional_count(slot, given: int) -> int:
+    try:
+        parameters = inspect.signature(slot).parameters.values()
+    except (TypeError, ValueError):
+        return given
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return given
+    return min(given, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
 
 
 def standin_calls(widget: Widget, name: str | None = None) -> list:
