@@ -137,7 +137,9 @@ class InstallPlan:
             install_torch(self.torch_version)
         if not self.missing:
             return None
-        loaded = [n for n in (Requirement(line).name for line in self.missing) if n.lower().replace("-", "_") in sys.modules]
+        loaded = [
+            n for n in (Requirement(line).name for line in self.missing) if n.lower().replace("-", "_") in sys.modules
+        ]
         run_python_module("pip", ["install", "-r", self.requirements_file, "-c", self.constraints])
         if unsatisfied(self.missing):
             raise InstallFailed(FAILED)

@@ -71,7 +71,9 @@ class FakeSlicer:
         for name in ("errorDisplay", "infoDisplay"):
             monkeypatch.setattr(slicer.util, name, lambda text, name=name, **kwargs: self.dialogs.append((name, text)))
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", self._confirm)
-        monkeypatch.setattr(dependencies, "run_python_module", lambda module, args: self.commands.append([module, *args]))
+        monkeypatch.setattr(
+            dependencies, "run_python_module", lambda module, args: self.commands.append([module, *args])
+        )
 
         class PyTorchUtilsLogic:
             @staticmethod

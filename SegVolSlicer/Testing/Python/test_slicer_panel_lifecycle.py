@@ -22,7 +22,6 @@ from test_slicer_widget import panel, segment_count, shortcut, undo_steps  # noq
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.slicer import checks, dependencies
 
-
 # --- first run: the install ---
 
 
@@ -264,9 +263,7 @@ def segmentation_named(name):
 
 
 @pytest.mark.parametrize("answer", [True, False])
-def test_the_segment_editor_is_switched_from_another_segmentation_only_if_the_user_agrees(
-    panel, monkeypatch, answer
-):  # noqa: F811
+def test_the_editor_is_switched_from_another_segmentation_only_if_the_user_agrees(panel, monkeypatch, answer):  # noqa: F811
     widget, parameters, dialogs = panel
     asked = []
     monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kwargs: asked.append(text) or answer)
