@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import slicer
@@ -35,7 +36,7 @@ DECLINED = "SegVol's Python packages were not installed: SegVol cannot run witho
 FAILED = "Installing SegVol's Python packages failed (see the log); check the network connection and try again."
 INSTALLING = (
     "Downloading and installing SegVol's Python packages ({size}): this can take minutes. Slicer stays usable; "
-    "press Segment again when it is done."
+    "SegVol starts once they are installed."
 )
 RESTART = "Restart Slicer to use SegVol: packages that were already loaded have been updated ({names})."
 
@@ -114,6 +115,9 @@ def check(requirements_file, interactive: bool = True, needs_torch: bool = True)
     return InstallPlan(torch_version, str(requirements_file), missing, constraints)
 
 
+_INSTALL_LOCK = threading.Lock()
+
+
 class InstallFailed(SegVolError):
     """pip or light-the-torch failed; the message says what to do, the log has pip's output."""
 
@@ -131,10 +135,17 @@ class InstallPlan:
         size = "several GB" if self.torch_version else "a few hundred MB"
         return INSTALLING.format(size=size)
 
-    def run(self, reporter=None) -> str | None:
-        """Install; returns a restart notice when a loaded package was updated. Raises InstallFailed."""
+    def run(self) -> str | None:
+        """Install; returns a restart notice when a loaded package was updated. Raises InstallFailed. One
+        install at a time: one left running by a closed scene finishes before the next starts."""
+        with _INSTALL_LOCK:
+            return self._install()
+
+    def _install(self) -> str | None:
         if self.torch_version is not None:
             install_torch(self.torch_version)
+            # pip must keep the torch build light-the-torch chose (CUDA or CPU): pin it with Slicer's packages
+            protected_package_constraints(os.path.dirname(self.constraints))
         if not self.missing:
             return None
         loaded = [

@@ -61,10 +61,6 @@ class WorkerJob:
         self.reporter.cancel.set()
 
     @property
-    def cancelled(self) -> bool:
-        return self.reporter.cancel.is_set()
-
-    @property
     def finished(self) -> bool:
         return self._done.is_set()
 
