@@ -188,8 +188,12 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             self._server = server
 
     def _replaceEngine(self, engine) -> None:
-        old, self.engine, self._server = self.engine, engine, None
-        old.close()  # a server's sessions end (in the background); a local model's memory is freed
+        old, remote = self.engine, self._server is not None
+        self.engine, self._server = engine, None
+        if remote:
+            old.close(wait_s=0)  # its sessions end in the background: the GUI thread never waits on a server
+        else:
+            old.close()  # a local model's memory is freed
 
     def release(self) -> None:
         """Let go of the model, the sessions and the GPU memory (module cleanup and Reload)."""

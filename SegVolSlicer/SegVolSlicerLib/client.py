@@ -343,8 +343,8 @@ class _Closer:
 
 class RemoteEngine:
     """The EngineHost face over a server: one remote session per volume key, reopened when the volume's
-    signature changes. The model choice is the server's (`select` changes nothing). `forget`, `keep_only` and
-    `close` return at once: the sessions end on the server from a background thread (`closer.join()` waits)."""
+    signature changes. The model choice is the server's (`select` changes nothing). `forget` and `keep_only`
+    return at once: the sessions end on the server from a background thread (`closer.join()` waits)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, http: httpx.Client | None = None):
         self.client = SegVolClient(url, api_key, http=http)
@@ -401,9 +401,13 @@ class RemoteEngine:
     def select(self, choice) -> None:
         """The server runs its own model: nothing to select here."""
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 2 * CLOSE_TIMEOUT_S) -> None:
+        """End every session, waiting up to `wait_s` for the server (a command or script ends them before it
+        exits); 0: return at once (Slicer's GUI thread)."""
         self.keep_only(())
         self.closer.put(self.client.close)
+        if wait_s > 0:
+            self.closer.join(wait_s)
 
     def __enter__(self) -> RemoteEngine:
         return self
