@@ -12,7 +12,7 @@ TEST_TIMEOUT_S = 10.0  # a test that hangs longer says "unreachable"
 
 
 def describe_server(url: str, api_key: str | None) -> str:
-    """What the server at `url` runs, e.g. "SegVolSlicer 0.3 · BAAI/SegVol on cuda:0 · 2 of 4 sessions free".
+    """What the server at `url` runs, e.g. "SegVolSlicer 0.1.0 · BAAI/SegVol on cuda:0 · 3 of 4 sessions free".
     Raises SegVolError with a one-line reason (unreachable, key refused, other version)."""
     url = (url or "").strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
