@@ -19,7 +19,7 @@ from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures
 from test_server import real_server
 from test_slicer_widget import panel  # noqa: F401  (fixture)
 
-from SegVolSlicerLib.client import RemoteEngine, RemoteSession, _Kept
+from SegVolSlicerLib.client import RemoteEngine
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled
 from SegVolSlicerLib.server import ServerSettings, create_app
@@ -62,21 +62,21 @@ def silent_server():
         listener.close()
 
 
-def kept_remote_session(engine, key):
-    """A session the engine believes open on the server (as after an upload)."""
-    session = object.__new__(RemoteSession)
-    session.client, session.session_id, session.closed = engine.client, "0123456789abcdef", False
-    engine._sessions[key] = _Kept(signature=1, session=session)
-    return session
+@pytest.fixture(scope="module")
+def open_server():
+    with real_server(create_app(EngineHost(model=FakeSegVol()), ServerSettings())) as url:
+        yield url
 
 
 @pytest.mark.parametrize("how", ["volume removed", "scene closed", "run here instead", "other server"])
-def test_closing_sessions_never_waits_on_a_hung_server(slicer_module, slicer_scene, how):  # noqa: F811
+def test_closing_sessions_never_waits_on_a_hung_server(slicer_module, slicer_scene, open_server, how):  # noqa: F811
     logic = slicer_module.SegVolSlicerLogic()
+    ct = make_synthetic_ct()
+    logic.useServer(open_server)
+    engine = logic.engine
+    engine.session(VolumeInput("vtkMRMLScalarVolumeNode1", ct.volume, ct.ijk_to_ras, signature=1))
     with silent_server() as url:
-        logic.useServer(url, "k3y")
-        engine = logic.engine
-        kept_remote_session(engine, "vtkMRMLScalarVolumeNode1")
+        engine.client.url = url  # the server hangs from now on
         start = time.perf_counter()
         if how == "volume removed":
             logic.forgetVolume("vtkMRMLScalarVolumeNode1")
@@ -85,7 +85,7 @@ def test_closing_sessions_never_waits_on_a_hung_server(slicer_module, slicer_sce
         elif how == "run here instead":
             logic.useThisComputer()
         else:
-            logic.useServer(url + "/", "another key")  # the same address: kept; a new key: a new engine
+            logic.useServer(open_server, "another key")  # a new key: a new engine
         assert time.perf_counter() - start < 1.0, "the GUI thread waited on the server"
         assert engine.session_keys() == []
 
