@@ -8,6 +8,7 @@ pytest runs this file against slicer-core with stand-ins for the application-onl
 
 import logging
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Annotated
@@ -33,13 +34,14 @@ from SegVolSlicerLib import runtime, vocabulary
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
-from SegVolSlicerLib.slicer import bridge, checks, dependencies, worker
+from SegVolSlicerLib.slicer import bridge, checks, connection, dependencies, worker
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 CLIENT_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-client.txt")
 # Application settings, not scene content: a scene shared with others never carries the server's key.
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
+# The key is kept for the session only, unless the user ticks "remember" (then in plain text, in the settings).
 RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = (
     "SegVolSlicer/RunOn",
     "SegVolSlicer/ServerURL",
@@ -50,12 +52,18 @@ RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
 EVENT_WAIT_S = 0.05
+SWITCH_EDITOR = _(
+    "The Segment Editor has '{shown}' open. Switch it to '{wanted}' so that SegVol's steps can be undone? "
+    "The Segment Editor keeps the undo history of one segmentation only: the history of '{shown}' is cleared."
+)
+NOT_UNDOABLE = _("Not undoable: the Segment Editor stays on '{name}' (Undo there undoes that one's steps).")
 STAGE_TITLES = {
     "download": "Downloading weights",
     "load": "Loading model",
     "preprocess": "Preparing volume",
     "zoom-out": "Zoom-out",
     "zoom-in": "Zoom-in window",
+    "upload": "Sending volume",
 }
 
 
@@ -70,6 +78,9 @@ class SegVolSlicer(ScriptedLoadableModule):
 Promptable CT segmentation with <a href="https://github.com/BAAI-DCAI/SegVol">SegVol</a>: type anatomy names
 (several at once, comma separated), click positive (P) and negative (N) points, or draw a box (Shift+B), then
 press Segment. Each name gives one segment; clicks and the box refine the selected segment or make a new one.
+Each SegVol run is one step in the Segment Editor's undo history (Undo/Redo here or in the Segment Editor). The
+Segment Editor keeps the history of one segmentation only: SegVol asks before switching it to another one, and a
+run that is not switched to cannot be undone there.
 """)
         self.parent.acknowledgementText = _("""
 SegVol: Du Y., Bai F., Huang T., Zhao B. "SegVol: Universal and Interactive Volumetric Medical Image
@@ -177,8 +188,19 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             self._server = server
 
     def _replaceEngine(self, engine) -> None:
-        old, self.engine, self._server = self.engine, engine, None
-        old.close()  # a server's sessions end; a local model's memory is freed
+        old, remote = self.engine, self._server is not None
+        self.engine, self._server = engine, None
+        if remote:
+            old.close(wait_s=0)  # its sessions end in the background: the GUI thread never waits on a server
+        else:
+            old.close()  # a local model's memory is freed
+
+    def release(self) -> None:
+        """Let go of the model, the sessions and the GPU memory (module cleanup and Reload)."""
+        self._replaceEngine(self._newEngine())
+        torch = sys.modules.get("torch")  # never imported just for this
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def forgetVolume(self, volumeNodeID: str) -> None:
         """Drop the session of a volume (removed from the scene, or its voxels changed)."""
@@ -295,6 +317,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._waitingForJobs = False
         self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
         self._dependenciesReady = False
+        self._sideJobs = []  # install and connection-test jobs the GUI is waiting for (at most one of each)
+        self._installing = False
+        self._ignorePromptEvents = False  # SegVol's own prompt edits (clearing the old box) are not a prompt
         self._shortcuts = []
         self._observedPromptNodes = []
 
@@ -325,14 +350,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
         self._setUpNameCompletion()
 
-        self.ui.weightsPathLineEdit.filters = (
-            ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
-        )
+        # ctkPathLineEdit's Browse opens a file dialog only: a snapshot folder has its own button
+        self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
         self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
         self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
         self.ui.weightsPathLineEdit.connect(
             "currentPathChanged(QString)", lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path)
         )
+        self.ui.weightsFolderButton.connect("clicked(bool)", self.onChooseWeightsFolder)
         self._setUpRunOn()
 
         self._autoTimer = qt.QTimer()
@@ -351,13 +376,27 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoButton.connect("clicked(bool)", lambda: self._undo(redo=True))
         self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
         self.initializeParameterNode()
+        if self.parent.isEntered:  # Reload while the panel is shown: enter() is not called again
+            self._installShortcuts()
 
     def cleanup(self):
+        """Module unload, Reload and application exit: stop everything at once and let the model go."""
         self._autoTimer.stop()
-        if self._job is not None:
-            self._job.cancel()
+        self._abandonJobs()
         self._removeShortcuts()
         self.removeObservers()
+        self.logic.release()
+
+    def _abandonJobs(self):
+        """Cancel the run and the side jobs; the wait loops return at once, their results are dropped (the
+        worker stops at its next cancel check, in the background)."""
+        self._rerunPending = False
+        if self._job is not None:
+            self._job.cancel()
+        self._job = self._request = None
+        for job in self._sideJobs:
+            job.cancel()
+        self._sideJobs = []
 
     def enter(self):
         self.initializeParameterNode()
@@ -375,10 +414,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self._autoTimer.stop()
-        self._rerunPending = False
-        if self._job is not None:
-            self._job.cancel()
-            self._request = None  # its nodes are about to go: the results are dropped
+        self._abandonJobs()  # its nodes are about to go: the results are dropped, the loop ends now
+        self.ui.progressBar.hide()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -399,7 +436,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.inputVolume = bridge.first_ct_volume(slicer.mrmlScene)
         self._createMissingPromptNodes()
 
     def _createMissingPromptNodes(self):
@@ -427,14 +464,17 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateGUI(self, caller=None, event=None):
         node = self._parameterNode
         running = self._job is not None
-        ready = bool(node and node.inputVolume)
+        ready = bool(node and node.inputVolume) and not self._installing
         self.ui.applyButton.text = _("Cancel") if running else _("Segment")
         self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.toolTip = (
-            _("Stop the running segmentation")
-            if running
-            else (_("Segment the input volume with the prompts above") if ready else _("Select an input volume"))
-        )
+        if running:
+            self.ui.applyButton.toolTip = _("Stop the running segmentation")
+        elif self._installing:
+            self.ui.applyButton.toolTip = _("SegVol's Python packages are being installed")
+        else:
+            self.ui.applyButton.toolTip = (
+                _("Segment the input volume with the prompts above") if ready else _("Select an input volume")
+            )
         if not node:
             return
         for widget, shown in (
@@ -496,14 +536,20 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onPointDefined(self, caller, event):
         bridge.tag_point_descriptions(caller)
-        self._onPromptChanged()
+        self._onPromptChanged(caller, event)
 
     def _onPromptChanged(self, caller=None, event=None):
         # Only while the panel is shown: prompts dragged in another module must not rewrite segments unseen.
-        if self.parent.isEntered and self._parameterNode and self._parameterNode.autoUpdate:
+        if self._ignorePromptEvents or not (self.parent.isEntered and self._parameterNode):
+            return
+        if caller is not None and caller is self._parameterNode.boxROI and self.ui.boxPlaceWidget.placeModeEnabled:
+            return  # a box being drawn is not a prompt yet: the end of placing (below) is
+        if self._parameterNode.autoUpdate:
             self._autoTimer.start()
 
     def _autoRun(self):
+        if self._installing:
+            return
         if self._job is not None:
             self._rerunPending = True
         else:
@@ -511,8 +557,12 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onClearPrompts(self):
         node = self._parameterNode
-        bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
-        self._autoTimer.stop()  # clearing starts over; it is not a prompt to run
+        self._ignorePromptEvents = True  # clearing starts over; it is not a prompt to run
+        try:
+            bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
+        finally:
+            self._ignorePromptEvents = False
+        self._autoTimer.stop()
         self._selectResult = False  # a run still going belongs to the previous structure
 
     def onNewSegment(self):
@@ -539,10 +589,20 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onBoxPlaceModeChanged(self, placing):
         """Placing a box while one is placed draws it anew in the same node. Placing into a full ROI node would
-        make Slicer create a new ROI node, without SegVol's role tag: the user's new box would do nothing."""
+        make Slicer create a new ROI node, without SegVol's role tag: the user's new box would do nothing.
+        Removing the old box is not a prompt change (a run without any box would start before the new one is
+        drawn); the new box is, once placing ends."""
         box = self._parameterNode.boxROI if self._parameterNode else None
-        if placing and box is not None and box.GetNumberOfControlPoints() > 0:
-            box.RemoveAllControlPoints()
+        if box is None:
+            return
+        if placing and box.GetNumberOfControlPoints() > 0:
+            self._ignorePromptEvents = True
+            try:
+                box.RemoveAllControlPoints()
+            finally:
+                self._ignorePromptEvents = False
+        elif not placing and box.GetNumberOfDefinedControlPoints() > 0:
+            self._onPromptChanged()
 
     def _removeShortcuts(self):
         for shortcut in self._shortcuts:
@@ -556,15 +616,48 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runOnComboBox.addItems(list(RUN_ON))
         self.ui.runOnComboBox.currentIndex = 1 if settings.value(RUN_ON_SETTING) == "server" else 0
         self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING) or ""
-        self.ui.serverKeyEdit.text = settings.value(SERVER_KEY_SETTING) or ""
+        remembered = settings.value(SERVER_KEY_SETTING) or ""
+        self.ui.serverKeyEdit.text = remembered
+        self.ui.rememberKeyCheckBox.checked = bool(remembered)
         self.ui.runOnComboBox.connect("currentIndexChanged(int)", self._onRunOnChanged)
         self.ui.serverUrlEdit.connect(
             "editingFinished()", lambda: qt.QSettings().setValue(SERVER_URL_SETTING, self.ui.serverUrlEdit.text.strip())
         )
-        self.ui.serverKeyEdit.connect(
-            "editingFinished()", lambda: qt.QSettings().setValue(SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip())
-        )
+        self.ui.serverKeyEdit.connect("editingFinished()", self._storeKey)
+        self.ui.rememberKeyCheckBox.connect("toggled(bool)", lambda checked: self._storeKey())
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self._showRunOn()
+
+    def _storeKey(self):
+        """The key stays in this session's panel; only "remember" writes it to the settings (plain text)."""
+        settings = qt.QSettings()
+        if self.ui.rememberKeyCheckBox.checked:
+            settings.setValue(SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip())
+        else:
+            settings.remove(SERVER_KEY_SETTING)
+
+    def onTestConnection(self):
+        """The server's version, model, device and free sessions, or why not: asked on the worker thread."""
+        url, key = self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text
+        self.ui.testConnectionButton.enabled = False
+        self.ui.connectionStatusLabel.text = _("Connecting...")
+        job = worker.WorkerJob(lambda reporter: connection.describe_server(url, key), name="SegVol connection test")
+        try:
+            if not self._waitForSideJob(job.start()):
+                return  # the panel is going away
+            try:
+                self.ui.connectionStatusLabel.text = job.outcome()
+            except SegVolError as error:
+                self.ui.connectionStatusLabel.text = str(error)
+        finally:
+            self.ui.testConnectionButton.enabled = True
+
+    def onChooseWeightsFolder(self):
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("SegVol snapshot folder"), self.ui.weightsPathLineEdit.currentPath
+        )
+        if folder:
+            self.ui.weightsPathLineEdit.currentPath = folder
 
     def _runsOnServer(self) -> bool:
         return self.ui.runOnComboBox.currentIndex == 1
@@ -576,35 +669,38 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showRunOn(self):
         server = self._runsOnServer()
-        for widget in (self.ui.serverUrlEdit, self.ui.serverKeyEdit):
+        for widget in (
+            self.ui.serverUrlEdit,
+            self.ui.serverKeyEdit,
+            self.ui.rememberKeyCheckBox,
+            self.ui.testConnectionButton,
+        ):
             widget.enabled = server
-        for widget in (self.ui.deviceComboBox, self.ui.weightsPathLineEdit):
+        for widget in (self.ui.deviceComboBox, self.ui.weightsPathLineEdit, self.ui.weightsFolderButton):
             widget.enabled = not server  # the server's own choice
 
     # --- running ---
 
     def onApplyButton(self):
         if self._job is not None:
+            # The loop ends now; the worker stops at its next cancel check (a download chunk, the end of the
+            # volume's preparation, the next model pass) and its results are dropped.
             self._job.cancel()
+            self._job = self._request = None
             self._rerunPending = False
-            self.ui.statusLabel.text = _("Cancelling...")
+            self._jobEnded()
+            self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
             return
         self.runSegmentation(interactive=True)
 
     def runSegmentation(self, interactive=True):
         """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only."""
         node = self._parameterNode
-        if not node:
+        if not node or self._installing:
             return
         server = self._runsOnServer()
-        if not self._dependenciesReady:
-            problem = dependencies.ensure(
-                CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive, needs_torch=not server
-            )
-            if problem is not None:
-                self.ui.statusLabel.text = problem
-                return
-            self._dependenciesReady = True
+        if not self._dependenciesReady and not self._installDependencies(server, interactive):
+            return
         try:
             if server:
                 self.logic.useServer(self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text)
@@ -638,20 +734,81 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._waitingForJobs:  # else started by an event handled in the loop below, which waits for it
             self._waitForJobs()
 
+    def _installDependencies(self, server, interactive) -> bool:
+        """Whether SegVol's packages are ready; installs them (after asking) on the worker thread while Slicer
+        stays usable: Segment is disabled meanwhile, failures show in the panel, pressing Segment retries."""
+        try:
+            plan = dependencies.check(
+                CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive, needs_torch=not server
+            )
+        except SegVolError as error:
+            self._showError(error, interactive)
+            return False
+        if isinstance(plan, str):
+            self.ui.statusLabel.text = plan
+            return False
+        if plan is not None:
+            self._installing = True
+            self.ui.statusLabel.text = plan.message()
+            self.ui.progressBar.setRange(0, 0)
+            self.ui.progressBar.show()
+            self._updateGUI()
+            job = worker.WorkerJob(lambda reporter: plan.run(), name="SegVol install")
+            try:
+                if not self._waitForSideJob(job.start()):
+                    return False  # the panel is going away
+            finally:
+                self._installing = False
+                self.ui.progressBar.hide()
+                self._updateGUI()
+            try:
+                restart = job.outcome()
+            except SegVolError as error:
+                self._showError(error, True)
+                return False
+            except Exception as error:  # a bug, not the network: full details in the log
+                logging.error(traceback.format_exc())
+                self._showError(SegVolError(f"{dependencies.FAILED} ({error})"), True)
+                return False
+            if restart is not None:
+                slicer.util.infoDisplay(restart)
+                self.ui.statusLabel.text = restart
+                return False
+        self._dependenciesReady = True
+        return True
+
+    def _waitForSideJob(self, job) -> bool:
+        """Handle Qt events until `job` is done (True) or abandoned by a scene close or cleanup (False)."""
+        self._sideJobs.append(job)
+        while job in self._sideJobs and not job.wait(EVENT_WAIT_S):
+            slicer.app.processEvents()
+        if job not in self._sideJobs:
+            return False
+        self._sideJobs.remove(job)
+        return True
+
     def _waitForJobs(self):
         """Handle Qt events until the job, and any rerun it leads to, is done (the Cancel button, the scene and
-        the prompts stay live meanwhile)."""
+        the prompts stay live meanwhile). Cancel, a scene close and cleanup abandon the job: the loop ends at
+        once."""
         self._waitingForJobs = True
         try:
             while self._job is not None:
-                if not self._job.wait(EVENT_WAIT_S):
+                job = self._job
+                if not job.wait(EVENT_WAIT_S):
                     slicer.app.processEvents()
-                for event in self._job.reporter.drain():
+                if job is not self._job:  # abandoned (or replaced) while Qt events were handled
+                    continue
+                for event in job.reporter.drain():
                     self._showProgress(event)
-                if self._job.finished:
+                if job.finished:
                     self._jobDone()
         finally:
             self._waitingForJobs = False
+
+    def _jobEnded(self):
+        self.ui.progressBar.hide()
+        self._updateGUI()
 
     def _jobDone(self):
         job, request = self._job, self._request
@@ -695,9 +852,10 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _finish(self, request, results):
         self.logic.checkNodes(request)  # before the Segment Editor is pointed at the nodes
-        editor = self._segmentEditor(request.segmentationNode, request.volumeNode)
+        editor = self._segmentEditor(request.segmentationNode, request.volumeNode, self._interactive)
         editorNode = editor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
-        segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo)
+        onEditor = editor.segmentationNode() == request.segmentationNode
+        segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo if onEditor else None)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
         if (
@@ -709,14 +867,24 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         warnings = [w for result in results for w in result.warnings]
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
+        if not onEditor:
+            warnings.append(NOT_UNDOABLE.format(name=editor.segmentationNode().GetName()))
         self.ui.statusLabel.text = "\n".join([_("Done: {names}.").format(names=names), *warnings])
 
-    def _segmentEditor(self, segmentationNode, volumeNode):
-        """The Segment Editor module's editor, on this segmentation: its undo stack holds our steps too."""
+    def _segmentEditor(self, segmentationNode, volumeNode, interactive=True):
+        """The Segment Editor module's editor, pointed at this segmentation when that is safe (its undo history
+        then holds SegVol's steps too). Switching it away from another segmentation would erase that one's undo
+        history: the user is asked first (auto-update runs do not ask and leave the editor as it is)."""
         editorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
         editorModule.selectParameterNode()
         editor = editorModule.editor
-        if editor.segmentationNode() != segmentationNode:
+        shown = editor.segmentationNode()
+        if shown != segmentationNode:
+            if shown is not None and shown.GetScene() is not None:
+                if not interactive or not slicer.util.confirmYesNoDisplay(
+                    SWITCH_EDITOR.format(shown=shown.GetName(), wanted=segmentationNode.GetName())
+                ):
+                    return editor
             editor.setSegmentationNode(segmentationNode)
         if volumeNode is not None and editor.sourceVolumeNode() != volumeNode:
             editor.setSourceVolumeNode(volumeNode)
@@ -728,6 +896,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not node or not node.outputSegmentation:
             return
         editor = self._segmentEditor(node.outputSegmentation, node.inputVolume)
+        if editor.segmentationNode() != node.outputSegmentation:
+            return  # the user kept the Segment Editor on another segmentation: nothing of ours to undo there
         if redo:
             editor.redo()
         else:

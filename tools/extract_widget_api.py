@@ -54,7 +54,8 @@ def _qt(base, properties=(), signals=(), methods=(), enums=None):
         "bases": [base] if base else [],
         "properties": dict(properties),
         "signals": list(signals),
-        "methods": dict(methods),
+        # Qt's own classes are wrapped whole by PythonQt: every public method, argument counts not checked
+        "methods": {name: {"returns": returned, "args": None} for name, returned in dict(methods).items()},
         "enums": enums or {},
     }
 
@@ -473,6 +474,12 @@ QT_CLASSES = {
             "popup": "QAbstractItemView",
         },
     ),
+    "QFileDialog": _qt(
+        "QWidget",
+        {"fileMode": "FileMode", "options": "Options"},
+        ["fileSelected(QString)", "directoryEntered(QString)"],
+        {m: None for m in ("getExistingDirectory", "getOpenFileName", "setFileMode", "selectedFiles", "exec_")},
+    ),
     "QShortcut": _qt(
         "QObject",
         {
@@ -554,18 +561,20 @@ def parse_header(text: str, class_name: str) -> dict:
         for name, values in re.findall(r"enum\s+(\w+)\s*\{([^}]*)\}", body)
     }
     flat = re.sub(r"\{[^{}]*\}", ";", body)  # inline bodies
-    signals, methods, access = [], {}, "private"
+    signals, methods, access, slots = [], {}, "private", False
     for statement in re.split(r";|(?=\b(?:public|protected|private|signals|Q_SIGNALS)\b[^:;]*:)", flat):
         label = re.match(r"\s*(public|protected|private|signals|Q_SIGNALS)\b\s*(slots|Q_SLOTS)?\s*:", statement)
         if label:
             access = "signals" if label.group(1) in ("signals", "Q_SIGNALS") else label.group(1)
+            slots = bool(label.group(2))
             statement = statement[label.end() :]
         if access not in ("public", "signals"):
             continue
+        invokable = "Q_INVOKABLE" in statement
         declaration = re.search(
             r"(?:^|\s)([\w:<>]+\s*[*&]?)\s*\b(\w+)\s*\(([^()]*)\)\s*(?:const)?\s*"
             r"(?:override|=\s*0)?\s*$",
-            " ".join(statement.split()),
+            " ".join(statement.replace("Q_INVOKABLE", "").split()),
         )
         if not declaration or declaration.group(2) in (class_name, "Q_DECLARE_PRIVATE", "Q_DISABLE_COPY"):
             continue
@@ -573,8 +582,13 @@ def parse_header(text: str, class_name: str) -> dict:
         if access == "signals":
             types = [_normalise_type(a) for a in arguments.split(",") if a.strip()]
             signals.append(f"{name}({','.join(types)})")
-        elif not name.startswith("~") and returned not in ("Q_OBJECT", "QVTK_OBJECT"):
-            methods[name] = returned.replace(" ", "").rstrip("*&")
+        elif not name.startswith("~") and returned not in ("Q_OBJECT", "QVTK_OBJECT") and (slots or invokable):
+            # PythonQt calls only public slots and Q_INVOKABLE methods of these classes (plus decorators)
+            given = [a for a in arguments.split(",") if a.strip() and a.strip() != "void"]
+            count = [len([a for a in given if "=" not in a]), len(given)]
+            if name in methods:  # an overload: any of them may be called
+                count = [min(count[0], methods[name]["args"][0]), max(count[1], methods[name]["args"][1])]
+            methods[name] = {"returns": returned.replace(" ", "").rstrip("*&"), "args": count}
     return {
         "bases": bases,
         "properties": properties,
@@ -612,7 +626,13 @@ def python_names(text: str, read_sibling=None) -> dict:
 
 
 def _common(first, second):
-    """What both releases have: dicts and lists intersected recursively."""
+    """What both releases have: dicts and lists intersected recursively; a method's argument counts, the range
+    either release accepts."""
+    if isinstance(first, dict) and "args" in first:
+        if first["args"] is None or second["args"] is None:
+            return first
+        low, high = zip(first["args"], second["args"])
+        return {**first, "args": [max(low), min(high)]}
     if isinstance(first, dict):
         return {key: _common(first[key], second[key]) for key in first if key in second}
     if isinstance(first, list):

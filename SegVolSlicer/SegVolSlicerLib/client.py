@@ -13,6 +13,7 @@ differ, server busy; a session the server has reaped is reopened (and its volume
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 RESET_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 POLL_WAIT_S = 0.5  # longest a status request waits on the server: how soon a cancel is noticed
 FIRST_WAIT_S = 2.0  # a job request waits this long for the job: a quick click is one round trip
+# Closing a session frees memory on the server; nobody waits for it, so a hung server costs seconds, not minutes.
+CLOSE_TIMEOUT_S = 5.0
+UPLOAD_CHUNK = 1 << 20  # the upload checks for Cancel between chunks
 
 
 class ServerError(SegVolError):
@@ -101,10 +105,10 @@ class SegVolClient:
                 self._info = info
             return self._info
 
-    def open_session(self, volume_kji: np.ndarray, ijk_to_ras) -> RemoteSession:
+    def open_session(self, volume_kji: np.ndarray, ijk_to_ras, reporter: Reporter = NO_REPORT) -> RemoteSession:
         """A session for one volume: the volume goes up once (not at all if the server already holds it)."""
         self.info()
-        return RemoteSession(self, volume_kji, ijk_to_ras)
+        return RemoteSession(self, volume_kji, ijk_to_ras, reporter)
 
     def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs) -> httpx.Response:
         """One request; every failure becomes the SegVolError that says what to do. An idempotent request
@@ -161,7 +165,7 @@ class SegVolClient:
 class RemoteSession:
     """Segments one volume on the server, any number of times; the in-process SegVolSession's face."""
 
-    def __init__(self, client: SegVolClient, volume_kji: np.ndarray, ijk_to_ras):
+    def __init__(self, client: SegVolClient, volume_kji: np.ndarray, ijk_to_ras, reporter: Reporter = NO_REPORT):
         self.client = client
         voxels = wire.wire_voxels(volume_kji)
         if voxels.ndim != 3:
@@ -176,9 +180,9 @@ class RemoteSession:
         self.session_id: str | None = None
         self.uploaded = False  # whether the last open sent the voxels (False: the server had them)
         self.closed = False  # closed by its owner: never reopened (a reopened one would be nobody's to close)
-        self._open()
+        self._open(reporter)
 
-    def _open(self) -> None:
+    def _open(self, reporter: Reporter = NO_REPORT) -> None:
         reply = self.client.request(
             "POST",
             f"{wire.API}/sessions",
@@ -205,12 +209,20 @@ class RemoteSession:
                 self.client.request(
                     "PUT",
                     self._path("/volume"),
-                    content=self.frame,
-                    headers={"Content-Type": "application/octet-stream"},
+                    content=self._chunks(reporter),
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(self.frame))},
                 )
         except SegVolError:
             self._close_quietly()
             raise
+
+    def _chunks(self, reporter: Reporter):
+        """The volume frame in pieces; Cancel stops the upload between two of them."""
+        for start in range(0, len(self.frame), UPLOAD_CHUNK):
+            reporter.check_cancelled()
+            reporter.progress("upload", start, len(self.frame))
+            yield self.frame[start : start + UPLOAD_CHUNK]
+        reporter.progress("upload", len(self.frame), len(self.frame))
 
     def _path(self, tail: str = "") -> str:
         return f"{wire.API}/sessions/{self.session_id}{tail}"
@@ -292,7 +304,7 @@ class RemoteSession:
         self.closed = True
         if self.session_id is not None:
             try:
-                self.client.request("DELETE", self._path())
+                self.client.request("DELETE", self._path(), timeout=CLOSE_TIMEOUT_S)
             except SessionExpired:
                 pass
             self.session_id = None
@@ -316,37 +328,80 @@ class _Kept:
     session: RemoteSession
 
 
+class _Closer:
+    """Ends server sessions on a thread of its own, in order: forgetting a volume never waits on the network
+    (in Slicer the forget comes from the GUI thread)."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, work) -> None:
+        self._queue.put(work)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="SegVol session closer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                return
+            try:
+                work()
+            except Exception:  # a close that failed leaves the session to the server's reaper
+                pass
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (tests, scripts) until every queued close is done; False if still busy after `timeout`."""
+        done = threading.Event()
+        self.put(done.set)
+        return done.wait(timeout)
+
+
 class RemoteEngine:
     """The EngineHost face over a server: one remote session per volume key, reopened when the volume's
-    signature changes. The model choice is the server's (`select` changes nothing)."""
+    signature changes. The model choice is the server's (`select` changes nothing). `forget` and `keep_only`
+    return at once: the sessions end on the server from a background thread (`closer.join()` waits)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, http: httpx.Client | None = None):
         self.client = SegVolClient(url, api_key, http=http)
+        self.closer = _Closer()
         self._sessions: dict[Hashable, _Kept] = {}
-        self._lock = threading.RLock()
+        self._forgets: dict[Hashable, int] = {}  # per key: how often it was forgotten (a session opened meanwhile
+        self._lock = threading.RLock()  # belongs to a volume gone: it is closed, not kept)
 
     def segment(
         self, volume, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
     ) -> list[RemoteResult]:
         """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature)."""
-        return self.session(volume).segment_many(targets, zoom_in, reporter)
+        return self.session(volume, reporter).segment_many(targets, zoom_in, reporter)
 
-    def session(self, volume) -> RemoteSession:
+    def session(self, volume, reporter: Reporter = NO_REPORT) -> RemoteSession:
         with self._lock:
             kept = self._sessions.get(volume.key)
             if kept is not None and kept.signature == volume.signature:
                 return kept.session
             self.forget(volume.key)
-        session = self.client.open_session(volume.voxels, volume.ijk_to_ras)
+            forgets = self._forgets.get(volume.key, 0)
+        session = self.client.open_session(volume.voxels, volume.ijk_to_ras, reporter)
         with self._lock:
-            self._sessions[volume.key] = _Kept(volume.signature, session)
-        return session
+            if self._forgets.get(volume.key, 0) == forgets:
+                self._sessions[volume.key] = _Kept(volume.signature, session)
+                return session
+        self.closer.put(session._close_quietly)  # forgotten while it was opened: no orphan on the server
+        raise Cancelled("the volume was closed while it was sent to the SegVol server")
 
     def forget(self, key: Hashable) -> None:
         with self._lock:
             kept = self._sessions.pop(key, None)
+            self._forgets[key] = self._forgets.get(key, 0) + 1
         if kept is not None:
-            kept.session._close_quietly()
+            kept.session.closed = True  # at once: a run still using it must not reopen it
+            self.closer.put(kept.session._close_quietly)
 
     def keep_only(self, keys) -> None:
         keys = set(keys)
@@ -367,9 +422,13 @@ class RemoteEngine:
     def select(self, choice) -> None:
         """The server runs its own model: nothing to select here."""
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 2 * CLOSE_TIMEOUT_S) -> None:
+        """End every session, waiting up to `wait_s` for the server (a command or script ends them before it
+        exits); 0: return at once (Slicer's GUI thread)."""
         self.keep_only(())
-        self.client.close()
+        self.closer.put(self.client.close)
+        if wait_s > 0:
+            self.closer.join(wait_s)
 
     def __enter__(self) -> RemoteEngine:
         return self

@@ -124,10 +124,16 @@ class EngineHost:
         from .model import load_segvol
         from .weights import resolve_weights
 
-        path = resolve_weights(choice.weights, choice.cache_dir, progress=reporter.progress)
+        def progress(stage, done, total):  # Cancel stops a download between two chunks; the hub resumes it
+            reporter.check_cancelled()
+            reporter.progress(stage, done, total)
+
+        path = resolve_weights(choice.weights, choice.cache_dir, progress=progress)
         reporter.progress("load", 0, 1)
+        reporter.check_cancelled()
         model = load_segvol(path, device=device, precision=self._precision_on(device))
         reporter.progress("load", 1, 1)
+        reporter.check_cancelled()
         with self._lock:
             if self.choice == choice:
                 self._model, self.weights_path = model, path

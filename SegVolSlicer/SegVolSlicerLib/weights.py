@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError
+from .errors import Cancelled, CheckpointError
 from .model.checkpoint import WEIGHT_FILES, find_weights
 
 HUB_REPO = "BAAI/SegVol"
@@ -148,6 +148,8 @@ def resolve_weights(
         snapshot_download(
             HUB_REPO, local_dir=folder, allow_patterns=_SNAPSHOT_FILES, tqdm_class=_progress_bar(progress)
         )
+    except Cancelled:  # the partial file stays: the next download resumes from it
+        raise
     except Exception as error:  # HTTP errors, or the hub's HTTP client failing mid-download
         raise _offline_help(folder, _why_interrupted(error)) from None
     if not _has_weights(folder):

@@ -84,6 +84,7 @@ class SegVolSession:
         self.point_sampling, self.seed, self.window_batch_size = point_sampling, seed, int(window_batch_size)
         reporter.progress("preprocess", 0, 1)
         self.prepared: PreparedVolume = prepare_volume(volume, ijk_to_ras)
+        reporter.check_cancelled()  # the volume's preparation took seconds: stop here, not after the first pass
         reporter.progress("preprocess", 1, 1)
         self.space = ModelSpace(self.prepared)
         self.cache = EmbeddingCache(cache_budget_mb)

@@ -4,5 +4,6 @@ the batch runner.
 - `bridge`: MRML nodes <-> arrays, prompts and segments.
 - `dependencies`: installing SegVol's Python packages into Slicer's Python on first use.
 - `worker`: the panel's background thread and the queue it reports through.
+- `connection`: the panel's *Test connection* (one line about a SegVol server).
 - `checks`: the checks that the module's self-test and pytest both run.
 """

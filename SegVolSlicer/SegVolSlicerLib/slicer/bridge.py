@@ -62,6 +62,15 @@ def read_volume(volume_node) -> tuple[np.ndarray, np.ndarray]:
     """(voxels (K,J,I) as a private copy, world IJK-to-RAS 4x4) of a scalar volume node."""
     if volume_node is None:
         raise InputError("no input volume: select a CT volume")
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(
+            f"'{volume_node.GetName()}' is a labelmap (segment labels, not CT intensities): select the CT volume"
+        )
+    if not is_ct_candidate(volume_node):
+        raise InputError(
+            f"'{volume_node.GetName()}' is a {volume_node.GetClassName()} (not CT intensities): "
+            "select a scalar CT volume"
+        )
     image = volume_node.GetImageData()
     if image is None or min(image.GetDimensions()) < 1:
         raise InputError(f"volume '{volume_node.GetName()}' has no voxels: load a CT volume")
@@ -72,6 +81,31 @@ def read_volume(volume_node) -> tuple[np.ndarray, np.ndarray]:
         )
     # arrayFromVolume is a view of VTK memory; the worker thread must not see later edits.
     return slicer.util.arrayFromVolume(volume_node).copy(), world_ijk_to_ras(volume_node)
+
+
+# Scalar volumes that are not CT intensities: label values, colour or diffusion images.
+NOT_CT_CLASSES = (
+    "vtkMRMLLabelMapVolumeNode",
+    "vtkMRMLVectorVolumeNode",
+    "vtkMRMLDiffusionWeightedVolumeNode",
+    "vtkMRMLDiffusionTensorVolumeNode",
+)
+
+
+def is_ct_candidate(node) -> bool:
+    """Whether SegVol can take `node` as its input: a scalar volume that is not a labelmap, vector or diffusion
+    volume (all of which are vtkMRMLScalarVolumeNode subclasses)."""
+    return node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(name) for name in NOT_CT_CLASSES)
+
+
+def first_ct_volume(scene):
+    """The first volume in `scene` SegVol can segment, or None (GetFirstNodeByClass would give a labelmap)."""
+    volumes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for index in range(volumes.GetNumberOfItems()):
+        node = volumes.GetItemAsObject(index)
+        if is_ct_candidate(node):
+            return node
+    return None
 
 
 def node_role(node) -> str | None:

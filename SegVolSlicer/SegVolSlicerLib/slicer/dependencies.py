@@ -1,8 +1,9 @@
 """SegVol's Python packages inside 3D Slicer: what is missing, and installing it after asking.
 
-torch comes from the PyTorch extension (its PyTorchUtils picks the CUDA or CPU build for the computer); the
-other packages from the pinned Resources/requirements.txt, with Slicer's own packages held at their installed
-versions. Runs on Slicer's main thread (dialogs); importable anywhere, so that pytest covers the decisions.
+torch as the PyTorch extension installs it (light-the-torch picks the CUDA or CPU build for the computer); the
+other packages from Resources/requirements.txt, with Slicer's own packages held at their installed versions.
+`check` decides and asks on Slicer's main thread (dialogs); the `InstallPlan` it returns downloads and installs
+on the panel's worker thread, so that Slicer never freezes for the minutes a PyTorch download takes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass
 
 import slicer
 from packaging.requirements import Requirement
+
+from ..errors import SegVolError
 
 # As pyproject.toml: the oldest torch the engine runs on.
 TORCH_REQUIREMENT = "torch>=2.2"
@@ -28,6 +34,10 @@ NEEDS_PYTORCH_EXTENSION = (
 PRESS_SEGMENT = "SegVol's Python packages are not installed yet: press Segment to install them."
 DECLINED = "SegVol's Python packages were not installed: SegVol cannot run without them."
 FAILED = "Installing SegVol's Python packages failed (see the log); check the network connection and try again."
+INSTALLING = (
+    "Downloading and installing SegVol's Python packages ({size}): this can take minutes. Slicer stays usable; "
+    "SegVol starts once they are installed."
+)
 RESTART = "Restart Slicer to use SegVol: packages that were already loaded have been updated ({names})."
 
 
@@ -65,80 +75,106 @@ def protected_package_constraints(folder) -> str:
     return path
 
 
-def ensure(requirements_file, interactive: bool = True, needs_torch: bool = True) -> str | None:
-    """None when SegVol's packages are ready; otherwise one line saying why not (for the status label).
+def check(requirements_file, interactive: bool = True, needs_torch: bool = True) -> str | InstallPlan | None:
+    """GUI thread, no network: None when SegVol's packages are ready; an InstallPlan the user agreed to (run it
+    on a worker thread); otherwise one line saying why not (for the status label).
 
-    Interactive (the user pressed Segment): asks, installs what is missing, shows failures in a dialog.
-    Not interactive (auto-update): installs nothing and opens no dialog. Without torch (SegVol runs on a server):
-    only the client's packages, no PyTorch extension.
+    Interactive (the user pressed Segment): asks before any download. Not interactive (auto-update): installs
+    nothing and opens no dialog. Without torch (SegVol runs on a server): only the client's packages, no PyTorch
+    extension.
     """
-    problem = _ensure_torch(interactive) if needs_torch else None
-    if problem is not None:
-        return problem
+    torch_version = None
+    if needs_torch:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            if interactive:
+                slicer.util.errorDisplay(NEEDS_PYTORCH_EXTENSION)
+            return NEEDS_PYTORCH_EXTENSION
+        if not PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
+            torch_version = TORCH_REQUIREMENT.removeprefix("torch")
+        elif unsatisfied([TORCH_REQUIREMENT]):
+            found = importlib.metadata.version("torch")
+            return (
+                f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
+                "module (Uninstall, restart Slicer, Install) and try again."
+            )
     missing = unsatisfied(requirement_lines(requirements_file))
-    if not missing:
+    if torch_version is None and not missing:
         return None
     if not interactive:
         return PRESS_SEGMENT
-    constraints = protected_package_constraints(slicer.app.temporaryPath)
-    try:
-        packaging = importlib.import_module("slicer.packaging")  # Slicer 5.12 and later
-    except ImportError:
-        return _pip_install(requirements_file, missing, constraints)
-    try:
-        # Asks, shows pip's log (and a dialog if pip fails), offers a restart if a loaded package was updated.
-        packaging.pip_ensure(
-            packaging.load_requirements(requirements_file), constraints=constraints, requester="SegVol"
-        )
-    except RuntimeError:  # the user declined
-        return DECLINED
-    except subprocess.CalledProcessError:
-        return FAILED
-    return None if not unsatisfied(missing) else FAILED
-
-
-def _ensure_torch(interactive: bool) -> str | None:
-    """torch through the PyTorch extension (after asking), at TORCH_REQUIREMENT or later."""
-    try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        if interactive:
-            slicer.util.errorDisplay(NEEDS_PYTORCH_EXTENSION)
-        return NEEDS_PYTORCH_EXTENSION
-    if not PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
-        if not interactive:
-            return PRESS_SEGMENT
-        version = TORCH_REQUIREMENT.removeprefix("torch")
-        # PyTorchUtils asks first; torch was not imported yet, so no restart is needed.
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=version) is None:
-            return DECLINED
-    if unsatisfied([TORCH_REQUIREMENT]):
-        found = importlib.metadata.version("torch")
-        return (
-            f"SegVol needs {TORCH_REQUIREMENT} but Slicer has torch {found}: update it in the PyTorch Utils "
-            "module (Uninstall, restart Slicer, Install) and try again."
-        )
-    return None
-
-
-def _pip_install(requirements_file, missing, constraints) -> str | None:
-    """Slicer 5.10, before slicer.packaging: ask, install with pip, tell when a restart is needed."""
+    what = ["torch" + torch_version + " (PyTorch, about 2 GB with CUDA)"] if torch_version else []
     if not slicer.util.confirmOkCancelDisplay(
-        "SegVol needs these Python packages. Install them now (needs a network connection)?",
-        detailedText="\n".join(missing),
+        "SegVol needs these Python packages. Download and install them now (needs a network connection; "
+        "Slicer stays usable meanwhile)?",
+        detailedText="\n".join(what + missing),
     ):
         return DECLINED
-    names = (Requirement(line).name for line in missing)
-    loaded = [name for name in names if name.lower().replace("-", "_") in sys.modules]
+    constraints = protected_package_constraints(slicer.app.temporaryPath)
+    return InstallPlan(torch_version, str(requirements_file), missing, constraints)
+
+
+_INSTALL_LOCK = threading.Lock()
+
+
+class InstallFailed(SegVolError):
+    """pip or light-the-torch failed; the message says what to do, the log has pip's output."""
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What to install, agreed to by the user; `run` works on any thread (no Qt, no MRML)."""
+
+    torch_version: str | None  # e.g. ">=2.2"; None: torch is there
+    requirements_file: str
+    missing: list
+    constraints: str
+
+    def message(self) -> str:
+        size = "several GB" if self.torch_version else "a few hundred MB"
+        return INSTALLING.format(size=size)
+
+    def run(self) -> str | None:
+        """Install; returns a restart notice when a loaded package was updated. Raises InstallFailed. One
+        install at a time: one left running by a closed scene finishes before the next starts."""
+        with _INSTALL_LOCK:
+            return self._install()
+
+    def _install(self) -> str | None:
+        if self.torch_version is not None:
+            install_torch(self.torch_version)
+            # pip must keep the torch build light-the-torch chose (CUDA or CPU): pin it with Slicer's packages
+            protected_package_constraints(os.path.dirname(self.constraints))
+        if not self.missing:
+            return None
+        loaded = [
+            n for n in (Requirement(line).name for line in self.missing) if n.lower().replace("-", "_") in sys.modules
+        ]
+        run_python_module("pip", ["install", "-r", self.requirements_file, "-c", self.constraints])
+        if unsatisfied(self.missing):
+            raise InstallFailed(FAILED)
+        return RESTART.format(names=", ".join(loaded)) if loaded else None
+
+
+def install_torch(version: str) -> None:
+    """torch as the PyTorch extension installs it (light-the-torch picks the CUDA or CPU build for this
+    computer), but in a subprocess whose output goes to the log: PyTorchUtils' own installTorch handles Qt
+    events while pip runs, which only the GUI thread may do."""
+    run_python_module("pip", ["install", "light-the-torch>=0.7"])
+    run_python_module("light_the_torch", ["install", f"torch{version}"])
+
+
+def run_python_module(module: str, arguments: list) -> None:
+    """`PythonSlicer -m module arguments` (any thread); its output goes to the log. Raises InstallFailed."""
+    python = shutil.which("PythonSlicer") or sys.executable
     try:
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(["-r", str(requirements_file), "-c", constraints])
-    except subprocess.CalledProcessError as error:
-        logging.error(f"pip failed: {error}")
-        slicer.util.errorDisplay(FAILED, detailedText=str(error))
-        return FAILED
-    if loaded:
-        message = RESTART.format(names=", ".join(loaded))
-        slicer.util.infoDisplay(message)
-        return message
-    return None
+        completed = subprocess.run(
+            [python, "-m", module, *arguments], capture_output=True, text=True, encoding="utf-8", errors="replace"
+        )
+    except OSError as error:
+        raise InstallFailed(f"{FAILED} ({error})") from None
+    for line in (completed.stdout + completed.stderr).splitlines():
+        logging.info(line)
+    if completed.returncode != 0:
+        raise InstallFailed(FAILED)

@@ -45,13 +45,13 @@ class WorkerJob:
     """Runs `work(reporter)` once on a daemon thread; the GUI thread polls `reporter.drain()` and `finished`,
     then reads `result` or `error` (the exception, re-raised by `outcome()`)."""
 
-    def __init__(self, work: Callable[[QueueReporter], object]):
+    def __init__(self, work: Callable[[QueueReporter], object], name: str = "SegVol inference"):
         self.reporter = QueueReporter()
         self.result = None
         self.error: BaseException | None = None
         self._work = work
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="SegVol inference", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> WorkerJob:
         self._thread.start()

@@ -35,3 +35,22 @@ def free_running_seconds(steps: int) -> float:
     worker.start()
     worker.join()
     return outcome[0]
+
+
+def torch_like_work_for(seconds: float) -> int:
+    """The same work for a fixed wall time; returns the steps done. A test that compares step counts over a
+    fixed time fails a loop that starves the worker or never handles Qt events, however fast the machine."""
+    x, steps, end = torch.full((96, 96), 0.5), 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        x = torch.tanh(x @ x * 0.01)
+        steps += 1
+    return steps
+
+
+def free_running_steps(seconds: float) -> int:
+    """`torch_like_work_for` on a thread while the main thread only waits for it."""
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(torch_like_work_for(seconds)))
+    worker.start()
+    worker.join()
+    return outcome[0]

@@ -2,8 +2,11 @@
 slicer.ScriptedLoadableModule, slicer.parameterNodeWrapper, slicer.i18n), installed by slicer_core_env.
 
 The widget stand-ins know only the members that Slicer 5.10.0 and 5.12.3 both have (Testing/Data/
-slicer-widget-api.json, made by tools/extract_widget_api.py): reading, writing or calling anything else,
-connecting an unknown signal, or a .ui file with an unknown class or property raises AttributeError, as
+slicer-widget-api.json, made by tools/extract_widget_api.py) and that PythonQt exposes: properties, signals,
+public slots and Q_INVOKABLE methods of Slicer's and CTK's classes (a public C++ setter that is not a slot, such
+as qMRMLNodeComboBox::setNoneEnabled, is not callable: set the property), every public method of Qt's own
+classes. Reading, writing or calling anything else, a slot called with a wrong number of arguments, connecting
+an unknown signal, or a .ui file with an unknown class or property raises AttributeError or TypeError, as
 PythonQt would in the application. Members behave simply: properties and `setX`/`x()` pairs hold values,
 methods returning a known class return a stand-in of it, other calls are recorded in `standin_calls(widget)`.
 Signals fire with `emit(widget, "signal(args)", ...)`; `process_events()` runs the QTimer.singleShot calls.
@@ -98,6 +101,9 @@ class Widget:
 
     def _call(self, name, *args):
         state = self._standin
+        counts = state["methods"].get(name, {}).get("args")
+        if counts is not None and not counts[0] <= len(args) <= counts[1]:
+            raise TypeError(f"{state['class']}.{name} takes {counts[0]} to {counts[1]} arguments, not {len(args)}")
         state["calls"].append((name, args))
         if name == "connect":
             signal, slot = args
@@ -118,7 +124,7 @@ class Widget:
         if name in ("start", "stop") and "active" in state["properties"]:  # QTimer
             state["values"]["active"] = name == "start"
             return None
-        returned = state["methods"][name]
+        returned = state["methods"].get(name, {}).get("returns")
         if not args and name in state["values"]:
             return state["values"][name]
         if not args and name in state["properties"]:
@@ -131,11 +137,22 @@ class Widget:
 
 
 def emit(widget: Widget, signal: str, *args) -> None:
-    """Fire a signal as Qt would: every connected slot is called."""
+    """Fire a signal as Qt would: every connected slot is called, as PythonQt calls a Python callable: with as
+    many of the signal's arguments as it takes."""
     if signal not in widget._standin["signals"]:
         raise AttributeError(f"{widget._standin['class']} has no signal {signal}")
     for slot in list(widget._standin["connections"].get(signal, [])):
-        slot(*args)
+        slot(*args[: _positional_count(slot, len(args))])
+
+
+def _positional_count(slot, given: int) -> int:
+    try:
+        parameters = inspect.signature(slot).parameters.values()
+    except (TypeError, ValueError):
+        return given
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return given
+    return min(given, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
 
 
 def standin_calls(widget: Widget, name: str | None = None) -> list:
@@ -164,6 +181,7 @@ def _python_class(class_name: str, enums: dict | None = None, **static):
 
 
 _SETTINGS = {}
+DIALOG_ANSWERS = {}  # what the user picks in a file dialog: {"directory": path}
 
 
 def _construct(class_name, *args):
@@ -177,6 +195,7 @@ def _construct(class_name, *args):
     elif class_name == "QSettings":  # one store for all QSettings objects, as the application's settings file
         object.__setattr__(widget, "value", lambda key, default=None: _SETTINGS.get(key, default))
         object.__setattr__(widget, "setValue", lambda key, value: _SETTINGS.__setitem__(key, value))
+        object.__setattr__(widget, "remove", lambda key: _SETTINGS.pop(key, None))
     return widget
 
 
@@ -186,6 +205,10 @@ def _qt_module():
         if name.startswith("Q"):
             setattr(qt, name, _python_class(name))
     qt.QTimer = _python_class("QTimer", singleShot=staticmethod(lambda msec, callback: _PENDING.append(callback)))
+    qt.QFileDialog = _python_class(
+        "QFileDialog",
+        getExistingDirectory=staticmethod(lambda parent, caption, directory: DIALOG_ANSWERS.get("directory", "")),
+    )
     qt.Qt = types.SimpleNamespace(
         **{value: index for values in API["qt_namespace_enums"].values() for index, value in enumerate(values)}
     )
@@ -488,3 +511,4 @@ def reset():
     """A fresh application: no pending timers, empty settings."""
     _PENDING.clear()
     _SETTINGS.clear()
+    DIALOG_ANSWERS.clear()

@@ -156,11 +156,12 @@ def test_remote_engine_keeps_one_session_per_volume_and_signature(ct):
         assert list(server.sessions) == [session_id]  # reused, not reopened
         edited = VolumeInput("ct", ct.volume + 1, ct.ijk_to_ras, signature=2)
         engine.segment(edited, [Target("liver", text="liver")], zoom_in=False)
+        assert engine.closer.join(10)  # the replaced session ends in the background
         assert engine.session_keys() == ["ct"] and session_id not in server.sessions and len(server.sessions) == 1
         engine.forget_if_changed("ct", 2)
         assert engine.session_keys() == ["ct"]
         engine.keep_only([])
-        assert engine.session_keys() == [] and server.sessions == {}
+        assert engine.closer.join(10) and engine.session_keys() == [] and server.sessions == {}
 
 
 def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_path, monkeypatch, capsys):

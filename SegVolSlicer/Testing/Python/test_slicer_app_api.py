@@ -57,17 +57,39 @@ def test_every_qt_ctk_and_slicer_name_exists(slicer_module):  # noqa: F811
             value = getattr(value, part)
 
 
-@pytest.mark.parametrize("mistake", ["misspelled property", "unknown method", "unknown signal", "unknown class"])
-def test_stand_ins_refuse_what_slicer_refuses(mistake):
+@pytest.mark.parametrize(
+    "mistake, error",
+    [
+        ("misspelled property", AttributeError),
+        ("unknown method", AttributeError),
+        ("unknown signal", AttributeError),
+        ("unknown class", AttributeError),
+        ("a C++ setter that is not a slot", AttributeError),
+        ("a slot with too few arguments", TypeError),
+        ("a slot with too many arguments", TypeError),
+    ],
+)
+def test_stand_ins_refuse_what_slicer_refuses(mistake, error):
+    """PythonQt calls only properties, signals, public slots, Q_INVOKABLE methods and decorators of Slicer's
+    and CTK's classes, with the declared number of arguments."""
     button = Widget("QPushButton", "applyButton")
-    with pytest.raises(AttributeError):
+    selector = Widget("qMRMLNodeComboBox", "inputVolumeSelector")
+    with pytest.raises(error):
         if mistake == "misspelled property":
             button.txt = "Segment"
         elif mistake == "unknown method":
             button.setPlaceModeEnabled(True)
         elif mistake == "unknown signal":
             button.connect("clickd(bool)", print)
-        else:
+        elif mistake == "unknown class":
             Widget("QPushButon")
+        elif mistake == "a C++ setter that is not a slot":
+            selector.setNoneEnabled(True)  # a public method, not a slot: set `selector.noneEnabled` instead
+        elif mistake == "a slot with too few arguments":
+            selector.setCurrentNode()
+        else:
+            Widget("qMRMLSegmentEditorWidget").setSegmentationNode(None, None)
     button.text = "Segment"
     assert button.text == "Segment" and button.connect("clicked(bool)", print)
+    selector.noneEnabled = True
+    selector.setCurrentNode(None)

@@ -1,10 +1,9 @@
-"""Installing SegVol's Python packages inside Slicer: what counts as missing, and the ask-then-install flow on
-Slicer 5.10 (pip) and 5.12+ (slicer.packaging), with Slicer's dialogs, PyTorchUtils and pip replaced by
-recorders. The rule: never install without asking, never open a dialog from auto-update, never a traceback."""
+"""Installing SegVol's Python packages inside Slicer: what counts as missing, and the ask (GUI thread) then
+install (worker thread) flow, with Slicer's dialogs, PyTorchUtils and the installers replaced by recorders. The
+rule: never install without asking, never open a dialog from auto-update, never install on the GUI thread,
+never a traceback."""
 
-import contextlib
 import importlib.metadata
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -63,53 +62,29 @@ def test_constraints_protect_slicers_packages(tmp_path):
 
 
 class FakeSlicer:
-    """Records Slicer's dialogs, PyTorchUtils and pip; `answers` are the user's replies to confirmations."""
+    """Records Slicer's dialogs, PyTorchUtils' check and the installers; `answers` are the user's replies."""
 
-    def __init__(self, monkeypatch, tmp_path, torch_installed=True, answers=(), pip_error=None, packaging_outcome=None):
-        self.dialogs, self.pip_calls, self.torch_installs, self.ensure_calls = [], [], [], []
+    def __init__(self, monkeypatch, tmp_path, torch_installed=True, answers=()):
+        self.dialogs, self.commands = [], []
         self.answers = list(answers)
         monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path), raising=False)
         for name in ("errorDisplay", "infoDisplay"):
-            monkeypatch.setattr(slicer.util, name, self._recorder(name))
+            monkeypatch.setattr(slicer.util, name, lambda text, name=name, **kwargs: self.dialogs.append((name, text)))
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", self._confirm)
-        monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext)
-        monkeypatch.setattr(slicer.util, "pip_install", self._pip(pip_error))
-        fake = self
+        monkeypatch.setattr(
+            dependencies, "run_python_module", lambda module, args: self.commands.append([module, *args])
+        )
 
         class PyTorchUtilsLogic:
             @staticmethod
             def torchInstalled():
                 return torch_installed
 
-            def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
-                fake.torch_installs.append((askConfirmation, torchVersionRequirement))
-                return None  # the user declined
-
         monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-        if packaging_outcome is not None:
-
-            def pip_ensure(requirements, constraints=None, requester=None):
-                self.ensure_calls.append((requirements, constraints, requester))
-                if isinstance(packaging_outcome, BaseException):
-                    raise packaging_outcome
-
-            packaging = types.SimpleNamespace(pip_ensure=pip_ensure, load_requirements=dependencies.requirement_lines)
-            monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
-
-    def _recorder(self, name):
-        return lambda text, **kwargs: self.dialogs.append((name, text))
 
     def _confirm(self, text, **kwargs):
-        self.dialogs.append(("confirm", text))
+        self.dialogs.append(("confirm", kwargs.get("detailedText", text)))
         return self.answers.pop(0)
-
-    def _pip(self, error):
-        def pip_install(arguments):
-            self.pip_calls.append(arguments)
-            if error is not None:
-                raise error
-
-        return pip_install
 
 
 def requirements_file(tmp_path, *lines):
@@ -121,71 +96,64 @@ def requirements_file(tmp_path, *lines):
 def test_without_the_pytorch_extension(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     fake = FakeSlicer(monkeypatch, tmp_path)
     monkeypatch.delitem(sys.modules, "PyTorchUtils")
-    assert dependencies.ensure(REQUIREMENTS_FILE, interactive=False) == dependencies.NEEDS_PYTORCH_EXTENSION
+    assert dependencies.check(REQUIREMENTS_FILE, interactive=False) == dependencies.NEEDS_PYTORCH_EXTENSION
     assert fake.dialogs == []  # auto-update never opens a dialog
-    assert dependencies.ensure(REQUIREMENTS_FILE) == dependencies.NEEDS_PYTORCH_EXTENSION
+    assert dependencies.check(REQUIREMENTS_FILE) == dependencies.NEEDS_PYTORCH_EXTENSION
     assert fake.dialogs == [("errorDisplay", dependencies.NEEDS_PYTORCH_EXTENSION)]
 
 
-def test_torch_is_installed_through_pytorchutils_after_asking(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
-    fake = FakeSlicer(monkeypatch, tmp_path, torch_installed=False)
-    assert dependencies.ensure(REQUIREMENTS_FILE, interactive=False) == dependencies.PRESS_SEGMENT
-    assert fake.torch_installs == []
-    assert dependencies.ensure(REQUIREMENTS_FILE) == dependencies.DECLINED
-    assert fake.torch_installs == [(True, ">=2.2")] and fake.pip_calls == []
+def test_torch_is_installed_after_asking_with_light_the_torch(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
+    fake = FakeSlicer(monkeypatch, tmp_path, torch_installed=False, answers=[False, True])
+    requirements = requirements_file(tmp_path, f"numpy=={NUMPY}")
+    assert dependencies.check(requirements, interactive=False) == dependencies.PRESS_SEGMENT
+    assert dependencies.check(requirements) == dependencies.DECLINED and fake.commands == []
+    plan = dependencies.check(requirements)
+    assert "torch>=2.2" in fake.dialogs[-1][1] and "several GB" in plan.message()
+    assert fake.commands == []  # nothing is installed on the GUI thread: the plan runs on the worker
+    assert plan.run() is None
+    assert fake.commands == [["pip", "install", "light-the-torch>=0.7"], ["light_the_torch", "install", "torch>=2.2"]]
 
 
 def test_too_old_torch_is_named(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     fake = FakeSlicer(monkeypatch, tmp_path)
     monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", "torch>=99")
-    message = dependencies.ensure(REQUIREMENTS_FILE)
-    assert "torch>=99" in message and "PyTorch Utils" in message and fake.pip_calls == []
+    message = dependencies.check(REQUIREMENTS_FILE)
+    assert "torch>=99" in message and "PyTorch Utils" in message and fake.commands == []
 
 
 def test_nothing_to_install(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     fake = FakeSlicer(monkeypatch, tmp_path)
-    assert dependencies.ensure(requirements_file(tmp_path, f"numpy=={NUMPY}")) is None
-    assert fake.dialogs == [] and fake.pip_calls == []
+    assert dependencies.check(requirements_file(tmp_path, f"numpy=={NUMPY}")) is None
+    assert fake.dialogs == [] and fake.commands == []
 
 
-def test_slicer_5_10_asks_then_installs_with_constraints(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
+def test_packages_are_installed_after_asking_with_constraints(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     requirements = requirements_file(tmp_path, f"numpy=={NUMPY}", "no-such-package-segvol==1.0")
-    fake = FakeSlicer(monkeypatch, tmp_path, answers=[False, True])
-    assert dependencies.ensure(requirements, interactive=False) == dependencies.PRESS_SEGMENT
+    fake = FakeSlicer(monkeypatch, tmp_path, answers=[True])
+    assert dependencies.check(requirements, interactive=False) == dependencies.PRESS_SEGMENT
     assert fake.dialogs == []
-    assert dependencies.ensure(requirements) == dependencies.DECLINED
-    assert [kind for kind, _ in fake.dialogs] == ["confirm"] and fake.pip_calls == []
-    assert dependencies.ensure(requirements) is None
-    ((flag, path, constraint_flag, constraints),) = fake.pip_calls
-    assert (flag, path, constraint_flag) == ("-r", str(requirements), "-c")
+    plan = dependencies.check(requirements)
+    assert [kind for kind, _ in fake.dialogs] == ["confirm"]
+    with pytest.raises(dependencies.InstallFailed):  # pip "succeeded" yet the package is still missing
+        plan.run()
+    ((module, command, flag, path, constraint_flag, constraints),) = fake.commands
+    assert (module, command, flag, path, constraint_flag) == ("pip", "install", "-r", str(requirements), "-c")
     assert f"numpy=={NUMPY}" in Path(constraints).read_text().splitlines()
 
 
-def test_slicer_5_10_restart_notice_and_failure(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
-    fake = FakeSlicer(monkeypatch, tmp_path, answers=[True])
-    message = dependencies.ensure(requirements_file(tmp_path, "numpy<1.0"))  # numpy is loaded: restart
+def test_restart_notice_when_a_loaded_package_is_updated(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
+    FakeSlicer(monkeypatch, tmp_path, answers=[True])
+    plan = dependencies.check(requirements_file(tmp_path, "numpy<1.0"))
+    monkeypatch.setattr(dependencies, "unsatisfied", lambda lines: [])  # as after pip updated numpy
+    message = plan.run()
     assert message.startswith("Restart Slicer") and "numpy" in message
-    assert fake.dialogs[-1] == ("infoDisplay", message)
-    fake = FakeSlicer(monkeypatch, tmp_path, answers=[True], pip_error=subprocess.CalledProcessError(1, "pip"))
-    assert dependencies.ensure(requirements_file(tmp_path, "no-such-package-segvol==1.0")) == dependencies.FAILED
-    assert fake.dialogs[-1] == ("errorDisplay", dependencies.FAILED)
 
 
-@pytest.mark.parametrize(
-    "outcome, message",
-    [
-        (RuntimeError("User declined package installation"), dependencies.DECLINED),
-        (subprocess.CalledProcessError(1, "pip install"), dependencies.FAILED),
-        (False, dependencies.FAILED),  # pip "succeeded" yet the package is still missing
-    ],
-)
-def test_slicer_5_12_uses_pip_ensure(outcome, message, slicer_scene, monkeypatch, tmp_path):  # noqa: F811
-    requirements = requirements_file(tmp_path, "no-such-package-segvol==1.0")
-    fake = FakeSlicer(monkeypatch, tmp_path, packaging_outcome=outcome)
-    assert dependencies.ensure(requirements) == message
-    ((lines, constraints, requester),) = fake.ensure_calls
-    assert lines == ["no-such-package-segvol==1.0"] and requester == "SegVol" and Path(constraints).is_file()
-    assert fake.pip_calls == [] and fake.dialogs == []  # pip_ensure asks and reports itself
+def test_a_failing_installer_is_one_message(monkeypatch):
+    """pip's exit status, or no pip at all, becomes InstallFailed with what to do; its output goes to the log."""
+    monkeypatch.setattr(dependencies.shutil, "which", lambda name: None)
+    with pytest.raises(dependencies.InstallFailed, match="check the network connection"):
+        dependencies.run_python_module("pip", ["--no-such-option-segvol"])
 
 
 def test_on_a_server_only_the_clients_packages_are_needed(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
@@ -193,10 +161,11 @@ def test_on_a_server_only_the_clients_packages_are_needed(slicer_scene, monkeypa
     fake = FakeSlicer(monkeypatch, tmp_path, torch_installed=False, answers=[True])
     monkeypatch.delitem(sys.modules, "PyTorchUtils")
     client = requirements_file(tmp_path, f"numpy=={NUMPY}", "no-such-client-package-segvol==1.0")
-    monkeypatch.delitem(sys.modules, "slicer.packaging", raising=False)
-    dependencies.ensure(client, interactive=True, needs_torch=False)
-    assert fake.torch_installs == [] and ("errorDisplay", dependencies.NEEDS_PYTORCH_EXTENSION) not in fake.dialogs
-    assert fake.pip_calls and fake.pip_calls[0][:2] == ["-r", str(client)]
+    plan = dependencies.check(client, interactive=True, needs_torch=False)
+    assert plan.torch_version is None and ("errorDisplay", dependencies.NEEDS_PYTORCH_EXTENSION) not in fake.dialogs
+    with pytest.raises(dependencies.InstallFailed):
+        plan.run()
+    assert fake.commands[0][:4] == ["pip", "install", "-r", str(client)]
 
 
 def test_the_client_requirements_name_no_torch():
