@@ -214,6 +214,9 @@ class RemoteSession:
                 )
         except SegVolError:
             self._close_quietly()
+            # A Cancel raised in the body's generator reaches us as the transport's failure (an in-process
+            # transport hands it to the server, which answers 500): the user's Cancel is what happened.
+            reporter.check_cancelled()
             raise
 
     def _chunks(self, reporter: Reporter):

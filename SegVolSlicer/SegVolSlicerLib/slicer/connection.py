@@ -22,7 +22,9 @@ def describe_server(url: str, api_key: str | None) -> str:
     model = info.get("model", {})
     limits = info.get("limits", {})
     free = max(0, int(limits.get("max_sessions", 0)) - int(info.get("sessions", 0)))
+    weights = model.get("weights") or {}  # {"name", "sha256"}; older servers sent the name alone
+    weights_name = weights.get("name", "?") if isinstance(weights, dict) else weights
     return (
-        f"{info.get('server', 'SegVol server')} · {model.get('weights', '?')} on {model.get('device', '?')} · "
+        f"{info.get('server', 'SegVol server')} · {weights_name} on {model.get('device', '?')} · "
         f"{free} of {limits.get('max_sessions', '?')} sessions free"
     )
