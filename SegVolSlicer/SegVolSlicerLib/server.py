@@ -55,6 +55,7 @@ log = logging.getLogger("segvol.server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_WAIT_S = 10.0  # longest a request waits for a job (clients poll again)
 JOBS_KEPT = 4  # finished jobs kept per session, for their masks
+RESULTS_KEPT = 4  # last results kept per session (by target name), for corrections
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ class TargetBody(BaseModel):
 class JobRequest(BaseModel):
     targets: list[TargetBody] = Field(min_length=1)
     zoom_in: bool = True
+    refine: bool = Field(
+        False,
+        description="correct the session's previous result of each target around its new clicks (a mode "
+        "beyond the official pipeline; a target without a previous result runs the official pipeline)",
+    )
 
 
 # --- state ---
@@ -152,6 +158,7 @@ class Job:
     id: str
     targets: list
     zoom_in: bool
+    refine: bool = False
     reporter: JobReporter = field(default_factory=JobReporter)
     state: str = "queued"  # queued, running, done, failed, cancelled
     error: str | None = None
@@ -205,6 +212,15 @@ class Session:
     last_seen: float
     voxels: np.ndarray | None = None
     jobs: OrderedDict[str, Job] = field(default_factory=OrderedDict)
+    # The last results by target name, for corrections (`refine`); a few only: each holds a full mask.
+    results: OrderedDict[str, object] = field(default_factory=OrderedDict)
+
+    def remember(self, results) -> None:
+        for result in results:
+            self.results.pop(result.name, None)
+            self.results[result.name] = result
+            while len(self.results) > RESULTS_KEPT:
+                self.results.popitem(last=False)
 
     @property
     def busy(self) -> bool:
@@ -344,7 +360,7 @@ class SegVolServer:
         if session.busy:
             raise Problem(409, "session-busy", "the session is already running a job: wait for it or cancel it")
         targets = [self._target(body, session.shape) for body in self._checked_sizes(request.targets)]
-        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in)
+        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in, request.refine)
         with self.lock:
             session.jobs[job.id] = job
             while len(session.jobs) > JOBS_KEPT:
@@ -387,7 +403,7 @@ class SegVolServer:
             return
         job.finish("running")
         try:
-            results = self.engine.segment(session.volume(), job.targets, job.zoom_in, reporter)
+            results = self._results(session, job)
             packed, blobs, offset = [], [], 0
             for result in results:
                 entry = {
@@ -395,6 +411,7 @@ class SegVolServer:
                     "text": result.text,
                     "warnings": list(result.warnings),
                     "windows": result.windows,
+                    "changed": [[s.start, s.stop] for s in result.changed],
                 }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once
@@ -415,12 +432,28 @@ class SegVolServer:
             log.exception("job %s failed", job.id)
             job.finish("failed", error=f"the server failed: {type(error).__name__}: {error}", error_code="internal")
         else:
+            with self.lock:
+                session.remember(results)
             job.finish("done", results=packed, masks=b"".join(blobs))
         finally:
             with self.lock:
                 gone = session.id not in self.sessions
             if gone:  # closed or reaped while it ran: the engine session it made goes too
                 self.engine.forget(session.id)
+
+    def _results(self, session: Session, job: Job) -> list:
+        volume = session.volume()
+        if not job.refine:
+            return self.engine.segment(volume, job.targets, job.zoom_in, job.reporter)
+        results = []
+        for target in job.targets:
+            with self.lock:
+                previous = session.results.get(target.name)
+            if previous is None:
+                results += self.engine.segment(volume, [target], job.zoom_in, job.reporter)
+            else:
+                results.append(self.engine.refine(volume, previous, target, job.reporter))
+        return results
 
     def job(self, session: Session, job_id: str) -> Job:
         with self.lock:

@@ -118,10 +118,12 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
         return _fallback(session, basis, target, "its text changed", reporter)
     if basis.box(target) != basis.box(basis.target):
         return _fallback(session, basis, target, "its box changed", reporter)
+    if previous.mask.shape != tuple(session.prepared.shape_kji):
+        return _fallback(session, basis, target, "the previous result belongs to another volume", reporter)
     if previous.roi is None:
         return _fallback(session, basis, target, "the previous result had no zoom-in", reporter)
     moved = changed_clicks(None if basis.target is None else basis.target.points, target.points)
-    space, prepared = session.space, session.prepared
+    space = session.space
     plan = WindowPlan.for_roi(previous.roi)
     windows: list[Window] = []
     for ijk, crop in zip(moved, space.ijk_to_crop(moved)):
@@ -130,9 +132,8 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
         window = nearest_window(plan, voxel) if inside_roi and space.contains_crop(crop)[0] else None
         if window is None:
             where = ", ".join(f"{v:.1f}" for v in ijk)
-            return _fallback(
-                session, previous, basis, target, f"the click at IJK ({where}) lies outside its zoom-in region", reporter
-            )
+            reason = f"the click at IJK ({where}) lies outside its zoom-in region"
+            return _fallback(session, basis, target, reason, reporter)
         if window not in windows:
             windows.append(window)
     result = replace(

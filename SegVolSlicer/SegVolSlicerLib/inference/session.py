@@ -131,7 +131,9 @@ class SegVolSession:
         result.basis = CorrectionBasis(prompts, target)
         return result
 
-    def refine(self, previous: SegmentationResult, target: Target, reporter: Reporter = NO_REPORT) -> SegmentationResult:
+    def refine(
+        self, previous: SegmentationResult, target: Target, reporter: Reporter = NO_REPORT
+    ) -> SegmentationResult:
         """A local correction of `previous` with `target`'s clicks (a mode beyond the official pipeline; see
         correction.py): only the zoom-in windows the new clicks fall in run again."""
         return refine(self, previous, target, reporter)
