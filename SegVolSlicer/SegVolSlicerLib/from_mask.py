@@ -17,13 +17,6 @@ from .reporting import NO_REPORT, Reporter
 from .vocabulary import resolve_name
 
 
-def mask_box(mask_kji: np.ndarray) -> Box:
-    """The IJK box of a non-empty (K, J, I) mask's voxels."""
-    nonzero = [np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    low, high = [int(n[0]) for n in nonzero], [int(n[-1]) for n in nonzero]
-    return Box(tuple(low[::-1]), tuple(high[::-1]))
-
-
 def segment_from_mask(session, name: str, mask_kji: np.ndarray, reporter: Reporter = NO_REPORT):
     """The session's SegmentationResult for the structure `mask_kji` (non-zero voxels) shows, named `name`."""
     mask = np.asarray(mask_kji) != 0
@@ -43,5 +36,5 @@ def segment_from_mask(session, name: str, mask_kji: np.ndarray, reporter: Report
         mask.astype(np.uint8), text, PromptMode(known, True, True), prepared, session.space, generator
     )
     result = session.segment_model_prompts(name, prompts, True, reporter, warnings, generator=generator)
-    result.basis = CorrectionBasis(prompts, None, mask_box(mask))
+    result.basis = CorrectionBasis(prompts, None, Box.around_mask(mask))
     return result

@@ -139,6 +139,15 @@ class Box:
         object.__setattr__(self, "ijk_max", high)
 
     @classmethod
+    def around_mask(cls, mask_kji: np.ndarray) -> Box:
+        """The box of a (K, J, I) mask's non-zero voxels (an error for an empty mask)."""
+        mask = np.asarray(mask_kji) != 0
+        if not mask.any():
+            raise InputError("the mask is empty: give a segment with at least one voxel")
+        nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        return cls(tuple(int(n[0]) for n in nonzero[::-1]), tuple(int(n[-1]) for n in nonzero[::-1]))
+
+    @classmethod
     def from_ras_corners(cls, corners_ras, ijk_to_ras) -> Box:
         """The voxels whose centres lie in the bounding box (in IJK) of corners given in RAS.
 

@@ -37,16 +37,20 @@ from .zoom_out import ZoomOutPrediction
 class CorrectionBasis:
     """What a result carries so that it can be corrected: the prompts its window plan was made with, the
     user's prompts so far (None when it was derived from a mask and not clicked yet) and, for a mask-derived
-    result, the mask's box (it stands for the box the user did not draw)."""
+    result, the mask's box (it and the mask's text stand for the box and text the user did not give)."""
 
     prompts: ModelPrompts
     target: Target | None
     mask_box: Box | None = None
 
-    def box(self, target: Target | None) -> Box | None:
-        """The box a target stands for: its own, else the mask's."""
-        own = None if target is None else target.box
-        return own if own is not None else self.mask_box
+    def stands_for(self, target: Target | None) -> tuple[str | None, Box | None, list[str]]:
+        """The text (resolved) and box a target stands for, and the text's warnings."""
+        text, warnings = resolve_text(None if target is None else target.text)
+        box = None if target is None else target.box
+        if self.mask_box is not None:
+            text = self.prompts.text if text is None and (target is None or target.text is None) else text
+            box = self.mask_box if box is None else box
+        return text, box, warnings
 
 
 def _click_keys(points: Points | None) -> set[tuple]:
@@ -100,7 +104,10 @@ def _kji_slices(prepared, start, stop) -> tuple[slice, slice, slice]:
 
 def _fallback(session, basis: CorrectionBasis | None, target: Target, reason: str, reporter: Reporter):
     mask_box = None if basis is None else basis.mask_box
-    result = session.segment(replace(target, box=target.box or mask_box), reporter=reporter)
+    if basis is not None:
+        text, box, _ = basis.stands_for(target)
+        target = replace(target, text=target.text if target.text is not None else text, box=box)
+    result = session.segment(target, reporter=reporter)
     result.basis = CorrectionBasis(result.basis.prompts, target, mask_box)
     result.name = target.name
     result.warnings.insert(0, f"'{target.name}' was segmented again as a whole (official pipeline): {reason}")
@@ -113,10 +120,11 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
     basis: CorrectionBasis | None = previous.basis
     if basis is None:  # e.g. an evaluation result: no user prompts to compare the target with
         return _fallback(session, None, target, "the previous result has nothing to correct from", reporter)
-    text, warnings = resolve_text(target.text)
+    text, box, warnings = basis.stands_for(target)
+    _, before_box, _ = basis.stands_for(basis.target)
     if text != basis.prompts.text:
         return _fallback(session, basis, target, "its text changed", reporter)
-    if basis.box(target) != basis.box(basis.target):
+    if box != before_box:
         return _fallback(session, basis, target, "its box changed", reporter)
     if previous.mask.shape != tuple(session.prepared.shape_kji):
         return _fallback(session, basis, target, "the previous result belongs to another volume", reporter)

@@ -238,16 +238,19 @@ def shortcut(widget, key):
 
 def test_shortcuts_place_prompts_while_the_panel_is_shown(panel):
     widget, parameters, dialogs = panel
-    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B"]
+    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
     emit(shortcut(widget, "P"), "activated()")
     assert widget.ui.positivePlaceWidget.placeModeEnabled and not widget.ui.negativePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "P"), "activated()")
     assert not widget.ui.positivePlaceWidget.placeModeEnabled
+    emit(shortcut(widget, "Shift+N"), "activated()")  # strokes: next to P and N
+    assert widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "N"), "activated()")
     widget.exit()  # leaving the panel: no shortcuts, no placing
     assert widget._shortcuts == [] and not widget.ui.negativePlaceWidget.placeModeEnabled
+    assert not widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     widget.enter()
-    assert len(widget._shortcuts) == 3
+    assert len(widget._shortcuts) == 5
 
 
 def roi_nodes():
