@@ -135,9 +135,8 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
     plan = WindowPlan.for_roi(previous.roi)
     windows: list[Window] = []
     for ijk, crop in zip(moved, space.ijk_to_crop(moved)):
-        voxel = np.rint(crop)
-        inside_roi = np.all(voxel >= previous.roi.start) and np.all(voxel < previous.roi.stop)
-        window = nearest_window(plan, voxel) if inside_roi and space.contains_crop(crop)[0] else None
+        # The windows' real image parts tile the ROI exactly: no window holds a click outside it.
+        window = nearest_window(plan, np.rint(crop)) if space.contains_crop(crop)[0] else None
         if window is None:
             where = ", ".join(f"{v:.1f}" for v in ijk)
             reason = f"the click at IJK ({where}) lies outside its zoom-in region"
