@@ -237,6 +237,10 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         self.forgetRemovedVolumes(volumeNode.GetScene())
         self.engine.forget_if_changed(volume.key, volume.signature)
         points, box = bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
+        if box is None and refineSegmentID and segmentationNode is not None and not bridge.split_names(names):
+            # A segment refined from its mask: its box stands for the structure the clicks correct.
+            kept = self._results.get((volume.key, volume.signature, segmentationNode.GetID(), refineSegmentID))
+            box = getattr(getattr(kept, "basis", None), "mask_box", None)
         targets = bridge.plan_targets(bridge.split_names(names), points, box, segmentationNode, refineSegmentID)
         if segmentationNode is None:
             segmentationNode = bridge.create_segmentation_node(volumeNode)

@@ -253,6 +253,10 @@ def test_a_mask_derived_segment_is_corrected_locally_and_an_unknown_name_prompts
     result = host.segment_from_mask(volume, "pancreas", label)
     fixed = host.refine(volume, result, pancreas(PANCREAS_CENTRE_IJK))
     assert fixed.windows == 1 and fixed.warnings == []
+    # Clicks without a name (the panel's clicks on a selected segment): the mask's name and box stand for them.
+    clicks = Target("pancreas", points=Points([PANCREAS_CENTRE_IJK], [0]), box=result.basis.mask_box)
+    textless = host.refine(volume, result, clicks)
+    assert textless.windows == 1 and textless.warnings == []
     other = host.segment_from_mask(volume, "my blob", label)
     assert other.text is None and "not one of SegVol's names" in other.warnings[0]
     # Negative clicks alone need the mask's box to stand for the structure: then they correct locally.
