@@ -270,7 +270,7 @@ class RemoteSession:
             zoom_out_mask,
             list(entry["warnings"]),
             int(entry["windows"]),
-            tuple(slice(start, stop) for start, stop in entry["changed"]),
+            None if entry.get("changed") is None else tuple(slice(a, b) for a, b in entry["changed"]),
         )
 
     def heartbeat(self) -> None:

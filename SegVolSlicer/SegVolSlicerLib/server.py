@@ -411,7 +411,7 @@ class SegVolServer:
                     "text": result.text,
                     "warnings": list(result.warnings),
                     "windows": result.windows,
-                    "changed": [[s.start, s.stop] for s in result.changed],
+                    "changed": [[int(s.start), int(s.stop)] for s in result.changed],
                 }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once

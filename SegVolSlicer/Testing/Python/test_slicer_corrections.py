@@ -1,5 +1,5 @@
 """The panel's corrections on real MRML: clicks on a segment with a result act around themselves (or through
-the whole official pipeline), strokes become clicks, and a segment made elsewhere is refined from its mask.
+the whole official pipeline), and a segment made elsewhere is refined from its mask (strokes: checks.py).
 The stand-in network (fake_segvol.CountingBandSegVol) carves a ball around a negative click."""
 
 import numpy as np
@@ -61,19 +61,6 @@ def test_clicks_on_a_segment_with_a_result_correct_it_locally_or_officially(slic
 
     logic.process(volume, segmentation, names="pancreas", pointNodes=[click], corrections=slicer_module.CORRECTIONS[1])
     assert segment_array(segmentation, pancreas, volume)[carved(ct)].all()  # the official zoom-in ignores it
-
-
-def test_a_stroke_is_read_as_clicks_along_it(slicer_module, slicer_scene):  # noqa: F811
-    ct = layout_ct()
-    stroke = bridge.create_prompt_node(slicer.mrmlScene, bridge.NEGATIVE_STROKE_ROLE)
-    assert stroke.IsA("vtkMRMLMarkupsCurveNode")
-    ends = ijk_to_ras_points(ct.ijk_to_ras, [(100.0, 48.0, 20.0), (200.0, 48.0, 20.0)])
-    for ras in ends:
-        stroke.AddControlPoint(*ras)
-    points = bridge.read_points([stroke], ct.ijk_to_ras)
-    length = np.linalg.norm(ends[1] - ends[0])
-    assert len(points) == min(20, int(np.ceil(length / 5.0)) + 1) and set(points.labels.tolist()) == {0}
-    assert np.allclose(points.ijk[[0, -1]], [(100.0, 48.0, 20.0), (200.0, 48.0, 20.0)], atol=1e-3)
 
 
 def test_an_existing_segment_is_refined_from_its_mask_then_corrected_locally(slicer_module, slicer_scene):  # noqa: F811
