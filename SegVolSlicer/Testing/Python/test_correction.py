@@ -14,13 +14,14 @@ from test_server import in_process
 
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
-from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.imageio import read_clicks, read_volume
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.inference.point_sampling import make_generator
 from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.prompts import Box, Points, Target
+from SegVolSlicerLib.reporting import Reporter
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 PANCREAS_CENTRE_IJK = (160.0, 48.0, 20.0)  # (i, j, k): the pancreas runs along I through two zoom-in windows
@@ -131,6 +132,24 @@ def test_removing_a_click_reruns_its_window(session):
     assert carved.mask[ijk[2], ijk[1], ijk[0]] == 0
     restored = session.refine(carved, pancreas(RIGHT_IJK, labels=[1]))  # the negative click is gone
     assert restored.windows == 2 and restored.mask[ijk[2], ijk[1], ijk[0]] == 1
+
+
+def test_a_correction_reports_its_windows_and_can_be_cancelled(session):
+    class Recorder(Reporter):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def progress(self, stage, done, total):
+            self.events.append((stage, done, total))
+
+    first = session.segment(pancreas())
+    recorder = Recorder()
+    session.refine(first, pancreas(LEFT_IJK, RIGHT_IJK), recorder)
+    assert recorder.events == [("correction", 1, 2), ("correction", 2, 2)]
+    recorder.cancel.set()
+    with pytest.raises(Cancelled):
+        session.refine(first, pancreas(PANCREAS_CENTRE_IJK), recorder)
 
 
 @pytest.mark.parametrize(
