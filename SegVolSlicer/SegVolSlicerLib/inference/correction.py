@@ -7,7 +7,8 @@ The official zoom-in never sees the user's clicks: its windows are prompted with
 zoom-out mask, so a negative click acts on the coarse 32x256x256 pass only. A correction instead reruns, from
 the previous result's window plan, the window each new, moved or removed click falls in (the one whose centre
 is nearest the click), prompted with that window's usual prompts (the official per-window prompts of the
-previous run's prompts) plus the user's clicks inside it, labels kept. Inside those windows' footprint the
+previous run's prompts; in point mode their sampled clicks are drawn afresh from the session's generator)
+plus the user's clicks inside it, labels kept. Inside those windows' footprint the
 mask becomes the thresholded average of the rerun windows' logits (their neighbours were prompted without the
 new clicks, so they are not averaged in); everywhere else it stays as it was, bit for bit. The windows'
 embeddings come from the session's cache, so the encoder does not run while they are cached.
@@ -48,7 +49,7 @@ class CorrectionBasis:
         text, warnings = resolve_text(None if target is None else target.text)
         box = None if target is None else target.box
         if self.mask_box is not None:
-            text = self.prompts.text if text is None and (target is None or target.text is None) else text
+            text = self.prompts.text if text is None else text
             box = self.mask_box if box is None else box
         return text, box, warnings
 
