@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import ctk
@@ -18,7 +19,13 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import (
+    vtkMRMLMarkupsCurveNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -33,6 +40,7 @@ from slicer.util import VTKObservationMixin
 from SegVolSlicerLib import runtime, vocabulary
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
+from SegVolSlicerLib.prompts import Box, Target
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
 from SegVolSlicerLib.slicer import bridge, checks, connection, dependencies, worker
 
@@ -48,6 +56,10 @@ RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = (
     "SegVolSlicer/ServerAPIKey",
 )
 RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index order
+# How clicks on a segment with a result act: locally (SegVolSession.refine, beyond the official pipeline) or
+# through the whole official pipeline.
+CORRECTIONS = ("around the new clicks (fast)", "whole structure (official)")
+RESULTS_KEPT = 8  # last results kept for corrections (each holds a mask of the volume's size)
 # During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
@@ -64,6 +76,7 @@ STAGE_TITLES = {
     "zoom-out": "Zoom-out",
     "zoom-in": "Zoom-in window",
     "upload": "Sending volume",
+    "correction": "Correcting window",
 }
 
 
@@ -94,7 +107,8 @@ class SegVolSlicerParameterNode:
 
     inputVolume - the CT to segment; outputSegmentation - where segments go;
     targetNames - anatomy names, comma separated; positivePoints / negativePoints / boxROI - prompt nodes;
-    zoomIn - SegVol's zoom-in refinement; autoUpdate - rerun when a prompt changes;
+    positiveStroke / negativeStroke - stroke (open curve) nodes; corrections - how clicks on a segment with a
+    result act (CORRECTIONS); zoomIn - SegVol's zoom-in refinement; autoUpdate - rerun when a prompt changes;
     device - where the model runs; useSegmentEditorSettings - honour the Segment Editor's overwrite/mask options.
     """
 
@@ -104,6 +118,9 @@ class SegVolSlicerParameterNode:
     positivePoints: vtkMRMLMarkupsFiducialNode
     negativePoints: vtkMRMLMarkupsFiducialNode
     boxROI: vtkMRMLMarkupsROINode
+    positiveStroke: vtkMRMLMarkupsCurveNode
+    negativeStroke: vtkMRMLMarkupsCurveNode
+    corrections: Annotated[str, Choice(list(CORRECTIONS))] = CORRECTIONS[0]
     zoomIn: bool = True
     autoUpdate: bool = False
     device: Annotated[str, Choice(list(runtime.DEVICES))] = "auto"
@@ -126,6 +143,8 @@ class SegmentationRequest:
     volume: VolumeInput  # key: the volume node ID; signature: (voxels' modification time, world IJK-to-RAS)
     targets: list  # [(prompts.Target, bridge.SegmentSpec)]
     zoomIn: bool
+    previous: list = field(default_factory=list)  # per target: the result to correct locally, or None
+    mask: np.ndarray | None = None  # refine an existing segment: its voxels (K, J, I)
 
     @property
     def voxels(self):
@@ -149,6 +168,9 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.engine = self._newEngine()  # or a client.RemoteEngine: the same face over a SegVol server
         self._server = None  # (url, key) while the engine is a server's
+        # The last result written to each segment, for corrections: (volume key, volume signature, segmentation
+        # node ID, segment ID) -> result.
+        self._results = OrderedDict()
 
     @staticmethod
     def _newEngine(model=None):
@@ -190,6 +212,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def _replaceEngine(self, engine) -> None:
         old, remote = self.engine, self._server is not None
         self.engine, self._server = engine, None
+        self._results.clear()  # results are corrected where they were made
         if remote:
             old.close(wait_s=0)  # its sessions end in the background: the GUI thread never waits on a server
         else:
@@ -221,10 +244,13 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         roiNode=None,
         refineSegmentID=None,
         zoomIn=True,
+        corrections=CORRECTIONS[0],
     ) -> SegmentationRequest:
         """Read the volume and prompts from the scene (GUI thread). Raises InputError for unusable input.
 
         Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
+        `corrections` (CORRECTIONS): whether a target whose segment has a result is corrected around the new
+        clicks, or run through the whole official pipeline.
         """
         voxels, ijkToRas = bridge.read_volume(volumeNode)
         volume = VolumeInput(
@@ -233,16 +259,62 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         self.forgetRemovedVolumes(volumeNode.GetScene())
         self.engine.forget_if_changed(volume.key, volume.signature)
         points, box = bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
+        if box is None and refineSegmentID and segmentationNode is not None and not bridge.split_names(names):
+            # A segment refined from its mask: its box stands for the structure the clicks correct.
+            kept = self._results.get((volume.key, volume.signature, segmentationNode.GetID(), refineSegmentID))
+            box = getattr(getattr(kept, "basis", None), "mask_box", None)
         targets = bridge.plan_targets(bridge.split_names(names), points, box, segmentationNode, refineSegmentID)
         if segmentationNode is None:
             segmentationNode = bridge.create_segmentation_node(volumeNode)
         bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
-        return SegmentationRequest(volumeNode, segmentationNode, volume, targets, bool(zoomIn))
+        local = corrections == CORRECTIONS[0] and zoomIn
+        previous = [
+            self._results.get(self._resultKey(volume, segmentationNode, spec)) if local else None for _, spec in targets
+        ]
+        return SegmentationRequest(volumeNode, segmentationNode, volume, targets, bool(zoomIn), previous)
+
+    def prepareFromSegment(self, volumeNode, segmentationNode, segmentID) -> SegmentationRequest:
+        """Refine an existing segment (drawn by hand, made by another tool): SegVol segments it again from the
+        prompts the official evaluation derives from a label, so that clicks then correct it locally."""
+        if segmentationNode is None or not segmentID:
+            raise InputError("select the segment to refine first")
+        voxels, ijkToRas = bridge.read_volume(volumeNode)
+        volume = VolumeInput(
+            volumeNode.GetID(), voxels, ijkToRas, signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
+        )
+        self.engine.forget_if_changed(volume.key, volume.signature)
+        spec = bridge.spec_for_segment(segmentationNode, segmentID)
+        bridge.check_labelmap_source(segmentationNode)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentID, volumeNode)
+        target = Target(spec.name, box=Box.around_mask(mask))  # the mask's box: what the segment covers
+        return SegmentationRequest(volumeNode, segmentationNode, volume, [(target, spec)], True, mask=mask)
 
     def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
         self.engine.select(ModelChoice(weights or None, device))
-        return self.engine.segment(request.volume, [target for target, _ in request.targets], request.zoomIn, reporter)
+        targets = [target for target, _ in request.targets]
+        if request.mask is not None:
+            if not hasattr(self.engine, "segment_from_mask"):
+                raise InputError("refining an existing segment runs on this computer only, not on a SegVol server")
+            return [self.engine.segment_from_mask(request.volume, targets[0].name, request.mask, reporter)]
+        if not any(previous is not None for previous in request.previous):
+            return self.engine.segment(request.volume, targets, request.zoomIn, reporter)
+        results = []
+        for index, (target, previous) in enumerate(zip(targets, request.previous)):
+            reporter.progress("target", index, len(targets))
+            if previous is None:
+                results += self.engine.segment(request.volume, [target], request.zoomIn, reporter)
+            else:
+                results.append(self.engine.refine(request.volume, previous, target, reporter))
+        return results
+
+    def _resultKey(self, volume, segmentationNode, spec):
+        segmentID = spec.segment_id
+        if segmentID is None and spec.target_key is not None and segmentationNode is not None:
+            segmentID = bridge.find_target_segment(segmentationNode, spec.target_key)
+        if segmentID is None or segmentationNode is None:
+            return None
+        return (volume.key, volume.signature, segmentationNode.GetID(), segmentID)
 
     def checkNodes(self, request: SegmentationRequest) -> None:
         """The request's volume and segmentation are still in the scene and the volume's grid is unchanged
@@ -270,9 +342,16 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         self.checkNodes(request)
         writer = bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
         try:
-            return writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
+            segmentIDs = writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
             writer.close()
+        for segmentID, result in zip(segmentIDs, results):  # what the next clicks on these segments correct
+            key = (request.volume.key, request.volume.signature, request.segmentationNode.GetID(), segmentID)
+            self._results.pop(key, None)
+            self._results[key] = result
+            while len(self._results) > RESULTS_KEPT:
+                self._results.popitem(last=False)
+        return segmentIDs
 
     def process(
         self,
@@ -287,10 +366,13 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         device="auto",
         editorNode=None,
         saveStateForUndo=None,
+        corrections=CORRECTIONS[0],
     ):
         """Prepare, run and apply in the calling thread; returns (segment IDs, warnings). Without a segmentation
         node the results go to a new one named "<volume> SegVol"."""
-        request = self.prepare(volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn)
+        request = self.prepare(
+            volumeNode, segmentationNode, names, pointNodes, roiNode, refineSegmentID, zoomIn, corrections
+        )
         reporter = worker.QueueReporter()
         results = self.run(request, reporter, weights, device)
         segmentIDs = self.apply(request, results, editorNode, saveStateForUndo)
@@ -337,6 +419,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.positivePlaceWidget, True),
             (self.ui.negativePlaceWidget, True),
             (self.ui.boxPlaceWidget, False),
+            (self.ui.positiveStrokePlaceWidget, True),  # a curve's points, one after the other
+            (self.ui.negativeStrokePlaceWidget, True),
         ):
             placeWidget.buttonsVisible = False
             placeWidget.placeButton().show()
@@ -372,6 +456,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.clearPromptsButton.connect("clicked(bool)", self.onClearPrompts)
         self.ui.newSegmentButton.connect("clicked(bool)", self.onNewSegment)
+        self.ui.refineSegmentButton.connect("clicked(bool)", self.onRefineSegment)
         self.ui.undoButton.connect("clicked(bool)", lambda: self._undo(redo=False))
         self.ui.redoButton.connect("clicked(bool)", lambda: self._undo(redo=True))
         self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
@@ -405,7 +490,13 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def exit(self):
         self._autoTimer.stop()
         self._removeShortcuts()
-        for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget, self.ui.boxPlaceWidget):
+        for placeWidget in (
+            self.ui.positivePlaceWidget,
+            self.ui.negativePlaceWidget,
+            self.ui.boxPlaceWidget,
+            self.ui.positiveStrokePlaceWidget,
+            self.ui.negativeStrokePlaceWidget,
+        ):
             placeWidget.setPlaceModeEnabled(False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -447,6 +538,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ("positivePoints", bridge.POSITIVE_ROLE),
             ("negativePoints", bridge.NEGATIVE_ROLE),
             ("boxROI", bridge.BOX_ROLE),
+            ("positiveStroke", bridge.POSITIVE_STROKE_ROLE),
+            ("negativeStroke", bridge.NEGATIVE_STROKE_ROLE),
         ):
             if not getattr(node, attribute):
                 setattr(node, attribute, bridge.create_prompt_node(slicer.mrmlScene, role))
@@ -481,6 +574,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.positivePlaceWidget, node.positivePoints),
             (self.ui.negativePlaceWidget, node.negativePoints),
             (self.ui.boxPlaceWidget, node.boxROI),
+            (self.ui.positiveStrokePlaceWidget, node.positiveStroke),
+            (self.ui.negativeStrokePlaceWidget, node.negativeStroke),
             (self.ui.targetSegmentSelector, node.outputSegmentation),
         ):
             if widget.currentNode() != shown:  # re-setting would reset the widget's state (segment choice)
@@ -489,7 +584,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.outputSegmentationSelector.baseName = _("{volume_name} SegVol").format(
                 volume_name=node.inputVolume.GetName()
             )
-        self._observePromptNodes([node.positivePoints, node.negativePoints, node.boxROI])
+        self._observePromptNodes(self._promptNodes())
 
     def _observePromptNodes(self, nodes):
         nodes = [n for n in nodes if n is not None]
@@ -556,14 +651,21 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.runSegmentation(interactive=False)
 
     def onClearPrompts(self):
-        node = self._parameterNode
         self._ignorePromptEvents = True  # clearing starts over; it is not a prompt to run
         try:
-            bridge.clear_prompts([node.positivePoints, node.negativePoints, node.boxROI])
+            bridge.clear_prompts(self._promptNodes())
         finally:
             self._ignorePromptEvents = False
         self._autoTimer.stop()
         self._selectResult = False  # a run still going belongs to the previous structure
+
+    def _promptNodes(self):
+        node = self._parameterNode
+        return [node.positivePoints, node.negativePoints, node.boxROI, node.positiveStroke, node.negativeStroke]
+
+    def onRefineSegment(self):
+        """Refine the target segment (made elsewhere): SegVol segments it again from prompts derived from it."""
+        self.runSegmentation(interactive=True, fromSegment=True)
 
     def onNewSegment(self):
         """Start a new structure: the next clicks make a new segment."""
@@ -575,6 +677,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, placeWidget in (
             ("P", self.ui.positivePlaceWidget),
             ("N", self.ui.negativePlaceWidget),
+            ("Shift+P", self.ui.positiveStrokePlaceWidget),
+            ("Shift+N", self.ui.negativeStrokePlaceWidget),
             ("Shift+B", self.ui.boxPlaceWidget),
         ):  # plain "b" steps slices in Slicer
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
@@ -693,8 +797,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.runSegmentation(interactive=True)
 
-    def runSegmentation(self, interactive=True):
-        """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only."""
+    def runSegmentation(self, interactive=True, fromSegment=False):
+        """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only.
+        fromSegment: refine the target segment from prompts derived from it (Refine existing segment)."""
         node = self._parameterNode
         if not node or self._installing:
             return
@@ -711,15 +816,19 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         refineSegmentID = self.ui.targetSegmentSelector.currentSegmentID() if node.outputSegmentation else None
         try:
-            request = self.logic.prepare(
-                node.inputVolume,
-                node.outputSegmentation,
-                node.targetNames,
-                [node.positivePoints, node.negativePoints],
-                node.boxROI,
-                refineSegmentID or None,
-                node.zoomIn,
-            )
+            if fromSegment:
+                request = self.logic.prepareFromSegment(node.inputVolume, node.outputSegmentation, refineSegmentID)
+            else:
+                request = self.logic.prepare(
+                    node.inputVolume,
+                    node.outputSegmentation,
+                    node.targetNames,
+                    [node.positivePoints, node.negativePoints, node.positiveStroke, node.negativeStroke],
+                    node.boxROI,
+                    refineSegmentID or None,
+                    node.zoomIn,
+                    node.corrections,
+                )
         except SegVolError as error:
             self._showError(error, interactive)
             return
@@ -847,7 +956,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, max(event.total, 1))
             self.ui.progressBar.setValue(event.done)
             self.ui.progressBar.setFormat(
-                f"{title} {event.done} of {event.total}" if event.stage == "zoom-in" else f"{title} %p%"
+                f"{title} {event.done} of {event.total}" if event.stage in ("zoom-in", "correction") else f"{title} %p%"
             )
 
     def _finish(self, request, results):

@@ -137,9 +137,9 @@ def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
 # --- segment ---
 
 
-def _targets_from_args(args, volume):
-    from .imageio import points_from_files, read_roi_corners
-    from .prompts import Box, Points, plan_targets
+def _clicks_from_args(args, volume):
+    from .imageio import points_from_files
+    from .prompts import Points
 
     clicks = []
     if args.point_ijk:
@@ -150,6 +150,16 @@ def _targets_from_args(args, volume):
         )
     clicks.append(points_from_files(args.points, args.negative_points, volume.ijk_to_ras))
     points = Points.concatenate(*clicks)
+    if points is not None:
+        points.check_inside(volume.shape)
+    return points
+
+
+def _targets_from_args(args, volume):
+    from .imageio import read_roi_corners
+    from .prompts import Box, plan_targets
+
+    points = _clicks_from_args(args, volume)
     box = None
     if args.box_ijk:
         box = Box(args.box_ijk[:3], args.box_ijk[3:])
@@ -157,8 +167,6 @@ def _targets_from_args(args, volume):
         if box is not None:
             raise InputError("give the box either as --box-ijk or as --roi, not both")
         box = Box.from_ras_corners(read_roi_corners(args.roi), volume.ijk_to_ras)
-    if points is not None:
-        points.check_inside(volume.shape)
     if box is not None:
         box = box.clipped(volume.shape)
     return plan_targets(args.text or [], points, box, unnamed="SegVol 1", name=args.name)
@@ -171,16 +179,21 @@ def cmd_segment(args) -> int:
     output = Path(args.output)
     _fail_if_unwritable(output)
     volume = read_ct(args.image)
-    targets = _targets_from_args(args, volume)
+    if args.from_mask:
+        _check_from_mask_args(args)
+        points = _clicks_from_args(args, volume)
+        names = [args.name]
+    else:
+        targets = _targets_from_args(args, volume)
+        names = [target.name for target in targets]
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
-    with _ProgressBars([target.name for target in targets]) as bars, contextlib.closing(_engine_host(args)) as host:
-        results = host.segment(
-            VolumeInput(args.image, volume.array, volume.ijk_to_ras),
-            targets,
-            zoom_in=not args.no_zoom_in,
-            reporter=bars,
-        )
+    with _ProgressBars(names) as bars, contextlib.closing(_engine_host(args)) as host:
+        where = VolumeInput(args.image, volume.array, volume.ijk_to_ras)
+        if args.from_mask:
+            results = [_refine_mask(host, where, volume, args.from_mask, args.name, points, bars)]
+        else:
+            results = host.segment(where, targets, zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:
         _warn(result.warnings)
         print(
@@ -192,6 +205,28 @@ def cmd_segment(args) -> int:
     _warn(write_segmentation_results(output, results, volume, existing))
     print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
     return 0
+
+
+def _check_from_mask_args(args) -> None:
+    if not args.name:
+        raise InputError("--from-mask needs --name: the segment's name (its text prompt when SegVol knows it)")
+    if args.text or args.box_ijk or args.roi or args.server or args.no_zoom_in:
+        raise InputError(
+            "--from-mask takes its box and text from the mask and --name, and runs on this computer: "
+            "leave out --text, --box-ijk, --roi, --server and --no-zoom-in (clicks may be added)"
+        )
+
+
+def _refine_mask(host, where, volume, mask_path, name, points, reporter):
+    """The mask's segment from its evaluation-protocol prompts, then corrected around the clicks (if any)."""
+    from .imageio import read_label_volume
+    from .prompts import Target
+
+    result = host.segment_from_mask(where, name, read_label_volume(mask_path, volume), reporter)
+    if points is None:
+        return result
+    # The mask's box stands for the box the user did not draw, so the clicks correct locally.
+    return host.refine(where, result, Target(name, result.text, points, result.basis.mask_box), reporter)
 
 
 # --- evaluate ---
@@ -560,11 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--points",
         metavar="FILE.mrk.json",
-        help="Slicer point list; a point whose description is empty or 'positive' is positive, 'negative' is negative",
+        help="Slicer point list or open curve (a stroke: points every 5 mm along it, at most 20); a point whose "
+        "description is empty or 'positive' is positive, 'negative' is negative (a stroke: its first point's)",
     )
-    segment.add_argument("--negative-points", metavar="FILE.mrk.json", help="Slicer point list of negative clicks")
+    segment.add_argument(
+        "--negative-points", metavar="FILE.mrk.json", help="Slicer point list or open curve of negative clicks"
+    )
     segment.add_argument("--roi", metavar="FILE.mrk.json", help="Slicer ROI (box, may be rotated) as box prompt")
     segment.add_argument("--name", help="segment name for a box/point target (default: its text, else 'SegVol 1')")
+    segment.add_argument(
+        "--from-mask",
+        metavar="MASK",
+        help="refine an existing segment (non-zero voxels of MASK, on the CT's grid; needs --name): prompts "
+        "are derived from it as the official evaluation derives them from a label (box, points, and the name "
+        "as text when SegVol knows it); clicks given then correct it around themselves",
+    )
     _add_common(segment, CHECKPOINT_HELP)
     _add_sampling(segment)
     segment.add_argument(

@@ -72,6 +72,7 @@ class RemoteResult:
     zoom_out_mask: np.ndarray
     warnings: list[str] = field(default_factory=list)
     windows: int = 0
+    changed: tuple[slice, slice, slice] | None = None  # (K, J, I) slices this run may have changed
 
 
 class SegVolClient:
@@ -233,13 +234,20 @@ class RemoteSession:
     def segment(self, target: Target, zoom_in: bool = True, reporter: Reporter | None = None) -> RemoteResult:
         return self.segment_many([target], zoom_in, reporter)[0]
 
+    def refine(self, target: Target, reporter: Reporter | None = None) -> RemoteResult:
+        """The server's last result for the target's name corrected around its new clicks, as
+        EngineHost.refine (the official pipeline when the server holds no result for that name)."""
+        return self.segment_many([target], True, reporter, refine=True)[0]
+
     def segment_many(
-        self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter | None = None
+        self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter | None = None, refine: bool = False
     ) -> list[RemoteResult]:
         """One result per target, in order, as the server's engine made them. Progress comes to `reporter`;
         setting `reporter.cancel` cancels the job on the server (Cancelled is raised)."""
         reporter = reporter or NO_REPORT
         body = {"targets": [wire.target_to_json(target) for target in targets], "zoom_in": bool(zoom_in)}
+        if refine:
+            body["refine"] = True
         if self.closed:
             raise SessionExpired("this SegVol server session was closed: open a new one")
         try:
@@ -292,7 +300,13 @@ class RemoteSession:
         # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
         final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
         return RemoteResult(
-            entry["name"], entry["text"], final, zoom_out_mask, list(entry["warnings"]), int(entry["windows"])
+            entry["name"],
+            entry["text"],
+            final,
+            zoom_out_mask,
+            list(entry["warnings"]),
+            int(entry["windows"]),
+            None if entry.get("changed") is None else tuple(slice(a, b) for a, b in entry["changed"]),
         )
 
     def heartbeat(self) -> None:
@@ -382,6 +396,11 @@ class RemoteEngine:
     ) -> list[RemoteResult]:
         """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature)."""
         return self.session(volume, reporter).segment_many(targets, zoom_in, reporter)
+
+    def refine(self, volume, previous, target: Target, reporter: Reporter = NO_REPORT) -> RemoteResult:
+        """As EngineHost.refine; the server keeps the previous result (per session and target name), so
+        `previous` does not travel."""
+        return self.session(volume, reporter).refine(target, reporter)
 
     def session(self, volume, reporter: Reporter = NO_REPORT) -> RemoteSession:
         with self._lock:

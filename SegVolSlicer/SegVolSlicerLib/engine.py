@@ -259,6 +259,22 @@ class EngineHost:
         """One result per target, in order; all targets share the volume's embeddings."""
         return self.run(volume, lambda session: session.segment_many(targets, zoom_in, reporter), reporter)
 
+    def refine(
+        self, volume: VolumeInput, previous: SegmentationResult, target: Target, reporter: Reporter = NO_REPORT
+    ) -> SegmentationResult:
+        """`previous` corrected around `target`'s new clicks (SegVolSession.refine: a mode beyond the official
+        pipeline, which it falls back to with a note when the clicks leave the previous zoom-in region)."""
+        return self.run(volume, lambda session: session.refine(previous, target, reporter), reporter)
+
+    def segment_from_mask(
+        self, volume: VolumeInput, name: str, mask_kji: np.ndarray, reporter: Reporter = NO_REPORT
+    ) -> SegmentationResult:
+        """A segment made elsewhere (by hand, another tool) segmented again from the prompts the official
+        evaluation derives from a label, so that clicks then correct it (from_mask.py)."""
+        from .from_mask import segment_from_mask
+
+        return self.run(volume, lambda session: segment_from_mask(session, name, mask_kji, reporter), reporter)
+
     def _evict_after_run(self, key: Hashable) -> None:
         with self._lock:  # a run fills the session's caches: the memory budget is checked again
             if key in self._sessions:

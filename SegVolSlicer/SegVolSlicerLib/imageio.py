@@ -139,6 +139,24 @@ def _to_ras(markup: dict, points, path) -> np.ndarray:
     return lps_to_ras_points(points) if system == "LPS" else points
 
 
+def _placed_points(markup: dict, path, force_label: int | None) -> tuple[list, list]:
+    ras, labels = [], []
+    for point in markup.get("controlPoints", []):
+        if point.get("positionStatus", "defined") != "defined":
+            continue
+        try:
+            position = [float(v) for v in point["position"]]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: a control point has no valid 'position'") from None
+        ras.append(_to_ras(markup, position, path))
+        labels.append(force_label if force_label is not None else label_from_description(point.get("description")))
+    return ras, labels
+
+
+def _is_stroke(markup: dict) -> bool:
+    return str(markup.get("type", "")).lower() in ("curve", "opencurve")
+
+
 def read_points(path: str | os.PathLike, force_label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Control points of every point list in the file -> (RAS (N,3), labels (N,)).
 
@@ -147,18 +165,27 @@ def read_points(path: str | os.PathLike, force_label: int | None = None) -> tupl
     """
     ras, labels = [], []
     for markup in _read_markups(path):
-        for point in markup.get("controlPoints", []):
-            if point.get("positionStatus", "defined") != "defined":
-                continue
-            try:
-                position = [float(v) for v in point["position"]]
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{path}: a control point has no valid 'position'") from None
-            ras.append(_to_ras(markup, position, path))
-            labels.append(force_label if force_label is not None else label_from_description(point.get("description")))
+        if not _is_stroke(markup):
+            placed = _placed_points(markup, path, force_label)
+            ras, labels = ras + placed[0], labels + placed[1]
     if not ras:
         raise InputError(f"{path} contains no placed control points")
     return np.asarray(ras), np.asarray(labels, dtype=np.int64)
+
+
+def read_clicks(path: str | os.PathLike, ijk_to_ras, force_label: int | None = None) -> Points:
+    """The clicks of a markups file: point lists' control points, and strokes (open curves) sampled along
+    their length (Points.along_curve); a stroke is negative when its first point's description says so."""
+    parts = []
+    for markup in _read_markups(path):
+        ras, labels = _placed_points(markup, path, force_label)
+        if ras and _is_stroke(markup):
+            parts.append(Points.along_curve(ras, labels[0], ijk_to_ras))
+        elif ras:
+            parts.append(Points.from_ras(ras, labels, ijk_to_ras))
+    if not parts:
+        raise InputError(f"{path} contains no placed control points")
+    return Points.concatenate(*parts)
 
 
 def read_roi_corners(path: str | os.PathLike) -> np.ndarray:
@@ -183,9 +210,9 @@ def read_roi_corners(path: str | os.PathLike) -> np.ndarray:
 def points_from_files(positive_or_tagged: str | None, negative: str | None, ijk_to_ras) -> Points | None:
     parts = []
     if positive_or_tagged:
-        parts.append(Points.from_ras(*read_points(positive_or_tagged), ijk_to_ras))
+        parts.append(read_clicks(positive_or_tagged, ijk_to_ras))
     if negative:
-        parts.append(Points.from_ras(*read_points(negative, force_label=0), ijk_to_ras))
+        parts.append(read_clicks(negative, ijk_to_ras, force_label=0))
     return Points.concatenate(*parts)
 
 

@@ -17,6 +17,8 @@ from .errors import InputError
 from .geometry import ras_to_ijk_points
 
 POSITIVE, NEGATIVE = 1, 0
+# A stroke (a curve drawn with the positive or negative tool) becomes clicks this far apart, at most this many.
+STROKE_SPACING_MM, STROKE_MAX_POINTS = 5.0, 20
 _NEGATIVE_WORDS = ("negative", "neg", "-", "0", "background", "exclude")
 _POSITIVE_WORDS = ("", "positive", "pos", "+", "1", "foreground", "include")
 
@@ -59,6 +61,35 @@ class Points:
     @classmethod
     def from_ras(cls, ras, labels, ijk_to_ras) -> Points:
         return cls(ras_to_ijk_points(ijk_to_ras, np.asarray(ras, dtype=np.float64).reshape(-1, 3)), labels)
+
+    @classmethod
+    def along_curve(
+        cls,
+        ras,
+        label: int,
+        ijk_to_ras,
+        spacing_mm: float = STROKE_SPACING_MM,
+        max_points: int = STROKE_MAX_POINTS,
+    ) -> Points:
+        """Clicks of one polarity along a stroke, the polyline through `ras` (N,3 in mm): evenly spread over
+        its length, both ends included, at most `spacing_mm` apart unless that takes more than
+        `max_points` (then `max_points` of them); a stroke without length is one click.
+
+        >>> Points.along_curve([[0, 0, 0], [0, 0, 10]], 1, np.eye(4), spacing_mm=4).ijk[:, 2].tolist()
+        [0.0, 3.3333333333333335, 6.666666666666667, 10.0]
+        """
+        if not spacing_mm > 0 or max_points < 1:
+            raise InputError("a stroke needs a spacing above 0 mm and room for at least one point")
+        ras = np.asarray(ras, dtype=np.float64).reshape(-1, 3)
+        if not len(ras):
+            raise InputError("a stroke needs at least one placed point")
+        steps = np.linalg.norm(np.diff(ras, axis=0), axis=1)
+        ras = ras[np.concatenate([[True], steps > 0])]  # repeated points would stall the interpolation
+        along = np.concatenate([[0.0], np.cumsum(steps[steps > 0])])
+        count = min(int(max_points), int(np.ceil(along[-1] / spacing_mm - 1e-9)) + 1)
+        at = np.linspace(0.0, along[-1], count)
+        sampled = np.stack([np.interp(at, along, ras[:, axis]) for axis in range(3)], axis=1)
+        return cls.from_ras(sampled, np.full(count, label), ijk_to_ras)
 
     @classmethod
     def concatenate(cls, *parts: Points | None) -> Points | None:
@@ -106,6 +137,15 @@ class Box:
             raise InputError(f"the box {low} .. {high} is empty: every maximum index must be >= the minimum")
         object.__setattr__(self, "ijk_min", low)
         object.__setattr__(self, "ijk_max", high)
+
+    @classmethod
+    def around_mask(cls, mask_kji: np.ndarray) -> Box:
+        """The box of a (K, J, I) mask's non-zero voxels (an error for an empty mask)."""
+        mask = np.asarray(mask_kji) != 0
+        if not mask.any():
+            raise InputError("the mask is empty: give a segment with at least one voxel")
+        nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        return cls(tuple(int(n[0]) for n in nonzero[::-1]), tuple(int(n[-1]) for n in nonzero[::-1]))
 
     @classmethod
     def from_ras_corners(cls, corners_ras, ijk_to_ras) -> Box:

@@ -24,6 +24,7 @@ from ..prompts import Target
 from ..reporting import NO_REPORT, Reporter
 from ..vocabulary import resolve_text
 from .cache import EmbeddingCache, tensor_bytes
+from .correction import CorrectionBasis, refine
 from .merge import final_mask
 from .model_space import ModelSpace
 from .point_sampling import make_generator
@@ -49,6 +50,8 @@ class SegmentationResult:
     windows: int = 0  # zoom-in windows run
     crop: tuple[slice, slice, slice] | None = None  # the body crop as slices of the (K, J, I) grid
     zoom_out: ZoomOutResult | None = field(default=None, repr=False)
+    changed: tuple[slice, slice, slice] | None = None  # (K, J, I) slices this run may have changed
+    basis: CorrectionBasis | None = field(default=None, repr=False)  # what refine() corrects it from
 
 
 class SegVolSession:
@@ -125,7 +128,16 @@ class SegVolSession:
     def segment(self, target: Target, zoom_in: bool = True, reporter: Reporter = NO_REPORT) -> SegmentationResult:
         text, warnings = resolve_text(target.text)
         prompts = prompts_from_target(target, text, self.space)
-        return self.segment_model_prompts(target.name, prompts, zoom_in, reporter, warnings)
+        result = self.segment_model_prompts(target.name, prompts, zoom_in, reporter, warnings)
+        result.basis = CorrectionBasis(prompts, target)
+        return result
+
+    def refine(
+        self, previous: SegmentationResult, target: Target, reporter: Reporter = NO_REPORT
+    ) -> SegmentationResult:
+        """A local correction of `previous` with `target`'s clicks (a mode beyond the official pipeline; see
+        correction.py): only the zoom-in windows the new clicks fall in run again."""
+        return refine(self, previous, target, reporter)
 
     def segment_many(
         self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
@@ -192,6 +204,7 @@ class SegVolSession:
             windows=windows,
             crop=self.prepared.crop_slices_kji,
             zoom_out=zoom_out,
+            changed=tuple(slice(0, n) for n in self.prepared.shape_kji),
         )
 
     def _zoom_in(

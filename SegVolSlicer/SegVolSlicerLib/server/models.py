@@ -48,3 +48,8 @@ class TargetBody(BaseModel):
 class JobRequest(BaseModel):
     targets: list[TargetBody] = Field(min_length=1)
     zoom_in: bool = True
+    refine: bool = Field(
+        False,
+        description="correct the session's previous result of each target around its new clicks (a mode "
+        "beyond the official pipeline; a target without a previous result runs the official pipeline)",
+    )

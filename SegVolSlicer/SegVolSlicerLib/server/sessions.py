@@ -28,6 +28,7 @@ from .settings import Problem, ServerSettings
 log = logging.getLogger("segvol.server")
 
 JOBS_KEPT = 4  # finished jobs kept per session, for their masks
+RESULTS_KEPT = 4  # last results kept per session (by target name), for corrections
 # What an engine session holds per voxel of its volume at least: the prepared float32 image. The room the
 # memory budget keeps for the sessions the engines run (their embedding caches are evicted to fit).
 ENGINE_BYTES_PER_VOXEL = 4
@@ -56,6 +57,25 @@ class Session:
     uploads: int = 0  # uploads in progress
     reuse_tried: bool = False
     jobs: OrderedDict[str, Job] = field(default_factory=OrderedDict)
+    # The last results by target name, for corrections (`refine`); a few only: each holds full-grid masks.
+    results: OrderedDict[str, object] = field(default_factory=OrderedDict)
+
+    def remember(self, results) -> None:
+        for result in results:
+            self.results.pop(result.name, None)
+            self.results[result.name] = result
+            while len(self.results) > RESULTS_KEPT:
+                self.results.popitem(last=False)
+
+    @property
+    def results_bytes(self) -> int:
+        """What the kept results hold: their masks and zoom-out logits."""
+        held = 0
+        for result in self.results.values():
+            masks = {id(m): m.nbytes for m in (result.mask, result.zoom_out_mask)}
+            logits = result.zoom_out.logits if result.zoom_out is not None else None
+            held += sum(masks.values()) + (logits.numel() * logits.element_size() if logits is not None else 0)
+        return held
 
     @property
     def busy(self) -> bool:
@@ -149,7 +169,8 @@ class SegVolServer:
     def _stored_bytes(self) -> int:
         """With `lock` held: the voxels the sessions hold (shared ones once) or await."""
         held = {id(s.voxels): s.voxels.nbytes for s in self.sessions.values() if s.voxels is not None}
-        return sum(held.values()) + sum(s.declared_bytes for s in self.sessions.values() if s.voxels is None)
+        awaited = sum(s.declared_bytes for s in self.sessions.values() if s.voxels is None)
+        return sum(held.values()) + awaited + sum(s.results_bytes for s in self.sessions.values())
 
     def _busy(self, why: str) -> Problem:
         wait = self._seconds_until_a_session_frees()
@@ -264,7 +285,7 @@ class SegVolServer:
         if session.busy:
             raise Problem(409, "session-busy", "the session is already running a job: wait for it or cancel it")
         targets = [self._target(body, session.shape) for body in self._checked_sizes(request.targets)]
-        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in)
+        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in, request.refine)
         with self.lock:
             session.jobs[job.id] = job
             while len(session.jobs) > JOBS_KEPT:
@@ -307,7 +328,7 @@ class SegVolServer:
             with self.lock:  # the engines' sessions get what the stored volumes leave of the budget
                 room = self.settings.max_memory_bytes - self._stored_bytes()
             engine.memory_budget_bytes = max(0, room // len(self.replicas.all))
-            results = engine.segment(session.volume(), job.targets, job.zoom_in, reporter)
+            results = self._results(session, job)
             packed, blobs, offset = [], [], 0
             for result in results:
                 entry = {
@@ -315,6 +336,7 @@ class SegVolServer:
                     "text": result.text,
                     "warnings": list(result.warnings),
                     "windows": result.windows,
+                    "changed": [[int(s.start), int(s.stop)] for s in result.changed],
                 }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once
@@ -335,12 +357,28 @@ class SegVolServer:
             log.exception("a job failed")
             job.finish("failed", error=f"the server failed: {type(error).__name__}: {error}", error_code="internal")
         else:
+            with self.lock:
+                session.remember(results)
             job.finish("done", results=packed, masks=b"".join(blobs))
         finally:
             with self.lock:
                 gone = session.id not in self.sessions
             if gone:  # closed or reaped while it ran: the engine session it made goes too
                 engine.forget(session.id)
+
+    def _results(self, session: Session, job: Job) -> list:
+        volume, engine = session.volume(), session.replica.engine
+        if not job.refine:
+            return engine.segment(volume, job.targets, job.zoom_in, job.reporter)
+        results = []
+        for target in job.targets:
+            with self.lock:
+                previous = session.results.get(target.name)
+            if previous is None:
+                results += engine.segment(volume, [target], job.zoom_in, job.reporter)
+            else:
+                results.append(engine.refine(volume, previous, target, job.reporter))
+        return results
 
     def job(self, session: Session, job_id: str) -> Job:
         with self.lock:

@@ -23,6 +23,8 @@ from ..prompts import NEGATIVE, POSITIVE, Box, Points, Target, label_from_descri
 # Node attribute telling what a markups node is for; kept in the scene file, so prompts survive save/reload.
 ROLE_ATTRIBUTE = "SegVol.PromptRole"
 POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
+# Strokes: open curves drawn with the positive or negative tool, read as clicks along them.
+POSITIVE_STROKE_ROLE, NEGATIVE_STROKE_ROLE = "positive stroke", "negative stroke"
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
@@ -33,6 +35,13 @@ _PROMPT_LOOKS = {
     POSITIVE_ROLE: ("SegVol positive", (0.15, 0.80, 0.30), "+%d", None),
     NEGATIVE_ROLE: ("SegVol negative", (0.95, 0.20, 0.20), "-%d", "ThickCross2D"),
     BOX_ROLE: ("SegVol box", (1.00, 0.84, 0.04), None, None),
+    POSITIVE_STROKE_ROLE: ("SegVol positive stroke", (0.15, 0.80, 0.30), "", None),
+    NEGATIVE_STROKE_ROLE: ("SegVol negative stroke", (0.95, 0.20, 0.20), "", None),
+}
+_NODE_CLASSES = {
+    BOX_ROLE: "vtkMRMLMarkupsROINode",
+    POSITIVE_STROKE_ROLE: "vtkMRMLMarkupsCurveNode",
+    NEGATIVE_STROKE_ROLE: "vtkMRMLMarkupsCurveNode",
 }
 
 
@@ -116,11 +125,15 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
     """Defined control points of fiducial nodes as IJK points of the volume, or None if there are none.
 
     A point's polarity is its description ("positive"/"negative"); an empty description takes the node's role,
-    and positive for a node without one. Points still being placed (preview) are ignored.
+    and positive for a node without one. Points still being placed (preview) are ignored. A curve node is a
+    stroke: clicks along its curve (Points.along_curve), of its role's polarity.
     """
-    ras, labels = [], []
+    ras, labels, strokes = [], [], []
     for node in point_nodes:
         if node is None:
+            continue
+        if node.IsA("vtkMRMLMarkupsCurveNode"):
+            strokes.append(read_stroke(node, ijk_to_ras))
             continue
         default = NEGATIVE if node_role(node) == NEGATIVE_ROLE else POSITIVE
         for index in range(node.GetNumberOfControlPoints()):
@@ -131,9 +144,28 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
             position = [0.0, 0.0, 0.0]
             node.GetNthControlPointPositionWorld(index, position)
             ras.append(position)
-    if not ras:
+    clicks = Points.from_ras(np.array(ras), np.array(labels), ijk_to_ras) if ras else None
+    return Points.concatenate(clicks, *strokes)
+
+
+def read_stroke(curve_node, ijk_to_ras) -> Points | None:
+    """Clicks along a curve node's drawn curve (world RAS), negative for the negative stroke role."""
+    defined = [
+        index
+        for index in range(curve_node.GetNumberOfControlPoints())
+        if curve_node.GetNthControlPointPositionStatus(index) == curve_node.PositionDefined
+    ]
+    if not defined:
         return None
-    return Points.from_ras(np.array(ras), np.array(labels), ijk_to_ras)
+    curve = curve_node.GetCurvePointsWorld()
+    if len(defined) > 1 and curve is not None and curve.GetNumberOfPoints():
+        ras = np.array([curve.GetPoint(index) for index in range(curve.GetNumberOfPoints())])
+    else:
+        ras = np.zeros((len(defined), 3))
+        for row, index in enumerate(defined):
+            curve_node.GetNthControlPointPositionWorld(index, ras[row])
+    label = NEGATIVE if node_role(curve_node) == NEGATIVE_STROKE_ROLE else POSITIVE
+    return Points.along_curve(ras, label, ijk_to_ras)
 
 
 def read_prompts(point_nodes, roi_node, ijk_to_ras, shape_kji) -> tuple[Points | None, Box | None]:
@@ -147,9 +179,10 @@ def read_prompts(point_nodes, roi_node, ijk_to_ras, shape_kji) -> tuple[Points |
 
 
 def create_prompt_node(scene, role: str):
-    """A markups node for positive clicks, negative clicks or the box, tagged with its role and coloured."""
+    """A markups node for positive or negative clicks or strokes, or the box, tagged with its role and
+    coloured."""
     name, color, label_format, glyph = _PROMPT_LOOKS[role]
-    node_class = "vtkMRMLMarkupsROINode" if role == BOX_ROLE else "vtkMRMLMarkupsFiducialNode"
+    node_class = _NODE_CLASSES.get(role, "vtkMRMLMarkupsFiducialNode")
     node = scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName(name))
     node.SetAttribute(ROLE_ATTRIBUTE, role)
     node.CreateDefaultDisplayNodes()

@@ -19,7 +19,7 @@ import vtk
 from .. import terminology
 from ..errors import InputError
 from ..geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
-from ..prompts import Box
+from ..prompts import STROKE_SPACING_MM, Box
 from . import bridge
 
 SHAPE_KJI = (12, 20, 24)
@@ -148,6 +148,25 @@ def check_point_prompts():
             bridge.read_points([slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")], ijk_to_ras) is None,
             f"{label}: an empty node gave points",
         )
+
+
+def check_stroke_prompts():
+    """A stroke (curve node of a stroke role) becomes clicks of its polarity along it, ends included, at most
+    STROKE_SPACING_MM apart; a fiducial node beside it keeps its own clicks."""
+    ijk_to_ras = oblique_lps_ijk_to_ras()
+    ends_ijk = np.array([(2.0, 3.0, 4.0), (20.0, 15.0, 8.0)])
+    for role, label in ((bridge.NEGATIVE_STROKE_ROLE, 0), (bridge.POSITIVE_STROKE_ROLE, 1)):
+        stroke = bridge.create_prompt_node(slicer.mrmlScene, role)
+        _check(stroke.IsA("vtkMRMLMarkupsCurveNode"), f"the {role} tool is not a curve")
+        for ras in ijk_to_ras_points(ijk_to_ras, ends_ijk):
+            stroke.AddControlPoint(*[float(v) for v in ras])
+        clicks = _add_points("clicks", ijk_to_ras_points(ijk_to_ras, [(5.0, 5.0, 5.0)]), bridge.POSITIVE_ROLE)
+        points = bridge.read_points([clicks, stroke], ijk_to_ras)
+        along = points.ijk[1:]
+        gaps = np.linalg.norm(np.diff(ijk_to_ras_points(ijk_to_ras, along), axis=0), axis=1)
+        _check(points.labels.tolist() == [1] + [label] * len(along), f"{role}: polarity {points.labels.tolist()}")
+        _check(np.allclose(along[[0, -1]], ends_ijk, atol=1e-3), f"{role}: the stroke's ends are not clicks")
+        _check(len(along) > 2 and np.all(gaps <= STROKE_SPACING_MM + 1e-6), f"{role}: clicks {gaps} mm apart")
 
 
 def check_prompts_in_model_space():
@@ -570,6 +589,7 @@ def check_logic_end_to_end(logic, model):
 BRIDGE_CHECKS = (
     check_volume_geometry,
     check_point_prompts,
+    check_stroke_prompts,
     check_roi_prompt,
     check_mask_to_segment,
     check_rerun_updates_in_place,

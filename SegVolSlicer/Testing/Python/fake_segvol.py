@@ -125,6 +125,27 @@ class BandSegVol:
         return self.decode(self.encode_image(image), text_embedding, boxes, points)
 
 
+class CountingBandSegVol(BandSegVol):
+    """BandSegVol whose decoder answers clicks locally (a positive click grows a ball, a negative one carves
+    one), counting encoder passes and recording every decode's prompts: the correction tests' stand-in."""
+
+    def __init__(self, bands: dict[str, float] | None = None):
+        super().__init__(LAYOUT_BANDS if bands is None else bands)
+        self.image_calls, self.text_calls, self.decodes = 0, 0, []
+
+    def encode_image(self, image):
+        self.image_calls += 1
+        return super().encode_image(image)
+
+    def encode_text(self, names):
+        self.text_calls += 1
+        return super().encode_text(names)
+
+    def decode(self, image_embedding, text_embedding=None, boxes=None, points=None, upsample=True):
+        self.decodes.append({"boxes": boxes, "points": points})
+        return super().decode(image_embedding, text_embedding, boxes, points, upsample)
+
+
 # Organs of the layout phantom: label -> (name, HU, ellipsoids (centre (k, j, i), semi-axes (k, j, i))).
 LAYOUT_SHAPE_KJI = (40, 96, 320)
 LAYOUT_ORGANS = {
@@ -134,6 +155,8 @@ LAYOUT_ORGANS = {
     4: ("stomach", 40, [((20, 20, 100), (5, 8, 20))]),  # soft-tissue HU: the stand-in is given no band for it
 }
 LAYOUT_EMPTY_BAND = 0.95  # the stomach's band: an intensity no voxel has, so its zoom-out comes out empty
+# The normalised intensity of each organ of the layout phantom (as the stand-in goldens record them).
+LAYOUT_BANDS = {"pancreas": 0.4999999403953552, "spleen": 0.7499999403953552, "kidney": 1.0, "stomach": 0.95}
 
 
 def layout_ct():

@@ -51,7 +51,13 @@ def test_parameter_node_matches_the_panel(slicer_module):  # noqa: F811
     """Every GUI-bound parameter has a widget in the .ui file, and every widget the code uses exists."""
     tree = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "SegVolSlicer.ui")
     bound = {prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"}
-    prompt_nodes = {"positivePoints", "negativePoints", "boxROI"}  # set by code, shown by the place widgets
+    prompt_nodes = {
+        "positivePoints",
+        "negativePoints",
+        "boxROI",
+        "positiveStroke",
+        "negativeStroke",
+    }  # set by code, shown by the place widgets
     assert bound | prompt_nodes == set(slicer_module.SegVolSlicerParameterNode.__annotations__)
     widget_names = {w.get("name") for w in tree.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "SegVolSlicer.py").read_text()))

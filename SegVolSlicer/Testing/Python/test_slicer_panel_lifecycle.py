@@ -209,7 +209,7 @@ def test_reload_releases_the_engine_and_keeps_the_shortcuts(panel, slicer_module
     assert widget.logic.engine is not engine and widget._shortcuts == []
     reloaded = slicer_module.SegVolSlicerWidget(widget.parent)
     reloaded.setup()
-    assert sorted(s.key.toString() for s in reloaded._shortcuts) == ["N", "P", "Shift+B"]
+    assert sorted(s.key.toString() for s in reloaded._shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
     emit(shortcut(reloaded, "P"), "activated()")
     assert reloaded.ui.positivePlaceWidget.placeModeEnabled
     reloaded.cleanup()

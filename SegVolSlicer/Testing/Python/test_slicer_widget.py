@@ -241,16 +241,19 @@ def shortcut(widget, key):
 
 def test_shortcuts_place_prompts_while_the_panel_is_shown(panel):
     widget, parameters, dialogs = panel
-    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B"]
+    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
     emit(shortcut(widget, "P"), "activated()")
     assert widget.ui.positivePlaceWidget.placeModeEnabled and not widget.ui.negativePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "P"), "activated()")
     assert not widget.ui.positivePlaceWidget.placeModeEnabled
+    emit(shortcut(widget, "Shift+N"), "activated()")  # strokes: next to P and N
+    assert widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "N"), "activated()")
     widget.exit()  # leaving the panel: no shortcuts, no placing
     assert widget._shortcuts == [] and not widget.ui.negativePlaceWidget.placeModeEnabled
+    assert not widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     widget.enter()
-    assert len(widget._shortcuts) == 3
+    assert len(widget._shortcuts) == 5
 
 
 def roi_nodes():
@@ -299,3 +302,29 @@ def test_self_test_passes_twice_after_a_segment_run(panel, slicer_module, monkey
     for _ in range(2):
         slicer_module.SegVolSlicerTest().runTest()
     assert slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode") is not None
+
+
+def test_a_correction_and_refining_a_segment_are_one_undo_step_each(panel, slicer_module):  # noqa: F811
+    """With a result on the segment, the next click is corrected around itself (the default) in one undo step;
+    Refine existing segment re-segments the selected segment from its mask, in one more."""
+    widget, parameters, dialogs = panel
+    parameters.zoomIn = True
+    refined = []
+    refine = widget.logic.engine.refine
+    widget.logic.engine.refine = lambda *args: refined.append(args[2]) or refine(*args)
+    widget.runSegmentation(interactive=True)
+    segment_id = widget.ui.targetSegmentSelector.currentSegmentID()
+    assert parameters.corrections == slicer_module.CORRECTIONS[0] and refined == []
+
+    ijk_to_ras = checks.oblique_lps_ijk_to_ras()
+    parameters.negativePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [5.0, 5.0, 3.0]))
+    widget.runSegmentation(interactive=True)
+    assert len(refined) == 1 and len(refined[0].points) == 2 and undo_steps(widget) == 2
+    assert widget.ui.targetSegmentSelector.currentSegmentID() == segment_id and dialogs == []
+
+    from_mask, segment_from_mask = [], widget.logic.engine.segment_from_mask
+    widget.logic.engine.segment_from_mask = lambda *args: from_mask.append(args[2].sum()) or segment_from_mask(*args)
+    widget.onRefineSegment()
+    assert len(from_mask) == 1 and from_mask[0] > 0  # the segment's voxels became the prompts
+    assert undo_steps(widget) == 3 and dialogs == [], dialogs
+    assert segment_count(parameters) == 1 and widget.ui.statusLabel.text.startswith("Done: SegVol 1")
