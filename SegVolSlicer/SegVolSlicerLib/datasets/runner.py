@@ -169,6 +169,9 @@ def run_on_ray(
         cpus = max(1, int(resources.get("CPU", 1)) // size) if address == "local" else 1
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's bar counts cases
+        # A lost worker (killed, out of memory, its node gone) is restarted and its case retried; a case that
+        # loses its worker every time fails alone, the run goes on.
+        context.max_errored_blocks = len(todo)
         items = [{"id": case.id, "image": case.image, "label": case.label or ""} for case in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             RayCaseWorker,
@@ -177,13 +180,19 @@ def run_on_ray(
             compute=ray.data.ActorPoolStrategy(size=size),
             num_cpus=cpus,
             num_gpus=1 if gpus else 0,
+            max_task_retries=LOST_WORKER_RETRIES,
         )
         ready()
+        seen = set()
         try:
             for row in dataset.iter_rows():
+                seen.add(str(row["id"]))
                 record({name: str(value) for name, value in row.items()})
         except ray.exceptions.RayError as error:
             raise SegVolError(f"the Ray run stopped: {ray_cause(error)}") from None
+        for case in todo:
+            if case.id not in seen:
+                record(lost_case(job, case))
     finally:
         if started_here:
             ray.shutdown()
@@ -191,6 +200,28 @@ def run_on_ray(
 
 
 RAY_PROCESSES = "ray-local.json"
+LOST_WORKER_RETRIES = 2
+
+
+def lost_case(job: Job, case: Case) -> dict:
+    """The record of a case whose row never came back: committed by its actor before the row was lost, or a
+    failure (its worker was lost on every try)."""
+    records = Records(job.output_dir)
+    existing = records.read(case.id)
+    if existing is not None and existing.get("status") == "ok" and existing.get("fingerprint") == job.fingerprint():
+        return existing
+    error = f"its Ray worker was lost {1 + LOST_WORKER_RETRIES} times (out of memory, or its node left the cluster)"
+    return records.commit(
+        {
+            "id": case.id,
+            "image": case.image,
+            "status": "failed",
+            "seconds": "",
+            "warnings": "",
+            "error": error,
+            "fingerprint": job.fingerprint(),
+        }
+    )
 
 
 def remember_ray(state: Path) -> None:
