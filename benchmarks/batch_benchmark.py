@@ -89,7 +89,7 @@ class PeakMemory(threading.Thread):
                     continue
                 name = (
                     "worker actor"
-                    if "_RayCaseWorker" in command
+                    if "RayCaseWorker" in command
                     else "batch process"
                     if pid == self.root
                     else command.split(" ")[0].rsplit("/", 1)[-1][:40]
