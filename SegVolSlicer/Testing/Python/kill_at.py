@@ -5,7 +5,7 @@ the driver leaves: python kill_at.py WHAT:N ARGV...
     writing:N   halfway through writing the Nth output file (half of it written)
     record:N    the Nth case's outputs complete, before its record
     rename:N    the Nth record written, before its outputs are renamed onto their final names
-    results:N   at the Nth rewrite of results.csv
+    results:N   at the rewrite of results.csv after the Nth record (after the last case: N = cases)
 """
 
 import os
@@ -23,10 +23,12 @@ what, _, count = sys.argv[1].partition(":")
 calls = {"n": 0}
 
 
-def kill_at_call(function, before=None):
+def kill_at_call(function, before=None, kill=True):
+    """`function`, killing this process at its Nth call (after `before`); kill=False: only counting."""
+
     def wrapped(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == int(count):
+        if calls["n"] == int(count) and kill:
             if before is not None:
                 before(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -53,7 +55,15 @@ elif what == "record":
 elif what == "rename":
     records.Records.finish = kill_at_call(records.Records.finish)
 elif what == "results":
-    records.Records.write_results = kill_at_call(records.Records.write_results)
+    records.Records.commit = kill_at_call(records.Records.commit, kill=False)
+    real_write_results = records.Records.write_results
+
+    def write_results_or_die(self, order):
+        if calls["n"] >= int(count):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write_results(self, order)
+
+    records.Records.write_results = write_results_or_die
 else:
     sys.exit(f"unknown moment {what}")
 sys.exit(cli.main(sys.argv[2:]))

@@ -372,7 +372,7 @@ KILL_MOMENTS = {  # moment -> (cases computed by the rerun, the moment's descrip
     "writing:2": 2,  # while the second case's output is being written
     "record:2": 2,  # the second case's output complete, its record not yet written
     "rename:2": 1,  # its record written, its output not yet under its final name
-    "results:4": 0,  # after the last case, while results.csv is rewritten
+    "results:3": 0,  # after the last case's record, as results.csv is rewritten
 }
 
 
