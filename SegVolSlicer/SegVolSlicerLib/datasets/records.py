@@ -14,7 +14,9 @@ the records.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -163,9 +165,6 @@ class Records:
 
     def write_results(self, order: Iterable[str]) -> None:
         """OUT/results.csv from the records: the cases of `order` first, then others recorded earlier."""
-        import csv
-        import io
-
         records = self.all()
         order = [case_id for case_id in order if case_id in records]
         rows = [records[i] for i in order] + [r for i, r in records.items() if i not in set(order)]
