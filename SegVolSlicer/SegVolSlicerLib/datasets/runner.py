@@ -180,7 +180,7 @@ def run_on_ray(
             compute=ray.data.ActorPoolStrategy(size=size),
             num_cpus=cpus,
             num_gpus=1 if gpus else 0,
-            max_task_retries=LOST_WORKER_RETRIES,
+            max_task_retries=LOST_WORKER_RETRIES,  # a Ray remote argument (Ray 2.60 has no named one for it)
         )
         ready()
         seen = set()

@@ -463,12 +463,31 @@ def subprocess_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
 
 
+ACTOR_SITE = """
+import os
+import sys
+
+if "ray" in " ".join(sys.argv) and "SegVolSlicerLib" not in sys.modules:  # Ray's worker processes
+    from SegVolSlicerLib import imageio
+
+    read_ct = imageio.read_ct
+
+    def read_or_die(path, *args, **kwargs):
+        if os.path.basename(str(path)) == "lost.nii.gz":
+            os._exit(1)  # as a worker killed by the OOM killer, or on a node that left
+        return read_ct(path, *args, **kwargs)
+
+    imageio.read_ct = read_or_die
+"""
+
+
 def test_ray_local_killed_leaves_no_process_and_resumes(
     scans, tmp_path, synthetic_checkpoint, segment_references, capsys, monkeypatch
 ):
     """Guards: a case committed by a Ray actor computed again after a SIGKILL of the driver (the driver recording
-    later than the actors write), Ray processes outliving the killed driver, Ray workers writing other outputs
-    than `segvol segment`, Ray reaching beyond loopback (127.0.0.1, dashboard off, CPUs declared)."""
+    later than the actors write), Ray processes outliving the killed driver, a lost worker stopping the run (or
+    looping on its case) instead of failing that case alone, Ray workers writing other outputs than
+    `segvol segment`, Ray reaching beyond loopback (127.0.0.1, dashboard off, CPUs declared)."""
     pytest.importorskip("ray")
     import psutil  # Ray ships it
     import ray
@@ -476,6 +495,11 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
     inputs = [scans / f"case {n}.nii.gz" for n in range(3)]
+    lost = tmp_path / "lost.nii.gz"  # its worker process dies whenever it reads it (see ACTOR_SITE)
+    lost.write_bytes(inputs[2].read_bytes())
+    site = tmp_path / "actor-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(ACTOR_SITE)
     out = tmp_path / "out"
     process = subprocess.Popen(
         batch_command(inputs, out, synthetic_checkpoint, "--ray", "local", "--workers", "1"),
@@ -503,8 +527,9 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     started = []
     real_init = ray.init
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
-    code, stdout, err = run_cli(batch_command(inputs, out, synthetic_checkpoint, "--ray", "local")[3:], capsys)
-    assert code == 0, err
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), subprocess_env()["PYTHONPATH"]]))
+    code, stdout, err = run_cli(batch_command([*inputs, lost], out, synthetic_checkpoint, "--ray", "local")[3:], capsys)
+    assert code == 1, err
     assert started == [
         {
             "num_cpus": os.cpu_count(),
@@ -518,12 +543,15 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left or f"stopped {len(left)} Ray process(es) left by a killed run" in err, err
     assert {name: (records / name).read_bytes() for name in committed} == committed  # not computed again
-    assert f"{len(committed)} of 3 case(s) already done" in err, err
-    assert [(row["id"], row["status"]) for row in read_rows(out / "results.csv")] == [
+    assert f"{len(committed)} of 4 case(s) already done" in err, err
+    rows = read_rows(out / "results.csv")
+    assert [(row["id"], row["status"]) for row in rows] == [
         ("case_0", "ok"),
         ("case_1", "ok"),
         ("case_2", "ok"),
+        ("lost", "failed"),
     ]
+    assert "its Ray worker was lost 3 times" in rows[3]["error"]
     for n in range(2):
         assert_same_segmentation(out / f"case_{n}.seg.nrrd", segment_references / f"case_{n}.seg.nrrd")
 
