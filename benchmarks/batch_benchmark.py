@@ -1,6 +1,7 @@
-"""`segvol batch` throughput: cases per hour without Ray and with `--ray local`, and peak memory per worker.
+"""`segvol batch` throughput: cases per hour without Ray and with `--ray local`, peak memory per worker, and
+the cost of the per-case records.
 
-    python benchmarks/batch_benchmark.py [--cases 6] [--texts 2] [--workers 1 2] [--checkpoint SegVol_v1.pth]
+    python benchmarks/batch_benchmark.py [--cases 6] [--texts 2] [--workers 2] [--checkpoint SegVol_v1.pth]
                                          [--device auto] [--shape 300 512 512] [--no-zoom-in]
 
 Each mode runs the installed command in a subprocess on the same CTs (the synthetic CT of the test suite,
@@ -9,6 +10,9 @@ a fresh output folder. Reported: wall time, cases per hour over the whole run (m
 included) and in the steady state (from the per-case seconds in results.csv), and the peak resident memory of
 every process of the run sampled every 50 ms (the batch process without Ray; each Ray worker actor with Ray).
 Without --checkpoint, synthetic weights are used: speed does not depend on the values.
+Records: what committing a case costs (checksums of its outputs, the record written atomically, the outputs
+renamed), measured on the outputs of the run without Ray, against the median seconds of a case; and the wall
+time of rerunning the same command, which checks every case's record and outputs and computes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from SegVolSlicerLib.datasets.records import Records
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
 from SegVolSlicerLib.testing.synthetic_weights import save_checkpoint, synthetic_state_dict
 
@@ -84,7 +89,7 @@ class PeakMemory(threading.Thread):
                     continue
                 name = (
                     "worker actor"
-                    if "_RayCaseWorker" in command
+                    if "RayCaseWorker" in command
                     else "batch process"
                     if pid == self.root
                     else command.split(" ")[0].rsplit("/", 1)[-1][:40]
@@ -139,12 +144,27 @@ def run_mode(label: str, command: list[str], output: Path) -> dict:
     }
 
 
+def records_overhead(output: Path) -> float:
+    """Median seconds to commit one case as the runner does, on a copy of each case's outputs."""
+    records = Records(output)
+    seconds = []
+    for record in records.all().values():
+        staging = records.start(record["id"])
+        for name in record["outputs"]:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes((output / name).read_bytes())
+        start = time.perf_counter()
+        records.commit({key: value for key, value in record.items() if key != "outputs"})
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--texts", type=int, default=2, help="names per case (at most 10)")
     parser.add_argument(
-        "--workers", type=int, nargs="*", default=[1, 2], help="Ray worker counts to run (none: without Ray only)"
+        "--workers", type=int, nargs="*", default=[2], help="Ray worker counts to run (none: without Ray only)"
     )
     parser.add_argument("--checkpoint")
     parser.add_argument("--device", default="auto")
@@ -177,6 +197,10 @@ def main() -> None:
             output = tmp / f"out{number}"
             results.append(run_mode(label, base + ["--output-dir", str(output)] + extra, output))
             print(results[-1], flush=True)
+        commit_s = records_overhead(tmp / "out0")
+        start = time.perf_counter()
+        subprocess.run(base + ["--output-dir", str(tmp / "out0")], check=True, capture_output=True)
+        rerun_s = time.perf_counter() - start
     print(
         f"\n{args.cases} cases, {args.texts} name(s) each, zoom-in {'off' if args.no_zoom_in else 'on'}, "
         f"{os.cpu_count()} CPU(s)\n"
@@ -188,6 +212,11 @@ def main() -> None:
             f"| {r['mode']} | {r['wall_s']:.0f} s | {r['per_hour']:.0f} | {r['case_s']:.1f} | "
             f"{r['worker_mb']:.0f} MB | {r['total_mb']:.0f} MB |"
         )
+    case_s = results[0]["case_s"]
+    print(
+        f"\nrecords: {1000 * commit_s:.1f} ms to commit a case ({100 * commit_s / case_s:.2f} % of its "
+        f"{case_s:.1f} s); rerun of the finished run (nothing computed): {rerun_s:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -125,6 +125,35 @@ class _ProgressBars(Reporter):
         self.close()
 
 
+class _CaseBar(Reporter):
+    """The case count and ETA of a dataset run on stderr (tqdm), its notices (failed cases) as lines. The bar
+    starts when the model is loaded (the first progress), so the ETA counts cases only."""
+
+    def __init__(self):
+        super().__init__()
+        self.bar = None
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=done, desc="cases", unit="case", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def notice(self, message: str) -> None:
+        if self.bar is None:
+            print(f"segvol: {message}", file=sys.stderr)
+        else:
+            self.bar.write(f"segvol: {message}", file=sys.stderr)
+
+    def __enter__(self) -> _CaseBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _warn(messages: Sequence[str]) -> None:
     for message in messages:
         print(f"segvol: warning: {message}", file=sys.stderr)
@@ -245,23 +274,17 @@ def _parse_classes(specs: Sequence[str]) -> list[tuple[str, int]]:
     return classes
 
 
-def _safe_file_name(name: str) -> str:
-    """The class name as a file name: kept as typed (spaces too), path separators and controls replaced."""
-    cleaned = "".join("_" if c in '/\\:*?"<>|' or not c.isprintable() else c for c in name).strip(" .")
-    return cleaned or "class"
-
-
 def cmd_evaluate(args) -> int:
     from .engine import VolumeInput
-    from .evaluation import PromptMode, evaluate_classes, write_metrics_csv
-    from .imageio import read_ct, read_label_volume, write_mask
+    from .evaluation import PromptMode, evaluate_case, mask_file_name
+    from .imageio import read_ct, read_label_volume
 
     if args.dataset:
         return _evaluate_dataset(args)
     if not args.image or not args.label or not args.classes:
         raise InputError("give --image, --label and --class NAME=VALUE (or --dataset DIR|CSV for a whole dataset)")
-    if args.ray or args.workers:
-        raise InputError("--ray and --workers run a whole --dataset: one case runs here")
+    if args.ray or args.workers or args.redo:
+        raise InputError("--ray, --workers and --redo run a whole --dataset: one case runs here")
     if len(args.prompt or []) > 1:
         raise InputError("give one --prompt for a single case (several with --dataset)")
     args.prompt = (args.prompt or ["text+box"])[0]
@@ -284,22 +307,22 @@ def cmd_evaluate(args) -> int:
     except OSError as error:
         raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
     for name, _ in classes:
-        _fail_if_unwritable(output_dir / f"{_safe_file_name(name)}.nii.gz")
+        _fail_if_unwritable(output_dir / mask_file_name(name))
     with _ProgressBars([name for name, _ in classes]) as bars:
-        results = evaluate_classes(
+        results = evaluate_case(
             _engine_host(args),
             VolumeInput(args.image, volume.array, volume.ijk_to_ras),
+            volume.reference,
             labels,
             classes,
             args.prompt,
+            output_dir,
             zoom_in=not args.no_zoom_in,
             reporter=bars,
         )
     for result in results:
         _warn(result.warnings)
-        write_mask(output_dir / f"{_safe_file_name(result.name)}.nii.gz", result.mask, volume.reference)
         print(f"{result.name}: Dice {result.dice:.4f} (zoom-out {result.zoom_out_dice:.4f})")
-    write_metrics_csv(output_dir / "metrics.csv", [result.row() for result in results])
     print(f"wrote {output_dir / 'metrics.csv'}")
     return 0
 
@@ -356,7 +379,9 @@ def cmd_batch(args) -> int:
     if not cases:
         raise InputError("no case to segment in the inputs given")
     job = SegmentJob(**_batch_job_parts(args), output_dir=str(output_dir), texts=texts)
-    return _print_run(run_cases(job, cases, args.ray, args.workers), len(cases), output_dir)
+    with _CaseBar() as bar:
+        summary = run_cases(job, cases, args.ray, args.workers, redo=args.redo, reporter=bar)
+    return _print_run(summary, len(cases), output_dir)
 
 
 def _evaluate_dataset(args) -> int:
@@ -378,7 +403,8 @@ def _evaluate_dataset(args) -> int:
         raise InputError(f"{args.dataset} names no classes (no dataset.json 'labels'): give --class NAME=VALUE")
     output_dir = _batch_output_dir(args)
     job = EvaluateJob(**_batch_job_parts(args), output_dir=str(output_dir), classes=tuple(classes), prompts=prompts)
-    summary = run_cases(job, cases, args.ray, args.workers)
+    with _CaseBar() as bar:
+        summary = run_cases(job, cases, args.ray, args.workers, redo=args.redo, reporter=bar)
     for row in write_dataset_tables(job, cases, summary.statuses):
         print(
             f"{row['class']} ({row['prompt']}): Dice {float(row['dice_mean']):.4f} ± {float(row['dice_sd']):.4f} "
@@ -529,6 +555,12 @@ def _add_ray(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="Ray worker actors, one model each (default: one per GPU of the cluster, else 1)",
+    )
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="recompute the cases of OUT done by another job (other texts, classes, weights or options); "
+        "without it such a folder is refused",
     )
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .engine import EngineHost, VolumeInput
 from .errors import InputError
-from .imageio import atomic_output
+from .imageio import atomic_output, write_mask
 from .inference.model_space import ModelSpace
 from .inference.point_sampling import select_points
 from .inference.preprocess import PreparedVolume, resize_nearest_exact
@@ -198,4 +198,32 @@ def metrics_csv(rows: Sequence[dict]) -> str:
 
 def write_metrics_csv(path: Path, rows: Sequence[dict]) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(metrics_csv(rows))
+        tmp.write_text(metrics_csv(rows), encoding="utf-8")
+
+
+def mask_file_name(class_name: str) -> str:
+    """The mask file of a class: its name as typed (spaces too), path separators and controls replaced."""
+    cleaned = "".join("_" if c in '/\\:*?"<>|' or not c.isprintable() else c for c in class_name).strip(" .")
+    return f"{cleaned or 'class'}.nii.gz"
+
+
+def evaluate_case(
+    host: EngineHost,
+    volume: VolumeInput,
+    reference,
+    labels_kji: np.ndarray,
+    classes: Sequence[tuple[str, int]],
+    prompt: str,
+    folder: Path,
+    zoom_in: bool = True,
+    reporter: Reporter = NO_REPORT,
+) -> list[ClassResult]:
+    """One CT, one prompt mode: `folder/<class>.nii.gz` per class and `folder/metrics.csv`, as both
+    `segvol evaluate` and `segvol evaluate --dataset` write them (`reference`: the CT's image, for the masks'
+    geometry)."""
+    results = evaluate_classes(host, volume, labels_kji, classes, prompt, zoom_in=zoom_in, reporter=reporter)
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        write_mask(folder / mask_file_name(result.name), result.mask, reference)
+    write_metrics_csv(folder / "metrics.csv", [result.row() for result in results])
+    return results

@@ -100,9 +100,10 @@ def discover_cases(inputs: Iterable[str | os.PathLike]) -> list[Case]:
 
 
 def with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[str | None] | None = None) -> list[Case]:
-    """Cases with ids from the manifest (must be unique) or from the file names (numbered when they clash)."""
+    """Cases with ids from the manifest (must be unique) or from the file names (numbered when they clash): the
+    label's name where there is a label (a dataset), else the image's."""
     labels = labels or [None] * len(found)
-    cases, seen_images, used = [], set(), set()
+    cases, seen, used = [], set(), set()
     given = [safe_id(i) for i, _ in found if i is not None]
     duplicates = sorted({i for i in given if given.count(i) > 1})
     if duplicates:
@@ -112,12 +113,14 @@ def with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[st
         )
     used.update(given)
     for (given_id, image), label in zip(found, labels):
-        if image in seen_images:
+        if (image, label) in seen:
             continue
-        seen_images.add(image)
-        case_id = safe_id(given_id) if given_id is not None else safe_id(file_stem(Path(image)))
-        if given_id is None:
-            base, number = case_id, 1
+        seen.add((image, label))
+        if given_id is not None:
+            case_id = safe_id(given_id)
+        else:
+            base = case_id = safe_id(file_stem(Path(label if label is not None else image)))
+            number = 1
             while case_id in used:
                 number += 1
                 case_id = f"{base}-{number}"
@@ -196,10 +199,7 @@ def discover_dataset(path: str) -> tuple[list[Case], list[tuple[str, int]]]:
     path = Path(path).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         rows = manifest_rows(path, ["image", "label"])
-        found = [
-            (row.get("id") or safe_id(file_stem(Path(row["label"]))), resolve_path(row["image"], path.parent))
-            for row in rows
-        ]
+        found = [(row.get("id") or None, resolve_path(row["image"], path.parent)) for row in rows]
         return with_unique_ids(found, [resolve_path(row["label"], path.parent) for row in rows]), []
     if not path.is_dir():
         raise InputError(
@@ -220,5 +220,5 @@ def discover_dataset(path: str) -> tuple[list[Case], list[tuple[str, int]]]:
     pairs = _pairs_from_folder(path, description)
     if not pairs:
         raise InputError(f"{path} holds no labelled case")
-    found = [(safe_id(file_stem(label)), str(image)) for image, label in pairs]
+    found = [(None, str(image)) for image, _ in pairs]
     return with_unique_ids(found, [str(label) for _, label in pairs]), classes

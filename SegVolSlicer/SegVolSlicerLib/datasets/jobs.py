@@ -1,6 +1,6 @@
-"""The per-case work of a run: a job reads one case, runs the engine host on it, writes the case's outputs
-atomically and returns its row of results.csv. A job is picklable: the same object runs in this process or in
-Ray actors.
+"""The per-case work of a run: a job reads one case, runs the engine host on it, writes the case's outputs into
+its staging folder and commits its record (see `records`), wherever it runs. A job is picklable: the same
+object runs in this process or in Ray actors. Its fingerprint covers everything that changes its outputs.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import runtime
+from .. import __version__, runtime
 from ..engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
-from ..evaluation import evaluate_classes, metrics_csv
-from ..imageio import atomic_output, read_ct, read_label_volume, write_mask, write_segmentation_results
+from ..imageio import atomic_output, read_ct, read_label_volume, write_segmentation_results
 from ..prompts import plan_targets
 from ..reporting import NO_REPORT, Reporter
-from .cases import Case, safe_id
+from .cases import Case
+from .records import Records, fingerprint_of
 
 
 def failure_message(error: BaseException) -> str:
@@ -33,49 +33,66 @@ def failure_message(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Job(ABC):
-    """What to do with each case; picklable (it travels to Ray actors)."""
+    """What to do with each case; picklable (it travels to Ray actors). `checkpoint_id` names the weights
+    (their sha256), set by the driver before the run."""
 
     choice: ModelChoice
     options: SessionOptions
     output_dir: str
     zoom_in: bool = True
+    checkpoint_id: str = ""
 
     def make_host(self) -> EngineHost:
         return EngineHost(self.choice, max_sessions=1, session_options=self.options)
 
-    def is_done(self, case: Case, row: dict | None) -> bool:
-        """Recorded `ok` and its outputs still there."""
-        return row is not None and row.get("status") == "ok" and self.output_of(case).exists()
+    def description(self) -> dict:
+        """Everything that changes the outputs (what the fingerprint hashes); subclasses add their own."""
+        sampling = self.options.point_sampling
+        return {
+            "job": type(self).__name__,
+            "checkpoint": self.checkpoint_id,
+            "precision": self.choice.precision,
+            "zoom_in": self.zoom_in,
+            "point_sampling": sampling,
+            "seed": self.options.seed if sampling == "seeded" else None,
+            "version": __version__,
+        }
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.description())
 
     @abstractmethod
-    def output_of(self, case: Case) -> Path:
-        """The file whose presence (with an `ok` row) says the case is done: the last one the case writes."""
-
-    @abstractmethod
-    def run(self, host: EngineHost, case: Case, reporter: Reporter) -> list[str]:
-        """Does the case, writes its outputs; returns its warnings."""
+    def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
+        """Does the case, writes its outputs under `staging` (at their paths relative to the output folder);
+        returns its warnings."""
 
     def run_case(self, host: EngineHost, case: Case, reporter: Reporter = NO_REPORT) -> dict:
-        """The case's results.csv row; a failure of this case is a `failed` row, never an exception (except
-        cancelling, which stops the run). The engine's notices (e.g. the CPU fallback) go into its warnings."""
+        """Does the case and commits its record (here or in a Ray actor), which it returns; a failure of this
+        case is a `failed` record, never an exception (except cancelling, which stops the run). The engine's
+        notices (e.g. the CPU fallback) go into its warnings."""
+        records = Records(self.output_dir)
         start = time.perf_counter()
         notices = CaseNotices(reporter)
         try:
-            warnings, status, error = self.run(host, case, notices), "ok", ""
+            staging = records.start(case.id)
+            warnings, status, error = self.run(host, case, staging, notices), "ok", ""
         except (Cancelled, KeyboardInterrupt):
             raise
         except Exception as failure:  # noqa: BLE001 - every failure of one case is recorded, the others go on
             warnings, status, error = [], "failed", failure_message(failure)
         finally:
             host.forget(case.id)  # one CT at a time: its session (embeddings) is not needed again
-        return {
-            "id": case.id,
-            "image": case.image,
-            "status": status,
-            "seconds": f"{time.perf_counter() - start:.2f}",
-            "warnings": "; ".join(notices.messages + warnings),
-            "error": error,
-        }
+        return records.commit(
+            {
+                "id": case.id,
+                "image": case.image,
+                "status": status,
+                "seconds": f"{time.perf_counter() - start:.2f}",
+                "warnings": "; ".join(notices.messages + warnings),
+                "error": error,
+                "fingerprint": self.fingerprint(),
+            }
+        )
 
 
 class CaseNotices(Reporter):
@@ -99,32 +116,42 @@ class SegmentJob(Job):
     """`segvol batch`: each text is one named segment of OUT/<id>.seg.nrrd."""
 
     texts: tuple[str, ...] = ()
+    output_format: str = "seg.nrrd"  # the ending of OUT/<id>.<format>
 
-    def output_of(self, case: Case) -> Path:
-        return Path(self.output_dir) / f"{case.id}.seg.nrrd"
+    def description(self) -> dict:
+        return {**super().description(), "texts": list(self.texts), "output_format": self.output_format}
 
-    def run(self, host: EngineHost, case: Case, reporter: Reporter) -> list[str]:
+    def output_name(self, case: Case) -> str:
+        return f"{case.id}.{self.output_format}"
+
+    def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
         volume = read_ct(case.image)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
         results = host.segment(
             VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
         )
         warnings = [w for result in results for w in result.warnings]
-        return warnings + write_segmentation_results(self.output_of(case), results, volume)
+        return warnings + write_segmentation_results(staging / self.output_name(case), results, volume)
 
 
 @dataclass(frozen=True)
 class EvaluateJob(Job):
+    """`segvol evaluate --dataset`: per prompt mode, OUT/cases/<id>/<prompt>/ holds what `segvol evaluate`
+    writes for the case (masks, metrics.csv); OUT/cases/<id>/metrics.csv all of its rows."""
+
     classes: tuple[tuple[str, int], ...] = ()
     prompts: tuple[str, ...] = ("text+box",)
 
-    def case_dir(self, case: Case) -> Path:
-        return Path(self.output_dir) / "cases" / case.id
+    def description(self) -> dict:
+        return {**super().description(), "classes": [list(c) for c in self.classes], "prompts": list(self.prompts)}
 
-    def output_of(self, case: Case) -> Path:
-        return self.case_dir(case) / "metrics.csv"
+    @staticmethod
+    def metrics_name(case: Case) -> str:
+        return f"cases/{case.id}/metrics.csv"
 
-    def run(self, host: EngineHost, case: Case, reporter: Reporter) -> list[str]:
+    def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
+        from ..evaluation import evaluate_case, metrics_csv
+
         volume = read_ct(case.image)
         labels = read_label_volume(case.label, volume)
         present = set(np.unique(labels).tolist())
@@ -139,21 +166,20 @@ class EvaluateJob(Job):
             )
         rows = []
         for prompt in self.prompts:  # one session: every class and prompt of the CT share its embeddings
-            results = evaluate_classes(
+            results = evaluate_case(
                 host,
                 VolumeInput(case.id, volume.array, volume.ijk_to_ras),
+                volume.reference,
                 labels,
                 classes,
                 prompt,
+                staging / "cases" / case.id / prompt,
                 zoom_in=self.zoom_in,
                 reporter=reporter,
             )
-            folder = self.case_dir(case) / prompt
-            folder.mkdir(parents=True, exist_ok=True)
             for result in results:
                 warnings += [w for w in result.warnings if w not in warnings]
-                write_mask(folder / f"{safe_id(result.name)}.nii.gz", result.mask, volume.reference)
                 rows.append({"case": case.id, **result.row()})
-        with atomic_output(self.output_of(case)) as tmp:  # last: its presence marks the case done
+        with atomic_output(staging / self.metrics_name(case)) as tmp:
             tmp.write_text(metrics_csv(rows), encoding="utf-8")
         return warnings

@@ -24,7 +24,7 @@ def collect_metrics(job: EvaluateJob, cases: Sequence[Case], statuses: dict[str,
     """The metric rows of every case recorded ok, in case order."""
     rows = []
     for case in cases:
-        path = job.output_of(case)
+        path = Path(job.output_dir) / job.metrics_name(case)
         if statuses.get(case.id) == "ok" and path.is_file():
             with open(path, newline="", encoding="utf-8") as file:
                 rows += list(csv.DictReader(file))

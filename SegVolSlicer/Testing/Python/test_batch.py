@@ -122,13 +122,14 @@ def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
 # --- batch here, with the stand-in model ---
 
 
-def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_model, capsys):
+def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_model, synthetic_checkpoint, capsys):
     """Guards: batch outputs differing from `segvol segment` (names, colours, voxels), one bad case stopping the
     others, a rerun recomputing done cases or skipping failed ones."""
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(b"not a CT at all")
     out = tmp_path / "out"
     argv = ["batch", scans, corrupt, "--text", "liver", "--text", "spleen", "--output-dir", out]
+    argv += ["--checkpoint", synthetic_checkpoint]  # hashed for the job's fingerprint; the stand-in runs
     code, stdout, err = run_cli(argv, capsys)
     assert code == 1, err  # some case failed
     rows = {row["id"]: row for row in read_rows(out / "results.csv")}
@@ -136,7 +137,7 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
     assert [rows[i]["status"] for i in rows] == ["ok", "ok", "ok", "failed"]
     assert "cannot read image" in rows["corrupt"]["error"] and not (out / "corrupt.seg.nrrd").exists()
     assert "corrupt failed" in err and "3 case(s) done, 1 failed" in stdout
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if p.name != ".segvol") == [
         "case_0.seg.nrrd",
         "case_1.seg.nrrd",
         "case_2.seg.nrrd",
@@ -241,34 +242,24 @@ def test_dataset_layouts(tmp_path, scans):
         discover_dataset(str(v2))
 
 
-def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_model, capsys):
-    """Guards: dataset Dice differing from single-case `segvol evaluate` (prompts, classes, sessions shared
-    across cases), a summary that is not mean ± sd of the per-case Dice, a missing box plot."""
+def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_model, synthetic_checkpoint, capsys):
+    """Guards: the dataset run and single-case `segvol evaluate` writing other files or metrics for the same case
+    (file names of classes with spaces, prompts, sessions shared across cases), a summary that is not mean ± sd
+    of the per-case Dice, a missing box plot."""
     dataset = msd_dataset(tmp_path / "Task99_Tiny", scans)
     out = tmp_path / "eval"
+    classes = ["--class", "liver=1", "--class", "left kidney=2"]  # a name with a space: its file keeps it
     # Zoom-out only: the stand-in's zoom-in finds nothing on CTs this small, and Dice 0 everywhere proves nothing.
-    code, stdout, err = run_cli(
-        [
-            "evaluate",
-            "--dataset",
-            dataset,
-            "--prompt",
-            "text+box",
-            "--prompt",
-            "point",
-            "--no-zoom-in",
-            "--output-dir",
-            out,
-        ],
-        capsys,
-    )
+    argv = ["evaluate", "--dataset", dataset, *classes, "--prompt", "text+box", "--prompt", "point", "--no-zoom-in"]
+    argv += ["--output-dir", out, "--checkpoint", synthetic_checkpoint]
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     metrics = read_rows(out / "metrics.csv")
     assert [(r["case"], r["class"], r["prompt"]) for r in metrics] == [
         (case, name, prompt)
         for case in ("ct_0", "ct_1")
         for prompt in ("text+box", "point")
-        for name in ("liver", "spleen")
+        for name in ("liver", "left kidney")
     ]
     for case in ("ct_0", "ct_1"):
         for prompt in ("text+box", "point"):
@@ -280,10 +271,7 @@ def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_mo
                     dataset / "imagesTr" / f"{case}.nii.gz",
                     "--label",
                     dataset / "labelsTr" / f"{case}.nii.gz",
-                    "--class",
-                    "liver=1",
-                    "--class",
-                    "spleen=2",
+                    *classes,
                     "--prompt",
                     prompt,
                     "--no-zoom-in",
@@ -293,38 +281,139 @@ def test_dataset_evaluation_equals_single_case_evaluate(tmp_path, scans, fake_mo
                 capsys,
             )
             assert code == 0, err
+            written = {p.name: p.read_bytes() for p in single.iterdir()}
+            assert sorted(written) == ["left kidney.nii.gz", "liver.nii.gz", "metrics.csv"]
+            assert {p.name: p.read_bytes() for p in (out / "cases" / case / prompt).iterdir()} == written
             expected = {r["class"]: r["dice"] for r in read_rows(single / "metrics.csv")}
             assert {r["class"]: r["dice"] for r in metrics if r["case"] == case and r["prompt"] == prompt} == expected
             assert all(float(dice) > 0 for dice in expected.values())
-            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / case / prompt / "liver.nii.gz")))
-            np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(sitk.ReadImage(str(single / "liver.nii.gz"))))
     summary = {(r["class"], r["prompt"]): r for r in read_rows(out / "summary.csv")}
-    dice = [float(r["dice"]) for r in metrics if r["class"] == "spleen" and r["prompt"] == "point"]
-    row = summary[("spleen", "point")]
+    dice = [float(r["dice"]) for r in metrics if r["class"] == "left kidney" and r["prompt"] == "point"]
+    row = summary[("left kidney", "point")]
     assert row["cases"] == "2" and dice[0] != dice[1]
     assert float(row["dice_mean"]) == pytest.approx(np.mean(dice), abs=1e-6)
     assert float(row["dice_sd"]) == pytest.approx(np.std(dice, ddof=1), abs=1e-6)
     assert (out / "dice.png").read_bytes().startswith(b"\x89PNG")
-    assert "spleen (point): Dice" in stdout
+    assert "left kidney (point): Dice" in stdout
     assert [r["status"] for r in read_rows(out / "results.csv")] == ["ok", "ok"]
     tables = {name: (out / name).read_bytes() for name in ("metrics.csv", "summary.csv")}
-    code, stdout, err = run_cli(
-        [
-            "evaluate",
-            "--dataset",
-            dataset,
-            "--prompt",
-            "text+box",
-            "--prompt",
-            "point",
-            "--no-zoom-in",
-            "--output-dir",
-            out,
-        ],
-        capsys,
-    )
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0 and "2 of 2 case(s) already done" in err, err  # the rerun computes nothing ...
     assert {name: (out / name).read_bytes() for name in tables} == tables  # ... and writes the same tables
+
+
+def test_labels_of_the_same_name_in_different_folders(tmp_path, scans):
+    """Guards: label files that share a name (in different folders) refused as duplicate ids or given one id."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "ct.nii.gz").write_bytes((scans / "labels" / "case 0.nii.gz").read_bytes())
+    (tmp_path / "pairs.csv").write_text(
+        f"image,label\n{scans / 'case 0.nii.gz'},a/ct.nii.gz\n{scans / 'case 1.nii.gz'},b/ct.nii.gz\n"
+    )
+    cases, _ = dataset_cases.discover_dataset(str(tmp_path / "pairs.csv"))
+    assert [(c.id, Path(c.label).parent.name) for c in cases] == [("ct", "a"), ("ct-2", "b")]
+
+
+# --- what a run records: the job's fingerprint, output checksums ---
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """The ids of the cases a run computes (in this process)."""
+    ids = []
+    real_run = dataset_jobs.SegmentJob.run
+    monkeypatch.setattr(
+        dataset_jobs.SegmentJob,
+        "run",
+        lambda self, host, case, *a: ids.append(case.id) or real_run(self, host, case, *a),
+    )
+    return ids
+
+
+def test_a_case_is_done_only_for_the_same_job_with_its_outputs_intact(
+    scans, tmp_path, fake_model, synthetic_checkpoint, computed, capsys
+):
+    """Guards: a rerun with other texts silently skipping the cases of the old job (or redoing them without
+    being asked), --redo recomputing more or fewer cases than those of another job, added inputs recomputing
+    done cases, a truncated or edited output taken for done."""
+    out = tmp_path / "out"
+
+    def batch(n_cases, *options):
+        inputs = [scans / f"case {n}.nii.gz" for n in range(n_cases)]
+        computed.clear()
+        code, stdout, err = run_cli(
+            ["batch", *inputs, "--output-dir", out, "--checkpoint", synthetic_checkpoint, *options], capsys
+        )
+        return code, list(computed), err
+
+    assert batch(2, "--text", "liver")[:2] == (0, ["case_0", "case_1"])
+    assert batch(3, "--text", "liver")[:2] == (0, ["case_2"])  # added inputs: only the new case
+    before = {p.name: p.read_bytes() for p in out.glob("*.seg.nrrd")}
+    code, done, err = batch(3, "--text", "spleen")
+    assert code == 2 and done == [] and "--redo" in err and "new --output-dir" in err, err
+    assert "texts ['liver'] -> ['spleen']" in err, err
+    assert {p.name: p.read_bytes() for p in out.glob("*.seg.nrrd")} == before  # nothing touched
+    assert batch(2, "--text", "spleen", "--redo")[:2] == (0, ["case_0", "case_1"])
+    assert batch(3, "--text", "spleen", "--redo")[:2] == (0, ["case_2"])  # only the one of the other job
+    assert batch(3, "--text", "spleen", "--no-zoom-in")[0] == 2  # an option is part of the job too
+    seg = out / "case_1.seg.nrrd"
+    seg.write_bytes(seg.read_bytes()[:-100])  # truncated behind the run's back
+    code, done, err = batch(3, "--text", "spleen")
+    assert (code, done) == (0, ["case_1"]) and "case_1: case_1.seg.nrrd changed" in err, err
+    rows = read_rows(out / "results.csv")
+    assert [(r["id"], r["status"]) for r in rows] == [("case_0", "ok"), ("case_1", "ok"), ("case_2", "ok")]
+    assert len({r["fingerprint"] for r in rows}) == 1
+
+
+# --- SIGKILL of the driver ---
+
+KILL_MOMENTS = {  # moment -> (cases computed by the rerun, the moment's description)
+    "case:1": 3,  # before any case
+    "writing:2": 2,  # while the second case's output is being written
+    "record:2": 2,  # the second case's output complete, its record not yet written
+    "rename:2": 1,  # its record written, its output not yet under its final name
+    "results:3": 0,  # after the last case's record, as results.csv is rewritten
+}
+
+
+@pytest.mark.parametrize("moment", list(KILL_MOMENTS))
+def test_a_killed_run_resumes_without_recomputing_a_complete_case(
+    moment, scans, tmp_path, fake_model, synthetic_checkpoint, computed, capsys
+):
+    """Guards: a SIGKILL leaving a partial file under a final name, a rerun computing again a case whose
+    record was written (or skipping one whose record was not), results.csv incomplete after the rerun."""
+    out = tmp_path / "out"
+    argv = ["batch", *(scans / f"case {n}.nii.gz" for n in range(3)), "--text", "liver", "--output-dir", out]
+    argv += ["--checkpoint", synthetic_checkpoint]
+    killed = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("kill_at.py")), moment, *map(str, argv)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    for path in out.rglob("*"):  # every file under a final name is complete (temporaries are hidden)
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts):
+            if path.name.endswith(".seg.nrrd"):
+                sitk.ReadImage(str(path))
+            else:
+                assert path.name == "results.csv" and read_rows(path) is not None
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert len(computed) == KILL_MOMENTS[moment], (computed, err)
+    assert [(r["id"], r["status"]) for r in read_rows(out / "results.csv")] == [
+        ("case_0", "ok"),
+        ("case_1", "ok"),
+        ("case_2", "ok"),
+    ]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".segvol") == [
+        "case_0.seg.nrrd",
+        "case_1.seg.nrrd",
+        "case_2.seg.nrrd",
+        "results.csv",
+    ]
+    assert not (out / ".segvol" / "staging").exists() or not any((out / ".segvol" / "staging").iterdir())
 
 
 # --- synthetic weights in other processes: SIGKILL and Ray ---
@@ -374,85 +463,73 @@ def subprocess_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_batch_killed_then_rerun_computes_only_the_missing_case(
-    scans, tmp_path, synthetic_checkpoint, segment_references
+ACTOR_SITE = """
+import os
+import sys
+
+if "ray" in " ".join(sys.argv) and "SegVolSlicerLib" not in sys.modules:  # Ray's worker processes
+    from SegVolSlicerLib import imageio
+
+    read_ct = imageio.read_ct
+
+    def read_or_die(path, *args, **kwargs):
+        if os.path.basename(str(path)) == "lost.nii.gz":
+            os._exit(1)  # as a worker killed by the OOM killer, or on a node that left
+        return read_ct(path, *args, **kwargs)
+
+    imageio.read_ct = read_or_die
+"""
+
+
+def test_ray_local_killed_leaves_no_process_and_resumes(
+    scans, tmp_path, synthetic_checkpoint, segment_references, capsys, monkeypatch
 ):
-    """Guards: a SIGKILL leaving a partial results.csv or .seg.nrrd under its final name, a rerun redoing a case
-    already recorded or skipping the interrupted one; batch output differing from `segvol segment`."""
-    inputs = [scans / "case 0.nii.gz", scans / "case 1.nii.gz"]
+    """Guards: a case committed by a Ray actor computed again after a SIGKILL of the driver (the driver recording
+    later than the actors write), Ray processes outliving the killed driver, a lost worker stopping the run (or
+    looping on its case) instead of failing that case alone, Ray workers writing other outputs than
+    `segvol segment`, Ray reaching beyond loopback (127.0.0.1, dashboard off, CPUs declared)."""
+    pytest.importorskip("ray")
+    import psutil  # Ray ships it
+    import ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
+    inputs = [scans / f"case {n}.nii.gz" for n in range(3)]
+    lost = tmp_path / "lost.nii.gz"  # its worker process dies whenever it reads it (see ACTOR_SITE)
+    lost.write_bytes(inputs[2].read_bytes())
+    site = tmp_path / "actor-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(ACTOR_SITE)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        batch_command(inputs, out, synthetic_checkpoint),
+        batch_command(inputs, out, synthetic_checkpoint, "--ray", "local", "--workers", "1"),
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    results = out / "results.csv"
+    records = out / ".segvol" / "records"
     try:
         deadline = time.monotonic() + 240
-        while not (results.exists() and read_rows(results)) and process.poll() is None:
+        while not (records.is_dir() and any(records.iterdir())) and process.poll() is None:
             assert time.monotonic() < deadline, "no case was recorded in time"
             time.sleep(0.05)
+        ray_processes = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGKILL)
         _, err = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == -signal.SIGKILL, err.decode()
-    first = read_rows(results)
-    assert [(row["id"], row["status"]) for row in first] == [("case_0", "ok")]
-    finals = [p for p in out.iterdir() if not p.name.startswith(".")]  # temporaries are hidden ".<uuid>.<name>"
-    assert sorted(p.name for p in finals) == ["case_0.seg.nrrd", "results.csv"]
-    assert_same_segmentation(out / "case_0.seg.nrrd", segment_references / "case_0.seg.nrrd")
-    written = (out / "case_0.seg.nrrd").stat().st_mtime_ns
+    assert ray_processes  # the cluster was running
+    # Ray ties most of its processes to the driver; those that outlive it the next run stops, and says so.
+    _, left = psutil.wait_procs(ray_processes, timeout=10)
+    committed = {path.name: path.read_bytes() for path in records.iterdir()}
 
-    rerun = subprocess.run(
-        batch_command(inputs, out, synthetic_checkpoint),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert rerun.returncode == 0, rerun.stderr
-    assert "1 of 2 case(s) already done" in rerun.stderr and "1 case(s) done, 0 failed, 1 skipped" in rerun.stdout
-    assert (out / "case_0.seg.nrrd").stat().st_mtime_ns == written
-    rows = read_rows(results)
-    assert rows[0] == first[0]
-    assert [(row["id"], row["status"]) for row in rows] == [("case_0", "ok"), ("case_1", "ok")]
-    assert_same_segmentation(out / "case_1.seg.nrrd", segment_references / "case_1.seg.nrrd")
-
-
-def test_batch_on_ray_local_equals_segment(
-    scans, tmp_path, synthetic_checkpoint, segment_references, capsys, monkeypatch
-):
-    """Guards: Ray workers writing other outputs than `segvol segment`, rows lost between actors and the driver's
-    results.csv, Ray reaching beyond loopback (it is started on 127.0.0.1, dashboard off, CPUs declared)."""
-    pytest.importorskip("ray")
-    import ray
-
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
     started = []
     real_init = ray.init
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
-    out = tmp_path / "out"
-    code, stdout, err = run_cli(
-        [
-            "batch",
-            scans / "case 0.nii.gz",
-            scans / "case 1.nii.gz",
-            "--output-dir",
-            out,
-            "--checkpoint",
-            synthetic_checkpoint,
-            *SEGMENT_OPTIONS,
-            "--ray",
-            "local",
-            "--workers",
-            "1",
-        ],
-        capsys,
-    )
-    assert code == 0, err
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), subprocess_env()["PYTHONPATH"]]))
+    code, stdout, err = run_cli(batch_command([*inputs, lost], out, synthetic_checkpoint, "--ray", "local")[3:], capsys)
+    assert code == 1, err
     assert started == [
         {
             "num_cpus": os.cpu_count(),
@@ -463,10 +540,18 @@ def test_batch_on_ray_local_equals_segment(
         }
     ]
     assert not ray.is_initialized()  # the run shut down the cluster it started
-    assert sorted((row["id"], row["status"]) for row in read_rows(out / "results.csv")) == [
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left or f"stopped {len(left)} Ray process(es) left by a killed run" in err, err
+    assert {name: (records / name).read_bytes() for name in committed} == committed  # not computed again
+    assert f"{len(committed)} of 4 case(s) already done" in err, err
+    rows = read_rows(out / "results.csv")
+    assert [(row["id"], row["status"]) for row in rows] == [
         ("case_0", "ok"),
         ("case_1", "ok"),
+        ("case_2", "ok"),
+        ("lost", "failed"),
     ]
+    assert "its Ray worker was lost 3 times" in rows[3]["error"]
     for n in range(2):
         assert_same_segmentation(out / f"case_{n}.seg.nrrd", segment_references / f"case_{n}.seg.nrrd")
 
