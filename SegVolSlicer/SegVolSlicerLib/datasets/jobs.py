@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .. import runtime
 from ..engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
 from ..evaluation import evaluate_classes, metrics_csv
-from ..imageio import atomic_output, read_ct, read_label_volume, write_mask, write_segmentation_results
+from ..imageio import atomic_output, read_ct, read_label_volume, write_mask
 from ..prompts import plan_targets
 from ..reporting import NO_REPORT, Reporter
 from .cases import Case, safe_id
@@ -94,23 +95,45 @@ class CaseNotices(Reporter):
         self.outer.notice(message)
 
 
+OUTPUT_ENDINGS = {"seg-nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
+
+
 @dataclass(frozen=True)
 class SegmentJob(Job):
-    """`segvol batch`: each text is one named segment of OUT/<id>.seg.nrrd."""
+    """`segvol batch`: each text is one named segment of OUT/<id>.seg.nrrd (or OUT/<id>.dcm, a DICOM SEG), with
+    the case's statistics in OUT/stats/<id>.csv (combined into OUT/stats.csv after the run)."""
 
     texts: tuple[str, ...] = ()
+    output_format: str = "seg-nrrd"  # a key of OUTPUT_ENDINGS
 
     def output_of(self, case: Case) -> Path:
-        return Path(self.output_dir) / f"{case.id}.seg.nrrd"
+        return Path(self.output_dir) / f"{case.id}{OUTPUT_ENDINGS[self.output_format]}"
+
+    def stats_of(self, case: Case) -> Path:
+        return Path(self.output_dir) / "stats" / f"{case.id}.csv"
 
     def run(self, host: EngineHost, case: Case, reporter: Reporter) -> list[str]:
+        from ..clinical.outputs import check_output_request, write_outputs
+
+        check_output_request(self.output_of(case), case.image, probabilities=False, remote=False)
         volume = read_ct(case.image)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
         results = host.segment(
             VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
         )
         warnings = [w for result in results for w in result.warnings]
-        return warnings + write_segmentation_results(self.output_of(case), results, volume)
+        self.stats_of(case).parent.mkdir(exist_ok=True)
+        output = self.output_of(case)
+        return warnings + write_outputs(
+            output, results, volume, case.image, targets, self.choice.weights, stats=self.stats_of(case)
+        )
+
+    def combine_statistics(self, cases: Sequence[Case], statuses: dict[str, str]) -> None:
+        """OUT/stats.csv: the statistics of every case recorded ok, in input order."""
+        from ..clinical.statistics import combine_statistics_files
+
+        files = [(c.id, self.stats_of(c)) for c in cases if statuses.get(c.id) == "ok" and self.stats_of(c).exists()]
+        combine_statistics_files(files, Path(self.output_dir) / "stats.csv")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..prompts import Target
 from ..reporting import NO_REPORT, Reporter
 from ..vocabulary import resolve_text
 from .cache import EmbeddingCache, tensor_bytes
-from .merge import final_mask
+from .merge import final_mask, final_probabilities
 from .model_space import ModelSpace
 from .point_sampling import make_generator
 from .preprocess import PreparedVolume, prepare_volume
@@ -49,6 +49,8 @@ class SegmentationResult:
     windows: int = 0  # zoom-in windows run
     crop: tuple[slice, slice, slice] | None = None  # the body crop as slices of the (K, J, I) grid
     zoom_out: ZoomOutResult | None = field(default=None, repr=False)
+    # (K, J, I) float32 sigmoid probabilities the mask thresholds (only with keep_probabilities; else None)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
 
 
 class SegVolSession:
@@ -60,6 +62,8 @@ class SegVolSession:
     point_sampling: "seeded" (default, reproducible: zoom-in clicks drawn from a generator seeded with
       `seed` for every target) or "official" (torch's global generator, as the official code).
     window_batch_size: windows encoded per encoder call (default: runtime.window_batch_size).
+    keep_probabilities: also return each result's probabilities (4 bytes a voxel; for confidence and
+      FRACTIONAL DICOM SEG); the mask is the same either way.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class SegVolSession:
         seed: int = 0,
         window_batch_size: int | None = None,
         reporter: Reporter = NO_REPORT,
+        keep_probabilities: bool = False,
     ):
         if point_sampling not in POINT_SAMPLING:
             raise InputError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
@@ -82,6 +87,7 @@ class SegVolSession:
             raise InputError("window_batch_size must be at least 1")
         self.model = model
         self.point_sampling, self.seed, self.window_batch_size = point_sampling, seed, int(window_batch_size)
+        self.keep_probabilities = keep_probabilities
         reporter.progress("preprocess", 0, 1)
         self.prepared: PreparedVolume = prepare_volume(volume, ijk_to_ras)
         reporter.progress("preprocess", 1, 1)
@@ -163,7 +169,7 @@ class SegVolSession:
         prediction = ZoomOutPrediction(zoom_out.mask, self.space)
         zoom_out_crop_mask = prediction.crop_mask()
         zoom_out_mask = final_mask(self.prepared, zoom_out_crop_mask)
-        mask, roi, windows = zoom_out_mask, None, 0
+        mask, roi, windows, roi_logits = zoom_out_mask, None, 0, None
         if not zoom_out_crop_mask.any():
             warnings.append(
                 f"SegVol found nothing for '{name}'"
@@ -181,6 +187,11 @@ class SegVolSession:
                     f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
                     "compare with the zoom-out result"
                 )
+        probabilities = None
+        if self.keep_probabilities:
+            zoom_out_probabilities = ZoomOutPrediction(torch.sigmoid(zoom_out.logits).numpy(), self.space)
+            crop_probabilities = zoom_out_probabilities.crop_region((0, 0, 0), self.space.cropped_shape)
+            probabilities = final_probabilities(self.prepared, crop_probabilities, roi, roi_logits)
         return SegmentationResult(
             name=name,
             text=prompts.text,
@@ -191,6 +202,7 @@ class SegVolSession:
             windows=windows,
             crop=self.prepared.crop_slices_kji,
             zoom_out=zoom_out,
+            probabilities=probabilities,
         )
 
     def _zoom_in(
