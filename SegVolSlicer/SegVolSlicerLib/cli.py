@@ -412,7 +412,7 @@ def cmd_demo(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .engine import EngineHost, ModelChoice
+    from .engine import EngineHost, ModelChoice, SessionOptions
     from .server import ServerSettings, check_bind, create_app, listen
 
     api_key = _api_key(args)
@@ -427,7 +427,9 @@ def cmd_serve(args) -> int:
         ) from None
     with listener:
         engine = EngineHost(
-            ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir), max_sessions=args.max_sessions
+            ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir),
+            max_sessions=args.max_sessions,
+            session_options=SessionOptions(probabilities=True),  # each result's confidence goes with its masks
         )
         with _ProgressBars() as bars:  # loaded now: a bad checkpoint fails here, and the first request is quick
             model = engine.model(bars)

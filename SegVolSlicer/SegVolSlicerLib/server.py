@@ -12,9 +12,10 @@ when the server has one, as `Authorization: Bearer KEY`):
 - `POST /v1/sessions/{id}/heartbeat`, `DELETE /v1/sessions/{id}`; a session that sees no request for the
   idle timeout is reaped, and a client that finds its session gone opens a new one;
 - `POST /v1/sessions/{id}/jobs?wait=S` {targets, zoom_in} -> the job's status, once it finished or S seconds
-  passed; `GET .../jobs/{job}?wait=S&since=V` waits for a change of the status past version V (progress,
-  end); `POST .../jobs/{job}/cancel`; `GET .../jobs/{job}/masks`: every mask's bits, concatenated, where the
-  status's `mask` entries (bounding box, offset, length) find them.
+  passed (each result has its `statistics`: clinical.statistics FIELDS, LPS, with the confidence when the
+  engine keeps probabilities); `GET .../jobs/{job}?wait=S&since=V` waits for a change of the status past
+  version V (progress, end); `POST .../jobs/{job}/cancel`; `GET .../jobs/{job}/masks`: every mask's bits,
+  concatenated, where the status's `mask` entries (bounding box, offset, length) find them.
 
 Each server session is one engine volume key: results are the engine's, bit for bit. The model runs one job
 at a time on a worker thread, so requests (progress, cancel, uploads) are answered while it works.
@@ -45,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from . import __version__, wire
+from .clinical.statistics import result_statistics
 from .engine import EngineHost, VolumeInput
 from .errors import Cancelled, InputError, SegVolError
 from .reporting import Reporter
@@ -395,6 +397,7 @@ class SegVolServer:
                     "text": result.text,
                     "warnings": list(result.warnings),
                     "windows": result.windows,
+                    "statistics": result_statistics(result, session.voxels, session.ijk_to_ras).row(),
                 }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once

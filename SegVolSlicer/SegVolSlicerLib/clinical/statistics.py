@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import LPS_TO_RAS
-from .confidence import Confidence
+from .confidence import Confidence, result_confidence
 
 FIELDS = (
     "segment",
@@ -148,16 +148,15 @@ def _triple(values) -> Triple:
     return tuple(float(v) for v in values)
 
 
-def results_statistics(results, volume, coordinates: str = "LPS") -> list[SegmentStatistics]:
-    """The statistics of engine results (SegmentationResult or RemoteResult) on `volume` (imageio.Volume)."""
-    from .confidence import result_confidence
+def result_statistics(result, intensities: np.ndarray, ijk_to_ras: np.ndarray, coordinates: str = "LPS"):
+    """The statistics of an engine result (SegmentationResult or RemoteResult) with its confidence."""
+    confidence = result_confidence(result)
+    return segment_statistics(result.name, result.mask, intensities, ijk_to_ras, confidence, coordinates)
 
-    return [
-        segment_statistics(
-            result.name, result.mask, volume.array, volume.ijk_to_ras, result_confidence(result), coordinates
-        )
-        for result in results
-    ]
+
+def results_statistics(results, volume, coordinates: str = "LPS") -> list[SegmentStatistics]:
+    """The statistics of engine results on `volume` (imageio.Volume)."""
+    return [result_statistics(result, volume.array, volume.ijk_to_ras, coordinates) for result in results]
 
 
 def _cell(value) -> str:

@@ -141,7 +141,10 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
         "case_1.seg.nrrd",
         "case_2.seg.nrrd",
         "results.csv",
+        "stats",
+        "stats.csv",
     ]  # no temporary file left
+    assert sorted(p.name for p in (out / "stats").iterdir()) == ["case_0.csv", "case_1.csv", "case_2.csv"]
     for n in range(3):
         reference = tmp_path / f"segment {n}.seg.nrrd"
         code, _, err = run_cli(
@@ -401,7 +404,7 @@ def test_batch_killed_then_rerun_computes_only_the_missing_case(
     first = read_rows(results)
     assert [(row["id"], row["status"]) for row in first] == [("case_0", "ok")]
     finals = [p for p in out.iterdir() if not p.name.startswith(".")]  # temporaries are hidden ".<uuid>.<name>"
-    assert sorted(p.name for p in finals) == ["case_0.seg.nrrd", "results.csv"]
+    assert sorted(p.name for p in finals) == ["case_0.seg.nrrd", "results.csv", "stats"]
     assert_same_segmentation(out / "case_0.seg.nrrd", segment_references / "case_0.seg.nrrd")
     written = (out / "case_0.seg.nrrd").stat().st_mtime_ns
 

@@ -385,3 +385,26 @@ def test_batch_output_format_is_part_of_the_job():
 
     parts = dict(choice=ModelChoice(), options=SessionOptions(), output_dir="out", texts=("liver",))
     assert SegmentJob(**parts) != SegmentJob(**parts, output_format="dicom-seg")
+
+
+def test_the_server_returns_statistics_and_confidence_with_the_masks(series):
+    """Guards: statistics missing from the server's answer, or differing from the in-process ones (the
+    confidence is computed on the server, where the probabilities are)."""
+    from fastapi.testclient import TestClient
+
+    from SegVolSlicerLib.client import SegVolClient
+    from SegVolSlicerLib.clinical.statistics import results_statistics
+    from SegVolSlicerLib.server import create_app
+
+    volume = read_ct(series)
+    model = ConstantLogitSegVol({"liver": 2.0, "spleen": 0.4})
+    targets = [Target("liver", "liver"), Target("spleen", "spleen")]
+    host = EngineHost(model=model, session_options=SessionOptions(probabilities=True))
+    local = results_statistics(host.segment(VolumeInput("ct", volume.array, volume.ijk_to_ras), targets), volume)
+    app = create_app(EngineHost(model=model, session_options=SessionOptions(probabilities=True)))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        client = SegVolClient("http://127.0.0.1", http=http)
+        with client.open_session(volume.array, volume.ijk_to_ras) as session:
+            remote = session.segment_many(targets)
+    assert [result.statistics for result in remote] == local
+    assert remote[1].confidence.low and not remote[0].confidence.low
