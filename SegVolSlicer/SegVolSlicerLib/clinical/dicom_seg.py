@@ -6,7 +6,7 @@ from Slicer's terminology, and says which algorithm made it (SegVol, the weights
 AUTOMATIC for text prompts alone, SEMIAUTOMATIC when clicks or a box were used). BINARY holds the masks;
 FRACTIONAL (PROBABILITY, 8 bits) holds SegVol's probabilities, whose > 0.5 is the mask.
 
-    write_dicom_seg("result.dcm", "CT_SERIES/", [SegSegment("liver", "liver", mask)], SegAlgorithm("BAAI/SegVol"))
+    write_dicom_seg("result.dcm", "CT/", ijk_to_ras, [SegSegment("liver", "liver", mask)], SegAlgorithm("BAAI/SegVol"))
 """
 
 from __future__ import annotations
@@ -77,11 +77,26 @@ def _codes(text: str | None) -> tuple[Code, Code, Code | None]:
     return ANATOMICAL_STRUCTURE, ANATOMICAL_STRUCTURE, None
 
 
-def read_source_series(folder: str | os.PathLike) -> list:
-    """The series' datasets (without pixel data) in the order of the volume's slices."""
+def read_source_series(source: str | os.PathLike | Sequence[str], ijk_to_ras: np.ndarray, slices: int) -> list:
+    """The datasets (without pixel data) of a DICOM folder's series or of the given files, one per slice of the
+    volume whose IJK-to-RAS matrix is given, in its K order (found from each file's position)."""
     import pydicom
 
-    return [pydicom.dcmread(file, stop_before_pixels=True) for file in dicom_series_files(Path(folder).expanduser())]
+    files = dicom_series_files(Path(source).expanduser()) if isinstance(source, (str, os.PathLike)) else source
+    datasets = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]
+    ras_to_ijk = np.linalg.inv(ijk_to_ras)
+    by_slice: dict[int, object] = {}
+    for dataset in datasets:
+        lps = np.asarray(getattr(dataset, "ImagePositionPatient", None) or [np.nan] * 3, dtype=np.float64)
+        k = (ras_to_ijk[:3, :3] @ (lps * [-1.0, -1.0, 1.0]) + ras_to_ijk[:3, 3])[2]
+        if np.isfinite(k) and abs(k - round(k)) < 1e-2 and 0 <= round(k) < slices:
+            by_slice.setdefault(int(round(k)), dataset)
+    if len(by_slice) != slices:
+        raise InputError(
+            f"the DICOM files are not the {slices} slices of the segmented volume (found {len(by_slice)} on its "
+            "grid): segment the CT read from this series"
+        )
+    return [by_slice[k] for k in range(slices)]
 
 
 def _description(segments: Sequence[SegSegment], fractional: bool) -> str:
@@ -162,13 +177,18 @@ def build_dicom_seg(
 
 def write_dicom_seg(
     path: str | os.PathLike,
-    series_folder: str | os.PathLike,
+    source: str | os.PathLike | Sequence[str],
+    ijk_to_ras: np.ndarray,
     segments: Sequence[SegSegment],
     algorithm: SegAlgorithm,
     fractional: bool = False,
 ) -> None:
-    """Write the SEG for the CT read from `series_folder`, atomically."""
-    seg = build_dicom_seg(read_source_series(series_folder), segments, algorithm, fractional)
+    """Write the SEG for the CT read from `source` (a DICOM folder or its files) whose segmented volume has
+    the given IJK-to-RAS matrix, atomically."""
+    if not segments:
+        raise InputError("nothing to write: no segment was produced")
+    datasets = read_source_series(source, ijk_to_ras, segments[0].mask.shape[0])
+    seg = build_dicom_seg(datasets, segments, algorithm, fractional)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
 

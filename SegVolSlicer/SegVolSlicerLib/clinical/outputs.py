@@ -69,7 +69,8 @@ def write_outputs(
         write_statistics(stats, results_statistics(results, volume, coordinates="LPS"))
     if is_dicom_seg_path(output):
         segments = segments_from_results(results, targets, probabilities)
-        write_dicom_seg(output, image, segments, SegAlgorithm(weights_identity(weights)), fractional=probabilities)
+        algorithm = SegAlgorithm(weights_identity(weights))
+        write_dicom_seg(output, image, volume.ijk_to_ras, segments, algorithm, fractional=probabilities)
         return []
     if probabilities:
         write_probability_map(probability_map_path(output), results, volume)
