@@ -314,6 +314,16 @@ def test_confidence_comes_from_the_known_probabilities(series, tmp_path, monkeyp
     assert "TerminologyEntry:" in tags["liver"]
 
 
+def test_probabilities_are_the_zoom_in_inside_the_roi(ct):
+    """Guards: probabilities from the zoom-out pass alone where the zoom-in replaced it (the stand-in's zoom-in
+    mask differs from its zoom-out mask here)."""
+    volume = VolumeInput("ct", ct.volume, ct.ijk_to_ras)
+    options = SessionOptions(probabilities=True)
+    (result,) = EngineHost(model=FakeSegVol(), session_options=options).segment(volume, [Target("liver", "liver")])
+    assert result.windows > 0 and not np.array_equal(result.mask, result.zoom_out_mask)
+    np.testing.assert_array_equal(result.probabilities > 0.5, result.mask > 0)
+
+
 def test_probabilities_threshold_to_the_official_mask_which_they_leave_alone():
     """Guards: probabilities from other logits than the mask (zoom-out outside the ROI, zoom-in inside), or
     keep_probabilities changing the mask (the official path stays bit-identical)."""
@@ -369,7 +379,7 @@ def test_batch_writes_dicom_seg_and_one_statistics_table(series, tmp_path, monke
     with open(out / "results.csv", newline="") as table:
         results = {row["id"]: row for row in csv.DictReader(table)}
     assert results["ct1"]["status"] == "ok" and (out / "ct1.dcm").exists()
-    assert results["plain"]["status"] == "failed" and "DICOM series" in results["plain"]["error"]
+    assert results["plain"]["status"] == "failed" and "not a DICOM folder" in results["plain"]["error"]
     with open(out / "stats.csv", newline="") as table:
         rows = list(csv.DictReader(table))
     assert [(row["case"], row["segment"]) for row in rows] == [("ct1", "liver"), ("ct1", "spleen")]

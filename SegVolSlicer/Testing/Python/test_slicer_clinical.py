@@ -6,8 +6,9 @@ import pydicom
 import pytest
 import slicer
 import vtk
-from fake_segvol import ConstantLogitSegVol
+from fake_segvol import ConstantLogitSegVol, FakeSegVol
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
+from test_clinical import phantom_hu, raw_series
 
 from SegVolSlicerLib.clinical.confidence import MEAN_TAG, UNCERTAIN_TAG
 from SegVolSlicerLib.errors import InputError
@@ -19,7 +20,6 @@ from SegVolSlicerLib.testing.synthetic_dicom import write_ct_series
 @pytest.fixture
 def dicom_volume(tmp_path, slicer_scene):  # noqa: F811
     """A volume node as Slicer's DICOM plugin loads one: the voxels and the instance UIDs of its files."""
-    from test_clinical import phantom_hu
 
     files = write_ct_series(tmp_path / "CT", phantom_hu())
     volume = read_volume(tmp_path / "CT")
@@ -59,17 +59,17 @@ def test_export_dicom_seg_of_a_dicom_volume(slicer_module, dicom_volume, tmp_pat
 
     node, by_uid = dicom_volume
     logic = slicer_module.SegVolSlicerLogic()
-    logic.useModel(ConstantLogitSegVol({"liver": 2.0}))
+    logic.useModel(FakeSegVol())  # bright voxels: a mask that differs from its mirror image along K
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     (segment_id,), _ = logic.process(node, segmentation, names="liver")
     prepared = logic.prepareDicomSeg(node, segmentation, fileForInstance=by_uid.get)
     logic.writeDicomSeg(prepared, tmp_path / "seg.dcm")
     seg = hd.seg.segread(tmp_path / "seg.dcm")
-    files, _, _ = prepared
-    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    # the volume's slices are the files in the order of their positions along the normal (test_clinical)
+    uids = [ds.SOPInstanceUID for ds in raw_series(tmp_path / "CT")]
     frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])[..., 0]
     expected = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, node)
-    # prepareDicomSeg puts the files in the volume's slice order: the frame of file k is slice k of the mask
+    assert expected.any() and not np.array_equal(expected, expected[::-1])
     np.testing.assert_array_equal(frames, expected)
     item = seg.SegmentSequence[0]
     assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == standard_term("liver").type.value
