@@ -395,15 +395,25 @@ def read_segmentation(path: str | os.PathLike, volume: Volume) -> list[Segment]:
         segments.append(Segment(header[prefix + "Name"], mask, colour, kept))
 
 
+def _tags(text: str) -> dict[str, str]:
+    """Slicer's "key:value|key:value|" segment tags as a dict (values may contain ':')."""
+    return dict(item.split(":", 1) for item in text.split("|") if ":" in item)
+
+
 def merge_segments(existing: Sequence[Segment], new: Sequence[Segment]) -> list[Segment]:
-    """`existing` with same-named segments replaced in place by `new` ones (keeping their ID and tags), the
-    other new segments appended."""
+    """`existing` with same-named segments replaced in place by `new` ones (keeping their ID and tags, except
+    SegVol's own tags such as the confidence, which describe the new mask), the other new segments appended."""
     by_name = {segment.name: segment for segment in new}
     merged = []
     for old in existing:
         if old.name in by_name:
             replacement = by_name.pop(old.name)
-            merged.append(Segment(replacement.name, replacement.mask, replacement.colour, old.fields))
+            fields = dict(old.fields)
+            ours = {k: v for k, v in _tags(replacement.fields.get("Tags", "")).items() if k.startswith("SegVol.")}
+            if ours:
+                tags = {**_tags(fields.get("Tags", "")), **ours}
+                fields["Tags"] = "".join(f"{key}:{value}|" for key, value in tags.items())
+            merged.append(Segment(replacement.name, replacement.mask, replacement.colour, fields))
         else:
             merged.append(old)
     return merged + [segment for segment in new if segment.name in by_name]

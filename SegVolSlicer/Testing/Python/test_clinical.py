@@ -19,7 +19,7 @@ from fake_segvol import BandSegVol, ConstantLogitSegVol, FakeSegVol, layout_ct
 
 from SegVolSlicerLib import __version__, cli
 from SegVolSlicerLib.clinical import dicom_seg
-from SegVolSlicerLib.clinical.confidence import Confidence
+from SegVolSlicerLib.clinical.confidence import MEAN_TAG, Confidence
 from SegVolSlicerLib.engine import EngineHost, SessionOptions, VolumeInput
 from SegVolSlicerLib.imageio import read_ct, read_segmentation, read_volume
 from SegVolSlicerLib.prompts import Box, Points, Target
@@ -418,3 +418,15 @@ def test_the_server_returns_statistics_and_confidence_with_the_masks(series):
             remote = session.segment_many(targets)
     assert [result.statistics for result in remote] == local
     assert remote[1].confidence.low and not remote[0].confidence.low
+
+
+def test_an_updated_segment_gets_its_new_confidence(series, tmp_path, monkeypatch, capsys):
+    """Guards: a segment updated in an existing .seg.nrrd keeping the confidence of the mask it replaced."""
+    output = tmp_path / "r.seg.nrrd"
+    use_model(monkeypatch, ConstantLogitSegVol({"liver": 2.0, "spleen": 2.0}))
+    assert run_cli(["segment", series, "--text", "liver", "--text", "spleen", "-o", output], capsys)[0] == 0
+    use_model(monkeypatch, ConstantLogitSegVol({"liver": 0.4}))
+    assert run_cli(["segment", series, "--text", "liver", "-o", output], capsys)[0] == 0
+    tags = {s.name: s.fields["Tags"] for s in read_segmentation(output, read_ct(series))}
+    assert f"{MEAN_TAG}:0.5987|" in tags["liver"] and "TerminologyEntry:" in tags["liver"]
+    assert f"{MEAN_TAG}:0.8808|" in tags["spleen"]
