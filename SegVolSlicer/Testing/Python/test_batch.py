@@ -412,7 +412,7 @@ def test_batch_killed_then_rerun_computes_only_the_missing_case(
         batch_command(inputs, out, synthetic_checkpoint),
         env=subprocess_env(),
         capture_output=True,
-        text=True,
+        encoding="utf-8",  # tqdm's bar; not the locale's encoding, which GDCM's DICOM reader may have set to C
         timeout=300,
     )
     assert rerun.returncode == 0, rerun.stderr
