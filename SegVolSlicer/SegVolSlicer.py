@@ -42,11 +42,12 @@ from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, Volu
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.prompts import Box, Target
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
-from SegVolSlicerLib.slicer import bridge, checks, connection, dependencies, worker
+from SegVolSlicerLib.slicer import bridge, checks, clinical_results, connection, dependencies, worker
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 CLIENT_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-client.txt")
+DICOM_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-dicom.txt")  # Export DICOM SEG
 # Application settings, not scene content: a scene shared with others never carries the server's key.
 WEIGHTS_SETTING = "SegVolSlicer/Weights"
 # The key is kept for the session only, unless the user ticks "remember" (then in plain text, in the settings).
@@ -171,6 +172,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         # The last result written to each segment, for corrections: (volume key, volume signature, segmentation
         # node ID, segment ID) -> result.
         self._results = OrderedDict()
+        self.lastStatistics = []  # clinical.statistics.SegmentStatistics of the segments the last apply wrote
 
     @staticmethod
     def _newEngine(model=None):
@@ -178,7 +180,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             model=model,
             max_sessions=2,
             memory_budget_mb=2 * 768 + 1024,
-            session_options=SessionOptions(cache_budget_mb=768),
+            session_options=SessionOptions(cache_budget_mb=768, probabilities=True),  # each segment's confidence
         )
 
     def getParameterNode(self):
@@ -337,8 +339,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             )
 
     def apply(self, request: SegmentationRequest, results, editorNode=None, saveStateForUndo=None) -> list[str]:
-        """Write the results as segments of the request's segmentation, one undo step (GUI thread); returns the
-        segment IDs."""
+        """Write the results as segments of the request's segmentation, one undo step (GUI thread), their
+        confidence as segment tags; returns the segment IDs (their statistics: `self.lastStatistics`)."""
         self.checkNodes(request)
         writer = bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
         try:
@@ -351,7 +353,30 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             self._results[key] = result
             while len(self._results) > RESULTS_KEPT:
                 self._results.popitem(last=False)
+        self.lastStatistics = clinical_results.results_statistics(
+            request.segmentationNode, segmentIDs, results, request.voxels, request.ijkToRas
+        )
         return segmentIDs
+
+    # --- clinical export ---
+
+    def prepareDicomSeg(self, volumeNode, segmentationNode, segmentIDs=None, fileForInstance=None):
+        """What a DICOM SEG of the segments (default: all) needs from the scene (GUI thread): the volume's DICOM
+        files (an InputError naming Slicer's route when it was not loaded from the DICOM database)."""
+        files = clinical_results.dicom_files(volumeNode, fileForInstance)
+        if segmentIDs is None:
+            segmentIDs = list(segmentationNode.GetSegmentation().GetSegmentIDs())
+        if not segmentIDs:
+            raise InputError(f"'{segmentationNode.GetName()}' has no segment to export")
+        segments = clinical_results.export_segments(segmentationNode, segmentIDs, volumeNode)
+        return files, bridge.world_ijk_to_ras(volumeNode), segments
+
+    def writeDicomSeg(self, prepared, path, weights=None) -> None:
+        """Write the prepared DICOM SEG (any thread)."""
+        from SegVolSlicerLib.clinical.dicom_seg import SegAlgorithm, weights_identity, write_dicom_seg
+
+        files, ijkToRas, segments = prepared
+        write_dicom_seg(path, files, ijkToRas, segments, SegAlgorithm(weights_identity(weights)))
 
     def process(
         self,
@@ -443,6 +468,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self.ui.weightsFolderButton.connect("clicked(bool)", self.onChooseWeightsFolder)
         self._setUpRunOn()
+        self._setUpResultsSection()
 
         self._autoTimer = qt.QTimer()
         self._autoTimer.setSingleShot(True)
@@ -844,12 +870,17 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._waitForJobs()
 
     def _installDependencies(self, server, interactive) -> bool:
-        """Whether SegVol's packages are ready; installs them (after asking) on the worker thread while Slicer
-        stays usable: Segment is disabled meanwhile, failures show in the panel, pressing Segment retries."""
+        """Whether the packages a run needs are ready (installing them first when they are not)."""
+        requirements = CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE
+        self._dependenciesReady = self._ensurePackages(requirements, needsTorch=not server, interactive=interactive)
+        return self._dependenciesReady
+
+    def _ensurePackages(self, requirementsFile, needsTorch, interactive) -> bool:
+        """Whether the packages of `requirementsFile` are ready; installs them (after asking) on the worker
+        thread while Slicer stays usable: Segment is disabled meanwhile, failures show in the panel, pressing
+        the button again retries."""
         try:
-            plan = dependencies.check(
-                CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE, interactive, needs_torch=not server
-            )
+            plan = dependencies.check(requirementsFile, interactive, needs_torch=needsTorch)
         except SegVolError as error:
             self._showError(error, interactive)
             return False
@@ -883,7 +914,6 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.infoDisplay(restart)
                 self.ui.statusLabel.text = restart
                 return False
-        self._dependenciesReady = True
         return True
 
     def _waitForSideJob(self, job) -> bool:
@@ -974,11 +1004,71 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             and self._parameterNode.outputSegmentation == segmentation
         ):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
+        self._showStatistics(self.logic.lastStatistics)
         warnings = [w for result in results for w in result.warnings]
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
         if not onEditor:
             warnings.append(NOT_UNDOABLE.format(name=editor.segmentationNode().GetName()))
         self.ui.statusLabel.text = "\n".join([_("Done: {names}.").format(names=names), *warnings])
+
+    # --- results: statistics, confidence, DICOM SEG export (a section of its own) ---
+
+    def _setUpResultsSection(self):
+        section = ctk.ctkCollapsibleButton()
+        section.text = _("Results")
+        self.layout.addWidget(section)
+        form = qt.QFormLayout(section)
+        self.statisticsLabel = qt.QLabel()
+        self.statisticsLabel.wordWrap = True
+        self.statisticsLabel.toolTip = _(
+            "Volume, mean CT intensity and SegVol's confidence of the segments of the last run: the mean "
+            "probability inside the segment and the share of voxels near the 0.5 threshold (not a calibrated "
+            "probability of being right; low values in red are worth a look)."
+        )
+        form.addRow(self.statisticsLabel)
+        self.dicomSegPathEdit = ctk.ctkPathLineEdit()
+        self.dicomSegPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable
+        self.dicomSegPathEdit.nameFilters = ["DICOM SEG (*.dcm)"]
+        self.dicomSegPathEdit.toolTip = _("Where to write the DICOM SEG of the output segmentation")
+        form.addRow(_("DICOM SEG file:"), self.dicomSegPathEdit)
+        self.exportDicomSegButton = qt.QPushButton(_("Export DICOM SEG"))
+        self.exportDicomSegButton.toolTip = _(
+            "Write the output segmentation as a DICOM SEG referencing the input volume's DICOM series (the "
+            "volume must have been loaded from Slicer's DICOM database)"
+        )
+        self.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        form.addRow(self.exportDicomSegButton)
+
+    def _showStatistics(self, statistics):
+        self.statisticsLabel.text = clinical_results.statistics_html(statistics) if statistics else ""
+
+    def onExportDicomSeg(self):
+        node = self._parameterNode
+        path = self.dicomSegPathEdit.currentPath.strip()
+        if not node or not node.inputVolume or not node.outputSegmentation:
+            self.ui.statusLabel.text = _("Choose the input volume and the output segmentation first.")
+            return
+        if not path.lower().endswith(".dcm"):
+            self.ui.statusLabel.text = _("Give a DICOM SEG file name ending in .dcm.")
+            return
+        try:
+            prepared = self.logic.prepareDicomSeg(node.inputVolume, node.outputSegmentation)
+        except SegVolError as error:
+            self._showError(error, interactive=True)
+            return
+        if not self._ensurePackages(DICOM_REQUIREMENTS_FILE, needsTorch=False, interactive=True):
+            return
+        weights = self.ui.weightsPathLineEdit.currentPath.strip() or None
+        job = worker.WorkerJob(lambda reporter: self.logic.writeDicomSeg(prepared, path, weights), name="SegVol export")
+        self.ui.statusLabel.text = _("Writing the DICOM SEG...")
+        if not self._waitForSideJob(job.start()):  # the GUI stays live while highdicom encodes
+            return  # the panel is going away
+        try:
+            job.outcome()
+        except SegVolError as error:
+            self._showError(error, interactive=True)
+            return
+        self.ui.statusLabel.text = _("Wrote {path}.").format(path=path)
 
     def _segmentEditor(self, segmentationNode, volumeNode, interactive=True):
         """The Segment Editor module's editor, pointed at this segmentation when that is safe (its undo history

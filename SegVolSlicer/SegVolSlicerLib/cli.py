@@ -27,7 +27,7 @@ from . import runtime
 from .errors import Cancelled, InputError, SegVolError
 from .reporting import Reporter
 
-SEGMENTATION_ENDINGS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+SEGMENTATION_ENDINGS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
 
 
@@ -36,7 +36,10 @@ DEMO_TARGETS = ("liver", "spleen", "left kidney", "right kidney")
 
 def _fail_if_unwritable(path: Path) -> None:
     if not str(path).lower().endswith(SEGMENTATION_ENDINGS):
-        raise InputError(f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation) or *.nii.gz (labelmap)")
+        raise InputError(
+            f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation), *.nii.gz (labelmap) or "
+            "*.dcm (DICOM SEG, for a DICOM series input)"
+        )
     path = path.expanduser()
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a folder; give a file name ending in .seg.nrrd or .nii.gz")
@@ -52,9 +55,9 @@ def _fail_if_unwritable(path: Path) -> None:
         raise InputError(f"cannot write into {path.parent}: {error.strerror}") from None
 
 
-def _engine_host(args, precision: str | None = None):
+def _engine_host(args, precision: str | None = None, probabilities: bool = False):
     """The engine for one command: the model from --checkpoint/--device/--precision, loaded on first use, or
-    a SegVol server's (--server)."""
+    a SegVol server's (--server). `probabilities`: results carry them (confidence, FRACTIONAL SEG)."""
     from .engine import EngineHost, ModelChoice, SessionOptions
 
     if getattr(args, "server", None):
@@ -63,7 +66,11 @@ def _engine_host(args, precision: str | None = None):
         return RemoteEngine(args.server, _api_key(args))
 
     choice = ModelChoice(args.checkpoint, args.device, precision or args.precision, args.cache_dir)
-    options = SessionOptions(point_sampling=getattr(args, "point_sampling", "seeded"), seed=getattr(args, "seed", 0))
+    options = SessionOptions(
+        point_sampling=getattr(args, "point_sampling", "seeded"),
+        seed=getattr(args, "seed", 0),
+        probabilities=probabilities,
+    )
     return EngineHost(choice, max_sessions=1, session_options=options)
 
 
@@ -201,12 +208,30 @@ def _targets_from_args(args, volume):
     return plan_targets(args.text or [], points, box, unnamed="SegVol 1", name=args.name)
 
 
+def _confidence_text(result) -> str:
+    from .clinical.confidence import result_confidence
+
+    confidence = result_confidence(result)
+    if confidence is None or confidence.mean_probability is None:
+        return ""
+    return (
+        f", confidence: mean probability {confidence.mean_probability:.2f}, "
+        f"{100 * (confidence.uncertain_share or 0):.0f}% uncertain" + (" (low)" if confidence.low else "")
+    )
+
+
 def cmd_segment(args) -> int:
+    from .clinical.outputs import check_output_request, write_outputs
     from .engine import VolumeInput
-    from .imageio import is_segmentation_path, read_ct, read_segmentation, write_segmentation_results
+    from .imageio import is_segmentation_path, read_ct, read_segmentation
+    from .prompts import Target
 
     output = Path(args.output)
     _fail_if_unwritable(output)
+    check_output_request(output, args.image, args.probabilities, bool(args.server))
+    stats = Path(args.stats) if args.stats else None
+    if stats is not None and stats.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"--stats {stats}: give a .csv or .json file name")
     volume = read_ct(args.image)
     if args.from_mask:
         _check_from_mask_args(args)
@@ -217,10 +242,13 @@ def cmd_segment(args) -> int:
         names = [target.name for target in targets]
     # Segments already in an output segmentation are kept; same-named ones are updated.
     existing = read_segmentation(output, volume) if is_segmentation_path(output) and output.exists() else []
-    with _ProgressBars(names) as bars, contextlib.closing(_engine_host(args)) as host:
+    host = _engine_host(args, probabilities=True)  # the confidence comes from them
+    with _ProgressBars(names) as bars, contextlib.closing(host):
         where = VolumeInput(args.image, volume.array, volume.ijk_to_ras)
         if args.from_mask:
             results = [_refine_mask(host, where, volume, args.from_mask, args.name, points, bars)]
+            # prompted by the mask's box and points: a DICOM SEG says SEMIAUTOMATIC
+            targets = [Target(args.name, result.text, points, result.basis.mask_box) for result in results]
         else:
             results = host.segment(where, targets, zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:
@@ -229,10 +257,14 @@ def cmd_segment(args) -> int:
             f"{result.name}: {np.count_nonzero(result.mask)} voxels, "
             f"{_volume_ml(result.mask, volume.ijk_to_ras):.1f} mL"
             + (f", {result.windows} zoom-in window(s)" if result.windows else "")
+            + _confidence_text(result)
         )
     kept = [s.name for s in existing if s.name not in {result.name for result in results}]
-    _warn(write_segmentation_results(output, results, volume, existing))
+    weights = None if args.server else args.checkpoint
+    _warn(write_outputs(output, results, volume, args.image, targets, weights, existing, args.probabilities, stats))
     print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
+    if stats is not None:
+        print(f"wrote {stats}")
     return 0
 
 
@@ -353,7 +385,7 @@ def _batch_job_parts(args) -> dict:
     from .engine import ModelChoice, SessionOptions
 
     choice = ModelChoice(args.checkpoint, args.device, args.precision, args.cache_dir)
-    options = SessionOptions(point_sampling=args.point_sampling, seed=args.seed)
+    options = SessionOptions(point_sampling=args.point_sampling, seed=args.seed, probabilities=True)
     return {"choice": choice, "options": options, "zoom_in": not args.no_zoom_in}
 
 
@@ -378,9 +410,12 @@ def cmd_batch(args) -> int:
     cases = discover_cases(args.inputs)
     if not cases:
         raise InputError("no case to segment in the inputs given")
-    job = SegmentJob(**_batch_job_parts(args), output_dir=str(output_dir), texts=texts)
+    job = SegmentJob(
+        **_batch_job_parts(args), output_dir=str(output_dir), texts=texts, output_format=args.output_format
+    )
     with _CaseBar() as bar:
         summary = run_cases(job, cases, args.ray, args.workers, redo=args.redo, reporter=bar)
+    job.combine_statistics(cases, summary.statuses)
     return _print_run(summary, len(cases), output_dir)
 
 
@@ -440,7 +475,7 @@ def cmd_demo(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .engine import EngineHost, ModelChoice
+    from .engine import EngineHost, ModelChoice, SessionOptions
     from .model.checkpoint import find_weights
     from .server import ServerSettings, check_bind, create_app, expand_devices, listen, uvicorn_config, weights_identity
 
@@ -460,7 +495,9 @@ def cmd_serve(args) -> int:
         ) from None
     with listener:
         choices = [ModelChoice(args.checkpoint, device, args.precision, args.cache_dir) for device in devices]
-        engines = [EngineHost(choice, max_sessions=args.max_sessions) for choice in choices]
+        # each result's confidence goes with its masks: the engines keep the probabilities
+        options = SessionOptions(probabilities=True)
+        engines = [EngineHost(choice, max_sessions=args.max_sessions, session_options=options) for choice in choices]
         with _ProgressBars() as bars:  # loaded now: a bad checkpoint fails here, and the first request is quick
             models = [engine.model(bars) for engine in engines]
         weights = None
@@ -591,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUT",
-        help="output: *.seg.nrrd (Slicer segmentation, one named coloured segment per target) or "
-        "*.nii.gz / *.nrrd / *.mha (labelmap: value n = n-th target)",
+        help="output: *.seg.nrrd (Slicer segmentation, one named coloured segment per target), "
+        "*.nii.gz / *.nrrd / *.mha (labelmap: value n = n-th target) or *.dcm (DICOM SEG referencing the "
+        "input DICOM series; IMAGE must be a DICOM folder)",
     )
     segment.add_argument(
         "--text",
@@ -641,6 +679,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="refine an existing segment (non-zero voxels of MASK, on the CT's grid; needs --name): prompts "
         "are derived from it as the official evaluation derives them from a label (box, points, and the name "
         "as text when SegVol knows it); clicks given then correct it around themselves",
+    )
+    segment.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="statistics per segment (voxels, mL, HU, bounding box and centroid in LPS mm, confidence) as "
+        ".csv or .json",
+    )
+    segment.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write SegVol's probabilities: a FRACTIONAL DICOM SEG for a .dcm output, else "
+        "OUT.probabilities.nrrd beside the output (one component per target)",
     )
     _add_common(segment, CHECKPOINT_HELP)
     _add_sampling(segment)
@@ -697,9 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         help="segment many CTs (files, folders, DICOM folders, a CSV manifest), here or on Ray",
         description="Segment every case of INPUT... into OUTPUT_DIR/<id>.seg.nrrd (one named segment per --text, "
-        "as 'segvol segment' writes it) with a row per case in OUTPUT_DIR/results.csv (id, image, status "
-        "ok/failed, seconds, warnings, error). A failed case never stops the others; a rerun with the "
-        "same arguments skips the cases done and redoes the failed or interrupted ones.",
+        "as 'segvol segment' writes it, or <id>.dcm with --output-format dicom-seg) with a row per case in "
+        "OUTPUT_DIR/results.csv (id, image, status ok/failed, seconds, warnings, error) and a row per case and "
+        "segment in OUTPUT_DIR/stats.csv (volume, HU, bounding box, centroid, confidence). A failed case never "
+        "stops the others; a rerun with the same arguments skips the cases done and redoes the failed or "
+        "interrupted ones.",
     )
     batch.add_argument(
         "inputs",
@@ -715,7 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="anatomy to segment in every case; repeat for several",
     )
-    batch.add_argument("--output-dir", required=True, metavar="OUT", help="folder for <id>.seg.nrrd and results.csv")
+    batch.add_argument(
+        "--output-dir", required=True, metavar="OUT", help="folder for <id>.seg.nrrd, results.csv and stats.csv"
+    )
+    batch.add_argument(
+        "--output-format",
+        choices=("seg-nrrd", "dicom-seg"),
+        default="seg-nrrd",
+        help="seg-nrrd (default): OUT/<id>.seg.nrrd; dicom-seg: OUT/<id>.dcm, a DICOM SEG referencing the case's "
+        "DICOM series (cases that are not DICOM folders fail with a message)",
+    )
     _add_common(batch, CHECKPOINT_HELP)
     _add_sampling(batch)
     _add_ray(batch)

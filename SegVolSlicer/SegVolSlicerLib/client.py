@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 
 from . import wire
+from .clinical.confidence import Confidence
+from .clinical.statistics import SegmentStatistics
 from .errors import Cancelled, InputError, SegVolError
 from .prompts import Target
 from .reporting import NO_REPORT, Reporter
@@ -73,6 +75,12 @@ class RemoteResult:
     warnings: list[str] = field(default_factory=list)
     windows: int = 0
     changed: tuple[slice, slice, slice] | None = None  # (K, J, I) slices this run may have changed
+    statistics: SegmentStatistics | None = None  # the server's, LPS coordinates (None: an older server)
+
+    @property
+    def confidence(self) -> Confidence | None:
+        """The server's confidence (computed there from the probabilities, which do not travel)."""
+        return None if self.statistics is None else self.statistics.confidence
 
 
 class SegVolClient:
@@ -299,6 +307,7 @@ class RemoteSession:
         zoom_out_mask = mask("zoom_out_mask")
         # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
         final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
+        statistics = entry.get("statistics")
         return RemoteResult(
             entry["name"],
             entry["text"],
@@ -307,6 +316,7 @@ class RemoteSession:
             list(entry["warnings"]),
             int(entry["windows"]),
             None if entry.get("changed") is None else tuple(slice(a, b) for a, b in entry["changed"]),
+            None if statistics is None else SegmentStatistics.from_row(statistics),
         )
 
     def heartbeat(self) -> None:

@@ -58,11 +58,13 @@ class VolumeInput:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """How sessions are made: embedding cache per session, zoom-in click sampling (see SegVolSession)."""
+    """How sessions are made: embedding cache per session, zoom-in click sampling, whether results carry
+    their probabilities (see SegVolSession)."""
 
     cache_budget_mb: float = 1024
     point_sampling: str = "seeded"
     seed: int = 0
+    probabilities: bool = False
 
 
 @dataclass
@@ -169,6 +171,7 @@ class EngineHost:
                 point_sampling=options.point_sampling,
                 seed=options.seed,
                 reporter=reporter,
+                keep_probabilities=options.probabilities,
             )
         finally:
             with self._lock:

@@ -47,7 +47,8 @@ def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
     return LPS_TO_RAS @ ijk_to_lps
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the folder's DICOM series in the order the volume's slices have them (K)."""
     # ITK prints "No Series were found" to stderr by itself: silenced, the error below says it in one line.
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -61,9 +62,12 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             "or a folder holding one DICOM series"
         )
     # Several series: take the one with the most slices (the main CT, not a scout or dose report).
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    return list(max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len))
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(dicom_series_files(folder))
     return reader.Execute()
 
 
@@ -259,6 +263,20 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, reference: sitk.Image)
     _write(_on_reference(np.ascontiguousarray(mask, dtype=np.uint8), reference), Path(path))
 
 
+def write_image_on(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    reference: sitk.Image,
+    is_vector: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Any (K, J, I[, C]) array on the reference image's grid, with header fields."""
+    image = _on_reference(np.ascontiguousarray(array), reference, is_vector)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(key, value)
+    _write(image, Path(path))
+
+
 @dataclass
 class Segment:
     name: str
@@ -267,16 +285,23 @@ class Segment:
     fields: dict[str, str] = field(default_factory=dict)  # other Segment{N}_* header fields to keep (ID, Tags...)
 
     @classmethod
-    def for_target(cls, name: str, text: str | None, mask: np.ndarray) -> Segment:
+    def for_target(cls, name: str, text: str | None, mask: np.ndarray, tags: dict[str, str] | None = None) -> Segment:
         """A result as the Slicer module shows it: the colour and terminology codes of its text where Slicer's
-        anatomy lists have them, else the vocabulary's fixed colour for the name."""
+        anatomy lists have them, else the vocabulary's fixed colour for the name; `tags`: more segment tags
+        (e.g. the confidence)."""
         from .terminology import TERMINOLOGY_ENTRY_TAG, look_for_text
 
-        if text is None:
-            return cls(name, mask, colour_for(name))
-        look = look_for_text(text)
-        tags = f"Segmentation.Status:completed|{TERMINOLOGY_ENTRY_TAG}:{look.terminology_entry}|"
-        return cls(name, mask, tuple(look.color), {"Tags": tags} if look.terminology_entry else {})
+        all_tags = {"Segmentation.Status": "completed"}
+        colour = colour_for(name)
+        if text is not None:
+            look = look_for_text(text)
+            colour = tuple(look.color)
+            if look.terminology_entry:
+                all_tags[TERMINOLOGY_ENTRY_TAG] = look.terminology_entry
+        all_tags.update(tags or {})
+        if len(all_tags) == 1:
+            return cls(name, mask, colour)
+        return cls(name, mask, colour, {"Tags": "".join(f"{key}:{value}|" for key, value in all_tags.items())})
 
 
 def is_segmentation_path(path: str | os.PathLike) -> bool:
@@ -397,15 +422,25 @@ def read_segmentation(path: str | os.PathLike, volume: Volume) -> list[Segment]:
         segments.append(Segment(header[prefix + "Name"], mask, colour, kept))
 
 
+def _tags(text: str) -> dict[str, str]:
+    """Slicer's "key:value|key:value|" segment tags as a dict (values may contain ':')."""
+    return dict(item.split(":", 1) for item in text.split("|") if ":" in item)
+
+
 def merge_segments(existing: Sequence[Segment], new: Sequence[Segment]) -> list[Segment]:
-    """`existing` with same-named segments replaced in place by `new` ones (keeping their ID and tags), the
-    other new segments appended."""
+    """`existing` with same-named segments replaced in place by `new` ones (keeping their ID and tags, except
+    SegVol's own tags such as the confidence, which describe the new mask), the other new segments appended."""
     by_name = {segment.name: segment for segment in new}
     merged = []
     for old in existing:
         if old.name in by_name:
             replacement = by_name.pop(old.name)
-            merged.append(Segment(replacement.name, replacement.mask, replacement.colour, old.fields))
+            fields = dict(old.fields)
+            ours = {k: v for k, v in _tags(replacement.fields.get("Tags", "")).items() if k.startswith("SegVol.")}
+            if ours:
+                tags = {**_tags(fields.get("Tags", "")), **ours}
+                fields["Tags"] = "".join(f"{key}:{value}|" for key, value in tags.items())
+            merged.append(Segment(replacement.name, replacement.mask, replacement.colour, fields))
         else:
             merged.append(old)
     return merged + [segment for segment in new if segment.name in by_name]
@@ -438,6 +473,13 @@ def read_label_volume(path: str | os.PathLike, reference: Volume) -> np.ndarray:
 
 def write_segmentation_results(output: Path, results, volume, existing=()) -> list[str]:
     """The engine's results as `segvol segment` writes them (one named segment per target, Slicer's colours
-    and terminology), merged into `existing` segments; returns the writer's warnings."""
-    segments = [Segment.for_target(result.name, result.text, result.mask) for result in results]
+    and terminology, the confidence as tags where the results have one), merged into `existing` segments;
+    returns the writer's warnings."""
+    from .clinical.confidence import result_confidence
+
+    segments = []
+    for result in results:
+        confidence = result_confidence(result)
+        tags = confidence.tags() if confidence is not None else None
+        segments.append(Segment.for_target(result.name, result.text, result.mask, tags))
     return write_segmentation(output, merge_segments(existing, segments), volume.reference)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from .. import __version__, runtime
 from ..engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
-from ..imageio import atomic_output, read_ct, read_label_volume, write_segmentation_results
+from ..imageio import atomic_output, read_ct, read_label_volume
 from ..prompts import plan_targets
 from ..reporting import NO_REPORT, Reporter
 from .cases import Case
@@ -111,27 +112,54 @@ class CaseNotices(Reporter):
         self.outer.notice(message)
 
 
+OUTPUT_ENDINGS = {"seg-nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
+
+
 @dataclass(frozen=True)
 class SegmentJob(Job):
-    """`segvol batch`: each text is one named segment of OUT/<id>.seg.nrrd."""
+    """`segvol batch`: each text is one named segment of OUT/<id>.seg.nrrd (or OUT/<id>.dcm, a DICOM SEG), with
+    the case's statistics in OUT/stats/<id>.csv (combined into OUT/stats.csv after the run)."""
 
     texts: tuple[str, ...] = ()
-    output_format: str = "seg.nrrd"  # the ending of OUT/<id>.<format>
+    output_format: str = "seg-nrrd"  # a key of OUTPUT_ENDINGS
 
     def description(self) -> dict:
         return {**super().description(), "texts": list(self.texts), "output_format": self.output_format}
 
     def output_name(self, case: Case) -> str:
-        return f"{case.id}.{self.output_format}"
+        return f"{case.id}{OUTPUT_ENDINGS[self.output_format]}"
+
+    @staticmethod
+    def stats_name(case: Case) -> str:
+        return f"stats/{case.id}.csv"
 
     def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
+        from ..clinical.outputs import check_output_request, write_outputs
+
+        check_output_request(staging / self.output_name(case), case.image, probabilities=False, remote=False)
         volume = read_ct(case.image)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
         results = host.segment(
             VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
         )
         warnings = [w for result in results for w in result.warnings]
-        return warnings + write_segmentation_results(staging / self.output_name(case), results, volume)
+        stats = staging / self.stats_name(case)
+        stats.parent.mkdir(exist_ok=True)
+        return warnings + write_outputs(
+            staging / self.output_name(case), results, volume, case.image, targets, self.choice.weights, stats=stats
+        )
+
+    def combine_statistics(self, cases: Sequence[Case], statuses: dict[str, str]) -> None:
+        """OUT/stats.csv: the committed statistics of every case recorded ok, in input order."""
+        from ..clinical.statistics import combine_statistics_files
+
+        output_dir = Path(self.output_dir)
+        files = [
+            (c.id, output_dir / self.stats_name(c))
+            for c in cases
+            if statuses.get(c.id) == "ok" and (output_dir / self.stats_name(c)).exists()
+        ]
+        combine_statistics_files(files, output_dir / "stats.csv")
 
 
 @dataclass(frozen=True)

@@ -154,12 +154,15 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
     )
     if not windows:
         return result
-    result.mask, result.changed = _rerun_windows(session, previous, basis.prompts, plan, windows, target, reporter)
+    result.mask, result.probabilities, result.changed = _rerun_windows(
+        session, previous, basis.prompts, plan, windows, target, reporter
+    )
     return result
 
 
 def _rerun_windows(session, previous, prompts: ModelPrompts, plan, windows, target: Target, reporter: Reporter):
-    """The corrected mask and the (K, J, I) slices it may differ in."""
+    """The corrected mask, the previous result's probabilities (if kept) corrected alike, and the (K, J, I)
+    slices they may differ in."""
     prepared = session.prepared
     start = np.min([w.valid_start for w in windows], axis=0)
     stop = np.max([w.valid_stop for w in windows], axis=0)
@@ -181,9 +184,14 @@ def _rerun_windows(session, previous, prompts: ModelPrompts, plan, windows, targ
         coverage[into] += 1
         reporter.progress("correction", done + 1, len(windows))
     covered = (coverage > 0).numpy()
-    corrected = (torch.sigmoid(total / coverage.clamp(min=1)) > 0.5).numpy()
+    probabilities = torch.sigmoid(total / coverage.clamp(min=1))
+    corrected = (probabilities > 0.5).numpy()
     changed = _kji_slices(prepared, start, stop)
     mask = previous.mask.copy()
     region = prepared.axes.to_model(mask[changed])  # a view: writing it writes the mask
     region[covered] = corrected[covered]
-    return mask, changed
+    kept = previous.probabilities  # kept by sessions asked for them (confidence): corrected where the mask is
+    if kept is not None:
+        kept = kept.copy()
+        prepared.axes.to_model(kept[changed])[covered] = probabilities.numpy()[covered]
+    return mask, kept, changed

@@ -25,7 +25,7 @@ from ..reporting import NO_REPORT, Reporter
 from ..vocabulary import resolve_text
 from .cache import EmbeddingCache, tensor_bytes
 from .correction import CorrectionBasis, refine
-from .merge import final_mask
+from .merge import final_mask, final_probabilities
 from .model_space import ModelSpace
 from .point_sampling import make_generator
 from .preprocess import PreparedVolume, prepare_volume
@@ -52,6 +52,8 @@ class SegmentationResult:
     zoom_out: ZoomOutResult | None = field(default=None, repr=False)
     changed: tuple[slice, slice, slice] | None = None  # (K, J, I) slices this run may have changed
     basis: CorrectionBasis | None = field(default=None, repr=False)  # what refine() corrects it from
+    # (K, J, I) float32 sigmoid probabilities the mask thresholds (only with keep_probabilities; else None)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
 
 
 class SegVolSession:
@@ -63,6 +65,8 @@ class SegVolSession:
     point_sampling: "seeded" (default, reproducible: zoom-in clicks drawn from a generator seeded with
       `seed` for every target) or "official" (torch's global generator, as the official code).
     window_batch_size: windows encoded per encoder call (default: runtime.window_batch_size).
+    keep_probabilities: also return each result's probabilities (4 bytes a voxel; for confidence and
+      FRACTIONAL DICOM SEG); the mask is the same either way.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class SegVolSession:
         seed: int = 0,
         window_batch_size: int | None = None,
         reporter: Reporter = NO_REPORT,
+        keep_probabilities: bool = False,
     ):
         if point_sampling not in POINT_SAMPLING:
             raise InputError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
@@ -85,6 +90,7 @@ class SegVolSession:
             raise InputError("window_batch_size must be at least 1")
         self.model = model
         self.point_sampling, self.seed, self.window_batch_size = point_sampling, seed, int(window_batch_size)
+        self.keep_probabilities = keep_probabilities
         reporter.progress("preprocess", 0, 1)
         self.prepared: PreparedVolume = prepare_volume(volume, ijk_to_ras)
         reporter.check_cancelled()  # the volume's preparation took seconds: stop here, not after the first pass
@@ -176,7 +182,7 @@ class SegVolSession:
         prediction = ZoomOutPrediction(zoom_out.mask, self.space)
         zoom_out_crop_mask = prediction.crop_mask()
         zoom_out_mask = final_mask(self.prepared, zoom_out_crop_mask)
-        mask, roi, windows = zoom_out_mask, None, 0
+        mask, roi, windows, roi_logits = zoom_out_mask, None, 0, None
         if not zoom_out_crop_mask.any():
             warnings.append(
                 f"SegVol found nothing for '{name}'"
@@ -194,6 +200,11 @@ class SegVolSession:
                     f"the zoom-in refinement of '{name}' came out empty: check the prompts, or "
                     "compare with the zoom-out result"
                 )
+        probabilities = None
+        if self.keep_probabilities:
+            zoom_out_probabilities = ZoomOutPrediction(torch.sigmoid(zoom_out.logits).numpy(), self.space)
+            crop_probabilities = zoom_out_probabilities.crop_region((0, 0, 0), self.space.cropped_shape)
+            probabilities = final_probabilities(self.prepared, crop_probabilities, roi, roi_logits)
         return SegmentationResult(
             name=name,
             text=prompts.text,
@@ -205,6 +216,7 @@ class SegVolSession:
             crop=self.prepared.crop_slices_kji,
             zoom_out=zoom_out,
             changed=tuple(slice(0, n) for n in self.prepared.shape_kji),
+            probabilities=probabilities,
         )
 
     def _zoom_in(

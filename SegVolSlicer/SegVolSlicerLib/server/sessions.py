@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__, wire
+from ..clinical.statistics import result_statistics
 from ..engine import EngineHost, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
 from ..volume_checks import check_volume
@@ -69,10 +70,11 @@ class Session:
 
     @property
     def results_bytes(self) -> int:
-        """What the kept results hold: their masks and zoom-out logits."""
+        """What the kept results hold: their masks, probabilities and zoom-out logits."""
         held = 0
         for result in self.results.values():
-            masks = {id(m): m.nbytes for m in (result.mask, result.zoom_out_mask)}
+            arrays = (result.mask, result.zoom_out_mask, result.probabilities)
+            masks = {id(a): a.nbytes for a in arrays if a is not None}
             logits = result.zoom_out.logits if result.zoom_out is not None else None
             held += sum(masks.values()) + (logits.numel() * logits.element_size() if logits is not None else 0)
         return held
@@ -337,6 +339,7 @@ class SegVolServer:
                     "warnings": list(result.warnings),
                     "windows": result.windows,
                     "changed": [[int(s.start), int(s.stop)] for s in result.changed],
+                    "statistics": result_statistics(result, session.voxels, session.ijk_to_ras).row(),
                 }
                 masks = [("zoom_out_mask", result.zoom_out_mask)]
                 if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once

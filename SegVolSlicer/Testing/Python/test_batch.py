@@ -142,7 +142,10 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
         "case_1.seg.nrrd",
         "case_2.seg.nrrd",
         "results.csv",
+        "stats",
+        "stats.csv",
     ]  # no temporary file left
+    assert sorted(p.name for p in (out / "stats").iterdir()) == ["case_0.csv", "case_1.csv", "case_2.csv"]
     for n in range(3):
         reference = tmp_path / f"segment {n}.seg.nrrd"
         code, _, err = run_cli(
@@ -389,7 +392,7 @@ def test_a_killed_run_resumes_without_recomputing_a_complete_case(
         [sys.executable, str(Path(__file__).with_name("kill_at.py")), moment, *map(str, argv)],
         env=subprocess_env(),
         capture_output=True,
-        text=True,
+        encoding="utf-8",  # tqdm's bar; not the locale's encoding, which GDCM's DICOM reader may have set to C
         timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -119,6 +119,7 @@ def test_extension_builds_slicers_module_layout(built_extension):
         "Resources/UI/SegVolSlicer.ui",
         "Resources/Icons/SegVolSlicer.png",
         "Resources/requirements.txt",
+        "Resources/requirements-dicom.txt",
         *package_files(),
     ]:
         assert (modules / name).is_file(), name

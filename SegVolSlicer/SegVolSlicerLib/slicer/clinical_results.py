@@ -1,0 +1,106 @@
+"""The clinical side of the panel's results, on MRML (main thread): confidence tags on the segments SegVol
+made, their statistics table, and the DICOM SEG export of a volume loaded from Slicer's DICOM database.
+
+The engine results carry their probabilities (the logic's sessions keep them), so each segment's confidence is
+computed from the same logits as its mask; it is stored as segment tags (saved with the scene).
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import slicer
+import vtk
+
+from ..clinical.confidence import Confidence, result_confidence
+from ..clinical.statistics import SegmentStatistics, segment_statistics
+from ..errors import InputError
+from .bridge import TARGET_TAG
+
+INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM volume plugin on the volumes it loads
+SLICER_ROUTE = (
+    "import the CT into Slicer's DICOM database (DICOM module, Import) and load it from there, then segment it "
+    "and export again; or export with the DICOM module (right-click the segmentation in the Data module, "
+    "Export to DICOM, with the QuantitativeReporting extension)"
+)
+
+
+def tag_confidence(segmentation_node, segment_ids, results) -> list[Confidence | None]:
+    """Store each result's confidence as tags of its segment; returns the confidences."""
+    confidences = []
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id, result in zip(segment_ids, results):
+        confidence = result_confidence(result)
+        if confidence is not None:
+            segment = segmentation.GetSegment(segment_id)
+            for key, value in confidence.tags().items():
+                segment.SetTag(key, value)
+        confidences.append(confidence)
+    return confidences
+
+
+def results_statistics(segmentation_node, segment_ids, results, voxels, ijk_to_ras) -> list[SegmentStatistics]:
+    """The statistics of the results as written (RAS, the scene's coordinates), with their confidence."""
+    confidences = tag_confidence(segmentation_node, segment_ids, results)
+    segmentation = segmentation_node.GetSegmentation()
+    return [
+        segment_statistics(
+            segmentation.GetSegment(segment_id).GetName(), result.mask, voxels, ijk_to_ras, confidence, "RAS"
+        )
+        for segment_id, result, confidence in zip(segment_ids, results, confidences)
+    ]
+
+
+def statistics_html(statistics: list[SegmentStatistics]) -> str:
+    """A small table for a QLabel: segment, mL, HU mean +- SD, confidence (low ones in red)."""
+    rows = ["<tr><th align='left'>Segment</th><th>mL</th><th>HU</th><th>Confidence</th></tr>"]
+    for s in statistics:
+        hu = "-" if s.hu_mean is None else f"{s.hu_mean:.0f} &plusmn; {s.hu_sd:.0f}"
+        confidence = s.confidence
+        if confidence is None or confidence.mean_probability is None:
+            shown = "-"
+        else:
+            shown = f"{confidence.mean_probability:.2f} ({100 * (confidence.uncertain_share or 0):.0f}% uncertain)"
+            if confidence.low:
+                shown = f"<b><font color='#c62828'>{shown} low</font></b>"
+        rows.append(
+            f"<tr><td>{html.escape(s.segment)}</td><td align='right'>{s.volume_ml:.1f}</td>"
+            f"<td align='right'>{hu}</td><td>{shown}</td></tr>"
+        )
+    return "<table cellspacing='4'>" + "".join(rows) + "</table>"
+
+
+def dicom_files(volume_node, file_for_instance=None) -> list[str]:
+    """The DICOM files the volume was loaded from, or an InputError naming Slicer's route."""
+    uids = (volume_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE) or "").split()
+    if not uids:
+        raise InputError(
+            f"'{volume_node.GetName()}' was not loaded from Slicer's DICOM database, so a DICOM SEG cannot "
+            f"reference it: {SLICER_ROUTE}"
+        )
+    if file_for_instance is None:
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None:
+            raise InputError(f"Slicer's DICOM database is not open: {SLICER_ROUTE}")
+        file_for_instance = database.fileForInstance
+    files = [file_for_instance(uid) for uid in uids]
+    if not all(files):
+        raise InputError(f"some DICOM files of '{volume_node.GetName()}' are no longer in the database: {SLICER_ROUTE}")
+    return files
+
+
+def export_segments(segmentation_node, segment_ids, volume_node):
+    """(name, text, mask on the volume's grid, semiautomatic) of each segment: a segment made from a text target
+    carries its text (its codes); others were made with clicks or a box."""
+    from ..clinical.dicom_seg import SegSegment
+
+    segmentation = segmentation_node.GetSegmentation()
+    segments = []
+    for segment_id in segment_ids:
+        segment = segmentation.GetSegment(segment_id)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
+        target = vtk.reference("")
+        text = target.get() if segment.GetTag(TARGET_TAG, target) and target.get() else None
+        segments.append(SegSegment(segment.GetName(), text, np.asarray(mask, dtype=np.uint8), text is None))
+    return segments
