@@ -400,8 +400,10 @@ def test_a_killed_run_resumes_without_recomputing_a_complete_case(
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts):
             if path.name.endswith(".seg.nrrd"):
                 sitk.ReadImage(str(path))
+            elif path.parent.name == "stats":  # a case's statistics, whole: every segment's row
+                assert [row["segment"] for row in read_rows(path)] == ["liver"] and read_rows(path)[0]["coordinates"]
             else:
-                assert path.name == "results.csv" and read_rows(path) is not None
+                assert path.name in ("results.csv", "stats.csv") and read_rows(path) is not None
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert len(computed) == KILL_MOMENTS[moment], (computed, err)
@@ -415,6 +417,8 @@ def test_a_killed_run_resumes_without_recomputing_a_complete_case(
         "case_1.seg.nrrd",
         "case_2.seg.nrrd",
         "results.csv",
+        "stats",
+        "stats.csv",
     ]
     assert not (out / ".segvol" / "staging").exists() or not any((out / ".segvol" / "staging").iterdir())
 

@@ -353,7 +353,7 @@ def test_confidence_definition():
     assert Confidence.from_tags(Confidence(0.95, 0.1).tags()) == Confidence(0.95, 0.1)
 
 
-def test_batch_writes_dicom_seg_and_one_statistics_table(series, tmp_path, monkeypatch, capsys):
+def test_batch_writes_dicom_seg_and_one_statistics_table(series, tmp_path, monkeypatch, synthetic_checkpoint, capsys):
     """Guards: --output-format ignored, a non-DICOM case stopping the run, stats.csv missing cases."""
     use_model(monkeypatch, FakeSegVol())
     nifti = tmp_path / "inputs" / "plain.nii.gz"
@@ -373,6 +373,8 @@ def test_batch_writes_dicom_seg_and_one_statistics_table(series, tmp_path, monke
         out,
         "--output-format",
         "dicom-seg",
+        "--checkpoint",  # hashed for the job's fingerprint; the stand-in runs
+        synthetic_checkpoint,
     ]
     code, stdout, err = run_cli(argv, capsys)
     assert code == 1  # the NIfTI case failed, the other was done
