@@ -60,7 +60,8 @@ RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index
 # How clicks on a segment with a result act: locally (SegVolSession.refine, beyond the official pipeline) or
 # through the whole official pipeline.
 CORRECTIONS = ("around the new clicks (fast)", "whole structure (official)")
-RESULTS_KEPT = 8  # last results kept for corrections (each holds a mask of the volume's size)
+RESULTS_KEPT = 8  # last results kept for corrections (each holds masks and probabilities of the volume's size)
+RESULTS_BUDGET_BYTES = 1 << 30  # ...and at most this much of them (the newest is always kept)
 # During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
 # the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
 # worker run; Qt events are still handled several times within 100 ms.
@@ -154,6 +155,12 @@ class SegmentationRequest:
     @property
     def ijkToRas(self):
         return self.volume.ijk_to_ras
+
+
+def _resultBytes(result) -> int:
+    """The memory a kept result holds: its masks and probabilities (a 512x512x300 CT: ~0.5 GB)."""
+    arrays = (result.mask, result.zoom_out_mask, getattr(result, "probabilities", None))
+    return sum({id(array): array.nbytes for array in arrays if array is not None}.values())
 
 
 class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
@@ -349,14 +356,21 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             writer.close()
         for segmentID, result in zip(segmentIDs, results):  # what the next clicks on these segments correct
             key = (request.volume.key, request.volume.signature, request.segmentationNode.GetID(), segmentID)
-            self._results.pop(key, None)
-            self._results[key] = result
-            while len(self._results) > RESULTS_KEPT:
-                self._results.popitem(last=False)
+            self.remember(key, result)
         self.lastStatistics = clinical_results.results_statistics(
             request.segmentationNode, segmentIDs, results, request.voxels, request.ijkToRas
         )
         return segmentIDs
+
+    def remember(self, key, result) -> None:
+        """Keep `result` for the corrections of its segment: the newest RESULTS_KEPT within RESULTS_BUDGET_BYTES
+        (always the newest one)."""
+        self._results.pop(key, None)
+        self._results[key] = result
+        while len(self._results) > RESULTS_KEPT or (
+            len(self._results) > 1 and sum(map(_resultBytes, self._results.values())) > RESULTS_BUDGET_BYTES
+        ):
+            self._results.popitem(last=False)
 
     # --- clinical export ---
 

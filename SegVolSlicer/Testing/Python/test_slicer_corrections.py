@@ -76,3 +76,23 @@ def test_an_existing_segment_is_refined_from_its_mask_then_corrected_locally(sli
     logic.apply(correction, [fixed])
     assert fixed.windows == 1 and fixed.warnings == []
     assert not segment_array(segmentation, drawn, volume)[carved(ct)].any()
+
+
+def test_results_kept_for_corrections_stay_within_their_memory_budget(slicer_module, monkeypatch):  # noqa: F811
+    """Guards: the panel keeping every result for corrections whatever its size (masks and probabilities of a
+    512x512x300 CT are ~0.5 GB each: eight of them took 4 GB), or dropping the newest one."""
+    from types import SimpleNamespace
+
+    def result(megabytes):
+        mask = np.zeros(megabytes << 20, np.uint8)
+        return SimpleNamespace(mask=mask, zoom_out_mask=mask, probabilities=None)
+
+    monkeypatch.setattr(slicer_module, "RESULTS_BUDGET_BYTES", 3 << 20)
+    logic = slicer_module.SegVolSlicerLogic()
+    for key in "abc":
+        logic.remember(key, result(1))
+    assert list(logic._results) == ["a", "b", "c"]  # 3 MB: within the budget (a shared mask counts once)
+    logic.remember("d", result(2))
+    assert list(logic._results) == ["c", "d"]
+    logic.remember("e", result(5))  # larger than the budget alone: still kept, the only one
+    assert list(logic._results) == ["e"]
