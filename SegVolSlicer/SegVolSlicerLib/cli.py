@@ -222,6 +222,7 @@ def _confidence_text(result) -> str:
 
 def cmd_segment(args) -> int:
     from .clinical.outputs import check_output_request, write_outputs
+    from .clinical.statistics import check_statistics_path
     from .engine import VolumeInput
     from .imageio import is_segmentation_path, read_ct, read_segmentation
     from .prompts import Target
@@ -230,8 +231,8 @@ def cmd_segment(args) -> int:
     _fail_if_unwritable(output)
     check_output_request(output, args.image, args.probabilities, bool(args.server))
     stats = Path(args.stats) if args.stats else None
-    if stats is not None and stats.suffix.lower() not in (".csv", ".json"):
-        raise InputError(f"--stats {stats}: give a .csv or .json file name")
+    if stats is not None:
+        check_statistics_path(stats)
     volume = read_ct(args.image)
     if args.from_mask:
         _check_from_mask_args(args)
@@ -502,8 +503,7 @@ def cmd_serve(args) -> int:
             models = [engine.model(bars) for engine in engines]
         weights = None
         if engines[0].weights_path is not None:  # /info names the weights and their digest, not their path
-            name = Path(args.checkpoint).name if args.checkpoint else "BAAI/SegVol"
-            weights = weights_identity(name, find_weights(Path(engines[0].weights_path))[0])
+            weights = weights_identity(args.checkpoint, find_weights(Path(engines[0].weights_path))[0])
         settings = ServerSettings(
             api_key=api_key,
             max_sessions=args.max_sessions,

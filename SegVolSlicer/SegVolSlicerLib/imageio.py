@@ -8,11 +8,14 @@ name and renamed into place, so a failed or interrupted run never leaves a parti
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import itertools
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,22 +164,6 @@ def _is_stroke(markup: dict) -> bool:
     return str(markup.get("type", "")).lower() in ("curve", "opencurve")
 
 
-def read_points(path: str | os.PathLike, force_label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Control points of every point list in the file -> (RAS (N,3), labels (N,)).
-
-    The label comes from each point's description (empty = positive), or is `force_label` for a file of
-    negative points.
-    """
-    ras, labels = [], []
-    for markup in _read_markups(path):
-        if not _is_stroke(markup):
-            placed = _placed_points(markup, path, force_label)
-            ras, labels = ras + placed[0], labels + placed[1]
-    if not ras:
-        raise InputError(f"{path} contains no placed control points")
-    return np.asarray(ras), np.asarray(labels, dtype=np.int64)
-
-
 def read_clicks(path: str | os.PathLike, ijk_to_ras, force_label: int | None = None) -> Points:
     """The clicks of a markups file: point lists' control points, and strokes (open curves) sampled along
     their length (Points.along_curve); a stroke is negative when its first point's description says so."""
@@ -242,6 +229,25 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_table(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dict]) -> None:
+    """A CSV table (UTF-8, a header row of `fields`; other keys of the rows left out), atomically."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_output(path) as tmp:
+        tmp.write_text(table.getvalue(), encoding="utf-8")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 16 MB blocks (weights files are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write(image: sitk.Image, path: Path) -> None:
     with atomic_output(path) as tmp:
         try:
@@ -301,7 +307,7 @@ class Segment:
         all_tags.update(tags or {})
         if len(all_tags) == 1:
             return cls(name, mask, colour)
-        return cls(name, mask, colour, {"Tags": "".join(f"{key}:{value}|" for key, value in all_tags.items())})
+        return cls(name, mask, colour, {"Tags": _tags_text(all_tags)})
 
 
 def is_segmentation_path(path: str | os.PathLike) -> bool:
@@ -427,6 +433,11 @@ def _tags(text: str) -> dict[str, str]:
     return dict(item.split(":", 1) for item in text.split("|") if ":" in item)
 
 
+def _tags_text(tags: dict[str, str]) -> str:
+    """The inverse of `_tags`."""
+    return "".join(f"{key}:{value}|" for key, value in tags.items())
+
+
 def merge_segments(existing: Sequence[Segment], new: Sequence[Segment]) -> list[Segment]:
     """`existing` with same-named segments replaced in place by `new` ones (keeping their ID and tags, except
     SegVol's own tags such as the confidence, which describe the new mask), the other new segments appended."""
@@ -439,7 +450,7 @@ def merge_segments(existing: Sequence[Segment], new: Sequence[Segment]) -> list[
             ours = {k: v for k, v in _tags(replacement.fields.get("Tags", "")).items() if k.startswith("SegVol.")}
             if ours:
                 tags = {**_tags(fields.get("Tags", "")), **ours}
-                fields["Tags"] = "".join(f"{key}:{value}|" for key, value in tags.items())
+                fields["Tags"] = _tags_text(tags)
             merged.append(Segment(replacement.name, replacement.mask, replacement.colour, fields))
         else:
             merged.append(old)

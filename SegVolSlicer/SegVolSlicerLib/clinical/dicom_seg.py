@@ -160,7 +160,24 @@ def build_dicom_seg(
         raise InputError("every segment is empty: there is nothing to write into a DICOM SEG")
     series_number = int(getattr(first, "SeriesNumber", None) or 0) + SERIES_NUMBER_OFFSET
     with _garbage_collection_paused():
-        return _segmentation(hd, source_datasets, pixels, fractional, descriptions, series_number, segments, algorithm)
+        return hd.seg.Segmentation(
+            source_images=list(source_datasets),
+            pixel_array=pixels,
+            segmentation_type="FRACTIONAL" if fractional else "BINARY",
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="SegVolSlicer",
+            manufacturer_model_name=algorithm.name,
+            software_versions=__version__,
+            device_serial_number="none",
+            max_fractional_value=MAX_FRACTIONAL_VALUE,
+            series_description=_description(segments, fractional),
+            content_label="SEGVOL",
+            content_description=f"{algorithm.name} ({algorithm.weights})"[:64],
+        )
 
 
 @contextmanager
@@ -174,27 +191,6 @@ def _garbage_collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _segmentation(hd, source_datasets, pixels, fractional, descriptions, series_number, segments, algorithm):
-    return hd.seg.Segmentation(
-        source_images=list(source_datasets),
-        pixel_array=pixels,
-        segmentation_type="FRACTIONAL" if fractional else "BINARY",
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="SegVolSlicer",
-        manufacturer_model_name=algorithm.name,
-        software_versions=__version__,
-        device_serial_number="none",
-        max_fractional_value=MAX_FRACTIONAL_VALUE,
-        series_description=_description(segments, fractional),
-        content_label="SEGVOL",
-        content_description=f"{algorithm.name} ({algorithm.weights})"[:64],
-    )
 
 
 def write_dicom_seg(

@@ -177,16 +177,20 @@ def statistics_csv(rows: Iterable[dict], first_fields: Sequence[str] = ()) -> st
     return table.getvalue()
 
 
+def check_statistics_path(path: str | os.PathLike) -> None:
+    """Statistics go to a .csv or a .json file (checked before the model runs, and again when written)."""
+    if Path(path).suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"--stats {path}: give a .csv or .json file name")
+
+
 def write_statistics(path: str | os.PathLike, statistics: Sequence[SegmentStatistics]) -> None:
     """`.csv` (one row per segment) or `.json` (a list of objects, null for missing values), atomically."""
     from ..imageio import atomic_output
 
     path = Path(path).expanduser()
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise InputError(f"--stats {path}: give a .csv or .json file name")
+    check_statistics_path(path)
     rows = [s.row() for s in statistics]
-    text = statistics_csv(rows) if suffix == ".csv" else json.dumps(rows, indent=1) + "\n"
+    text = statistics_csv(rows) if path.suffix.lower() == ".csv" else json.dumps(rows, indent=1) + "\n"
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

@@ -14,9 +14,7 @@ the records.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -25,18 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..imageio import atomic_output
+from ..imageio import atomic_output, file_sha256, write_table
 
 STATE_DIR = ".segvol"
 RESULT_FIELDS = ("id", "image", "status", "seconds", "warnings", "error", "fingerprint")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_of(description: dict) -> str:
@@ -168,12 +158,7 @@ class Records:
         records = self.all()
         order = [case_id for case_id in order if case_id in records]
         rows = [records[i] for i in order] + [r for i, r in records.items() if i not in set(order)]
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=RESULT_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        with atomic_output(self.output_dir / "results.csv") as tmp:
-            tmp.write_text(table.getvalue(), encoding="utf-8")
+        write_table(self.output_dir / "results.csv", RESULT_FIELDS, rows)
 
 
 def differences(old: dict | None, new: dict) -> str:

@@ -137,7 +137,7 @@ def run_on_ray(
         import ray.data
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'SegVolSlicer[ray]' (or pip install 'ray[data]')") from None
-    state = Path(job.output_dir) / ".segvol"
+    state = Records(job.output_dir).state
     if address == "local":
         clear_left_ray(state, reporter)
     started_here = not ray.is_initialized()

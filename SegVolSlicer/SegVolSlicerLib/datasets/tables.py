@@ -5,14 +5,13 @@ standard deviation of Dice per class and prompt) and OUT/dice.png (a box plot of
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import atomic_output
+from ..imageio import atomic_output, write_table
 from .cases import Case
 from .jobs import EvaluateJob
 
@@ -57,15 +56,6 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             }
         )
     return summary
-
-
-def write_table(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(path) as tmp:
-        tmp.write_text(table.getvalue(), encoding="utf-8")
 
 
 def write_box_plot(path: Path, rows: Sequence[dict]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
+import os
 import socket
-from pathlib import Path
 
 from ..errors import InputError
+from ..imageio import file_sha256
 from .settings import ServerSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -88,10 +88,14 @@ def _protocol_with_head_deadline(seconds: float) -> type[asyncio.Protocol]:
     return HeadDeadlineProtocol
 
 
-def weights_identity(name: str, weights_file: str | Path) -> dict:
-    """What /info says about the weights: a name and the file's sha256, never its path."""
-    digest = hashlib.sha256()
-    with open(weights_file, "rb") as file:
-        while block := file.read(2**24):
-            digest.update(block)
-    return {"name": name, "sha256": digest.hexdigest()}
+def weights_name(weights: str | None) -> str:
+    """The weights' name without the folders they lie in (the hub repository for the default weights)."""
+    if weights is None:
+        return "BAAI/SegVol"
+    return weights.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def weights_identity(weights: str | None, weights_file: str | os.PathLike) -> dict:
+    """What /info says about the weights (`weights`: as the server was given them, None for the hub's):
+    their name and the file's sha256, never its path."""
+    return {"name": weights_name(weights), "sha256": file_sha256(weights_file)}

@@ -24,6 +24,7 @@ from ..volume_checks import check_volume
 from .jobs import Job
 from .models import JobRequest, SessionRequest, TargetBody
 from .replicas import Replica, Replicas
+from .serving import weights_name
 from .settings import Problem, ServerSettings
 
 log = logging.getLogger("segvol.server")
@@ -104,7 +105,7 @@ class SegVolServer:
     ):
         self.replicas, self.settings, self.clock = Replicas(engines), settings, clock
         choice = engines[0].choice
-        self.weights = weights or {"name": _weights_name(choice.weights), "sha256": None}
+        self.weights = weights or {"name": weights_name(choice.weights), "sha256": None}
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
@@ -437,10 +438,3 @@ def _proof_of_nothing(session: Session) -> str:
         digest.update(zeros)
     digest.update(zeros[:rest])
     return digest.hexdigest()
-
-
-def _weights_name(weights: str | None) -> str:
-    """The weights' name without the folders they lie in."""
-    if weights is None:
-        return "BAAI/SegVol"
-    return weights.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]

@@ -76,8 +76,9 @@ def test_lps_markups_are_converted_to_ras(tmp_path):
     ras = markups_file(
         tmp_path / "ras.mrk.json", {"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": points}
     )
-    assert np.allclose(imageio.read_points(lps)[0], [[-10.0, 20.0, 30.0]])
-    assert np.allclose(imageio.read_points(ras)[0], [[10.0, -20.0, 30.0]])
+    identity = np.eye(4)  # IJK = RAS: the clicks read are the RAS positions
+    assert np.allclose(imageio.read_clicks(lps, identity).ijk, [[-10.0, 20.0, 30.0]])
+    assert np.allclose(imageio.read_clicks(ras, identity).ijk, [[10.0, -20.0, 30.0]])
 
 
 def test_rotated_roi_file_agrees_with_slicer(tmp_path, slicer_scene):  # noqa: F811
