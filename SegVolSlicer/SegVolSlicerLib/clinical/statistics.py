@@ -7,7 +7,7 @@ those coordinates; intensity SD is the population SD (ddof=0), as Slicer's Segme
     >>> import numpy as np
     >>> mask = np.zeros((2, 2, 2), np.uint8); mask[0, 0, :] = 1
     >>> s = segment_statistics("x", mask, np.arange(8.0).reshape(2, 2, 2), np.diag([2.0, 2.0, 2.0, 1.0]))
-    >>> s.voxels, s.volume_ml, s.hu_mean, s.centroid
+    >>> s.voxels, round(s.volume_ml, 3), s.hu_mean, s.centroid
     (2, 0.016, 0.5, (-1.0, 0.0, 0.0))
 """
 
