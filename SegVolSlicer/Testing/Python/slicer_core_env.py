@@ -5,7 +5,7 @@ on import).
 Usage: scene = slicer_core_env.setup(); ...; slicer_core_env.teardown(), or the `slicer_scene` fixture; the
 `slicer_module` fixture is SegVolSlicer.py imported as in Slicer. The scene has the singleton nodes the
 application has (which scene.Clear() keeps), the Segment Editor's among them.
-Never call it inside real Slicer. From /work/shared/docs/slicer-testing.md (the team's verified shim).
+Never call it inside real Slicer. From the team's verified shim (the shared slicer-testing notes).
 """
 
 import importlib.util
