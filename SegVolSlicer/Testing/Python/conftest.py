@@ -1,5 +1,5 @@
-"""Shared fixtures: the synthetic CT (per test module) and synthetic SegVol weights (built and saved once per
-test run)."""
+"""Shared fixtures: the synthetic CT (per test module), synthetic SegVol weights (built and saved once per test
+run), and the model stand-in every EngineHost of a test can run instead of loading weights."""
 
 import pytest
 
@@ -40,3 +40,25 @@ def space(ct):
     from SegVolSlicerLib.inference.preprocess import prepare_volume
 
     return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
+
+
+@pytest.fixture
+def stand_in_model(monkeypatch):
+    """Every EngineHost of the test runs a stand-in network (fake_segvol's) instead of loading weights:
+    `stand_in_model(model)` gives every host `model` (and returns it); `stand_in_model(per_load=factory)` calls
+    `factory(host)` at each load; `stand_in_model(None)` fails the test if a host loads a model at all."""
+    from SegVolSlicerLib.engine import EngineHost
+    from SegVolSlicerLib.reporting import NO_REPORT
+
+    def use(model=None, *, per_load=None):
+        def load(host, reporter=NO_REPORT):
+            if per_load is not None:
+                return per_load(host)
+            if model is None:
+                pytest.fail("the model must not load")
+            return model
+
+        monkeypatch.setattr(EngineHost, "model", load)
+        return model
+
+    return use

@@ -9,24 +9,11 @@ import threading
 import huggingface_hub
 import pytest
 from fake_segvol import FakeSegVol
+from recording_reporter import RecordingReporter
 from test_server import in_process
 
 from SegVolSlicerLib.engine import EngineHost, ModelChoice
 from SegVolSlicerLib.errors import Cancelled
-from SegVolSlicerLib.reporting import Reporter
-
-
-class CancelAfter(Reporter):
-    """Sets its own cancel after `count` progress reports of `stage` (the user presses Cancel then)."""
-
-    def __init__(self, stage, count):
-        super().__init__()
-        self.stage, self.count, self.seen = stage, count, []
-
-    def progress(self, stage, done, total):
-        self.seen.append((stage, done, total))
-        if stage == self.stage and sum(s == stage for s, _, _ in self.seen) >= self.count:
-            self.cancel.set()
 
 
 def test_cancel_stops_the_weights_download_between_chunks(monkeypatch, tmp_path):
@@ -42,7 +29,7 @@ def test_cancel_stops_the_weights_download_between_chunks(monkeypatch, tmp_path)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout: None)  # the hub answers
     engine = EngineHost(ModelChoice(cache_dir=str(tmp_path)))
-    reporter = CancelAfter("download", 3)
+    reporter = RecordingReporter(cancel_at="download", cancel_after=3)
     with pytest.raises(Cancelled):
         engine.model(reporter)
     assert len(chunks) == 4  # the chunk after the Cancel is the last one
@@ -60,7 +47,7 @@ def test_cancel_during_the_load_leaves_no_model(monkeypatch, tmp_path):
     monkeypatch.setattr("SegVolSlicerLib.model.load_segvol", load_segvol)
     monkeypatch.setattr("SegVolSlicerLib.weights.resolve_weights", lambda *args, **kwargs: tmp_path)
     engine = EngineHost(ModelChoice(weights=str(tmp_path)))
-    reporter = CancelAfter("load", 1)  # Cancel pressed as the load begins
+    reporter = RecordingReporter(cancel_at="load", cancel_after=1)  # Cancel pressed as the load begins
     with pytest.raises(Cancelled):
         engine.model(reporter)
     assert not loaded.is_set() and engine.loaded_model is None
@@ -71,8 +58,8 @@ def test_cancel_stops_the_volume_upload_between_chunks(ct, monkeypatch):
     for the upload is closed, not left on the server."""
     monkeypatch.setattr("SegVolSlicerLib.client.UPLOAD_CHUNK", 1024)
     with in_process(EngineHost(model=FakeSegVol())) as (client, server):
-        reporter = CancelAfter("upload", 2)
+        reporter = RecordingReporter(cancel_at="upload", cancel_after=2)
         with pytest.raises(Cancelled):
             client.open_session(ct.volume, ct.ijk_to_ras, reporter)
-        sent = [done for stage, done, _ in reporter.seen if stage == "upload"]
+        sent = [done for stage, done, _ in reporter.events if stage == "upload"]
         assert sent == [0, 1024] and server.sessions == {}

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
+from recording_reporter import RecordingReporter
 from test_server import in_process
 
 from SegVolSlicerLib import cli
@@ -21,7 +22,6 @@ from SegVolSlicerLib.inference.label_prompts import PromptMode, label_prompts
 from SegVolSlicerLib.inference.point_sampling import make_generator
 from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.prompts import Box, Points, Target
-from SegVolSlicerLib.reporting import Reporter
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 PANCREAS_CENTRE_IJK = (160.0, 48.0, 20.0)  # (i, j, k): the pancreas runs along I through two zoom-in windows
@@ -135,16 +135,8 @@ def test_removing_a_click_reruns_its_window(session):
 
 
 def test_a_correction_reports_its_windows_and_can_be_cancelled(session):
-    class Recorder(Reporter):
-        def __init__(self):
-            super().__init__()
-            self.events = []
-
-        def progress(self, stage, done, total):
-            self.events.append((stage, done, total))
-
     first = session.segment(pancreas())
-    recorder = Recorder()
+    recorder = RecordingReporter()
     session.refine(first, pancreas(LEFT_IJK, RIGHT_IJK), recorder)
     assert recorder.events == [("correction", 1, 2), ("correction", 2, 2)]
     recorder.cancel.set()
@@ -293,8 +285,8 @@ def test_a_mask_derived_segment_is_corrected_locally_and_an_unknown_name_prompts
         host.segment_from_mask(volume, made, np.zeros_like(label))
 
 
-def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: CountingBandSegVol())
+def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_path, stand_in_model, capsys):
+    stand_in_model(per_load=lambda host: CountingBandSegVol())
     write_ct(phantom, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
     out = tmp_path / "out.nii.gz"
     argv = ["segment", str(tmp_path / "ct.nii.gz"), "--from-mask", str(tmp_path / "labels.nii.gz")]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fake_segvol import FakeSegVol, FullGpuSegVol
+from recording_reporter import RecordingReporter
 
 import SegVolSlicerLib.model
 import SegVolSlicerLib.weights
@@ -23,18 +24,6 @@ LIVER = Target("liver", text="liver")
 
 def volume_input(ct, key="CT", signature=None, voxels=None):
     return VolumeInput(key, ct.volume if voxels is None else voxels, ct.ijk_to_ras, signature)
-
-
-class Notices(Reporter):
-    def __init__(self):
-        super().__init__()
-        self.messages, self.stages = [], []
-
-    def notice(self, message):
-        self.messages.append(message)
-
-    def progress(self, stage, done, total):
-        self.stages.append(stage)
 
 
 @pytest.fixture
@@ -148,13 +137,13 @@ def test_the_session_in_use_is_kept_even_over_budget(ct):
 def test_a_full_gpu_moves_the_model_to_the_cpu_once(ct, error):
     model = FullGpuSegVol(error)
     host = EngineHost(ModelChoice(precision="fp16"), model=model)
-    reporter = Notices()
+    reporter = RecordingReporter()
     (result,) = host.segment(volume_input(ct), [LIVER], zoom_in=False, reporter=reporter)
     assert result.mask.any() and model.moves == ["cpu"]
     assert model.precision == ("auto", "cpu")  # a GPU's fp16 does not run on the CPU: chosen again there
-    assert len(reporter.messages) == 1 and "continues on the CPU" in reporter.messages[0]
+    assert len(reporter.notices) == 1 and "continues on the CPU" in reporter.notices[0]
     host.segment(volume_input(ct), [LIVER], zoom_in=False, reporter=reporter)
-    assert model.moves == ["cpu"] and len(reporter.messages) == 1  # stays there, no second notice
+    assert model.moves == ["cpu"] and len(reporter.notices) == 1  # stays there, no second notice
 
 
 def test_no_fallback_for_other_errors_on_the_cpu_or_when_switched_off(ct):
@@ -187,11 +176,11 @@ def test_out_of_memory_while_loading_loads_on_the_cpu(loads, ct, monkeypatch):
         return load(path, device, precision)
 
     monkeypatch.setattr(SegVolSlicerLib.model, "load_segvol", load_segvol)
-    reporter = Notices()
+    reporter = RecordingReporter()
     host = EngineHost(ModelChoice("w.pth", "cuda:1", "fp16"))
     host.segment(volume_input(ct), [LIVER], zoom_in=False, reporter=reporter)
     assert loads == [("w.pth", "cuda:1", "fp16"), ("w.pth", "cpu", "auto")]
-    assert "'cuda:1'" in reporter.messages[0] and reporter.stages[:2] == ["load", "load"]
+    assert "'cuda:1'" in reporter.notices[0] and reporter.stages[:2] == ["load", "load"]
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from fake_segvol import FakeSegVol
+from recording_reporter import RecordingReporter
 from test_geometry import permuted_geometry
 
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.prompts import Box, Points, Target
-from SegVolSlicerLib.reporting import Reporter
 
 
 def liver_click(ct):
@@ -63,22 +63,11 @@ def test_small_cache_budget_still_works(ct):
     assert len(session.cache) == 0 and model.images_encoded == 6
 
 
-class RecordingReporter(Reporter):
-    def __init__(self, cancel_at=None):
-        super().__init__()
-        self.calls, self.cancel_at = [], cancel_at
-
-    def progress(self, stage, done, total):
-        self.calls.append((stage, done, total))
-        if stage == self.cancel_at:
-            self.cancel.set()
-
-
 def test_progress_and_cancel(ct):
     reporter = RecordingReporter()
     session = SegVolSession(FakeSegVol(), ct.volume, ct.ijk_to_ras, reporter=reporter)
     session.segment(Target("liver", text="liver"), reporter=reporter)
-    assert reporter.calls == [
+    assert reporter.events == [
         ("preprocess", 0, 1),
         ("preprocess", 1, 1),
         ("zoom-out", 0, 1),
@@ -89,7 +78,7 @@ def test_progress_and_cancel(ct):
     cancelling = RecordingReporter(cancel_at="zoom-in")
     with pytest.raises(Cancelled):
         session.segment(Target("spleen", text="spleen"), reporter=cancelling)
-    assert cancelling.calls[-1] == ("zoom-in", 1, 2)  # stopped after the first window, before the second
+    assert cancelling.events[-1] == ("zoom-in", 1, 2)  # stopped after the first window, before the second
 
 
 def test_empty_zoom_out_keeps_the_empty_mask_and_says_so(ct):

@@ -14,7 +14,6 @@ import pytest
 from fake_segvol import BandSegVol, layout_ct
 from test_inference_parity import MODES, assert_zoom_in_plan, unpack
 
-from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.inference import SegVolSession
 
@@ -91,7 +90,7 @@ def test_matches_official(organ, mode, goldens, session):
     np.testing.assert_array_equal(result.mask, unpack(goldens[key + "mask_bits"], shape))
 
 
-def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys):
+def test_segvol_evaluate_matches_official(goldens, tmp_path, stand_in_model, capsys):
     """`segvol evaluate --prompt text+box` end to end (files in, files out) against the official masks."""
     from SegVolSlicerLib import cli
     from SegVolSlicerLib.imageio import read_volume
@@ -100,7 +99,7 @@ def test_segvol_evaluate_matches_official(goldens, tmp_path, monkeypatch, capsys
     ct = layout_ct()
     write_ct(ct, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
     bands = dict(zip(goldens["bands_names"].tolist(), goldens["bands_values"].tolist()))
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: BandSegVol(bands))
+    stand_in_model(BandSegVol(bands))
     classes = [f"{name}={value}" for value, name in ct.label_names.items()]
     code = cli.main(
         [

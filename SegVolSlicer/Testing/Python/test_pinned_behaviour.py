@@ -18,7 +18,6 @@ from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures
 from vtk.util import numpy_support
 
 from SegVolSlicerLib import cli, imageio
-from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import NEGATIVE, POSITIVE, Points, Target
@@ -160,13 +159,12 @@ def test_output_is_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["mask.nrrd"]  # no temporary file left
 
 
-def test_negative_point_ijk_end_to_end(ct, tmp_path, monkeypatch, capsys):
+def test_negative_point_ijk_end_to_end(ct, tmp_path, stand_in_model, capsys):
     """`segment --point-ijk ... --negative-point-ijk ...`: the negative click reaches the model as a negative
     point and removes the voxels around it from the result."""
     image, labels = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
     write_ct(ct, image, labels)
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+    model = stand_in_model(FakeSegVol())
     liver = np.argwhere(ct.labels == 1)
     positive = np.round(liver.mean(0)[::-1]).astype(int)
     negative = positive + np.array([4, 0, 0])
