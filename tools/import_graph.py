@@ -50,12 +50,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("imageio", ("imageio", "preview", "testing")),  # files in, segmentations out
     ("clinical", ("clinical", "evaluation")),  # DICOM SEG, statistics, confidence, the result files
     ("datasets", ("datasets",)),
-    ("faces", ("cli", "demo", "server", "client", "slicer", "SegVolSlicer")),
+    ("faces", ("cli", "server", "client", "slicer", "SegVolSlicer")),
 ]
 
 # The faces, by wing: a module of one wing never imports a module of another (nor inference/).
 FACES: dict[str, tuple[str, ...]] = {
-    "cli": ("cli", "demo"),
+    "cli": ("cli",),
     "server": ("server", "client"),
     "slicer": ("slicer", "SegVolSlicer"),
 }
@@ -69,8 +69,6 @@ ALLOWED: dict[str, str] = {
     # slicer/checks.py (the self-test) reads the model space of the synthetic CT directly.
     "face imports inference: slicer.checks imports inference.model_space": "slicer",
     "face imports inference: slicer.checks imports inference.preprocess": "slicer",
-    # imageio.write_segmentation_results takes the confidence: it moves to clinical/outputs.py (issue 22).
-    "up: imageio (imageio) imports clinical.confidence (clinical)": "cli",
 }
 
 
