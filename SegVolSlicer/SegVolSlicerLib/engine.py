@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -452,11 +453,17 @@ class EngineHost:
     def run(self, volume: VolumeInput, work: Callable[[SegVolSession], T], reporter: Reporter = NO_REPORT) -> T:
         """`work(session)` on the volume's session, one request at a time; on a GPU out of memory the model
         moves to the CPU (with a notice) and `work` runs again there."""
+        with self._running_on(volume):
+            return self._run(volume, work, reporter)
+
+    @contextmanager
+    def _running_on(self, volume: VolumeInput):
+        """One request at a time; what forgets the volume meanwhile is noted (its results are not kept)."""
         with self._run_lock:
             with self._lock:
                 self._running, self._running_dropped = volume, False
             try:
-                return self._run(volume, work, reporter)
+                yield
             finally:
                 with self._lock:
                     self._running = None
@@ -486,8 +493,6 @@ class EngineHost:
         result is corrected locally (when the run zooms in); every other job runs the official pipeline. Jobs
         with a result_key have their results kept. A bare Target is TargetJob(target)."""
         jobs = [job if isinstance(job, TargetJob) else TargetJob(job) for job in jobs]
-        # Looked up before the run: making the session may evict within the budget, never what this run uses.
-        previous = [self._kept_result(volume, job.result_key) if job.correct and zoom_in else None for job in jobs]
 
         def work(session: SegVolSession) -> list[SegmentationResult]:
             results = []
@@ -499,8 +504,11 @@ class EngineHost:
                     results.append(session.refine(kept, job.target, reporter, job.current_mask))
             return results
 
-        results = self.run(volume, work, reporter)
-        self._keep(volume, [(job.result_key, result) for job, result in zip(jobs, results)])
+        with self._running_on(volume):
+            # Looked up before the session is made: that may evict within the budget, never what this run uses.
+            previous = [self._kept_result(volume, job.result_key) if job.correct and zoom_in else None for job in jobs]
+            results = self._run(volume, work, reporter)
+            self._keep(volume, [(job.result_key, result) for job, result in zip(jobs, results)])
         return results
 
     def segment_from_mask(
@@ -509,10 +517,11 @@ class EngineHost:
         """A segment made elsewhere (by hand, another tool), named job.target.name, segmented again from the
         prompts the official evaluation derives from a label (inference/from_mask.py) and kept under
         job.result_key, so that clicks then correct it; a correction that gives no box keeps the mask's."""
-        result = self.run(
-            volume, lambda session: session.segment_from_mask(job.target.name, mask_kji, reporter), reporter
-        )
-        self._keep(volume, [(job.result_key, result)])
+        with self._running_on(volume):
+            result = self._run(
+                volume, lambda session: session.segment_from_mask(job.target.name, mask_kji, reporter), reporter
+            )
+            self._keep(volume, [(job.result_key, result)])
         return result
 
     def _evict_after_run(self, key: Hashable) -> None:
