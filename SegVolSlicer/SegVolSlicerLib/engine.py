@@ -150,7 +150,7 @@ class Engine(Protocol):
         """Drop the volume's session and results if they were made from other voxels or geometry."""
 
     def session_keys(self) -> list[Hashable]:
-        """Keys of the volumes with a session."""
+        """Keys of the volumes the engine holds a session or kept results for (what keep_only filters)."""
 
     def has_result(self, volume: VolumeInput, result_key: Hashable) -> bool:
         """Whether a job with this result_key would be corrected locally (the face shows the fast mode)."""
@@ -346,9 +346,12 @@ class EngineHost:
             self._running_dropped = self._running is not None
 
     def session_keys(self) -> list[Hashable]:
-        """Keys of the kept sessions, least recently used first."""
+        """Keys of the volumes with a kept session (least recently used first), then of those with kept results
+        only (their session was evicted for memory): a face's keep_only(k for k in session_keys() if ...) keeps
+        both."""
         with self._lock:
-            return list(self._sessions)
+            with_results = dict.fromkeys(volume_key for volume_key, _ in self._results)
+            return [*self._sessions, *(key for key in with_results if key not in self._sessions)]
 
     def kept_session(self, key: Hashable) -> SegVolSession | None:
         """The session kept for this key, or None."""

@@ -189,6 +189,20 @@ def test_results_go_with_their_volume_and_their_segmentation(host, volume, phant
     assert not host.has_result(volume, "k") and host.results_bytes == 0
 
 
+def test_results_outlive_their_session_evicted_for_room_and_the_faces_keep_only_keeps_them(model, phantom):
+    """Guards corrections lost to a session evicted by count or memory: the voxels are the same, so the result
+    still holds, and the face's keep_only over session_keys() (volumes still in the scene) keeps it."""
+    host = EngineHost(model=model, max_sessions=1)
+    a, b = (VolumeInput(key, phantom.volume, phantom.ijk_to_ras, signature=1) for key in ("a", "b"))
+    host.segment(a, [TargetJob(pancreas(), "k")])
+    host.segment(b, [pancreas()])
+    assert host.kept_session("a") is None and host.session_keys() == ["b", "a"]
+    host.keep_only(key for key in host.session_keys() if key != "gone")
+    assert host.has_result(a, "k")
+    fixed = host.segment(a, [TargetJob(pancreas(CENTRE_IJK), "k", correct=True)])[0]
+    assert fixed.windows == 1 and fixed.warnings == []  # corrected locally on the session made again
+
+
 def test_a_corrected_result_of_a_changed_volume_is_not_used(host, volume, phantom):
     host.segment(volume, [TargetJob(pancreas(), "k")])
     changed = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras, signature=2)
