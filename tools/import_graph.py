@@ -47,9 +47,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("model", "weights")),
     ("inference", ("inference",)),
     ("engine", ("engine",)),
-    ("imageio", ("imageio", "preview", "testing")),  # files in, segmentations out
+    ("imageio", ("imageio", "dicom_series", "preview", "testing")),  # files in, segmentations out
     ("clinical", ("clinical", "evaluation")),  # DICOM SEG, statistics, confidence, the result files
-    ("datasets", ("datasets",)),
+    ("datasets", ("datasets", "campaign")),  # whole datasets; annotation campaigns over them
     ("faces", ("cli", "server", "client", "slicer", "SegVolSlicer")),
 ]
 
