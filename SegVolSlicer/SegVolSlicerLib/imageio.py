@@ -70,6 +70,8 @@ def read_volume(path: str | os.PathLike, series: str | None = None, allow_gaps: 
     """A 3-D scalar volume with its IJK-to-RAS matrix; a DICOM folder's series checked first (dicom_series):
     `series` picks one of several by its SeriesInstanceUID, `allow_gaps` resamples missing slices."""
     path = Path(path).expanduser()
+    if series is not None and not path.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder, and {path} is not a folder: leave it out")
     dicom = read_series(path, series, allow_gaps) if path.is_dir() else None
     image = dicom.image if dicom is not None else read_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1:

@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from ..dicom_series import DicomSeries, choose_series
 from ..errors import InputError
-from ..imageio import atomic_output
+from ..files import atomic_output
 from ..terminology import Code, look_for_segment
 
 DICOM_SEG_ENDINGS = (".dcm",)
