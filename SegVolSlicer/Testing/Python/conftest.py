@@ -1,6 +1,8 @@
 """Shared fixtures: the synthetic CT (per test module) and synthetic SegVol weights (built and saved once per
 test run)."""
 
+import os
+
 import pytest
 
 
@@ -40,3 +42,21 @@ def space(ct):
     from SegVolSlicerLib.inference.preprocess import prepare_volume
 
     return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
+
+
+@pytest.fixture(autouse=True)
+def dicom_files_are_valid(request):
+    """Every SEG, CT and MR file a test writes under its tmp_path passes dicom3tools' dciodvfy with no error and
+    no warning (guards: a writer change that other DICOM readers reject or flag). Without dciodvfy installed
+    locally this does nothing (the DICOM tests skip, saying why); CI requires it."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    import shutil
+
+    from dicom_validators import assert_valid_dicom, written_dicom
+
+    if folder is None or (shutil.which("dciodvfy") is None and os.environ.get("SEGVOL_REQUIRE_DCIODVFY") != "1"):
+        return
+    files = written_dicom(folder)
+    if files:
+        assert_valid_dicom(files)

@@ -1,0 +1,66 @@
+"""Independent readers of the DICOM the tests write: dicom3tools' `dciodvfy` (the IOD checker of the DICOM
+standard's editor) finds every error and warning of a file; the suite runs it on each SEG and CT image the tests
+write (conftest's `dicom_files_are_valid`).
+
+Locally `dciodvfy` may be absent (Debian/Ubuntu: `apt-get install dicom3tools`): the checks then skip, saying
+so. CI installs it and sets SEGVOL_REQUIRE_DCIODVFY=1, where its absence fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+# The IODs the suite writes: SEG (ours) and the synthetic CT and MR series it writes as input.
+CHECKED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image",
+}
+
+
+def dciodvfy() -> str:
+    """The dciodvfy program, or a skip (a failure where CI requires it)."""
+    found = shutil.which("dciodvfy")
+    if found is None:
+        reason = "dciodvfy (dicom3tools) is not installed: `apt-get install dicom3tools` to validate DICOM files"
+        if os.environ.get("SEGVOL_REQUIRE_DCIODVFY") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+def dciodvfy_findings(path: str | os.PathLike) -> list[str]:
+    """dciodvfy's errors and warnings about one file (it prints the IOD's name and its findings on stderr)."""
+    run = subprocess.run([dciodvfy(), str(path)], capture_output=True, text=True, timeout=60)
+    lines = (run.stdout + run.stderr).splitlines()
+    return [line for line in lines if line.startswith(("Error", "Warning"))]
+
+
+def assert_valid_dicom(paths: Iterable[str | os.PathLike]) -> None:
+    """Every file passes dciodvfy with no error and no warning."""
+    findings = {str(path): dciodvfy_findings(path) for path in paths}
+    assert findings, "no DICOM file to validate"
+    bad = {path: lines for path, lines in findings.items() if lines}
+    assert not bad, "dciodvfy found:\n" + "\n".join(f"{path}:\n  " + "\n  ".join(lines) for path, lines in bad.items())
+
+
+def written_dicom(folder: Path) -> list[Path]:
+    """The SEG, CT and MR files under `folder` (by their SOP class, whatever their names)."""
+    import pydicom
+
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        with open(path, "rb") as file:
+            if file.read(132)[128:] != b"DICM":
+                continue
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        if str(getattr(dataset, "SOPClassUID", "")) in CHECKED_SOP_CLASSES:
+            found.append(path)
+    return found
