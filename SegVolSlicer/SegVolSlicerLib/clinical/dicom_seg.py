@@ -74,7 +74,12 @@ def cielab_from_rgb(rgb: Sequence[float]) -> tuple[float, float, float]:
     highdicom has this from 0.27 (CIELabColor.from_rgb), but Slicer 5.10's pydicom 2.4 allows only highdicom
     0.22; the tests check that dcmqi reads back the RGB colour."""
     linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in np.clip(rgb, 0.0, 1.0)]
-    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    srgb_to_xyz = [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+    xyz = np.array(srgb_to_xyz) @ linear
     f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in xyz / [0.95047, 1.0, 1.08883]]
     return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
 

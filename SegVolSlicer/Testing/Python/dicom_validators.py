@@ -1,19 +1,24 @@
 """Independent readers of the DICOM the tests write: dicom3tools' `dciodvfy` (the IOD checker of the DICOM
-standard's editor) finds every error and warning of a file; the suite runs it on each SEG and CT image the tests
-write (conftest's `dicom_files_are_valid`).
+standard's editor) finds every error and warning of a file, and the suite runs it on each SEG and CT image the
+tests write (conftest's `dicom_files_are_valid`); dcmqi (`segimage2itkimage`, what 3D Slicer's
+QuantitativeReporting reads SEG with) gives each segment's mask, codes and colour.
 
 Locally `dciodvfy` may be absent (Debian/Ubuntu: `apt-get install dicom3tools`): the checks then skip, saying
 so. CI installs it and sets SEGVOL_REQUIRE_DCIODVFY=1, where its absence fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 # The IODs the suite writes: SEG (ours) and the synthetic CT and MR series it writes as input.
 CHECKED_SOP_CLASSES = {
@@ -64,3 +69,42 @@ def written_dicom(folder: Path) -> list[Path]:
         if str(getattr(dataset, "SOPClassUID", "")) in CHECKED_SOP_CLASSES:
             found.append(path)
     return found
+
+
+def dcmqi_converter() -> str:
+    found = shutil.which("segimage2itkimage") or str(Path(sys.executable).parent / "segimage2itkimage")
+    assert Path(found).exists(), "dcmqi's segimage2itkimage is needed (pip install dcmqi, in the test extra)"
+    return found
+
+
+def dcmqi_read(path: Path, out: Path) -> dict:
+    """dcmqi's conversion of the SEG into `out` (one NRRD per segment); returns its meta.json (the segments'
+    labels, codes and recommendedDisplayRGBValue)."""
+    out.mkdir()
+    subprocess.run(
+        [dcmqi_converter(), "--inputDICOM", str(path), "--outputDirectory", str(out), "--outputType", "nrrd"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return json.loads((out / "meta.json").read_text())
+
+
+def masks_by_dcmqi(path: Path, volume, tmp_path: Path) -> tuple[list[np.ndarray], dict]:
+    """dcmqi's reading of the SEG, each segment placed on the CT's grid by its own geometry."""
+    out = tmp_path / "dcmqi"
+    meta = dcmqi_read(path, out)
+    masks = []
+    reference = volume.reference
+    for number in range(1, len(meta["segmentAttributes"]) + 1):
+        image = sitk.ReadImage(str(out / f"{number}.nrrd"))
+        np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)
+        np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+        start = np.asarray(reference.TransformPhysicalPointToContinuousIndex(image.GetOrigin()))
+        assert np.allclose(start, np.rint(start), atol=1e-3), start
+        i0, j0, k0 = np.rint(start).astype(int)
+        array = sitk.GetArrayFromImage(image)
+        mask = np.zeros(volume.shape, dtype=np.uint8)
+        mask[k0 : k0 + array.shape[0], j0 : j0 + array.shape[1], i0 : i0 + array.shape[2]] = array > 0
+        masks.append(mask)
+    return masks, meta
