@@ -46,9 +46,10 @@ def space(ct):
 
 @pytest.fixture(autouse=True)
 def dicom_files_are_valid(request):
-    """Every SEG, CT and MR file a test writes under its tmp_path passes dicom3tools' dciodvfy with no error and
-    no warning (guards: a writer change that other DICOM readers reject or flag). Without dciodvfy installed
-    locally this does nothing (the DICOM tests skip, saying why); CI requires it."""
+    """Every SEG and synthetic CT/MR image (testing/synthetic_dicom.py) a test writes under its tmp_path passes
+    dicom3tools' dciodvfy with no error and no warning (guards: a writer change that other DICOM readers
+    reject or flag). Without dciodvfy installed locally this does nothing (the DICOM tests skip, saying why);
+    CI requires it."""
     folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
     import shutil

@@ -1,6 +1,6 @@
 """Independent readers of the DICOM the tests write: dicom3tools' `dciodvfy` (the IOD checker of the DICOM
-standard's editor) finds every error and warning of a file, and the suite runs it on each SEG and CT image the
-tests write (conftest's `dicom_files_are_valid`); dcmqi (`segimage2itkimage`, what 3D Slicer's
+standard's editor) finds every error and warning of a file, and the suite runs it on each SEG and synthetic CT
+image the tests write (conftest's `dicom_files_are_valid`); dcmqi (`segimage2itkimage`, what 3D Slicer's
 QuantitativeReporting reads SEG with) gives each segment's mask, codes and colour.
 
 Locally `dciodvfy` may be absent (Debian/Ubuntu: `apt-get install dicom3tools`): the checks then skip, saying
@@ -20,12 +20,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-# The IODs the suite writes: SEG (ours) and the synthetic CT and MR series it writes as input.
-CHECKED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image",
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image",
-}
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+# The images of testing/synthetic_dicom.py (its Manufacturer), not those another writer (e.g. ITK's) makes.
+SYNTHETIC_IMAGES = {"1.2.840.10008.5.1.4.1.1.2": "CT Image", "1.2.840.10008.5.1.4.1.1.4": "MR Image"}
+SYNTHETIC_MANUFACTURER = "SegVolSlicer tests"
 
 
 def dciodvfy() -> str:
@@ -55,7 +53,8 @@ def assert_valid_dicom(paths: Iterable[str | os.PathLike]) -> None:
 
 
 def written_dicom(folder: Path) -> list[Path]:
-    """The SEG, CT and MR files under `folder` (by their SOP class, whatever their names)."""
+    """The SEG files and the synthetic CT and MR images under `folder` (by their SOP class and manufacturer,
+    whatever their names)."""
     import pydicom
 
     found = []
@@ -65,8 +64,10 @@ def written_dicom(folder: Path) -> list[Path]:
         with open(path, "rb") as file:
             if file.read(132)[128:] != b"DICM":
                 continue
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        if str(getattr(dataset, "SOPClassUID", "")) in CHECKED_SOP_CLASSES:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Manufacturer"])
+        sop_class = str(getattr(dataset, "SOPClassUID", ""))
+        synthetic = sop_class in SYNTHETIC_IMAGES and getattr(dataset, "Manufacturer", "") == SYNTHETIC_MANUFACTURER
+        if sop_class == SEGMENTATION or synthetic:
             found.append(path)
     return found
 
