@@ -4,7 +4,8 @@ A folder may hold several series (a scout, other kernels, a dose report): they a
 its SeriesInstanceUID. The picked series' slices are sorted by their position along the slice normal, and must
 share one orientation, be stacked along their normal (no gantry tilt) and be evenly spaced; a gap names the
 missing positions and is refused unless the caller allows resampling. A series that is not CT is a warning.
-GDCM (through SimpleITK) finds the series and reads the pixels; pydicom reads the headers.
+GDCM (through SimpleITK) finds the series, reads the headers and the pixels: no DICOM library beyond
+SimpleITK is needed to read a CT (pydicom and highdicom only to write a DICOM SEG).
 
     series = read_series("CT/", uid=None, allow_gaps=False)  # InputError when anything is wrong
     series.image, series.files, series.warnings
@@ -28,15 +29,13 @@ POSITION_TOLERANCE_MM = 0.01
 SPACING_TOLERANCE = 0.01
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines
 TILT_TOLERANCE_DEGREES = 0.05
-_HEADER_TAGS = (
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "SeriesDescription",
-    "Modality",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "NumberOfFrames",
-)
+_HEADER_TAGS = {
+    "SeriesNumber": "0020|0011",
+    "SeriesDescription": "0008|103e",
+    "Modality": "0008|0060",
+    "ImagePositionPatient": "0020|0032",
+    "ImageOrientationPatient": "0020|0037",
+}
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,24 @@ def _quiet_itk():
     return shown
 
 
-def _headers(files: Sequence[str]) -> list:
-    import pydicom
-
-    return [pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS)) for file in files]
-
-
-def _text(dataset, name: str) -> str:
-    return str(getattr(dataset, name, "") or "").strip()
+def _headers(files: Sequence[str]) -> list[dict[str, str]]:
+    """The attributes of _HEADER_TAGS of each file, as text ("" when absent; values of several parts "a\\b")."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    headers = []
+    for file in files:
+        reader.SetFileName(str(file))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"cannot read the DICOM header of {file}: give a folder of readable DICOM files") from None
+        headers.append(
+            {
+                name: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+                for name, tag in _HEADER_TAGS.items()
+            }
+        )
+    return headers
 
 
 def find_series(folder: str | os.PathLike) -> list[SeriesSummary]:
@@ -98,9 +107,7 @@ def find_series(folder: str | os.PathLike) -> list[SeriesSummary]:
     for uid, files in found:
         first = _headers(files[:1])[0]
         summaries.append(
-            SeriesSummary(
-                uid, _text(first, "SeriesNumber"), _text(first, "SeriesDescription"), _text(first, "Modality"), files
-            )
+            SeriesSummary(uid, first["SeriesNumber"], first["SeriesDescription"], first["Modality"], files)
         )
     return sorted(summaries, key=lambda s: (-len(s.files), s.number, s.uid))
 
@@ -132,14 +139,17 @@ def choose_series(folder: str | os.PathLike, uid: str | None = None) -> SeriesSu
     return series[0]
 
 
-def _vector(dataset, name: str, size: int, file: str) -> np.ndarray:
-    value = getattr(dataset, name, None)
-    if value is None or len(value) != size:
+def _vector(header: dict[str, str], name: str, size: int, file: str) -> np.ndarray:
+    try:
+        value = np.asarray([float(v) for v in header[name].split("\\")], dtype=np.float64)
+    except ValueError:
+        value = np.zeros(0)
+    if value.size != size or not np.all(np.isfinite(value)):
         raise InputError(
-            f"{file} has no {name}: its slices cannot be placed in space (not a CT image series); "
+            f"{file} has no valid {name}: its slices cannot be placed in space (not a CT image series); "
             "give a CT series or a CT volume file"
         )
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    return value
 
 
 def _mm(values) -> str:

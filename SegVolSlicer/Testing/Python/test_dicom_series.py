@@ -216,12 +216,13 @@ def test_a_series_that_is_not_ct_is_a_warning(tmp_path, capsys, monkeypatch):
 
 
 def test_the_series_check_needs_no_model_stack(tmp_path):
-    """Guards: the DICOM checks importing torch or the model (seconds) before saying a series is bad."""
+    """Guards: the DICOM checks importing torch or the model (seconds) before saying a series is bad, or
+    needing pydicom (not in the Quick start's install: SimpleITK reads DICOM)."""
     write_ct_series(tmp_path / "CT", phantom_hu(), missing=(5,))
     script = (
         "import sys\nfrom SegVolSlicerLib.errors import InputError\nfrom SegVolSlicerLib.imageio import read_ct\n"
         f"try:\n    read_ct({str(tmp_path / 'CT')!r})\nexcept InputError as error:\n    print(error)\n"
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules or 'pydicom' in sys.modules)"
     )
     run = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=segvol_env(), timeout=120, check=True
