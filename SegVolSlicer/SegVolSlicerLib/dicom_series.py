@@ -167,6 +167,8 @@ class _Stack:
 
 def _geometry(summary: SeriesSummary, allow_gaps: bool) -> _Stack:
     """The slices sorted and placed on an even grid, or an InputError saying what is wrong."""
+    if len(summary.files) == 1:  # one file: a multi-frame image (ITK places its frames) or one slice (refused later)
+        return _Stack(list(summary.files), [0], 0.0, [], [])
     headers = _headers(summary.files)
     label = f"DICOM series {summary.uid}"
     orientations = np.stack([_vector(h, "ImageOrientationPatient", 6, f) for h, f in zip(headers, summary.files)])
