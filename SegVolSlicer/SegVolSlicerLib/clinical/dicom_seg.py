@@ -72,7 +72,11 @@ def cielab_from_rgb(rgb: Sequence[float]) -> tuple[float, float, float]:
     """CIE L*a*b* (D65) of an sRGB colour in [0, 1], as DICOM's RecommendedDisplayCIELabValue and dcmqi take it.
 
     highdicom has this from 0.27 (CIELabColor.from_rgb), but Slicer 5.10's pydicom 2.4 allows only highdicom
-    0.22; the tests check that dcmqi reads back the RGB colour."""
+    0.22; the tests check that dcmqi reads back the RGB colour.
+
+    >>> [round(v, 2) for v in cielab_from_rgb((1.0, 0.0, 0.0))]
+    [53.24, 80.09, 67.2]
+    """
     linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in np.clip(rgb, 0.0, 1.0)]
     srgb_to_xyz = [
         [0.4124564, 0.3575761, 0.1804375],
@@ -81,7 +85,7 @@ def cielab_from_rgb(rgb: Sequence[float]) -> tuple[float, float, float]:
     ]
     xyz = np.array(srgb_to_xyz) @ linear
     f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in xyz / [0.95047, 1.0, 1.08883]]
-    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+    return float(116 * f[1] - 16), float(500 * (f[0] - f[1])), float(200 * (f[1] - f[2]))
 
 
 def _concept(code: Code):
