@@ -101,6 +101,9 @@ def find_series(folder: str | os.PathLike) -> list[SeriesSummary]:
     try:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         found = [(uid, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise InputError(f"cannot read the DICOM folder {folder}: {lines[-1][:160] if lines else error}") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     summaries = []
