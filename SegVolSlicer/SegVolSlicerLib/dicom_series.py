@@ -74,6 +74,12 @@ def _quiet_itk():
     return shown
 
 
+def _last_line(error: RuntimeError) -> str:
+    """What an ITK exception says went wrong: its last line (the first ones give the source file)."""
+    lines = str(error).strip().splitlines()
+    return lines[-1][:160] if lines else ""
+
+
 def _headers(files: Sequence[str]) -> list[dict[str, str]]:
     """The attributes of _HEADER_TAGS of each file, as text ("" when absent; values of several parts "a\\b")."""
     reader = sitk.ImageFileReader()
@@ -102,8 +108,7 @@ def find_series(folder: str | os.PathLike) -> list[SeriesSummary]:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         found = [(uid, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
     except RuntimeError as error:
-        lines = str(error).strip().splitlines()
-        raise InputError(f"cannot read the DICOM folder {folder}: {lines[-1][:160] if lines else error}") from None
+        raise InputError(f"cannot read the DICOM folder {folder}: {_last_line(error)}") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     summaries = []
@@ -284,8 +289,7 @@ def read_series(folder: str | os.PathLike, uid: str | None = None, allow_gaps: b
     try:
         image = _read_pixels(stack.files)
     except RuntimeError as error:
-        lines = str(error).strip().splitlines()
-        raise InputError(f"cannot read DICOM series {summary.uid}: {lines[-1][:160] if lines else error}") from None
+        raise InputError(f"cannot read DICOM series {summary.uid}: {_last_line(error)}") from None
     if stack.missing_mm:
         image = _fill_gaps(image, stack.slice_of_file, stack.spacing_mm)
     return DicomSeries(
