@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import DicomSeries, read_series
 from .errors import InputError
 from .files import atomic_output
 from .geometry import LPS_TO_RAS, lps_to_ras_points, transform_points
 from .prompts import Points, label_from_description
-from .vocabulary import colour_for
 from .volume_checks import check_volume
 
 
@@ -30,6 +30,8 @@ class Volume:
     array: np.ndarray  # (K, J, I)
     ijk_to_ras: np.ndarray  # (4, 4)
     reference: sitk.Image  # the image as read: output files copy its geometry
+    dicom: DicomSeries | None = None  # the checked DICOM series it was read from
+    warnings: tuple[str, ...] = ()  # what the user should know about the input (e.g. resampled gaps)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -45,30 +47,6 @@ def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
     return LPS_TO_RAS @ ijk_to_lps
 
 
-def dicom_series_files(folder: Path) -> list[str]:
-    """The files of the folder's DICOM series in the order the volume's slices have them (K)."""
-    # ITK prints "No Series were found" to stderr by itself: silenced, the error below says it in one line.
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    if not series:
-        raise InputError(
-            f"{folder} is a folder without DICOM images: give a CT file (.nii.gz, .nrrd, .mha) "
-            "or a folder holding one DICOM series"
-        )
-    # Several series: take the one with the most slices (the main CT, not a scout or dose report).
-    return list(max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len))
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder))
-    return reader.Execute()
-
-
 def _itk_message(error: RuntimeError) -> str:
     """The line of an ITK exception that says what went wrong: its last (the first ones give the source file)."""
     lines = str(error).strip().splitlines()
@@ -76,20 +54,26 @@ def _itk_message(error: RuntimeError) -> str:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
+    """A volume file, or a folder's one DICOM series (read_volume checks a series and says what it found)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"image not found: {path}")
     try:
-        return _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        return read_series(path).image if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(
             f"cannot read image {path}: not a readable NIfTI/NRRD/MHA file or DICOM folder ({_itk_message(error)})"
         ) from None
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """A 3-D scalar volume with its IJK-to-RAS matrix."""
-    image = read_image(path)
+def read_volume(path: str | os.PathLike, series: str | None = None, allow_gaps: bool = False) -> Volume:
+    """A 3-D scalar volume with its IJK-to-RAS matrix; a DICOM folder's series checked first (dicom_series):
+    `series` picks one of several by its SeriesInstanceUID, `allow_gaps` resamples missing slices."""
+    path = Path(path).expanduser()
+    if series is not None and not path.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder, and {path} is not a folder: leave it out")
+    dicom = read_series(path, series, allow_gaps) if path.is_dir() else None
+    image = dicom.image if dicom is not None else read_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel: give a single-channel CT volume"
@@ -103,12 +87,13 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     if image.GetDimension() < 3 or min(image.GetSize()) < 2:
         raise InputError(f"{path} is a 2-D image of size {size}: SegVol needs a 3-D CT volume (several slices)")
-    return Volume(sitk.GetArrayFromImage(image), ijk_to_ras_of(image), image)
+    warnings = dicom.warnings if dicom is not None else ()
+    return Volume(sitk.GetArrayFromImage(image), ijk_to_ras_of(image), image, dicom, warnings)
 
 
-def read_ct(path: str | os.PathLike) -> Volume:
+def read_ct(path: str | os.PathLike, series: str | None = None, allow_gaps: bool = False) -> Volume:
     """The CT, checked before the model runs (seconds) so that a bad volume fails at once."""
-    volume = read_volume(path)
+    volume = read_volume(path, series, allow_gaps)
     check_volume(volume.array)
     return volume
 
@@ -249,22 +234,13 @@ class Segment:
 
     @classmethod
     def for_target(cls, name: str, text: str | None, mask: np.ndarray, tags: dict[str, str] | None = None) -> Segment:
-        """A result as the Slicer module shows it: the colour and terminology codes of its text where Slicer's
-        anatomy lists have them, else the vocabulary's fixed colour for the name; `tags`: more segment tags
-        (e.g. the confidence)."""
-        from .terminology import TERMINOLOGY_ENTRY_TAG, look_for_text
+        """A result as the Slicer module shows it: the colour and terminology codes of
+        terminology.look_for_segment (as in a DICOM SEG); `tags`: more segment tags (e.g. the confidence)."""
+        from .terminology import TERMINOLOGY_ENTRY_TAG, look_for_segment
 
-        all_tags = {"Segmentation.Status": "completed"}
-        colour = colour_for(name)
-        if text is not None:
-            look = look_for_text(text)
-            colour = tuple(look.color)
-            if look.terminology_entry:
-                all_tags[TERMINOLOGY_ENTRY_TAG] = look.terminology_entry
-        all_tags.update(tags or {})
-        if len(all_tags) == 1:
-            return cls(name, mask, colour)
-        return cls(name, mask, colour, {"Tags": _tags_text(all_tags)})
+        look = look_for_segment(name, text)
+        all_tags = {"Segmentation.Status": "completed", TERMINOLOGY_ENTRY_TAG: look.terminology_entry, **(tags or {})}
+        return cls(name, mask, tuple(look.color), {"Tags": _tags_text(all_tags)})
 
 
 def is_segmentation_path(path: str | os.PathLike) -> bool:

@@ -124,21 +124,42 @@ def mapped_categories() -> list[str]:
     return list(_segvol_map())
 
 
+def unspecified_term() -> StandardTerm:
+    """The codes of a segment whose anatomy no terminology entry names (free text, clicks or a box alone):
+    SCT 85756007 "Tissue" as category and type, the one concept DICOM lists both as a segmentation category
+    (CID 7150) and as a type (CID 7151), and the entry Slicer gives every new segment."""
+    return _terms_by_meaning("general")[("Tissue", "")]
+
+
 @dataclass(frozen=True)
 class SegmentLook:
-    """How a text target's segment looks, in Slicer and in .seg.nrrd files alike."""
+    """How a segment looks, in Slicer, in .seg.nrrd files and in DICOM SEG alike."""
 
     name: str
     color: tuple[float, float, float]
-    terminology_entry: str | None
+    term: StandardTerm  # its codes (unspecified_term() where no entry names its anatomy)
+
+    @property
+    def terminology_entry(self) -> str:
+        """The TerminologyEntry segment tag."""
+        return self.term.entry
 
 
 def look_for_text(text: str) -> SegmentLook:
     """Slicer's standard anatomy name, colour and codes where the (resolved) name maps to them; otherwise the
-    training name (or the text as typed) with the vocabulary's fixed colour and no codes."""
+    training name (or the text as typed) with the vocabulary's fixed colour and the unspecified codes."""
     training_name, known = vocabulary.resolve_name(text)
     term = standard_term(training_name) if known else None
     if term is None:
-        return SegmentLook(training_name, vocabulary.colour_for(training_name), None)
+        return SegmentLook(training_name, vocabulary.colour_for(training_name), unspecified_term())
     color = term.color if term.color is not None else vocabulary.colour_for(training_name)
-    return SegmentLook(term.label, color, term.entry)
+    return SegmentLook(term.label, color, term)
+
+
+def look_for_segment(name: str, text: str | None) -> SegmentLook:
+    """A result's segment: named `name`, coloured and coded as its text's (look_for_text), or, prompted by
+    clicks or a box alone, with the vocabulary's colour for the name and the unspecified codes."""
+    if text is not None:
+        look = look_for_text(text)
+        return SegmentLook(name, look.color, look.term)
+    return SegmentLook(name, vocabulary.colour_for(name), unspecified_term())

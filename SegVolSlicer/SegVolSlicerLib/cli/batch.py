@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from .options import add_model_options, add_ray, add_sampling, check_workers, job_parts, output_folder
+from .options import (
+    add_dicom_options,
+    add_model_options,
+    add_ray,
+    add_sampling,
+    check_workers,
+    job_parts,
+    output_folder,
+)
 from .progress import CaseBar, print_run
 
 
@@ -25,8 +33,8 @@ def add_parser(subparsers) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="CT file, folder (each NIfTI/NRRD/MHA file in it is a case; a folder of DICOM files is "
-        "one case) or CSV manifest with a column 'image' (and optionally 'id')",
+        help="CT file, folder (each NIfTI/NRRD/MHA file in it is a case; each DICOM series in a folder of "
+        "DICOM files is one case) or CSV manifest with a column 'image' (and optionally 'id')",
     )
     parser.add_argument(
         "--text",
@@ -45,6 +53,7 @@ def add_parser(subparsers) -> None:
         help="seg-nrrd (default): OUT/<id>.seg.nrrd; dicom-seg: OUT/<id>.dcm, a DICOM SEG referencing the case's "
         "DICOM series (cases that are not DICOM folders fail with a message)",
     )
+    add_dicom_options(parser, series=False)
     add_model_options(parser)
     add_sampling(parser)
     add_ray(parser)

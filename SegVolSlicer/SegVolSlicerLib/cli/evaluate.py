@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from .options import (
+    add_dicom_options,
     add_model_options,
     add_ray,
     add_sampling,
@@ -58,6 +59,7 @@ def add_parser(subparsers) -> None:
         "imagesTr/, labelsTr/) or a CSV with columns image,label[,id]; writes per case "
         "cases/<id>/, and metrics.csv, summary.csv (mean ± sd Dice), dice.png, results.csv",
     )
+    add_dicom_options(parser)
     add_ray(parser)
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder for masks and metrics.csv")
     add_model_options(parser, precision="fp32")
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file, not a folder")
-    volume = read_ct(args.image)
+    volume = read_ct(args.image, args.series, args.allow_gaps)
+    warn(volume.warnings)
     labels = read_label_volume(args.label, volume)
     present = set(np.unique(labels).tolist())
     absent = [f"{name}={value}" for name, value in classes if value not in present]

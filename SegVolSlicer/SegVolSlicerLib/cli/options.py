@@ -93,6 +93,23 @@ def add_ray(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dicom_options(parser: argparse.ArgumentParser, series: bool = True) -> None:
+    """--series (where one CT is read) and --allow-gaps: how a DICOM folder's series is picked and checked."""
+    if series:
+        parser.add_argument(
+            "--series",
+            metavar="UID",
+            help="the SeriesInstanceUID of the DICOM series to read when the folder holds several (without it, "
+            "such a folder is refused with its series listed)",
+        )
+    parser.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="resample a DICOM series with missing slices onto an even grid, the missing slices interpolated, "
+        "with a warning (default: refused, the missing positions named)",
+    )
+
+
 # --- what the options make ---
 
 
@@ -120,6 +137,7 @@ def job_parts(args) -> dict:
         "choice": model_choice(args),
         "options": session_options(args, probabilities=True),
         "zoom_in": not args.no_zoom_in,
+        "allow_gaps": args.allow_gaps,
     }
 
 

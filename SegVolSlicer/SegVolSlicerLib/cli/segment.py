@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .options import add_model_options, add_sampling, check_output_file, engine_for
+from .options import add_dicom_options, add_model_options, add_sampling, check_output_file, engine_for
 from .progress import ProgressBars, warn
 
 
@@ -93,6 +93,7 @@ def add_parser(subparsers) -> None:
         help="also write SegVol's probabilities: a FRACTIONAL DICOM SEG for a .dcm output, else "
         "OUT.probabilities.nrrd beside the output (one component per target)",
     )
+    add_dicom_options(parser)
     add_model_options(parser)
     add_sampling(parser)
     parser.add_argument(
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     stats = Path(args.stats) if args.stats else None
     if stats is not None:
         check_statistics_path(stats)
-    volume = read_ct(args.image)
+    volume = read_ct(args.image, args.series, args.allow_gaps)
+    warn(volume.warnings)
     if args.from_mask:
         _check_from_mask_args(args)
         points = _clicks(args, volume)

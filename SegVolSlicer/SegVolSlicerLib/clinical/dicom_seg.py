@@ -15,19 +15,18 @@ import gc
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, vocabulary
+from .. import __version__
+from ..dicom_series import DicomSeries, choose_series
 from ..errors import InputError
-from ..imageio import atomic_output, dicom_series_files
-from ..terminology import Code, standard_term
+from ..files import atomic_output
+from ..terminology import Code, look_for_segment
 
 DICOM_SEG_ENDINGS = (".dcm",)
-# Free text without an exact Slicer terminology entry: SNOMED CT "Anatomical structure" as category and type.
-ANATOMICAL_STRUCTURE = Code("SCT", "91723000", "Anatomical Structure")
 SERIES_NUMBER_OFFSET = 1000  # the SEG's series number: the CT's plus this (0 + this when the CT has none)
 MAX_FRACTIONAL_VALUE = 255
 
@@ -69,22 +68,46 @@ def require_dicom_series(image: str | os.PathLike, output: str | os.PathLike) ->
         )
 
 
-def _codes(text: str | None) -> tuple[Code, Code, Code | None]:
-    """(category, type, modifier or None) of a target's text."""
-    if text is not None:
-        training_name, known = vocabulary.resolve_name(text)
-        term = standard_term(training_name) if known else None
-        if term is not None:
-            return term.category, term.type, term.modifier if term.modifier.value else None
-    return ANATOMICAL_STRUCTURE, ANATOMICAL_STRUCTURE, None
+def cielab_from_rgb(rgb: Sequence[float]) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB colour in [0, 1], as DICOM's RecommendedDisplayCIELabValue and dcmqi take it.
+
+    highdicom has this from 0.27 (CIELabColor.from_rgb), but Slicer 5.10's pydicom 2.4 allows only highdicom
+    0.22; the tests check that dcmqi reads back the RGB colour.
+
+    >>> [round(v, 2) for v in cielab_from_rgb((1.0, 0.0, 0.0))]
+    [53.24, 80.09, 67.2]
+    """
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in np.clip(rgb, 0.0, 1.0)]
+    srgb_to_xyz = [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+    xyz = np.array(srgb_to_xyz) @ linear
+    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in xyz / [0.95047, 1.0, 1.08883]]
+    return float(116 * f[1] - 16), float(500 * (f[0] - f[1])), float(200 * (f[1] - f[2]))
 
 
-def read_source_series(source: str | os.PathLike | Sequence[str], ijk_to_ras: np.ndarray, slices: int) -> list:
-    """The datasets (without pixel data) of a DICOM folder's series or of the given files, one per slice of the
-    volume whose IJK-to-RAS matrix is given, in its K order (found from each file's position)."""
+def _concept(code: Code):
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def read_source_series(
+    source: DicomSeries | str | os.PathLike | Sequence[str], ijk_to_ras: np.ndarray, slices: int
+) -> tuple[list, list[int]]:
+    """The datasets (without pixel data) of the CT's DICOM series (checked, a folder's one series or the given
+    files), in the K order of the volume whose IJK-to-RAS matrix is given, and the slice each one is (found
+    from its position). Every slice has an instance, except where a series' gaps were resampled."""
     import pydicom
 
-    files = dicom_series_files(Path(source).expanduser()) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(source, DicomSeries):
+        files, resampled = source.files, len(source.missing_mm)
+    elif isinstance(source, (str, os.PathLike)):
+        files, resampled = choose_series(source).files, 0
+    else:
+        files, resampled = source, 0
     datasets = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]
     ras_to_ijk = np.linalg.inv(ijk_to_ras)
     by_slice: dict[int, object] = {}
@@ -93,12 +116,13 @@ def read_source_series(source: str | os.PathLike | Sequence[str], ijk_to_ras: np
         k = (ras_to_ijk[:3, :3] @ (lps * [-1.0, -1.0, 1.0]) + ras_to_ijk[:3, 3])[2]
         if np.isfinite(k) and abs(k - round(k)) < 1e-2 and 0 <= round(k) < slices:
             by_slice.setdefault(int(round(k)), dataset)
-    if len(by_slice) != slices:
+    if len(by_slice) != len(datasets) or len(by_slice) + resampled != slices:
         raise InputError(
             f"the DICOM files are not the {slices} slices of the segmented volume (found {len(by_slice)} on its "
             "grid): segment the CT read from this series"
         )
-    return [by_slice[k] for k in range(slices)]
+    ks = sorted(by_slice)
+    return [by_slice[k] for k in ks], ks
 
 
 def _description(segments: Sequence[SegSegment], fractional: bool) -> str:
@@ -134,19 +158,20 @@ def build_dicom_seg(
     )
     descriptions = []
     for number, segment in enumerate(segments, start=1):
-        category, type_, modifier = _codes(segment.text)
+        look = look_for_segment(segment.name, segment.text)  # the codes and colour of the .seg.nrrd and Slicer
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=segment.name[:64],
-            segmented_property_category=hd.sr.CodedConcept(category.value, category.scheme, category.meaning),
-            segmented_property_type=hd.sr.CodedConcept(type_.value, type_.scheme, type_.meaning),
+            segmented_property_category=_concept(look.term.category),
+            segmented_property_type=_concept(look.term.type),
             algorithm_type="SEMIAUTOMATIC" if segment.semiautomatic else "AUTOMATIC",
             algorithm_identification=identification,
         )
-        if modifier is not None:  # left/right: highdicom takes no modifier, DICOM has it inside the type item
+        if look.term.modifier.value:  # left/right: highdicom takes no modifier, DICOM has it inside the type item
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-                hd.sr.CodedConcept(modifier.value, modifier.scheme, modifier.meaning)
+                _concept(look.term.modifier)
             ]
+        description.RecommendedDisplayCIELabValue = list(hd.color.CIELabColor(*cielab_from_rgb(look.color)).value)
         descriptions.append(description)
     if fractional:
         if any(segment.probabilities is None for segment in segments):
@@ -201,11 +226,17 @@ def write_dicom_seg(
     algorithm: SegAlgorithm,
     fractional: bool = False,
 ) -> None:
-    """Write the SEG for the CT read from `source` (a DICOM folder or its files) whose segmented volume has
-    the given IJK-to-RAS matrix, atomically."""
+    """Write the SEG for the CT read from `source` (its checked DICOM series, a DICOM folder or its files)
+    whose segmented volume has the given IJK-to-RAS matrix, atomically. The frames are the slices the series
+    has instances of (a series whose gaps were resampled has none for the slices interpolated)."""
     if not segments:
         raise InputError("nothing to write: no segment was produced")
-    datasets = read_source_series(source, ijk_to_ras, segments[0].mask.shape[0])
+    datasets, ks = read_source_series(source, ijk_to_ras, segments[0].mask.shape[0])
+    if len(ks) < segments[0].mask.shape[0]:
+        segments = [
+            replace(s, mask=s.mask[ks], probabilities=None if s.probabilities is None else s.probabilities[ks])
+            for s in segments
+        ]
     seg = build_dicom_seg(datasets, segments, algorithm, fractional)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)

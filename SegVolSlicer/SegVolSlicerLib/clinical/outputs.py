@@ -83,7 +83,8 @@ def write_outputs(
     if is_dicom_seg_path(output):
         segments = segments_from_results(results, targets, probabilities)
         algorithm = SegAlgorithm(weights_identity(weights))
-        write_dicom_seg(output, image, volume.ijk_to_ras, segments, algorithm, fractional=probabilities)
+        source = volume.dicom or image  # the checked series the CT was read from
+        write_dicom_seg(output, source, volume.ijk_to_ras, segments, algorithm, fractional=probabilities)
         return []
     if probabilities:
         write_probability_map(probability_map_path(output), results, volume)

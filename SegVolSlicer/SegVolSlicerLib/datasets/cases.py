@@ -23,6 +23,7 @@ class Case:
     id: str  # unique in the run, safe as a file name
     image: str  # absolute path of a CT file or DICOM folder
     label: str | None = None  # absolute path of its label map (evaluation)
+    series: str | None = None  # the SeriesInstanceUID in a DICOM folder that holds several
 
 
 def is_image_file(path: Path) -> bool:
@@ -71,24 +72,27 @@ def resolve_path(text: str, folder: Path) -> str:
 
 def discover_cases(inputs: Iterable[str | os.PathLike]) -> list[Case]:
     """The cases of INPUT...: image files; folders (each NIfTI/NRRD/MHA file in it is a case, a folder of other
-    files is one DICOM case); CSV manifests (column `image`, optional `id`, paths relative to the CSV).
-    The same image named twice is one case."""
+    files is a DICOM case per series in it); CSV manifests (column `image`, optional `id`, paths relative to the
+    CSV). The same image named twice is one case."""
     found: list[tuple[str | None, str]] = []  # (id from a manifest or None, image)
+    series: list[str | None] = []
     for given in inputs:
         path = Path(given).expanduser()
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if path.is_file() and path.suffix.lower() == ".csv":
-            found += [
-                (row.get("id") or None, resolve_path(row["image"], path.parent))
-                for row in manifest_rows(path, ["image"])
-            ]
+            rows = manifest_rows(path, ["image"])
+            found += [(row.get("id") or None, resolve_path(row["image"], path.parent)) for row in rows]
+            series += [None] * len(rows)
         elif path.is_dir():
             images = sorted(p for p in path.iterdir() if is_image_file(p))
             if images:
                 found += [(None, str(p.resolve())) for p in images]
+                series += [None] * len(images)
             elif any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
-                found.append((None, str(path.resolve())))
+                in_folder = dicom_series_cases(path)
+                found += [(case_id, str(path.resolve())) for case_id, _ in in_folder]
+                series += [uid for _, uid in in_folder]
             else:
                 raise InputError(
                     f"{path} holds no NIfTI/NRRD/MHA file and no DICOM files: give CT files, "
@@ -96,13 +100,33 @@ def discover_cases(inputs: Iterable[str | os.PathLike]) -> list[Case]:
                 )
         else:  # a file named explicitly is a case whatever its name; a file that is no CT fails as a case
             found.append((None, str(path.resolve())))
-    return with_unique_ids(found)
+            series.append(None)
+    return with_unique_ids(found, series=series)
 
 
-def with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[str | None] | None = None) -> list[Case]:
+def dicom_series_cases(folder: Path) -> list[tuple[str | None, str | None]]:
+    """(case id, SeriesInstanceUID) of each series of a DICOM folder: (None, None) for a folder of one series (or
+    none: it fails as a case), else `<folder>-<series number>` (or -1, -2... where numbers repeat)."""
+    from ..dicom_series import find_series
+
+    found = find_series(folder)
+    if len(found) < 2:
+        return [(None, None)]
+    numbers = [summary.number for summary in found]
+    if any(not n for n in numbers) or len(set(numbers)) < len(numbers):
+        numbers = [str(n) for n in range(1, len(found) + 1)]
+    return [(f"{folder.name}-{number}", summary.uid) for number, summary in zip(numbers, found)]
+
+
+def with_unique_ids(
+    found: Sequence[tuple[str | None, str]],
+    labels: Sequence[str | None] | None = None,
+    series: Sequence[str | None] | None = None,
+) -> list[Case]:
     """Cases with ids from the manifest (must be unique) or from the file names (numbered when they clash): the
     label's name where there is a label (a dataset), else the image's."""
     labels = labels or [None] * len(found)
+    series = series or [None] * len(found)
     cases, seen, used = [], set(), set()
     given = [safe_id(i) for i, _ in found if i is not None]
     duplicates = sorted({i for i in given if given.count(i) > 1})
@@ -112,10 +136,10 @@ def with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[st
             "unique (they name the output files)"
         )
     used.update(given)
-    for (given_id, image), label in zip(found, labels):
-        if (image, label) in seen:
+    for (given_id, image), label, uid in zip(found, labels, series):
+        if (image, label, uid) in seen:
             continue
-        seen.add((image, label))
+        seen.add((image, label, uid))
         if given_id is not None:
             case_id = safe_id(given_id)
         else:
@@ -125,7 +149,7 @@ def with_unique_ids(found: Sequence[tuple[str | None, str]], labels: Sequence[st
                 number += 1
                 case_id = f"{base}-{number}"
             used.add(case_id)
-        cases.append(Case(case_id, image, label))
+        cases.append(Case(case_id, image, label, uid))
     return cases
 
 

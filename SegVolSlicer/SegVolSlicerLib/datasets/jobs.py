@@ -42,6 +42,7 @@ class Job(ABC):
     options: SessionOptions
     output_dir: str
     zoom_in: bool = True
+    allow_gaps: bool = False  # DICOM series with missing slices are resampled (dicom_series)
     checkpoint_id: str = ""
 
     def make_host(self) -> EngineHost:
@@ -55,6 +56,7 @@ class Job(ABC):
             "checkpoint": self.checkpoint_id,
             "precision": self.choice.precision,
             "zoom_in": self.zoom_in,
+            "allow_gaps": self.allow_gaps,
             "point_sampling": sampling,
             "seed": self.options.seed if sampling == "seeded" else None,
             "version": __version__,
@@ -138,12 +140,12 @@ class SegmentJob(Job):
         from ..clinical.outputs import check_output_request, write_outputs
 
         check_output_request(staging / self.output_name(case), case.image, probabilities=False, remote=False)
-        volume = read_ct(case.image)
+        volume = read_ct(case.image, case.series, self.allow_gaps)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
         results = host.segment(
             VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
         )
-        warnings = [w for result in results for w in result.warnings]
+        warnings = [*volume.warnings, *(w for result in results for w in result.warnings)]
         stats = staging / self.stats_name(case)
         stats.parent.mkdir(exist_ok=True)
         return warnings + write_outputs(
@@ -181,11 +183,11 @@ class EvaluateJob(Job):
     def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
         from ..evaluation import evaluate_case, metrics_csv
 
-        volume = read_ct(case.image)
+        volume = read_ct(case.image, case.series, self.allow_gaps)
         labels = read_label_volume(case.label, volume)
         present = set(np.unique(labels).tolist())
         classes = [(name, value) for name, value in self.classes if value in present]
-        warnings = [
+        warnings = [*volume.warnings] + [
             f"{name}={value} is absent from the label map" for name, value in self.classes if value not in present
         ]
         if not classes:

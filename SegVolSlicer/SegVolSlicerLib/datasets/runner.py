@@ -116,8 +116,8 @@ class RayCaseWorker:
         # The record is committed here, in the actor, as the case completes: the driver may die before it
         # sees the row, the case stays done.
         rows = [
-            self.job.run_case(self.host, Case(str(case_id), str(image), str(label) or None))
-            for case_id, image, label in zip(batch["id"], batch["image"], batch["label"])
+            self.job.run_case(self.host, Case(str(case_id), str(image), str(label) or None, str(series) or None))
+            for case_id, image, label, series in zip(batch["id"], batch["image"], batch["label"], batch["series"])
         ]
         return {name: [row.get(name, "") for row in rows] for name in RESULT_FIELDS}
 
@@ -172,7 +172,10 @@ def run_on_ray(
         # A lost worker (killed, out of memory, its node gone) is restarted and its case retried; a case that
         # loses its worker every time fails alone, the run goes on.
         context.max_errored_blocks = len(todo)
-        items = [{"id": case.id, "image": case.image, "label": case.label or ""} for case in todo]
+        items = [
+            {"id": case.id, "image": case.image, "label": case.label or "", "series": case.series or ""}
+            for case in todo
+        ]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             RayCaseWorker,
             fn_constructor_args=(job,),

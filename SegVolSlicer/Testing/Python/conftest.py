@@ -1,6 +1,8 @@
 """Shared fixtures: the synthetic CT (per test module), synthetic SegVol weights (built and saved once per test
 run), and the model stand-in every EngineHost of a test can run instead of loading weights."""
 
+import os
+
 import pytest
 
 
@@ -62,3 +64,22 @@ def stand_in_model(monkeypatch):
         return model
 
     return use
+
+
+@pytest.fixture(autouse=True)
+def dicom_files_are_valid(request):
+    """Every SEG and synthetic CT/MR image (testing/synthetic_dicom.py) a test writes under its tmp_path passes
+    dicom3tools' dciodvfy with no error and no warning (guards: a writer change that other DICOM readers
+    reject or flag). Without dciodvfy installed locally this does nothing (the DICOM tests skip, saying why);
+    CI requires it."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    import shutil
+
+    from dicom_validators import assert_valid_dicom, written_dicom
+
+    if folder is None or (shutil.which("dciodvfy") is None and os.environ.get("SEGVOL_REQUIRE_DCIODVFY") != "1"):
+        return
+    files = written_dicom(folder)
+    if files:
+        assert_valid_dicom(files)

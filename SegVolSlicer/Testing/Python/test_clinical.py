@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
+from dicom_validators import masks_by_dcmqi
 from fake_segvol import BandSegVol, ConstantLogitSegVol, FakeSegVol, layout_ct
 
 from SegVolSlicerLib import __version__
@@ -68,39 +66,6 @@ def masks_by_highdicom(path: Path, folder: Path, fractional: bool = False) -> np
     return seg.get_pixels_by_source_instance(
         source_sop_instance_uids=uids, segment_numbers=numbers, combine_segments=False, skip_overlap_checks=True
     )
-
-
-def dcmqi_converter() -> str:
-    found = shutil.which("segimage2itkimage") or str(Path(sys.executable).parent / "segimage2itkimage")
-    assert Path(found).exists(), "dcmqi's segimage2itkimage is needed (pip install dcmqi, in the test extra)"
-    return found
-
-
-def masks_by_dcmqi(path: Path, volume, tmp_path: Path) -> tuple[list[np.ndarray], dict]:
-    """dcmqi's reading of the SEG, each segment placed on the CT's grid by its own geometry."""
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    subprocess.run(
-        [dcmqi_converter(), "--inputDICOM", str(path), "--outputDirectory", str(out), "--outputType", "nrrd"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    meta = json.loads((out / "meta.json").read_text())
-    masks = []
-    reference = volume.reference
-    for number in range(1, len(meta["segmentAttributes"]) + 1):
-        image = sitk.ReadImage(str(out / f"{number}.nrrd"))
-        np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)
-        np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
-        start = np.asarray(reference.TransformPhysicalPointToContinuousIndex(image.GetOrigin()))
-        assert np.allclose(start, np.rint(start), atol=1e-3), start
-        i0, j0, k0 = np.rint(start).astype(int)
-        array = sitk.GetArrayFromImage(image)
-        mask = np.zeros(volume.shape, dtype=np.uint8)
-        mask[k0 : k0 + array.shape[0], j0 : j0 + array.shape[1], i0 : i0 + array.shape[2]] = array > 0
-        masks.append(mask)
-    return masks, meta
 
 
 def test_dicom_seg_has_the_seg_nrrd_masks_for_highdicom_and_dcmqi(series, tmp_path, monkeypatch, capsys):

@@ -142,7 +142,7 @@ def test_segment_look_for_text():
     assert ivc.color == tuple(vocabulary.colour_for("postcava"))  # the DICOM list recommends no colour
     assert terminology.look_for_text("Kidney L").name == "left kidney"
     tumour = terminology.look_for_text("liver tumour")
-    assert (tumour.name, tumour.terminology_entry) == ("liver tumor", None)
+    assert (tumour.name, tumour.terminology_entry) == ("liver tumor", terminology.unspecified_term().entry)
     assert terminology.look_for_text("  my   lesion ").name == "my lesion"
 
 
