@@ -1,0 +1,352 @@
+"""Annotation campaigns without Slicer (SegVolSlicerLib.campaign): the queue resumes where it stopped, two
+annotators never open the same case and never overwrite each other, an interrupted accept leaves the previous
+label, an input label is replaced only when asked, the export is a valid nnU-Net v2 raw dataset, and the
+recorded prompts replay to the accepted mask bit for bit with the same weights."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from fake_segvol import FakeSegVol
+
+from SegVolSlicerLib.campaign import locks as campaign_locks
+from SegVolSlicerLib.campaign.campaign import Campaign, InputLabelExists
+from SegVolSlicerLib.campaign.export import check_nnunet_dataset, export_nnunet
+from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path
+from SegVolSlicerLib.campaign.replay import ReplayJob, replay_cases
+from SegVolSlicerLib.campaign.state import FLAGGED, IN_PROGRESS, NEW, SKIPPED
+from SegVolSlicerLib.datasets.runner import run_cases
+from SegVolSlicerLib.datasets.tables import write_dataset_tables
+from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
+from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.imageio import Segment, read_ct, read_segmentation
+from SegVolSlicerLib.prompts import Points, Target
+from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
+
+LIB = Path(__file__).resolve().parents[2]  # the folder holding SegVolSlicerLib (for the second annotator)
+
+
+def small_ct(ct, shift: int) -> SyntheticCT:
+    """A 12 x 40 x 48 voxel CT cut from the synthetic one, `3 * shift` slices up (the cases differ)."""
+    cut = np.s_[3 * shift : 3 * shift + 36 : 3, ::4, ::4]
+    first = np.eye(4)
+    first[2, 3] = 3 * shift
+    ijk_to_ras = ct.ijk_to_ras @ first @ np.diag([4.0, 4.0, 3.0, 1.0])
+    return SyntheticCT(np.ascontiguousarray(ct.volume[cut]), np.ascontiguousarray(ct.labels[cut]), ijk_to_ras)
+
+
+@pytest.fixture(scope="module")
+def small_cts():
+    ct = make_synthetic_ct()
+    return [small_ct(ct, n) for n in range(3)]
+
+
+@pytest.fixture
+def ct_folder(tmp_path, small_cts):
+    folder = tmp_path / "cts"
+    folder.mkdir()
+    for n, ct in enumerate(small_cts):
+        write_ct(ct, folder / f"case{n}.nii.gz")
+    return folder
+
+
+@pytest.fixture
+def nnunet_folder(tmp_path, small_cts):
+    """Dataset502_Liver: three CTs, case0 with the label map it came with."""
+    folder = tmp_path / "Dataset502_Liver"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for n, ct in enumerate(small_cts):
+        write_ct(
+            ct, folder / "imagesTr" / f"case{n}_0000.nii.gz", folder / "labelsTr" / "case0.nii.gz" if n == 0 else None
+        )
+    description = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2},
+                   "numTraining": 1, "file_ending": ".nii.gz"}  # fmt: skip
+    (folder / "dataset.json").write_text(json.dumps(description))
+    return folder
+
+
+@pytest.fixture
+def host():
+    return EngineHost(model=FakeSegVol())
+
+
+def annotate(case, host):
+    """What an annotator does in the panel: "liver" (official), a click correcting it, one hand edit; returns
+    the segments to accept and the CT."""
+    loaded = case.load()
+    volume = VolumeInput(case.case.id, loaded.volume.array, loaded.volume.ijk_to_ras)
+    text = Target("liver", text="liver")
+    (liver,) = host.segment(volume, [text], zoom_in=False)
+    case.record_step(OFFICIAL, [text], zoom_in=False, sources=["text"])
+    centre = np.argwhere(liver.mask).mean(axis=0)[::-1] if liver.mask.any() else np.array([24.0, 20.0, 6.0])
+    click = Target("liver", points=Points(centre[None], [1]))
+    liver = host.refine(volume, liver, click)
+    case.record_step(CORRECTION, [click], zoom_in=True, sources=["points"])
+    return [Segment.for_target("liver", "liver", liver.mask)], loaded.volume
+
+
+def test_a_folder_campaign_resumes_where_it_stopped(ct_folder, host):
+    campaign = Campaign.open(ct_folder, "ann")
+    first = campaign.next_case()
+    segments, volume = annotate(first, host)
+    label = first.accept(segments, volume, weights="SegVol_v1.pth")
+    assert label == ct_folder / "reviewed" / f"{first.case.id}.seg.nrrd"
+    (written,) = read_segmentation(label, volume)
+    np.testing.assert_array_equal(written.mask, segments[0].mask)
+    record = json.loads(record_path(label).read_text())
+    assert [s["mode"] for s in record["steps"]] == [OFFICIAL, CORRECTION]
+    assert record["annotator"] == "ann" and record["segvol"]["weights"] == "SegVol_v1.pth"
+    assert record["segments"][0]["name"] == "liver" and record["label_sha256"]
+
+    second = campaign.next_case()
+    assert second.case.id != first.case.id
+    segments, _ = annotate(second, host)
+    second.close()  # Slicer closed mid-case: the case stays in progress with its steps
+
+    again = Campaign.open(ct_folder, "ann")
+    progress = again.progress()
+    assert progress.summary == "1 of 3 accepted (1 in progress)"
+    assert again.state(second.case.id).status == IN_PROGRESS
+    resumed = again.next_case()
+    assert resumed.case.id == second.case.id, "an annotator's case in progress did not come back first"
+    assert len(resumed.work["steps"]) == 2, "the steps before closing were lost"
+    assert again.next_case(after=resumed.case.id).case.id not in (first.case.id, second.case.id)
+
+
+def test_flag_and_skip_move_on_and_show_in_the_progress(ct_folder):
+    campaign = Campaign.open(ct_folder, "ann")
+    case = campaign.next_case(order="id")
+    case.flag("liver cut off at the top")
+    skipped = campaign.next_case(order="id")
+    skipped.skip()
+    progress = campaign.progress()
+    assert progress.flagged == [(case.case.id, "ann", "liver cut off at the top")]
+    assert progress.counts[SKIPPED] == 1 and progress.counts[NEW] == 1
+    third = campaign.next_case(order="id")
+    assert third.case.id not in (case.case.id, skipped.case.id), "the skipped case came back before a new one"
+    third.close()
+    assert campaign.next_case(order="id", after=third.case.id).case.id == skipped.case.id
+    assert campaign.state(case.case.id).status == FLAGGED
+
+
+SECOND_ANNOTATOR = """
+import json, sys
+from SegVolSlicerLib.campaign.campaign import Campaign
+from SegVolSlicerLib.errors import InputError
+campaign = Campaign.open(sys.argv[1], "bea")
+case = campaign.next_case(order="id")
+try:
+    campaign.open_case(sys.argv[2])
+    refused = None
+except InputError as error:  # CaseLocked, or no such case
+    refused = str(error)
+print(json.dumps({"next": case.case.id, "refused": refused, "message": case.message}))
+case.close()
+"""
+
+
+def second_annotator(folder, case_id):
+    env = {**os.environ, "PYTHONPATH": str(LIB)}
+    done = subprocess.run(
+        [sys.executable, "-c", SECOND_ANNOTATOR, str(folder), case_id], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_second_annotator_never_opens_the_same_case(ct_folder):
+    campaign = Campaign.open(ct_folder, "ann")
+    mine = campaign.next_case(order="id")
+    other = second_annotator(ct_folder, mine.case.id)
+    assert other["next"] != mine.case.id, "the second annotator was given an open case"
+    assert other["refused"] and "ann" in other["refused"]
+    assert campaign.state(other["next"]).annotator == "bea"
+    mine.heartbeat()  # still ours
+
+
+def test_a_stale_lock_is_taken_over_and_its_holder_writes_nothing(ct_folder, host):
+    campaign = Campaign.open(ct_folder, "ann")
+    mine = campaign.next_case(order="id")
+    segments, volume = annotate(mine, host)
+    lock = json.loads(mine.lock.path.read_text())
+    lock["heartbeat"] -= campaign_locks.STALE_AFTER_S + 1  # ann's Slicer froze: no heartbeat since
+    mine.lock.path.write_text(json.dumps(lock))
+    other = second_annotator(ct_folder, "no such case")  # bea takes the stale case, the first in id order
+    assert other["next"] == mine.case.id and "taken over" in other["message"] and "ann" in other["message"]
+    with pytest.raises(campaign_locks.LockLost):
+        mine.accept(segments, volume)
+    assert not campaign.source.label_path(mine.case.id).exists(), "a taken-over annotator wrote a label"
+
+
+def test_an_interrupted_accept_leaves_the_previous_label(ct_folder, host, monkeypatch):
+    campaign = Campaign.open(ct_folder, "ann")
+    case = campaign.next_case()
+    segments, volume = annotate(case, host)
+    label = case.accept(segments, volume)
+    before, record_before = label.read_bytes(), record_path(label).read_bytes()
+
+    again = campaign.open_case(case.case.id)
+    empty = [Segment.for_target("liver", "liver", np.zeros_like(segments[0].mask))]
+    written = sitk.WriteImage
+
+    def crash_halfway(image, path, *args, **kwargs):  # the process dies with half the file written
+        written(image, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[: os.path.getsize(path) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sitk, "WriteImage", crash_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        again.accept(empty, volume)
+    assert label.read_bytes() == before and record_path(label).read_bytes() == record_before
+    assert sorted(p.name for p in label.parent.iterdir()) == [label.name, record_path(label).name]
+    assert campaign.state(case.case.id).status == IN_PROGRESS, "an interrupted accept counted as accepted"
+
+
+def test_an_input_label_is_replaced_only_when_asked(nnunet_folder, host, small_cts):
+    campaign = Campaign.open(nnunet_folder, "ann")
+    assert [c.id for c in campaign.source.cases] == ["case0", "case1", "case2"]
+    case = campaign.open_case("case0")
+    loaded = case.load()
+    names = [s.name for s in loaded.segments]
+    assert names[:2] == ["liver", "spleen"] and "label 3" in names, "the dataset's class names were not used"
+    label = nnunet_folder / "labelsTr" / "case0.nii.gz"
+    original = label.read_bytes()
+    segments = [s for s in loaded.segments if s.name in ("liver", "spleen")]
+    with pytest.raises(InputLabelExists):
+        case.accept(segments, loaded.volume)
+    assert label.read_bytes() == original
+    case.accept(segments, loaded.volume, replace_input=True)
+    assert (campaign.state_dir / "originals" / "case0.nii.gz").read_bytes() == original
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+    expected = np.where(np.isin(small_cts[0].labels, (1, 2)), small_cts[0].labels, 0)
+    np.testing.assert_array_equal(written, expected)
+
+    second = campaign.open_case("case0")  # its own label now: replaced without asking
+    second.accept(segments[:1], loaded.volume)
+    with pytest.raises(InputError, match="not classes of the dataset"):
+        campaign.open_case("case1").accept([Segment.for_target("kidney", None, segments[0].mask)], loaded.volume)
+
+
+def test_export_is_a_valid_nnunet_v2_dataset(ct_folder, host, tmp_path):
+    campaign = Campaign.open(ct_folder, "ann")
+    for _ in range(2):
+        case = campaign.next_case(order="id")
+        segments, volume = annotate(case, host)
+        spleen = Segment.for_target("spleen", "spleen", np.roll(segments[0].mask, 3, axis=2))
+        case.accept([*segments, spleen], volume)
+    out = tmp_path / "Dataset501_Campaign"
+    export = export_nnunet(campaign, out)
+    assert export.cases == ["case0", "case1"] and export.classes == [("liver", 1), ("spleen", 2)]
+    assert check_nnunet_dataset(out) == []
+    description = json.loads((out / "dataset.json").read_text())
+    assert description["labels"] == {"background": 0, "liver": 1, "spleen": 2} and description["numTraining"] == 2
+    label = sitk.ReadImage(str(out / "labelsTr" / "case0.nii.gz"))
+    image = sitk.ReadImage(str(out / "imagesTr" / "case0_0000.nii.gz"))
+    assert label.GetOrigin() == image.GetOrigin() and label.GetSize() == image.GetSize()
+
+    with pytest.raises(InputError, match="DatasetNNN_Name"):
+        export_nnunet(campaign, tmp_path / "my export")
+    with pytest.raises(InputError, match="not empty"):
+        export_nnunet(campaign, out)
+
+
+def broken(folder, change):
+    change(folder)
+    return check_nnunet_dataset(folder)
+
+
+def test_the_nnunet_check_names_each_broken_rule(ct_folder, host, tmp_path):
+    campaign = Campaign.open(ct_folder, "ann")
+    case = campaign.next_case(order="id")
+    case.accept(*annotate(case, host))
+    out = tmp_path / "Dataset503_Check"
+    export_nnunet(campaign, out)
+
+    def edit_json(**changes):
+        def change(folder):
+            path = folder / "dataset.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+        return change
+
+    def label_value(folder):
+        path = folder / "labelsTr" / "case0.nii.gz"
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+        array[0, 0, 0] = 7
+        moved = sitk.GetImageFromArray(array)
+        moved.CopyInformation(image)
+        sitk.WriteImage(moved, str(path))
+
+    cases = {
+        "consecutive": edit_json(labels={"background": 0, "liver": 2}),
+        "numTraining": edit_json(numTraining=3),
+        "values [7]": label_value,
+        "is missing": lambda f: (f / "imagesTr" / "case0_0000.nii.gz").rename(f / "case0_0000.nii.gz"),
+    }
+    for words, change in cases.items():
+        copy = tmp_path / "copies" / f"Dataset{len(words):03d}_Copy"
+        copy.parent.mkdir(exist_ok=True)
+        subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+        problems = broken(copy, change)
+        assert any(words in p for p in problems), (words, problems)
+
+
+@pytest.fixture
+def fake_weights(tmp_path, monkeypatch):
+    """A weights file to hash (the job's fingerprint); the stand-in model runs."""
+    path = tmp_path / "SegVol_v1.pth"
+    torch.save({"stand-in": torch.zeros(1)}, path)
+    model = FakeSegVol()
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+    return path
+
+
+def test_replayed_prompts_give_the_accepted_mask_bit_for_bit(ct_folder, host, fake_weights, tmp_path):
+    campaign = Campaign.open(ct_folder, "ann")
+    accepted = {}
+    for _ in range(2):
+        case = campaign.next_case(order="id")
+        segments, volume = annotate(case, host)
+        accepted[case.case.id] = segments[0].mask
+        case.accept(segments, volume)
+    cases, records = replay_cases(campaign)
+    out = tmp_path / "replay"
+    out.mkdir()
+    job = ReplayJob(ModelChoice(str(fake_weights), "cpu"), SessionOptions(), str(out), campaign_folder=str(ct_folder),
+                    records=records)  # fmt: skip
+    summary = run_cases(job, cases)
+    assert summary.ok == 2, summary
+    rows = write_dataset_tables(job, cases, summary.statuses)
+    for case in cases:
+        replayed_path = out / "cases" / case.id / f"{case.id}.seg.nrrd"
+        (replayed,) = read_segmentation(replayed_path, read_ct(case.image))
+        mask, case_id = accepted[case.id], case.id
+        np.testing.assert_array_equal(replayed.mask, mask, err_msg=f"{case_id} replayed to another mask")
+    with open(out / "metrics.csv", newline="") as file:
+        metrics = list(csv.DictReader(file))
+    assert [(m["case"], m["class"], m["prompt"]) for m in metrics] == [(c, "liver", "replay") for c in accepted]
+    assert rows[0]["cases"] == 2 and (out / "dice.png").is_file()
+
+
+def test_a_lock_being_written_is_not_taken(ct_folder):
+    """A lock file that exists but is still empty (its maker is writing it) belongs to its maker."""
+    campaign = Campaign.open(ct_folder, "ann")
+    locks = campaign.locks
+    locks.folder.mkdir(parents=True, exist_ok=True)
+    locks.path("case0").write_text("")
+    with pytest.raises(campaign_locks.CaseLocked, match="being opened"):
+        locks.acquire("case0", "bea")
+    os.utime(locks.path("case0"), (time.time() - 2 * campaign_locks.STALE_AFTER_S,) * 2)
+    lock, message = locks.acquire("case0", "bea")
+    assert "taken over" in message and locks.holder("case0")["owner"] == "bea"
