@@ -25,7 +25,8 @@ from pathlib import Path
 from ..clinical.confidence import Confidence
 from ..datasets.records import read_json, write_json
 from ..errors import InputError
-from ..imageio import Segment, Volume, file_sha256, read_ct
+from ..files import file_sha256
+from ..imageio import Segment, Volume, read_ct
 from ..prompts import Target
 from .labels import read_label, write_label
 from .locks import Lock, Locks
@@ -53,23 +54,21 @@ class LoadedCase:
 
 
 class Campaign:
-    def __init__(self, source: Source, annotator: str, clock=time.time):
-        annotator = (annotator or "").strip()
-        if not annotator:
-            raise InputError("give the annotator's name (it is written into every record and lock)")
-        self.source, self.annotator, self.clock = source, annotator, clock
+    def __init__(self, source: Source, annotator: str | None = None, clock=time.time):
+        """`annotator` None: a view of the campaign (its progress), which opens no case."""
+        self.source, self.annotator, self.clock = source, (annotator or "").strip(), clock
         self.state_dir = Path(source.folder) / STATE_DIR
         self.locks = Locks(self.state_dir, clock)
         self.states = States(self.state_dir)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, annotator: str, clock=time.time) -> Campaign:
+    def open(cls, path: str | os.PathLike, annotator: str | None = None, clock=time.time) -> Campaign:
         """The campaign of a source, or of a campaign folder opened before (a CSV manifest's folder)."""
         known = read_json(Path(path).expanduser() / STATE_DIR / "campaign.json")
         source = open_source(known["source"] if known and Path(path).is_dir() and known.get("source") else path)
         campaign = cls(source, annotator, clock)
-        campaign.state_dir.mkdir(parents=True, exist_ok=True)
-        if known is None or known.get("source") != source.path:
+        if campaign.annotator and (known is None or known.get("source") != source.path):
+            campaign.state_dir.mkdir(parents=True, exist_ok=True)
             write_json(campaign.state_dir / "campaign.json", {"source": source.path, "kind": source.kind})
         return campaign
 
@@ -102,6 +101,8 @@ class Campaign:
 
     def open_case(self, case_id: str) -> OpenCase:
         """Open one case for this annotator (CaseLocked when another annotator has it open)."""
+        if not self.annotator:
+            raise InputError("give the annotator's name (it is written into every record and lock)")
         case = self.source.case(case_id)
         lock, message = self.locks.acquire(case_id, self.annotator)
         state = self.states.read(case_id)

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clinical.outputs import write_segmentation_results
 from ..datasets.cases import Case
 from ..datasets.jobs import Job
 from ..datasets.records import read_json
 from ..engine import EngineHost, VolumeInput
 from ..errors import InputError
 from ..evaluation import dice, metrics_csv
-from ..imageio import atomic_output, file_sha256, read_ct, write_segmentation_results
+from ..files import atomic_output, file_sha256
+from ..imageio import read_ct
 from ..reporting import Reporter
 from .campaign import Campaign
 from .labels import read_label
@@ -33,23 +35,27 @@ from .state import ACCEPTED
 PROMPT = "replay"
 
 
-def replay_steps(host: EngineHost, volume: VolumeInput, steps: Sequence[dict], reporter: Reporter) -> tuple[dict, list]:
-    """The last result per segment name after running `steps` in order, and the warnings."""
+def replay_steps(
+    host: EngineHost, volume: VolumeInput, steps: Sequence[dict], reporter: Reporter, zoom_in: bool = True
+) -> tuple[dict, list]:
+    """The last result per segment name after running `steps` in order, and the warnings. `zoom_in` False: every
+    step without SegVol's zoom-in (corrections then run the official pipeline, as the panel does)."""
     latest, warnings = {}, []
     for step in steps:
-        targets = [target_from_json(t) for t in step["targets"]]
+        targets, step_zoom_in = [target_from_json(t) for t in step["targets"]], step["zoom_in"] and zoom_in
         if step["mode"] == FROM_MASK:
             warnings.append(f"a from-mask step on {', '.join(t.name for t in targets)} is not replayed")
             continue
-        for target in targets if step["mode"] == CORRECTION else ():
-            previous = latest.get(target.name)
-            if previous is None:
-                latest[target.name] = host.segment(volume, [target], step["zoom_in"], reporter)[0]
-            else:
-                latest[target.name] = host.refine(volume, previous, target, reporter)
-        if step["mode"] != CORRECTION:
-            for target, result in zip(targets, host.segment(volume, targets, step["zoom_in"], reporter)):
-                latest[target.name] = result
+        if step["mode"] == CORRECTION and step_zoom_in:
+            for target in targets:  # each from its segment's previous result, official without one
+                previous = latest.get(target.name)
+                if previous is None:
+                    latest[target.name] = host.segment(volume, [target], step_zoom_in, reporter)[0]
+                else:
+                    latest[target.name] = host.refine(volume, previous, target, reporter)
+            continue
+        for target, result in zip(targets, host.segment(volume, targets, step_zoom_in, reporter)):
+            latest[target.name] = result
     return latest, warnings
 
 
@@ -75,7 +81,7 @@ class ReplayJob(Job):
         volume = read_ct(case.image)
         accepted = {s.name: s.mask for s in read_label(case.label, volume, self.classes)}
         latest, warnings = replay_steps(
-            host, VolumeInput(case.id, volume.array, volume.ijk_to_ras), record.get("steps", []), reporter
+            host, VolumeInput(case.id, volume.array, volume.ijk_to_ras), record.get("steps", []), reporter, self.zoom_in
         )
         edited = [f"{name} ({count})" for name, count in record.get("hand_edits", {}).items() if count]
         if edited:

@@ -15,23 +15,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_helpers import run_cli, segvol_env
 from fake_segvol import FakeSegVol
 
 from SegVolSlicerLib.campaign import locks as campaign_locks
 from SegVolSlicerLib.campaign.campaign import Campaign, InputLabelExists
 from SegVolSlicerLib.campaign.export import check_nnunet_dataset, export_nnunet
 from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path
-from SegVolSlicerLib.campaign.replay import ReplayJob, replay_cases
 from SegVolSlicerLib.campaign.state import FLAGGED, IN_PROGRESS, NEW, SKIPPED
-from SegVolSlicerLib.datasets.runner import run_cases
-from SegVolSlicerLib.datasets.tables import write_dataset_tables
-from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.imageio import Segment, read_ct, read_segmentation
 from SegVolSlicerLib.prompts import Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
-
-LIB = Path(__file__).resolve().parents[2]  # the folder holding SegVolSlicerLib (for the second annotator)
 
 
 def small_ct(ct, shift: int) -> SyntheticCT:
@@ -155,10 +151,9 @@ case.close()
 
 
 def second_annotator(folder, case_id):
-    env = {**os.environ, "PYTHONPATH": str(LIB)}
     done = subprocess.run(
-        [sys.executable, "-c", SECOND_ANNOTATOR, str(folder), case_id], capture_output=True, text=True, env=env,
-        timeout=120,
+        [sys.executable, "-c", SECOND_ANNOTATOR, str(folder), case_id], capture_output=True, text=True,
+        env=segvol_env(), timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -312,7 +307,7 @@ def fake_weights(tmp_path, monkeypatch):
     return path
 
 
-def test_replayed_prompts_give_the_accepted_mask_bit_for_bit(ct_folder, host, fake_weights, tmp_path):
+def test_replayed_prompts_give_the_accepted_mask_bit_for_bit(ct_folder, host, fake_weights, tmp_path, capsys):
     campaign = Campaign.open(ct_folder, "ann")
     accepted = {}
     for _ in range(2):
@@ -320,23 +315,40 @@ def test_replayed_prompts_give_the_accepted_mask_bit_for_bit(ct_folder, host, fa
         segments, volume = annotate(case, host)
         accepted[case.case.id] = segments[0].mask
         case.accept(segments, volume)
-    cases, records = replay_cases(campaign)
     out = tmp_path / "replay"
-    out.mkdir()
-    job = ReplayJob(ModelChoice(str(fake_weights), "cpu"), SessionOptions(), str(out), campaign_folder=str(ct_folder),
-                    records=records)  # fmt: skip
-    summary = run_cases(job, cases)
-    assert summary.ok == 2, summary
-    rows = write_dataset_tables(job, cases, summary.statuses)
-    for case in cases:
-        replayed_path = out / "cases" / case.id / f"{case.id}.seg.nrrd"
-        (replayed,) = read_segmentation(replayed_path, read_ct(case.image))
-        mask, case_id = accepted[case.id], case.id
-        np.testing.assert_array_equal(replayed.mask, mask, err_msg=f"{case_id} replayed to another mask")
+    code, stdout, stderr = run_cli(
+        ["campaign", "replay", ct_folder, "--output-dir", out, "--checkpoint", fake_weights, "--device", "cpu"], capsys
+    )
+    assert code == 0, stderr
+    assert "liver: Dice" in stdout and "2 case(s) done" in stdout
+    for case in campaign.source.cases[:2]:
+        (replayed,) = read_segmentation(out / "cases" / case.id / f"{case.id}.seg.nrrd", read_ct(case.image))
+        np.testing.assert_array_equal(replayed.mask, accepted[case.id], err_msg=f"{case.id} replayed to another mask")
     with open(out / "metrics.csv", newline="") as file:
         metrics = list(csv.DictReader(file))
     assert [(m["case"], m["class"], m["prompt"]) for m in metrics] == [(c, "liver", "replay") for c in accepted]
-    assert rows[0]["cases"] == 2 and (out / "dice.png").is_file()
+    assert (out / "summary.csv").is_file() and (out / "dice.png").is_file()
+    code, stdout, _ = run_cli(["campaign", "replay", ct_folder, "--output-dir", out, "--checkpoint", fake_weights],
+                              capsys)  # fmt: skip
+    assert code == 0 and "2 skipped" in stdout, "a rerun of the same replay computed the cases again"
+    code, _, stderr = run_cli(["campaign", "replay", ct_folder, "--output-dir", ct_folder / "replay"], capsys)
+    assert code == 2 and "inside the campaign folder" in stderr
+
+
+def test_status_and_export_commands(ct_folder, host, tmp_path, capsys):
+    campaign = Campaign.open(ct_folder, "ann")
+    case = campaign.next_case(order="id")
+    case.accept(*annotate(case, host))
+    campaign.next_case(order="id").flag("motion artefacts")
+    campaign.next_case(order="id")  # left open
+    code, stdout, _ = run_cli(["campaign", "status", ct_folder], capsys)
+    assert code == 0
+    assert "1 of 3 accepted (1 flagged, 1 in progress)" in stdout and "accepted by ann: 1" in stdout
+    assert "flagged: case1 (ann): motion artefacts" in stdout and "in progress: case2 (ann, open by ann)" in stdout
+    out = tmp_path / "Dataset510_Cli"
+    code, stdout, stderr = run_cli(["campaign", "export", ct_folder, "--nnunet", out], capsys)
+    assert code == 0, stderr
+    assert "1 case(s) written" in stdout and check_nnunet_dataset(out) == []
 
 
 def test_a_lock_being_written_is_not_taken(ct_folder):
