@@ -21,19 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..clinical.confidence import Confidence
 from ..datasets.records import read_json, write_json
 from ..errors import InputError
 from ..files import file_sha256
-from ..imageio import Segment, Volume, read_ct
 from ..prompts import Target
-from .labels import read_label, write_label
 from .locks import Lock, Locks
 from .order import is_open, ordered
 from .records import confidence_json, record_path, segvol_identity, step_json
 from .sources import NNUNET, CampaignCase, Source, open_source
 from .state import ACCEPTED, FLAGGED, IN_PROGRESS, SKIPPED, STATE_DIR, CaseState, Progress, States
+
+if TYPE_CHECKING:  # SimpleITK is imported on first use: Slicer imports this before it installs SimpleITK
+    from ..imageio import Segment, Volume
 
 IDLE_S = 300.0  # a pause longer than this between two actions on a case is not counted as active time
 
@@ -140,6 +142,9 @@ class OpenCase:
     def load(self) -> LoadedCase:
         """The CT and the case's existing result: its accepted label, else the batch's segmentation or the
         dataset's label map (files only: any thread)."""
+        from ..imageio import read_ct
+        from .labels import read_label
+
         volume = read_ct(self.case.image)
         own = self.label_path if self.label_path.is_file() else None
         result = str(own) if own is not None else self.case.result
@@ -191,6 +196,8 @@ class OpenCase:
         """Write the label atomically and its record beside it; the case becomes accepted. Refuses to replace
         a label the dataset came with unless `replace_input` (the original is kept in STATE/originals/), and a
         label another annotator accepted."""
+        from .labels import write_label
+
         campaign, path = self.campaign, self.label_path
         campaign.locks.check(self.lock)
         if self.read_only:

@@ -5,6 +5,8 @@ a run's targets as the AI steps of the case's record.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import slicer
 import vtk
@@ -12,8 +14,10 @@ import vtk
 from .. import terminology
 from ..campaign.records import CORRECTION, FROM_MASK, OFFICIAL
 from ..clinical.confidence import MEAN_TAG, UNCERTAIN_TAG, result_confidence
-from ..imageio import Segment
 from . import bridge
+
+if TYPE_CHECKING:  # SimpleITK is imported on first use (Slicer loads the module before installing it)
+    from ..imageio import Segment
 
 KEPT_TAGS = (terminology.TERMINOLOGY_ENTRY_TAG, MEAN_TAG, UNCERTAIN_TAG)  # what an accepted .seg.nrrd keeps
 
@@ -41,6 +45,8 @@ def show_case(scene, case_id: str, loaded):
 
 def read_segments(segmentation_node, volume_node) -> list[Segment]:
     """The segments to accept: each segment's voxels on the CT's grid, its name, colour and kept tags."""
+    from ..imageio import Segment
+
     segmentation = segmentation_node.GetSegmentation()
     segments = []
     for index in range(segmentation.GetNumberOfSegments()):
