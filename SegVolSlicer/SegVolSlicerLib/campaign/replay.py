@@ -21,7 +21,7 @@ from ..clinical.outputs import write_segmentation_results
 from ..datasets.cases import Case
 from ..datasets.jobs import Job
 from ..datasets.records import read_json
-from ..engine import EngineHost, VolumeInput
+from ..engine import Engine, TargetJob, VolumeInput
 from ..errors import InputError
 from ..evaluation import dice, metrics_csv
 from ..files import atomic_output, file_sha256
@@ -36,7 +36,7 @@ PROMPT = "replay"
 
 
 def replay_steps(
-    host: EngineHost, volume: VolumeInput, steps: Sequence[dict], reporter: Reporter, zoom_in: bool = True
+    host: Engine, volume: VolumeInput, steps: Sequence[dict], reporter: Reporter, zoom_in: bool = True
 ) -> tuple[dict, list]:
     """The last result per segment name after running `steps` in order, and the warnings. `zoom_in` False: every
     step without SegVol's zoom-in (corrections then run the official pipeline, as the panel does)."""
@@ -46,15 +46,9 @@ def replay_steps(
         if step["mode"] == FROM_MASK:
             warnings.append(f"a from-mask step on {', '.join(t.name for t in targets)} is not replayed")
             continue
-        if step["mode"] == CORRECTION and step_zoom_in:
-            for target in targets:  # each from its segment's previous result, official without one
-                previous = latest.get(target.name)
-                if previous is None:
-                    latest[target.name] = host.segment(volume, [target], step_zoom_in, reporter)[0]
-                else:
-                    latest[target.name] = host.refine(volume, previous, target, reporter)
-            continue
-        for target, result in zip(targets, host.segment(volume, targets, step_zoom_in, reporter)):
+        # A correction starts from its segment's last result (the engine keeps it under the segment's name).
+        jobs = [TargetJob(t, result_key=t.name, correct=step["mode"] == CORRECTION) for t in targets]
+        for target, result in zip(targets, host.segment(volume, jobs, step_zoom_in, reporter)):
             latest[target.name] = result
     return latest, warnings
 
@@ -74,7 +68,7 @@ class ReplayJob(Job):
     def metrics_name(case: Case) -> str:
         return f"cases/{case.id}/metrics.csv"
 
-    def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
+    def run(self, host: Engine, case: Case, staging: Path, reporter: Reporter) -> list[str]:
         record = read_json(record_path(case.label))
         if record is None:
             raise InputError(f"{case.id}: no record beside {case.label}")

@@ -23,7 +23,7 @@ from SegVolSlicerLib.campaign.campaign import Campaign, InputLabelExists
 from SegVolSlicerLib.campaign.export import check_nnunet_dataset, export_nnunet
 from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path
 from SegVolSlicerLib.campaign.state import FLAGGED, IN_PROGRESS, NEW, SKIPPED
-from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.imageio import Segment, read_ct, read_segmentation
 from SegVolSlicerLib.prompts import Points, Target
@@ -81,11 +81,11 @@ def annotate(case, host):
     loaded = case.load()
     volume = VolumeInput(case.case.id, loaded.volume.array, loaded.volume.ijk_to_ras)
     text = Target("liver", text="liver")
-    (liver,) = host.segment(volume, [text], zoom_in=False)
+    (liver,) = host.segment(volume, [TargetJob(text, result_key="liver")], zoom_in=False)
     case.record_step(OFFICIAL, [text], zoom_in=False, sources=["text"])
     centre = np.argwhere(liver.mask).mean(axis=0)[::-1] if liver.mask.any() else np.array([24.0, 20.0, 6.0])
     click = Target("liver", points=Points(centre[None], [1]))
-    liver = host.refine(volume, liver, click)
+    (liver,) = host.segment(volume, [TargetJob(click, result_key="liver", correct=True)])
     case.record_step(CORRECTION, [click], zoom_in=True, sources=["points"])
     return [Segment.for_target("liver", "liver", liver.mask)], loaded.volume
 
