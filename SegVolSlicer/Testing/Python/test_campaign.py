@@ -21,12 +21,12 @@ from fake_segvol import FakeSegVol
 from SegVolSlicerLib.campaign import locks as campaign_locks
 from SegVolSlicerLib.campaign.campaign import Campaign, InputLabelExists
 from SegVolSlicerLib.campaign.export import check_nnunet_dataset, export_nnunet
-from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path
+from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path, target_from_json, target_to_json
 from SegVolSlicerLib.campaign.state import FLAGGED, IN_PROGRESS, NEW, SKIPPED
 from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.imageio import Segment, read_ct, read_segmentation
-from SegVolSlicerLib.prompts import Points, Target
+from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
 
 
@@ -76,16 +76,17 @@ def host():
 
 
 def annotate(case, host):
-    """What an annotator does in the panel: "liver" (official), a click correcting it, one hand edit; returns
-    the segments to accept and the CT."""
+    """What an annotator does in the panel: "liver" (official), then a click correcting it locally; returns the
+    segments to accept and the CT."""
     loaded = case.load()
     volume = VolumeInput(case.case.id, loaded.volume.array, loaded.volume.ijk_to_ras)
     text = Target("liver", text="liver")
-    (liver,) = host.segment(volume, [TargetJob(text, result_key="liver")], zoom_in=False)
-    case.record_step(OFFICIAL, [text], zoom_in=False, sources=["text"])
-    centre = np.argwhere(liver.mask).mean(axis=0)[::-1] if liver.mask.any() else np.array([24.0, 20.0, 6.0])
-    click = Target("liver", points=Points(centre[None], [1]))
+    (liver,) = host.segment(volume, [TargetJob(text, result_key="liver")])
+    case.record_step(OFFICIAL, [text], zoom_in=True, sources=["text"])
+    centre = np.argwhere(liver.mask).mean(axis=0)[::-1]  # (i, j, k) of the segment's middle
+    click = Target("liver", "liver", Points(centre[None], [1]))
     (liver,) = host.segment(volume, [TargetJob(click, result_key="liver", correct=True)])
+    assert not liver.warnings, "the click was no local correction: the record would not test one"
     case.record_step(CORRECTION, [click], zoom_in=True, sources=["points"])
     return [Segment.for_target("liver", "liver", liver.mask)], loaded.volume
 
@@ -103,8 +104,7 @@ def test_a_folder_campaign_resumes_where_it_stopped(ct_folder, host):
     assert record["annotator"] == "ann" and record["segvol"]["weights"] == "SegVol_v1.pth"
     assert record["segments"][0]["name"] == "liver" and record["label_sha256"]
 
-    second = campaign.next_case()
-    assert second.case.id != first.case.id
+    second = campaign.open_case("case2")  # the last one in id order: resuming must bring it back first
     segments, _ = annotate(second, host)
     second.close()  # Slicer closed mid-case: the case stays in progress with its steps
 
@@ -362,3 +362,11 @@ def test_a_lock_being_written_is_not_taken(ct_folder):
     os.utime(locks.path("case0"), (time.time() - 2 * campaign_locks.STALE_AFTER_S,) * 2)
     lock, message = locks.acquire("case0", "bea")
     assert "taken over" in message and locks.holder("case0")["owner"] == "bea"
+
+
+def test_recorded_prompts_keep_every_float():
+    """A record that rounded the clicks (float32, fixed decimals) would replay other prompts."""
+    target = Target("liver", "liver", Points([[12.345678901234567, 0.1 + 0.2, 1e-17]], [1]), Box((1, 2, 3), (4, 5, 6)))
+    again = target_from_json(json.loads(json.dumps(target_to_json(target))))
+    assert again.points.ijk.tobytes() == target.points.ijk.tobytes()
+    assert (again.name, again.text, again.box, again.points.labels.tolist()) == ("liver", "liver", target.box, [1])
