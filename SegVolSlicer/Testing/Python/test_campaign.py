@@ -370,3 +370,42 @@ def test_recorded_prompts_keep_every_float():
     again = target_from_json(json.loads(json.dumps(target_to_json(target))))
     assert again.points.ijk.tobytes() == target.points.ijk.tobytes()
     assert (again.name, again.text, again.box, again.points.labels.tolist()) == ("liver", "liver", target.box, [1])
+
+
+def test_a_batch_output_opens_lowest_confidence_first(ct_folder, fake_weights, tmp_path, capsys):
+    out = tmp_path / "batch"
+    argv = ["batch", ct_folder, "--text", "liver", "--text", "spleen", "--output-dir", out, "--checkpoint"]
+    code, _, stderr = run_cli([*argv, fake_weights, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    campaign = Campaign.open(out, "ann")
+    assert campaign.source.kind == "batch"
+    lowest = {case.id: case.confidence for case in campaign.source.cases}
+    assert all(value is not None for value in lowest.values()), "the batch statistics' confidence was not read"
+    with open(out / "stats.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    for case_id, value in lowest.items():
+        assert value == min(float(r["mean_probability"]) for r in rows if r["case"] == case_id)
+    order = [case.id for case in campaign.ordered_cases()]
+    assert order == sorted(lowest, key=lambda case_id: (lowest[case_id], case_id))
+    case = campaign.next_case()
+    assert case.case.id == order[0]
+    loaded = case.load()
+    assert [s.name for s in loaded.segments] == ["liver", "spleen"] and loaded.result.endswith(".seg.nrrd")
+    assert set(case.work["confidence_before"]) == {"liver", "spleen"}, "the batch's confidence was not kept"
+    label = case.accept(loaded.segments, loaded.volume)
+    assert label == out / "reviewed" / f"{case.case.id}.seg.nrrd"
+    before = json.loads(record_path(label).read_text())["segments"][0]["confidence_before"]
+    assert before["mean_probability"] == pytest.approx(
+        float(rows[[r["case"] for r in rows].index(case.case.id)]["mean_probability"]), abs=1e-4
+    )
+
+
+def test_a_csv_manifest_campaign_lives_beside_it(ct_folder, tmp_path, host):
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("id,image\nfirst,cts/case1.nii.gz\nsecond,cts/case2.nii.gz\n")
+    campaign = Campaign.open(manifest, "ann")
+    assert [c.id for c in campaign.source.cases] == ["first", "second"]
+    case = campaign.next_case(order="id")
+    label = case.accept(*annotate(case, host))
+    assert label == tmp_path / "reviewed" / "first.seg.nrrd"
+    assert Campaign.open(tmp_path).progress().summary == "1 of 2 accepted", "the campaign folder did not reopen"
