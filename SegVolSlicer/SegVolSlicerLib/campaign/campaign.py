@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..clinical.confidence import Confidence
-from ..datasets.records import read_json, write_json
+from ..datasets.records import CheckpointHashes, read_json, write_json
 from ..errors import InputError
 from ..files import file_sha256
 from ..prompts import Target
@@ -193,7 +193,8 @@ class OpenCase:
         weights_sha256: str | None = None,
         replace_input: bool = False,
     ) -> Path:
-        """Write the label atomically and its record beside it; the case becomes accepted. Refuses to replace
+        """Write the label atomically and its record beside it (with the weights' sha256 when `weights` is a
+        file and no `weights_sha256` is given); the case becomes accepted. Refuses to replace
         a label the dataset came with unless `replace_input` (the original is kept in STATE/originals/), and a
         label another annotator accepted."""
         from .labels import write_label
@@ -214,6 +215,8 @@ class OpenCase:
             originals.mkdir(parents=True, exist_ok=True)
             if not (originals / path.name).exists():
                 shutil.copy2(path, originals / path.name)
+        if weights_sha256 is None and weights and Path(weights).is_file():  # cached: weights files are GBs
+            weights_sha256 = CheckpointHashes(campaign.state_dir / "checkpoints.json").of(Path(weights))
         self.touch()
         write_label(path, segments, volume, campaign.source.classes)
         now = campaign.clock()

@@ -25,6 +25,7 @@ from SegVolSlicerLib.campaign.records import CORRECTION, OFFICIAL, record_path, 
 from SegVolSlicerLib.campaign.state import FLAGGED, IN_PROGRESS, NEW, SKIPPED
 from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.files import file_sha256
 from SegVolSlicerLib.imageio import Segment, read_ct, read_segmentation
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
@@ -138,6 +139,7 @@ SECOND_ANNOTATOR = """
 import json, sys
 from SegVolSlicerLib.campaign.campaign import Campaign
 from SegVolSlicerLib.errors import InputError
+from SegVolSlicerLib.files import file_sha256
 campaign = Campaign.open(sys.argv[1], "bea")
 case = campaign.next_case(order="id")
 try:
@@ -314,7 +316,9 @@ def test_replayed_prompts_give_the_accepted_mask_bit_for_bit(ct_folder, host, fa
         case = campaign.next_case(order="id")
         segments, volume = annotate(case, host)
         accepted[case.case.id] = segments[0].mask
-        case.accept(segments, volume)
+        label = case.accept(segments, volume, weights=str(fake_weights))
+        identity = json.loads(record_path(label).read_text())["segvol"]
+        assert identity["weights"] == "SegVol_v1.pth" and identity["weights_sha256"] == file_sha256(fake_weights)
     out = tmp_path / "replay"
     code, stdout, stderr = run_cli(
         ["campaign", "replay", ct_folder, "--output-dir", out, "--checkpoint", fake_weights, "--device", "cpu"], capsys
