@@ -130,10 +130,12 @@ def test_flag_skip_and_resume_after_closing(dataset):
 
 def test_the_panel_record_replays_bit_for_bit(dataset):
     widget, section, parameters, answers = dataset
+    parameters.zoomIn = True
+    parameters.targetNames = "liver, spleen"
+    section.runNamesCheckBox.checked = True  # a case without a result is segmented as it opens
     emit(section.nextCaseButton, "clicked(bool)")
     case = section.case
-    parameters.zoomIn = True
-    segment_by_name(widget, parameters, "liver, spleen")
+    assert [t["name"] for t in case.work["steps"][0]["targets"]] == ["liver", "spleen"], "the names did not run"
     emit(section.acceptButton, "clicked(bool)")
     label = section.campaign.source.label_path(case.case.id)
     record = json.loads(record_path(label).read_text())
@@ -144,3 +146,15 @@ def test_the_panel_record_replays_bit_for_bit(dataset):
     assert sorted(latest) == ["liver", "spleen"] and not warnings
     for name, result in latest.items():
         np.testing.assert_array_equal(result.mask, accepted[name], err_msg=f"{name} replayed to another mask")
+
+
+def test_closing_the_scene_leaves_the_case_in_progress_and_unlocked(dataset):
+    widget, section, parameters, answers = dataset
+    emit(section.nextCaseButton, "clicked(bool)")
+    case = section.case
+    segment_by_name(widget, parameters, "liver")
+    assert section.campaign.locks.holder(case.case.id)["owner"] == "ann"
+    slicer.mrmlScene.Clear(False)
+    assert section.case is None and section.campaign.locks.holder(case.case.id) is None
+    assert section.campaign.state(case.case.id).status == "in progress"
+    assert len(Campaign.open(section.campaign.source.folder, "ann").next_case().work["steps"]) == 1
