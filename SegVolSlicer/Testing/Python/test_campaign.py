@@ -257,6 +257,47 @@ def test_export_is_a_valid_nnunet_v2_dataset(ct_folder, host, tmp_path):
         export_nnunet(campaign, out)
 
 
+NNUNET_VERIFIER = os.environ.get("SEGVOL_NNUNET_VERIFIER")  # nnU-Net's own checker (.ci/run installs it)
+VERIFY = """
+import os, sys
+sys.path.append(sys.argv[1])
+for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ.setdefault(name, sys.argv[2])
+from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+if __name__ == "__main__":
+    verify_dataset_integrity(sys.argv[2], num_processes=1)
+"""
+
+
+def nnunet_verdict(folder):
+    done = subprocess.run(
+        [sys.executable, "-c", VERIFY, NNUNET_VERIFIER, str(folder)], capture_output=True, text=True, timeout=300
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not NNUNET_VERIFIER, reason="set SEGVOL_NNUNET_VERIFIER to nnU-Net's checker (.ci/run does)")
+def test_nnunet_itself_accepts_the_export(ct_folder, host, tmp_path):
+    """nnU-Net v2's verify_dataset_integrity (its own reader) on the export, and on a label it must refuse."""
+    campaign = Campaign.open(ct_folder, "ann")
+    for _ in range(2):
+        case = campaign.next_case(order="id")
+        case.accept(*annotate(case, host))
+    out = tmp_path / "Dataset504_Verified"
+    export_nnunet(campaign, out)
+    code, output = nnunet_verdict(out)
+    assert code == 0, output
+    label = out / "labelsTr" / "case1.nii.gz"
+    image = sitk.ReadImage(str(label))
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = 7
+    wrong = sitk.GetImageFromArray(array)
+    wrong.CopyInformation(image)
+    sitk.WriteImage(wrong, str(label))
+    code, output = nnunet_verdict(out)
+    assert code != 0 and "unexpected labels" in output, "nnU-Net's checker accepted a wrong label: it checks nothing"
+
+
 def broken(folder, change):
     change(folder)
     return check_nnunet_dataset(folder)
