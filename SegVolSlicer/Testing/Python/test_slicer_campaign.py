@@ -158,3 +158,32 @@ def test_closing_the_scene_leaves_the_case_in_progress_and_unlocked(dataset):
     assert section.case is None and section.campaign.locks.holder(case.case.id) is None
     assert section.campaign.state(case.case.id).status == "in progress"
     assert len(Campaign.open(section.campaign.source.folder, "ann").next_case().work["steps"]) == 1
+
+
+def test_an_input_label_is_shown_with_its_names_and_replaced_only_when_confirmed(dataset, cts, tmp_path):
+    widget, section, parameters, answers = dataset
+    folder = tmp_path / "Dataset505_Input"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    write_ct(cts[0], folder / "imagesTr" / "ct_0000.nii.gz", folder / "labelsTr" / "ct.nii.gz")
+    description = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2},
+                   "numTraining": 1, "file_ending": ".nii.gz"}  # fmt: skip
+    (folder / "dataset.json").write_text(json.dumps(description))
+    original = (folder / "labelsTr" / "ct.nii.gz").read_bytes()
+    section.sourcePathEdit.currentPath = str(folder)
+    emit(section.openCampaignButton, "clicked(bool)")
+    emit(section.nextCaseButton, "clicked(bool)")
+    volume, segmentation = section.nodes
+    segments = segmentation.GetSegmentation()
+    names = [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())]
+    assert names[:2] == ["liver", "spleen"], names
+    for name in names[2:]:  # the dataset's other label values have no class: not part of the label
+        segments.RemoveSegment(segments.GetSegmentIdBySegmentName(name))
+    answers["replies"].append(False)
+    emit(section.acceptButton, "clicked(bool)")
+    assert "dataset came with" in answers["asked"][-1]
+    assert (folder / "labelsTr" / "ct.nii.gz").read_bytes() == original, "an input label was replaced unasked"
+    answers["replies"].append(True)
+    emit(section.acceptButton, "clicked(bool)")
+    assert section.campaign.state("ct").status == "accepted"
+    assert (folder / ".segvol-campaign" / "originals" / "ct.nii.gz").read_bytes() == original
