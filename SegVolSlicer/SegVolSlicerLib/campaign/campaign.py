@@ -28,7 +28,7 @@ from ..datasets.records import CheckpointHashes, read_json, write_json
 from ..errors import InputError
 from ..files import file_sha256
 from ..prompts import Target
-from .locks import Lock, Locks
+from .locks import CaseLocked, Lock, Locks
 from .order import is_open, ordered
 from .records import confidence_json, record_path, segvol_identity, step_json
 from .sources import NNUNET, CampaignCase, Source, open_source
@@ -98,7 +98,10 @@ class Campaign:
             holder = self.locks.holder(case.id)
             if holder is not None and holder.get("owner") != self.annotator:
                 continue
-            return self.open_case(case.id)
+            try:
+                return self.open_case(case.id)
+            except CaseLocked:  # another annotator opened it just now
+                continue
         return None
 
     def open_case(self, case_id: str) -> OpenCase:
