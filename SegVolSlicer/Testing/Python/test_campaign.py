@@ -454,3 +454,19 @@ def test_a_csv_manifest_campaign_lives_beside_it(ct_folder, tmp_path, host):
     label = case.accept(*annotate(case, host))
     assert label == tmp_path / "reviewed" / "first.seg.nrrd"
     assert Campaign.open(tmp_path).progress().summary == "1 of 2 accepted", "the campaign folder did not reopen"
+
+
+def test_next_case_passes_over_a_case_opened_meanwhile(ct_folder, monkeypatch):
+    """Between Next's look at the locks and its own lock, another annotator may open the same case."""
+    campaign = Campaign.open(ct_folder, "ann")
+    Campaign.open(ct_folder, "bea").open_case("case0")
+    monkeypatch.setattr(campaign.locks, "holder", lambda case_id: None)  # the look saw no lock
+    assert campaign.next_case(order="id").case.id == "case1"
+
+
+def test_campaign_commands_refuse_what_is_no_campaign(tmp_path, capsys):
+    code, _, stderr = run_cli(["campaign", "status", tmp_path / "missing"], capsys)
+    assert code == 2 and "does not exist" in stderr and "Traceback" not in stderr
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli(["campaign", "export", tmp_path / "empty", "--nnunet", tmp_path / "Dataset1_X"], capsys)
+    assert code == 2 and "segvol: error:" in stderr
