@@ -43,6 +43,7 @@ from SegVolSlicerLib.prompts import Box, Target
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
 from SegVolSlicerLib.slicer import (
     bridge,
+    campaign_section,
     checks,
     clinical_results,
     dependencies,
@@ -457,6 +458,17 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError,
         )
         self.results.setup(DICOM_REQUIREMENTS_FILE)
+        self.campaign = campaign_section.CampaignSection(
+            self.layout,
+            self.jobs,
+            lambda: self._parameterNode,
+            self.runOn.weights,
+            lambda: self.runSegmentation(interactive=True),
+            self.results.show_statistics,
+            self._showStatus,
+            self._showError,
+        )
+        self.campaign.setup()
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
 
@@ -477,6 +489,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         """Module unload, Reload and application exit: stop everything at once and let the model go."""
         self.jobs.abandon()
+        self.campaign.cleanup()
         self.prompts.cleanup()
         self.removeObservers()
         self.logic.release()
@@ -711,7 +724,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editorNode = shownEditor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
         onEditor = shownEditor.segmentationNode() == request.segmentationNode
         undoOwner = shownEditor.saveStateForUndo if onEditor else None
-        segmentIDs = self.logic.apply(request, results, editorNode, undoOwner)
+        with self.campaign.ai_step(request, results):  # a step of the open case's record
+            segmentIDs = self.logic.apply(request, results, editorNode, undoOwner)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
         if (

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from .. import runtime
 from ..errors import Cancelled, SegVolError
-from . import batch, demo, evaluate, segment, serve
+from . import batch, campaign, demo, evaluate, segment, serve
 
-COMMANDS = (segment, evaluate, batch, demo, serve)
+COMMANDS = (segment, evaluate, batch, demo, serve, campaign)
 OUT_OF_MEMORY = "segvol: error: out of memory: use a machine with more memory or a smaller volume"
 
 

@@ -246,3 +246,18 @@ def discover_dataset(path: str) -> tuple[list[Case], list[tuple[str, int]]]:
         raise InputError(f"{path} holds no labelled case")
     found = [(None, str(image)) for image, _ in pairs]
     return with_unique_ids(found, [str(label) for _, label in pairs]), classes
+
+
+def read_dataset_json(folder: str | os.PathLike) -> tuple[dict, list[tuple[str, int]]]:
+    """A dataset folder's dataset.json and the classes it names ({} and none without the file)."""
+    path = Path(folder) / "dataset.json"
+    if not path.is_file():
+        return {}, []
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(description, dict):
+        raise InputError(f"{path} is not a dataset description (a JSON object)")
+    labels = description.get("labels")
+    return description, _classes_from_labels(labels, path) if isinstance(labels, dict) else []

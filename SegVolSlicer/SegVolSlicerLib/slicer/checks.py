@@ -586,6 +586,41 @@ def check_logic_end_to_end(logic, model):
     _check(logic.engine.kept_session(volume_id) is None, "the session of a removed volume was kept")
 
 
+def check_campaign(folder=None):
+    """A two-case campaign: each case opened, shown, edited by hand and accepted (its label and record), then done."""
+    from ..campaign.campaign import Campaign
+    from ..campaign.records import record_path
+    from ..imageio import read_segmentation
+    from . import campaign_scene
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        written = {}
+        for number, geometry in enumerate(geometries().values()):
+            node = make_volume(geometry, name=f"case{number}")
+            written[f"case{number}"] = slicer.util.arrayFromVolume(node).copy()
+            _check(slicer.util.saveNode(node, os.path.join(tmp, f"case{number}.nii.gz")), "saving a CT failed")
+            slicer.mrmlScene.RemoveNode(node)
+        campaign = Campaign.open(tmp, "self-test")
+        for expected in ("case0", "case1"):
+            case = campaign.next_case(order="id")
+            _check(case is not None and case.case.id == expected, f"next case: {case and case.case.id}, not {expected}")
+            loaded = case.load()
+            volume, segmentation = campaign_scene.show_case(slicer.mrmlScene, expected, loaded)
+            _check(np.array_equal(slicer.util.arrayFromVolume(volume), written[expected]), "the CT changed on loading")
+            mask = _blob(SHAPE_KJI, (2, 3, 4), (6, 9, 11))
+            segment_id = segmentation.GetSegmentation().AddEmptySegment("", "liver", [0.8, 0.5, 0.4])
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, volume)
+            case.note_hand_edit("liver")
+            label = case.accept(campaign_scene.read_segments(segmentation, volume), loaded.volume)
+            (accepted,) = read_segmentation(label, loaded.volume)
+            _check(np.array_equal(accepted.mask, mask) and accepted.name == "liver", "the accepted label differs")
+            _check(record_path(label).is_file(), "no record beside the accepted label")
+            campaign_scene.remove_nodes(segmentation, volume)
+        _check(campaign.next_case() is None, "a case was offered after both were accepted")
+        summary = Campaign.open(tmp, "self-test").progress().summary
+        _check(summary == "2 of 2 accepted", f"the reopened campaign says {summary!r}")
+
+
 BRIDGE_CHECKS = (
     check_volume_geometry,
     check_point_prompts,
@@ -597,6 +632,7 @@ BRIDGE_CHECKS = (
     check_overwrite_settings,
     check_surface_segmentations,
     check_seg_nrrd_roundtrip,
+    check_campaign,
 )
 LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
 ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)
