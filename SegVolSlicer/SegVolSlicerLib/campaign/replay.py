@@ -72,7 +72,7 @@ class ReplayJob(Job):
         record = read_json(record_path(case.label))
         if record is None:
             raise InputError(f"{case.id}: no record beside {case.label}")
-        volume = read_ct(case.image)
+        volume = read_ct(case.image, case.series, self.allow_gaps)
         accepted = {s.name: s.mask for s in read_label(case.label, volume, self.classes)}
         latest, warnings = replay_steps(
             host, VolumeInput(case.id, volume.array, volume.ijk_to_ras), record.get("steps", []), reporter, self.zoom_in

@@ -7,7 +7,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .options import add_model_options, add_ray, add_sampling, check_workers, job_parts, output_folder
+from .options import (
+    add_dicom_options,
+    add_model_options,
+    add_ray,
+    add_sampling,
+    check_workers,
+    job_parts,
+    output_folder,
+)
 from .progress import CaseBar, print_run
 
 DIR_HELP = (
@@ -56,6 +64,7 @@ def add_parser(subparsers) -> None:
     )
     replay.add_argument("dir", metavar="DIR", help=DIR_HELP)
     replay.add_argument("--output-dir", required=True, metavar="OUT", help="a new folder outside the campaign")
+    add_dicom_options(replay, series=False)
     add_model_options(replay)
     add_sampling(replay)
     add_ray(replay)
