@@ -15,8 +15,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import Cancelled, CheckpointError
-from .model.checkpoint import WEIGHT_FILES, find_weights
 
+# The weights files a folder may hold, in the order they are looked for, and the tokenizer files beside them.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "SegVol_v1.pth")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+WEIGHTS_HINT = (
+    "use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder (pytorch_model.bin)"
+)
 HUB_REPO = "BAAI/SegVol"
 HUB_URL = f"https://huggingface.co/{HUB_REPO}/resolve/main"
 DEMO_CT = "Case_image_00001_0000.nii.gz"
@@ -36,6 +41,21 @@ Progress = Callable[[str, int, int], None]
 
 def default_folder() -> Path:
     return Path(os.environ.get("SEGVOL_HOME") or Path.home() / ".cache" / "segvol" / "BAAI-SegVol").expanduser()
+
+
+def find_weights(source: Path) -> tuple[Path, Path | None]:
+    """(weights file, tokenizer folder or None) for a file or a snapshot folder (no torch: a refusal is quick)."""
+    if not source.exists():
+        raise CheckpointError(f"weights not found: {source} does not exist; {WEIGHTS_HINT}")
+    if source.is_file():
+        return source, None
+    for name in WEIGHT_FILES:
+        if (source / name).is_file():
+            has_tokenizer = any((source / t).is_file() for t in TOKENIZER_FILES)
+            return source / name, source if has_tokenizer else None
+    raise CheckpointError(
+        f"no SegVol weights in folder {source} (looked for {', '.join(WEIGHT_FILES)}); {WEIGHTS_HINT}"
+    )
 
 
 def _progress_bar(progress: Progress | None):

@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..engine import EngineHost, ModelChoice, SessionOptions
-    from ..model.checkpoint import find_weights
     from ..server import (
         ServerSettings,
         check_bind,
@@ -94,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn_config,
         weights_identity,
     )
+    from ..weights import find_weights
 
     key = api_key(args)
     check_bind(args.host, key)
