@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     folder = _snapshot_folder(args.source)
     ct_path = resolve_demo_ct(folder)  # first: offline, its message names every file to fetch
-    weights = resolve_weights(folder if args.source else None)
+    weights = resolve_weights(folder if args.source else None, demo=True)
     output_dir = Path(args.output_dir).expanduser()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

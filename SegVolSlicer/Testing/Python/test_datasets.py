@@ -160,11 +160,12 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
 
 
 def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
+    (tmp_path / "a file").write_text("")
     for argv, message in [
         (["batch", tmp_path / "missing", "--text", "liver", "--output-dir", tmp_path / "o"], "input not found"),
         (["batch", scans, "--text", " ", "--output-dir", tmp_path / "o"], "at least one --text"),
         (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--workers", "2"], "--ray"),
-        (["batch", scans, "--text", "liver", "--output-dir", scans / "case 0.nii.gz"], "is a file"),
+        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "a file"], "is a file"),
         # checked before Ray starts: one error, not one per actor
         (
             [
