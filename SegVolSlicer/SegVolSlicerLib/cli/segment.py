@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..clinical.outputs import write_outputs
     from ..engine import VolumeInput
-    from ..imageio import is_segmentation_path, read_ct, read_segmentation
-    from ..prompts import Target
+    from ..imageio import is_segmentation_path, read_ct, read_label_volume, read_segmentation
+    from ..prompts import Box, Target
     from ..volume_checks import labelmap_warning
 
     volume = read_ct(args.image)
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     warn([not_ct] if not_ct else [])
     if args.from_mask:
         points = _clicks(args, volume)
+        mask = read_label_volume(args.from_mask, volume)
         names = [args.name]
     else:
         targets = _targets(args, volume)
@@ -143,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
     with ProgressBars(names) as bars, contextlib.closing(host):
         where = VolumeInput(args.image, volume.array, volume.ijk_to_ras)
         if args.from_mask:
-            results = [_refine_mask(host, where, volume, args.from_mask, args.name, points, bars)]
+            results = [_refine_mask(host, where, mask, args.name, points, bars)]
             # prompted by the mask's box and points: a DICOM SEG says SEMIAUTOMATIC
-            targets = [Target(args.name, result.text, points, result.basis.mask_box) for result in results]
+            targets = [Target(args.name, result.text, points, Box.around_mask(mask)) for result in results]
         else:
             results = host.segment(where, targets, zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:
@@ -267,16 +268,18 @@ def _check_from_mask_args(args) -> None:
         )
 
 
-def _refine_mask(host, where, volume, mask_path, name, points, reporter):
+def _refine_mask(host, where, mask, name, points, reporter):
     """The mask's segment from its evaluation-protocol prompts, then corrected around the clicks (if any)."""
-    from ..imageio import read_label_volume
+    from ..engine import TargetJob
     from ..prompts import Target
 
-    result = host.segment_from_mask(where, name, read_label_volume(mask_path, volume), reporter)
+    job = TargetJob(Target(name, text=name), result_key=name)  # the engine keeps it for the clicks
+    result = host.segment_from_mask(where, job, mask, reporter)
     if points is None:
         return result
-    # The mask's box stands for the box the user did not draw, so the clicks correct locally.
-    return host.refine(where, result, Target(name, result.text, points, result.basis.mask_box), reporter)
+    # No box of their own: the clicks correct locally within the mask's box, which the engine keeps.
+    clicks = TargetJob(Target(name, result.text, points), result_key=name, correct=True)
+    return host.segment(where, [clicks], reporter=reporter)[0]
 
 
 def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
