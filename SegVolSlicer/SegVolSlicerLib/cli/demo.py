@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from .options import add_device
 from .progress import ProgressBars, warn
@@ -41,6 +39,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..engine import EngineHost, ModelChoice, VolumeInput
     from ..imageio import Segment, read_volume, write_segmentation
     from ..preview import write_preview_png

@@ -7,8 +7,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from ..files import refuse_overwriting_inputs
 from .options import (
@@ -88,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.image, args.label]
     refuse_overwriting_inputs([("--output-dir", output_dir), ("--output-dir", output_dir / "metrics.csv")], inputs)
     check_checkpoint(args)
+
+    import numpy as np
 
     from ..engine import VolumeInput
     from ..evaluation import evaluate_case, mask_file_name

@@ -8,8 +8,6 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from .options import (
     add_model_options,
@@ -122,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     stats = Path(args.stats) if args.stats else None
     _check_before_reading(args, output, stats)
 
+    import numpy as np
+
     from ..clinical.outputs import write_outputs
     from ..engine import VolumeInput
     from ..imageio import is_segmentation_path, read_ct, read_label_volume, read_segmentation
@@ -170,34 +170,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_before_reading(args, output: Path, stats: Path | None) -> None:
-    """What the arguments alone can tell, at once: the input is there, every output can be written and spares
-    the inputs, the extras the outputs need are installed, the weights file exists."""
-    from ..clinical.dicom_seg import is_dicom_seg_path
-    from ..clinical.outputs import check_output_request, probability_map_path
-    from ..clinical.statistics import check_statistics_path
+    """What the arguments alone can tell, at once (the first checks import nothing heavy): the input and the
+    weights file are there, every output can be written and spares the inputs, the extras the outputs need
+    are installed."""
     from ..files import refuse_overwriting_inputs
 
     check_input(args.image)
     check_output_file(output)
-    if stats is not None:
-        check_statistics_path(stats)
-        check_writable(stats, "--stats")
     if args.from_mask:
         _check_from_mask_args(args)
-    outputs = {"-o": output, "--stats": stats}
-    if args.probabilities and not is_dicom_seg_path(output):
-        outputs["--probabilities"] = probability_map_path(output)
+    if stats is not None:
+        check_writable(stats, "--stats")
+    check_checkpoint(args)
     inputs = (args.image, args.points, args.negative_points, args.roi, args.from_mask, args.checkpoint)
-    refuse_overwriting_inputs(outputs.items(), inputs)
+    refuse_overwriting_inputs([("-o", output), ("--stats", stats)], inputs)
+
+    from ..clinical.dicom_seg import is_dicom_seg_path
+    from ..clinical.outputs import check_output_request, probability_map_path
+    from ..clinical.statistics import check_statistics_path
+
+    if stats is not None:
+        check_statistics_path(stats)
+    if args.probabilities and not is_dicom_seg_path(output):
+        refuse_overwriting_inputs([("--probabilities", probability_map_path(output))], inputs)
     check_output_request(output, args.image, args.probabilities, bool(args.server))
     if is_dicom_seg_path(output):
         require_extra("dicom", f"-o {output} (a DICOM SEG)")
     if args.server:
         require_extra("client", "--server")
-    check_checkpoint(args)
 
 
 def _clicks(args, volume):
+    import numpy as np
+
     from ..imageio import points_from_files
     from ..prompts import Points
 
@@ -217,6 +222,8 @@ def _clicks(args, volume):
 
 def _targets(args, volume):
     """The run's targets; says before the model runs what of the prompts it will not use as given."""
+    import numpy as np
+
     from ..imageio import read_roi_corners
     from ..prompts import NEGATIVE, Box, plan_targets
 
@@ -282,7 +289,9 @@ def _refine_mask(host, where, mask, name, points, reporter):
     return host.segment(where, [clicks], reporter=reporter)[0]
 
 
-def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
+def _volume_ml(mask, ijk_to_ras) -> float:
+    import numpy as np
+
     return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
 
 
