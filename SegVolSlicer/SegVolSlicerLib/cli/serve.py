@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..errors import InputError
-from .options import CHECKPOINT_HELP, api_key, device_choice
+from .options import CHECKPOINT_HELP, api_key, device_choice, require_extra
 from .progress import ProgressBars
 
 
@@ -81,6 +81,7 @@ def _serve_device(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("server", "segvol serve")
     import uvicorn
 
     from ..engine import EngineHost, ModelChoice, SessionOptions

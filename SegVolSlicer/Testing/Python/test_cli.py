@@ -566,6 +566,16 @@ def test_an_output_onto_an_input_is_refused_and_the_input_is_unchanged(
     assert not (tmp_path / "out.seg.nrrd").exists()
 
 
+def test_an_evaluation_folder_inside_the_input_dicom_folder_is_refused(ct, tmp_path, capsys, model_must_not_run):
+    series = write_dicom_series(tmp_path / "series", ct)
+    labels = write_array(tmp_path / "labels.nii.gz", ct.labels)
+    before = bytes_of(sorted(series.iterdir()))
+    argv = ["evaluate", "--image", series, "--label", labels, "--class", "liver=1", "--output-dir", series / "eval"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "inside the input folder" in err, err
+    assert bytes_of(sorted(series.iterdir())) == before
+
+
 def test_a_missing_extra_is_named_before_the_model_runs(ct, tmp_path, capsys, monkeypatch, model_must_not_run):
     """Guards: `-o x.dcm` on the Quick-start install (no [dicom] extra) running the model and then crashing
     with a ModuleNotFoundError traceback, leaving the --stats file behind."""
