@@ -51,3 +51,42 @@ def file_sha256(path: str | os.PathLike) -> str:
         while block := file.read(1 << 24):
             digest.update(block)
     return digest.hexdigest()
+
+
+def refuse_overwriting_inputs(outputs: Iterable[tuple[str, str | os.PathLike | None]], inputs: Iterable) -> None:
+    """Inputs are read-only: an InputError when an output, given as (what the user calls it, e.g. "-o", path),
+    is an input file, would replace one, or lies inside an input folder (a DICOM series). Symbolic links are
+    followed: a link to the CT is the CT."""
+    sources = [(given, Path(given).expanduser().resolve()) for given in inputs if given]
+    for what, output in outputs:
+        if not output:
+            continue
+        target = Path(output).expanduser().resolve()
+        for given, source in sources:
+            if target == source or (target.exists() and source.exists() and os.path.samefile(target, source)):
+                raise InputError(
+                    f"{what} {output} is the input {given}: inputs are never overwritten; write to another name"
+                )
+            if source.is_dir() and target.is_relative_to(source):
+                raise InputError(
+                    f"{what} {output} lies inside the input folder {given}: inputs are never written into; "
+                    "write outside it"
+                )
+
+
+@contextmanager
+def staged_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths beside each of `paths` (same name endings); every one is moved onto its path only
+    when the block succeeds, in the order given, so a failure leaves none of them (the last one moved is
+    the one whose presence says that all are written)."""
+    finals = [Path(path).expanduser() for path in paths]
+    temporaries = [path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}") for path in finals]
+    try:
+        yield temporaries
+        for temporary, final in zip(temporaries, finals):
+            os.replace(temporary, final)
+    except OSError as error:
+        raise InputError(f"cannot write {error.filename or ''}: {error.strerror or error}") from None
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)

@@ -144,11 +144,21 @@ def _is_stroke(markup: dict) -> bool:
     return str(markup.get("type", "")).lower() in ("curve", "opencurve")
 
 
+def _check_clicks_markup(markup: dict, path) -> None:
+    """Clicks come from point lists and open curves only: an ROI's centre or a line's ends are no clicks."""
+    kind = str(markup.get("type", "Fiducial"))
+    if kind.lower() in ("fiducial", "curve", "opencurve"):
+        return
+    hint = "it is a box: give it as --roi" if kind.upper() == "ROI" else "save the clicks as a point list"
+    raise InputError(f"{path} holds a {kind} markup, not points or an open curve: {hint}")
+
+
 def read_clicks(path: str | os.PathLike, ijk_to_ras, force_label: int | None = None) -> Points:
     """The clicks of a markups file: point lists' control points, and strokes (open curves) sampled along
     their length (Points.along_curve); a stroke is negative when its first point's description says so."""
     parts = []
     for markup in _read_markups(path):
+        _check_clicks_markup(markup, path)
         ras, labels = _placed_points(markup, path, force_label)
         if ras and _is_stroke(markup):
             parts.append(Points.along_curve(ras, labels[0], ijk_to_ras))

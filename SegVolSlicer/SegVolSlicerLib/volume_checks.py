@@ -26,3 +26,28 @@ def check_volume(volume: np.ndarray) -> np.ndarray:
     if volume.min() == volume.max():  # ForegroundNormalization would find no voxel above the mean
         raise InputError("the image is constant (every voxel has the same value): nothing to segment")
     return volume
+
+
+# A CT spans air (about -1000 HU) to bone in thousands of distinct values; a label map holds a few small
+# non-negative integers. Judged on a strided sample (about a million voxels): a large CT is 100 M voxels.
+_LABELMAP_MAX_VALUES = 256
+_SAMPLE_VOXELS = 1 << 20
+
+
+def labelmap_warning(volume: np.ndarray) -> str | None:
+    """A warning when the volume looks like a label map rather than a CT (integer values, few distinct ones,
+    none negative: no HU range), else None."""
+    volume = np.asarray(volume)
+    step = max(1, round((volume.size / _SAMPLE_VOXELS) ** (1 / 3)))
+    sample = volume[::step, ::step, ::step]
+    if sample.min() < 0 or (np.issubdtype(sample.dtype, np.floating) and not np.array_equal(sample, np.rint(sample))):
+        return None
+    values = np.unique(sample)
+    if len(values) > _LABELMAP_MAX_VALUES:
+        return None
+    shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    return (
+        f"the image looks like a label map, not a CT: {len(values)} distinct integer values ({shown}), none "
+        "negative (a CT has air near -1000 HU); SegVol expects the CT itself, and its statistics report "
+        "intensities, not HU"
+    )

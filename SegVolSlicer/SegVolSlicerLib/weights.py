@@ -15,8 +15,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import Cancelled, CheckpointError
-from .model.checkpoint import WEIGHT_FILES, find_weights
 
+# The weights files a folder may hold, in the order they are looked for, and the tokenizer files beside them.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "SegVol_v1.pth")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+WEIGHTS_HINT = (
+    "use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder (pytorch_model.bin)"
+)
 HUB_REPO = "BAAI/SegVol"
 HUB_URL = f"https://huggingface.co/{HUB_REPO}/resolve/main"
 DEMO_CT = "Case_image_00001_0000.nii.gz"
@@ -38,6 +43,21 @@ def default_folder() -> Path:
     return Path(os.environ.get("SEGVOL_HOME") or Path.home() / ".cache" / "segvol" / "BAAI-SegVol").expanduser()
 
 
+def find_weights(source: Path) -> tuple[Path, Path | None]:
+    """(weights file, tokenizer folder or None) for a file or a snapshot folder (no torch: a refusal is quick)."""
+    if not source.exists():
+        raise CheckpointError(f"weights not found: {source} does not exist; {WEIGHTS_HINT}")
+    if source.is_file():
+        return source, None
+    for name in WEIGHT_FILES:
+        if (source / name).is_file():
+            has_tokenizer = any((source / t).is_file() for t in TOKENIZER_FILES)
+            return source / name, source if has_tokenizer else None
+    raise CheckpointError(
+        f"no SegVol weights in folder {source} (looked for {', '.join(WEIGHT_FILES)}); {WEIGHTS_HINT}"
+    )
+
+
 def _progress_bar(progress: Progress | None):
     """A tqdm class reporting byte progress to `progress` ("download", done, total), or None for tqdm's own."""
     if progress is None:
@@ -55,16 +75,21 @@ def _progress_bar(progress: Progress | None):
     return _Reporting
 
 
-def _offline_help(folder: Path, reason: str, demo_ct: bool = False) -> CheckpointError:
-    """What to fetch by hand when the hub cannot be used (the weights, and the demo CT if that was asked for)."""
+def _offline_help(folder: Path, reason: str, demo_ct: bool = False, demo: bool = False) -> CheckpointError:
+    """What to fetch by hand when the hub cannot be used (the weights, and the demo CT if that was asked for);
+    `demo`: for `segvol demo`, whose local folder is --source (it has no checkpoint option)."""
     what = "the demo CT" if demo_ct else "the SegVol weights"
     files = [f"{HUB_URL}/pytorch_model.bin (724 MB)", f"{HUB_URL}/config.json"] + (
         [f"{HUB_URL}/{DEMO_CT}"] if demo_ct else []
     )
+    instead = (
+        "or give a folder holding them as segvol demo --source FOLDER"
+        if demo or demo_ct
+        else "or give a local SegVol_v1.pth or snapshot folder as the checkpoint"
+    )
     return CheckpointError(
         f"cannot download {what} from the Hugging Face hub ({HUB_REPO}): {reason}. Download "
-        f"{', '.join(files[:-1])} and {files[-1]} into {folder}, or give a local SegVol_v1.pth or snapshot folder "
-        "as the checkpoint."
+        f"{', '.join(files[:-1])} and {files[-1]} into {folder}, {instead}."
     )
 
 
@@ -87,16 +112,16 @@ def _why_interrupted(error: Exception) -> str:
     return "the download broke off" + (f" ({detail[0].rstrip('.')})" if detail else "")
 
 
-def _check_hub(folder: Path, demo_ct: bool = False) -> None:
+def _check_hub(folder: Path, demo_ct: bool = False, demo: bool = False) -> None:
     """One quick request before downloading: offline, the hub's client would retry for half a minute."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
 
     if constants.HF_HUB_OFFLINE:
-        raise _offline_help(folder, "HF_HUB_OFFLINE is set, so nothing is downloaded", demo_ct)
+        raise _offline_help(folder, "HF_HUB_OFFLINE is set, so nothing is downloaded", demo_ct, demo)
     try:
         get_hf_file_metadata(hf_hub_url(HUB_REPO, "config.json"), timeout=10)
     except Exception as error:  # connection, timeout, HTTP errors: each is a reason to download by hand
-        raise _offline_help(folder, _why_unreachable(error), demo_ct) from None
+        raise _offline_help(folder, _why_unreachable(error), demo_ct, demo) from None
 
 
 def _has_weights(folder: Path) -> bool:
@@ -128,10 +153,11 @@ def resolve_weights(
     source: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    demo: bool = False,
 ) -> Path:
     """A validated weights path: `source` (SegVol_v1.pth, a snapshot folder, pytorch_model.bin, .safetensors)
     or, if None, the `BAAI/SegVol` snapshot folder in `cache_dir` (default `default_folder()`), downloaded
-    when missing."""
+    when missing. `demo`: the messages speak to `segvol demo`."""
     if source is not None:
         path = Path(source).expanduser()
         weights_file, _ = find_weights(path)  # raises CheckpointError naming what is wrong
@@ -142,7 +168,7 @@ def resolve_weights(
         return folder
     from huggingface_hub import snapshot_download
 
-    _check_hub(folder)
+    _check_hub(folder, demo=demo)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         snapshot_download(
@@ -151,7 +177,7 @@ def resolve_weights(
     except Cancelled:  # the partial file stays: the next download resumes from it
         raise
     except Exception as error:  # HTTP errors, or the hub's HTTP client failing mid-download
-        raise _offline_help(folder, _why_interrupted(error)) from None
+        raise _offline_help(folder, _why_interrupted(error), demo=demo) from None
     if not _has_weights(folder):
         raise CheckpointError(
             f"the {HUB_REPO} snapshot downloaded into {folder} has no weights file "

@@ -4,6 +4,7 @@ on Ray; a rerun skips the cases done for the same job."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import InputError
 from .options import (
@@ -11,9 +12,11 @@ from .options import (
     add_model_options,
     add_ray,
     add_sampling,
+    check_run_preconditions,
     check_workers,
     job_parts,
     output_folder,
+    require_extra,
 )
 from .progress import CaseBar, print_run
 
@@ -61,19 +64,29 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets.cases import discover_cases
-    from ..datasets.jobs import SegmentJob
-    from ..datasets.runner import run_cases
-
     check_workers(args)
     texts = tuple(text for text in args.text if text.strip())
     if not texts:
         raise InputError("give at least one --text NAME to segment")
-    output_dir = output_folder(args)
+    check_run_preconditions(args, args.inputs)
+    if args.output_format == "dicom-seg":
+        require_extra("dicom", "--output-format dicom-seg")
+
+    from ..datasets.cases import discover_cases
+    from ..datasets.jobs import SegmentJob
+    from ..datasets.runner import run_cases
+
     cases = discover_cases(args.inputs)
     if not cases:
         raise InputError("no case to segment in the inputs given")
-    job = SegmentJob(**job_parts(args), output_dir=str(output_dir), texts=texts, output_format=args.output_format)
+    job = SegmentJob(
+        **job_parts(args),
+        output_dir=str(Path(args.output_dir).expanduser()),
+        texts=texts,
+        output_format=args.output_format,
+    )
+    job.check_inputs_spared(cases, args.inputs)
+    output_dir = output_folder(args)
     with CaseBar() as bar:
         summary = run_cases(job, cases, args.ray, args.workers, redo=args.redo, reporter=bar)
     job.combine_statistics(cases, summary.statuses)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from .options import add_device
 from .progress import ProgressBars, warn
@@ -41,7 +39,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..engine import EngineHost, ModelChoice, VolumeInput
+    from ..files import staged_outputs
     from ..imageio import Segment, read_volume, write_segmentation
     from ..preview import write_preview_png
     from ..prompts import Target
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     folder = _snapshot_folder(args.source)
     ct_path = resolve_demo_ct(folder)  # first: offline, its message names every file to fetch
-    weights = resolve_weights(folder if args.source else None)
+    weights = resolve_weights(folder if args.source else None, demo=True)
     output_dir = Path(args.output_dir).expanduser()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -70,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         warn(result.warnings)
         print(f"{result.name}: {np.count_nonzero(result.mask)} voxels")
         segments.append(Segment.for_target(result.name, result.text, result.mask))
-    write_segmentation(seg_path, segments, volume.reference)
-    write_preview_png(png_path, volume.array, volume.ijk_to_ras, segments)
+    with staged_outputs([png_path, seg_path]) as (png_staged, seg_staged):  # both or neither
+        write_preview_png(png_staged, volume.array, volume.ijk_to_ras, segments)
+        write_segmentation(seg_staged, segments, volume.reference)
     print(f"wrote {seg_path} (open it in 3D Slicer together with {ct_path})")
     print(f"wrote {png_path}")
     return 0

@@ -7,15 +7,17 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
+from ..files import refuse_overwriting_inputs
 from .options import (
     add_dicom_options,
     add_model_options,
     add_ray,
     add_sampling,
+    check_checkpoint,
+    check_input,
     check_output_file,
+    check_run_preconditions,
     check_workers,
     engine_for,
     job_parts,
@@ -68,10 +70,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import VolumeInput
-    from ..evaluation import PromptMode, evaluate_case, mask_file_name
-    from ..imageio import read_ct, read_label_volume
-
     if args.dataset:
         return _evaluate_dataset(args)
     if not args.image or not args.label or not args.classes:
@@ -80,12 +78,26 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--ray, --workers and --redo run a whole --dataset: one case runs here")
     if len(args.prompt or []) > 1:
         raise InputError("give one --prompt for a single case (several with --dataset)")
-    args.prompt = (args.prompt or ["text+box"])[0]
-    PromptMode.parse(args.prompt)
+    prompt = (args.prompt or ["text+box"])[0]
     classes = parse_classes(args.classes)
     output_dir = Path(args.output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file, not a folder")
+    check_input(args.image)
+    check_input(args.label, "label map")
+    inputs = [args.image, args.label]
+    refuse_overwriting_inputs([("--output-dir", output_dir), ("--output-dir", output_dir / "metrics.csv")], inputs)
+    check_checkpoint(args)
+
+    import numpy as np
+
+    from ..engine import VolumeInput
+    from ..evaluation import evaluate_case, mask_file_name
+    from ..imageio import read_ct, read_label_volume
+
+    masks = [output_dir / mask_file_name(name) for name, _ in classes]
+    refuse_overwriting_inputs([("--output-dir", mask) for mask in masks], inputs)
+
     volume = read_ct(args.image, args.series, args.allow_gaps)
     warn(volume.warnings)
     labels = read_label_volume(args.label, volume)
@@ -100,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create --output-dir {output_dir}: {error.strerror}") from None
-    for name, _ in classes:
-        check_output_file(output_dir / mask_file_name(name))
+    for mask in masks:
+        check_output_file(mask)
     with ProgressBars([name for name, _ in classes]) as bars:
         results = evaluate_case(
             engine_for(args),
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             volume.reference,
             labels,
             classes,
-            args.prompt,
+            prompt,
             output_dir,
             zoom_in=not args.no_zoom_in,
             reporter=bars,
@@ -140,20 +152,21 @@ def _evaluate_dataset(args) -> int:
     from ..datasets.jobs import EvaluateJob
     from ..datasets.runner import run_cases
     from ..datasets.tables import write_dataset_tables
-    from ..evaluation import PromptMode
 
     check_workers(args)
     if args.image or args.label:
         raise InputError("give either --dataset or --image/--label, not both")
     prompts = tuple(dict.fromkeys(args.prompt or ["text+box"]))
-    for prompt in prompts:
-        PromptMode.parse(prompt)
+    check_run_preconditions(args, [args.dataset])
     cases, dataset_classes = discover_dataset(args.dataset)
     classes = parse_classes(args.classes) if args.classes else dataset_classes
     if not classes:
         raise InputError(f"{args.dataset} names no classes (no dataset.json 'labels'): give --class NAME=VALUE")
+    job = EvaluateJob(
+        **job_parts(args), output_dir=str(Path(args.output_dir).expanduser()), classes=tuple(classes), prompts=prompts
+    )
+    job.check_inputs_spared(cases, [args.dataset])
     output_dir = output_folder(args)
-    job = EvaluateJob(**job_parts(args), output_dir=str(output_dir), classes=tuple(classes), prompts=prompts)
     with CaseBar() as bar:
         summary = run_cases(job, cases, args.ray, args.workers, redo=args.redo, reporter=bar)
     for row in write_dataset_tables(job, cases, summary.statuses):

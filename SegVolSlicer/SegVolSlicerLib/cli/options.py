@@ -4,8 +4,10 @@ the server's API key, and the checks of output paths, all made before any model 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import runtime
@@ -16,6 +18,15 @@ CHECKPOINT_HELP = (
     "SegVol weights: SegVol_v1.pth, a BAAI/SegVol snapshot folder, pytorch_model.bin or .safetensors "
     "(default: download the BAAI/SegVol snapshot from the Hugging Face hub, cached)"
 )
+
+
+# The optional packages each extra installs (pyproject's [project.optional-dependencies]).
+EXTRAS = {
+    "dicom": ("pydicom", "highdicom"),
+    "client": ("httpx", "blosc2"),
+    "server": ("fastapi", "uvicorn", "httpx", "blosc2"),
+    "ray": ("ray",),
+}
 
 
 # --- option groups ---
@@ -168,6 +179,36 @@ def api_key(args) -> str | None:
     return key
 
 
+def require_extra(extra: str, needed_for: str) -> None:
+    """One line naming the pip install to run when a package of `extra` is missing (found without importing)."""
+    missing = [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(
+            f"{needed_for} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"installed: pip install 'SegVolSlicer[{extra}]'"
+        )
+
+
+def check_checkpoint(args) -> None:
+    """A --checkpoint given exists and is plainly weights, checked at once (no torch imported; the model
+    loads after the volume is read)."""
+    if getattr(args, "checkpoint", None) and not getattr(args, "server", None):
+        from ..weights import resolve_weights
+
+        resolve_weights(args.checkpoint)
+
+
+def check_run_preconditions(args, inputs: Sequence[str]) -> None:
+    """What a dataset run (batch, evaluate --dataset) can check before it reads a case: the output folder is
+    no input and lies in none, Ray is installed for --ray, the weights file exists."""
+    from ..files import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([("--output-dir", args.output_dir)], inputs)
+    if args.ray:
+        require_extra("ray", "--ray")
+    check_checkpoint(args)
+
+
 def check_workers(args) -> None:
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -178,6 +219,12 @@ def check_workers(args) -> None:
 # --- output checks ---
 
 
+def check_input(path: str, what: str = "image") -> None:
+    """An input file or folder exists (said before anything heavy is imported)."""
+    if not Path(path).expanduser().exists():
+        raise InputError(f"{what} not found: {Path(path).expanduser()}")
+
+
 def check_output_file(path: Path) -> None:
     """A segmentation output we can write: a known ending, not a folder, in a writable folder."""
     if not str(path).lower().endswith(SEGMENTATION_ENDINGS):
@@ -185,19 +232,24 @@ def check_output_file(path: Path) -> None:
             f"unsupported output {path}: name it *.seg.nrrd (Slicer segmentation), *.nii.gz (labelmap) or "
             "*.dcm (DICOM SEG, for a DICOM series input)"
         )
+    check_writable(path, "cannot write")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """`path` can be written: not a folder, in an existing writable folder. `what` begins the message."""
     path = path.expanduser()
     if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a folder; give a file name ending in .seg.nrrd or .nii.gz")
+        raise InputError(f"{what} {path}: it is a folder; give a file name")
     if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise InputError(f"{what} {path}: folder {path.parent} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"cannot write {path}: permission denied")
+        raise InputError(f"{what} {path}: permission denied")
     # A real write, not os.access (which says yes to root, and knows nothing of read-only mounts): checked
     # before the model runs, so a long run never ends in an unwritable output.
     try:
         tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as error:
-        raise InputError(f"cannot write into {path.parent}: {error.strerror}") from None
+        raise InputError(f"{what} {path}: cannot write into {path.parent} ({error.strerror})") from None
 
 
 def output_folder(args) -> Path:

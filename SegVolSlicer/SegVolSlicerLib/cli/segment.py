@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
-from .options import add_dicom_options, add_model_options, add_sampling, check_output_file, engine_for
+from .options import (
+    add_dicom_options,
+    add_model_options,
+    add_sampling,
+    check_checkpoint,
+    check_input,
+    check_output_file,
+    check_writable,
+    engine_for,
+    require_extra,
+)
 from .progress import ProgressBars, warn
 
 
@@ -109,23 +118,24 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..clinical.outputs import check_output_request, write_outputs
-    from ..clinical.statistics import check_statistics_path
-    from ..engine import VolumeInput
-    from ..imageio import is_segmentation_path, read_ct, read_segmentation
-    from ..prompts import Target
-
     output = Path(args.output)
-    check_output_file(output)
-    check_output_request(output, args.image, args.probabilities, bool(args.server))
     stats = Path(args.stats) if args.stats else None
-    if stats is not None:
-        check_statistics_path(stats)
+    _check_before_reading(args, output, stats)
+
+    import numpy as np
+
+    from ..clinical.outputs import write_outputs
+    from ..engine import VolumeInput
+    from ..imageio import is_segmentation_path, read_ct, read_label_volume, read_segmentation
+    from ..prompts import Box, Target
+    from ..volume_checks import labelmap_warning
+
     volume = read_ct(args.image, args.series, args.allow_gaps)
-    warn(volume.warnings)
+    not_ct = labelmap_warning(volume.array)
+    warn([*volume.warnings, *([not_ct] if not_ct else [])])
     if args.from_mask:
-        _check_from_mask_args(args)
         points = _clicks(args, volume)
+        mask = read_label_volume(args.from_mask, volume)
         names = [args.name]
     else:
         targets = _targets(args, volume)
@@ -136,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     with ProgressBars(names) as bars, contextlib.closing(host):
         where = VolumeInput(args.image, volume.array, volume.ijk_to_ras)
         if args.from_mask:
-            results = [_refine_mask(host, where, volume, args.from_mask, args.name, points, bars)]
+            results = [_refine_mask(host, where, mask, args.name, points, bars)]
             # prompted by the mask's box and points: a DICOM SEG says SEMIAUTOMATIC
-            targets = [Target(args.name, result.text, points, result.basis.mask_box) for result in results]
+            targets = [Target(args.name, result.text, points, Box.around_mask(mask)) for result in results]
         else:
             results = host.segment(where, targets, zoom_in=not args.no_zoom_in, reporter=bars)
     for result in results:
@@ -151,14 +161,50 @@ def run(args: argparse.Namespace) -> int:
         )
     kept = [s.name for s in existing if s.name not in {result.name for result in results}]
     weights = None if args.server else args.checkpoint
-    warn(write_outputs(output, results, volume, args.image, targets, weights, existing, args.probabilities, stats))
+    unit = "intensity" if not_ct else "HU"
+    warn(
+        write_outputs(output, results, volume, args.image, targets, weights, existing, args.probabilities, stats, unit)
+    )
     print(f"wrote {output}" + (f" (kept its other segments: {', '.join(kept)})" if kept else ""))
     if stats is not None:
         print(f"wrote {stats}")
     return 0
 
 
+def _check_before_reading(args, output: Path, stats: Path | None) -> None:
+    """What the arguments alone can tell, at once (the first checks import nothing heavy): the input and the
+    weights file are there, every output can be written and spares the inputs, the extras the outputs need
+    are installed."""
+    from ..files import refuse_overwriting_inputs
+
+    check_input(args.image)
+    check_output_file(output)
+    if args.from_mask:
+        _check_from_mask_args(args)
+    if stats is not None:
+        check_writable(stats, "--stats")
+    check_checkpoint(args)
+    inputs = (args.image, args.points, args.negative_points, args.roi, args.from_mask, args.checkpoint)
+    refuse_overwriting_inputs([("-o", output), ("--stats", stats)], inputs)
+
+    from ..clinical.dicom_seg import is_dicom_seg_path
+    from ..clinical.outputs import check_output_request, probability_map_path
+    from ..clinical.statistics import check_statistics_path
+
+    if stats is not None:
+        check_statistics_path(stats)
+    if args.probabilities and not is_dicom_seg_path(output):
+        refuse_overwriting_inputs([("--probabilities", probability_map_path(output))], inputs)
+    check_output_request(output, args.image, args.probabilities, bool(args.server))
+    if is_dicom_seg_path(output):
+        require_extra("dicom", f"-o {output} (a DICOM SEG)")
+    if args.server:
+        require_extra("client", "--server")
+
+
 def _clicks(args, volume):
+    import numpy as np
+
     from ..imageio import points_from_files
     from ..prompts import Points
 
@@ -177,8 +223,11 @@ def _clicks(args, volume):
 
 
 def _targets(args, volume):
+    """The run's targets; says before the model runs what of the prompts it will not use as given."""
+    import numpy as np
+
     from ..imageio import read_roi_corners
-    from ..prompts import Box, plan_targets
+    from ..prompts import NEGATIVE, Box, plan_targets
 
     points = _clicks(args, volume)
     box = None
@@ -189,8 +238,33 @@ def _targets(args, volume):
             raise InputError("give the box either as --box-ijk or as --roi, not both")
         box = Box.from_ras_corners(read_roi_corners(args.roi), volume.ijk_to_ras)
     if box is not None:
-        box = box.clipped(volume.shape)
-    return plan_targets(args.text or [], points, box, unnamed="SegVol 1", name=args.name)
+        inside = box.clipped(volume.shape)
+        if inside != box:
+            warn([f"the box {_ijk(box.ijk_min)} .. {_ijk(box.ijk_max)} reaches out of the volume: clipped to "
+                  f"{_ijk(inside.ijk_min)} .. {_ijk(inside.ijk_max)}"])  # fmt: skip
+        box = inside
+    texts = [text for text in args.text or [] if text.strip()]
+    if args.name and points is None and box is None:
+        if len(texts) != 1:
+            raise InputError("--name names one segment: give it with one --text (or with points or a box)")
+        return [dataclasses.replace(plan_targets(texts, None, None, unnamed="SegVol 1")[0], name=args.name)]
+    if points is not None and not args.no_zoom_in and np.any(points.labels == NEGATIVE):
+        warn([NEGATIVE_CLICKS_IN_ZOOM_IN])
+    return plan_targets(texts, points, box, unnamed="SegVol 1", name=args.name)
+
+
+# The official zoom-in prompts its windows with clicks drawn from the zoom-out mask (spec: negative clicks are
+# dropped for zoom-in), and its windows replace the zoom-out result inside the region they cover.
+NEGATIVE_CLICKS_IN_ZOOM_IN = (
+    "negative clicks act only on SegVol's coarse zoom-out pass: the official zoom-in, which makes the mask "
+    "inside the organ's region, never sees them, so they rarely change the result. To remove what they mark, "
+    "correct the result: segvol segment IMAGE --from-mask RESULT --name NAME --negative-points FILE (or the "
+    "Slicer module's corrections); with --no-zoom-in they shape the coarse mask"
+)
+
+
+def _ijk(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _check_from_mask_args(args) -> None:
@@ -203,22 +277,23 @@ def _check_from_mask_args(args) -> None:
         )
 
 
-def _refine_mask(host, where, volume, mask_path, name, points, reporter):
+def _refine_mask(host, where, mask, name, points, reporter):
     """The mask's segment from its evaluation-protocol prompts, then corrected around the clicks (if any)."""
     from ..engine import TargetJob
-    from ..imageio import read_label_volume
     from ..prompts import Target
 
     job = TargetJob(Target(name, text=name), result_key=name)  # the engine keeps it for the clicks
-    result = host.segment_from_mask(where, job, read_label_volume(mask_path, volume), reporter)
+    result = host.segment_from_mask(where, job, mask, reporter)
     if points is None:
         return result
-    # The mask's box stands for the box the user did not draw, so the clicks correct locally.
-    clicks = TargetJob(Target(name, result.text, points, result.basis.mask_box), name, correct=True)
+    # No box of their own: the clicks correct locally within the mask's box, which the engine keeps.
+    clicks = TargetJob(Target(name, result.text, points), result_key=name, correct=True)
     return host.segment(where, [clicks], reporter=reporter)[0]
 
 
-def _volume_ml(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
+def _volume_ml(mask, ijk_to_ras) -> float:
+    import numpy as np
+
     return float(np.count_nonzero(mask) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0)
 
 

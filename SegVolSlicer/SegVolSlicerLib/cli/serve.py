@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..errors import InputError
-from .options import CHECKPOINT_HELP, api_key, device_choice
+from .options import CHECKPOINT_HELP, api_key, device_choice, require_extra
 from .progress import ProgressBars
 
 
@@ -81,10 +81,10 @@ def _serve_device(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("server", "segvol serve")
     import uvicorn
 
     from ..engine import EngineHost, ModelChoice, SessionOptions
-    from ..model.checkpoint import find_weights
     from ..server import (
         ServerSettings,
         check_bind,
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn_config,
         weights_identity,
     )
+    from ..weights import find_weights
 
     key = api_key(args)
     check_bind(args.host, key)

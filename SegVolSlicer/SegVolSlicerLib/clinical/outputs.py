@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import staged_outputs
 from ..imageio import Segment, merge_segments, write_image_on, write_segmentation
 from .confidence import result_confidence
 from .dicom_seg import SegAlgorithm, is_dicom_seg_path, segments_from_results, weights_identity, write_dicom_seg
@@ -65,6 +66,14 @@ def write_segmentation_results(output: Path, results, volume, existing=()) -> li
     return write_segmentation(output, merge_segments(existing, segments), volume.reference)
 
 
+def output_paths(output: Path, probabilities: bool = False, stats: Path | None = None) -> list[Path]:
+    """Every file `write_outputs` writes, in the order they are completed: the segmentation last."""
+    paths = [stats] if stats is not None else []
+    if probabilities and not is_dicom_seg_path(output):
+        paths.append(probability_map_path(output))
+    return [*paths, output]
+
+
 def write_outputs(
     output: Path,
     results,
@@ -75,17 +84,22 @@ def write_outputs(
     existing=(),
     probabilities: bool = False,
     stats: Path | None = None,
+    intensity_unit: str = "HU",
 ) -> list[str]:
-    """Statistics first, then the probability map, the segmentation last (its presence means all is written);
-    returns the writers' warnings."""
-    if stats is not None:
-        write_statistics(stats, results_statistics(results, volume, coordinates="LPS"))
-    if is_dicom_seg_path(output):
-        segments = segments_from_results(results, targets, probabilities)
-        algorithm = SegAlgorithm(weights_identity(weights))
-        source = volume.dicom or image  # the checked series the CT was read from
-        write_dicom_seg(output, source, volume.ijk_to_ras, segments, algorithm, fractional=probabilities)
-        return []
-    if probabilities:
-        write_probability_map(probability_map_path(output), results, volume)
-    return write_segmentation_results(output, results, volume, existing)
+    """The statistics, the probability map and the segmentation (see `output_paths`), all or none: each is
+    written under a temporary name and moved into place once every one is written; returns the writers'
+    warnings. `intensity_unit`: what the statistics call the voxel values ("HU" for a CT)."""
+    paths = output_paths(output, probabilities, stats)
+    with staged_outputs(paths) as staged:
+        if stats is not None:
+            statistics = results_statistics(results, volume, coordinates="LPS", intensity_unit=intensity_unit)
+            write_statistics(staged[0], statistics)
+        if is_dicom_seg_path(output):
+            segments = segments_from_results(results, targets, probabilities)
+            algorithm = SegAlgorithm(weights_identity(weights))
+            source = volume.dicom or image  # the checked series the CT was read from
+            write_dicom_seg(staged[-1], source, volume.ijk_to_ras, segments, algorithm, fractional=probabilities)
+            return []
+        if probabilities:
+            write_probability_map(staged[-2], results, volume)
+        return write_segmentation_results(staged[-1], results, volume, existing)

@@ -51,6 +51,8 @@ FIELDS = (
     "uncertain_share",
     "low_confidence",
 )
+# A volume that is not a CT (a label map, an MR) has intensities, not Hounsfield units: its files say so.
+INTENSITY_FIELDS = {f"hu_{kind}": f"intensity_{kind}" for kind in ("mean", "sd", "min", "median", "max")}
 Triple = tuple[float, float, float]
 
 
@@ -69,12 +71,14 @@ class SegmentStatistics:
     bbox_max: Triple | None
     centroid: Triple | None
     confidence: Confidence | None = None
+    intensity_unit: str = "HU"  # "intensity" when the volume is not a CT
 
     def row(self) -> dict:
-        """A flat row (FIELDS); empty cells for values that do not exist."""
+        """A flat row (FIELDS, with intensity_* for hu_* when the volume is not a CT); empty cells for values
+        that do not exist."""
         row = {name: getattr(self, name) for name in ("segment", "voxels", "volume_ml", "coordinates")}
-        for name in ("hu_mean", "hu_sd", "hu_min", "hu_median", "hu_max"):
-            row[name] = getattr(self, name)
+        for name, other in INTENSITY_FIELDS.items():
+            row[name if self.intensity_unit == "HU" else other] = getattr(self, name)
         for name in ("bbox_min", "bbox_max", "centroid"):
             values = getattr(self, name) or (None, None, None)
             row.update({f"{name}_{axis}": value for axis, value in zip("xyz", values)})
@@ -92,7 +96,8 @@ class SegmentStatistics:
             return None if values[0] is None else tuple(float(v) for v in values)
 
         confidence = Confidence.from_dict(row) if row.get("low_confidence") is not None else None
-        hu = {name: row.get(name) for name in ("hu_mean", "hu_sd", "hu_min", "hu_median", "hu_max")}
+        unit = "HU" if "intensity_mean" not in row else "intensity"
+        hu = {name: row.get(name if unit == "HU" else other) for name, other in INTENSITY_FIELDS.items()}
         return cls(
             str(row["segment"]),
             int(row["voxels"]),
@@ -103,6 +108,7 @@ class SegmentStatistics:
             bbox_max=triple("bbox_max"),
             centroid=triple("centroid"),
             confidence=confidence,
+            intensity_unit=unit,
         )
 
 
@@ -113,8 +119,10 @@ def segment_statistics(
     ijk_to_ras: np.ndarray,
     confidence: Confidence | None = None,
     coordinates: str = "LPS",
+    intensity_unit: str = "HU",
 ) -> SegmentStatistics:
-    """The statistics of one (K, J, I) mask over the CT `intensities` on the same grid."""
+    """The statistics of one (K, J, I) mask over the CT `intensities` on the same grid (`intensity_unit`:
+    "intensity" when they are not Hounsfield units)."""
     if coordinates not in ("LPS", "RAS"):
         raise ValueError(f"coordinates must be LPS or RAS, got {coordinates!r}")
     inside = mask > 0
@@ -123,7 +131,7 @@ def segment_statistics(
     if not voxels:
         empty = dict(hu_mean=None, hu_sd=None, hu_min=None, hu_median=None, hu_max=None)
         return SegmentStatistics(name, 0, 0.0, **empty, coordinates=coordinates, bbox_min=None, bbox_max=None,
-                                 centroid=None, confidence=confidence)  # fmt: skip
+                                 centroid=None, confidence=confidence, intensity_unit=intensity_unit)  # fmt: skip
     values = intensities[inside].astype(np.float64)
     kji = np.argwhere(inside).astype(np.float64)
     to_space = ijk_to_ras if coordinates == "RAS" else LPS_TO_RAS @ ijk_to_ras  # LPS_TO_RAS is its own inverse
@@ -142,6 +150,7 @@ def segment_statistics(
         bbox_max=_triple(points.max(axis=0)),
         centroid=_triple(points.mean(axis=0)),
         confidence=confidence,
+        intensity_unit=intensity_unit,
     )
 
 
@@ -149,15 +158,23 @@ def _triple(values) -> Triple:
     return tuple(float(v) for v in values)
 
 
-def result_statistics(result, intensities: np.ndarray, ijk_to_ras: np.ndarray, coordinates: str = "LPS"):
+def result_statistics(
+    result, intensities: np.ndarray, ijk_to_ras: np.ndarray, coordinates: str = "LPS", intensity_unit: str = "HU"
+):
     """The statistics of an engine result (SegmentationResult or RemoteResult) with its confidence."""
     confidence = result_confidence(result)
-    return segment_statistics(result.name, result.mask, intensities, ijk_to_ras, confidence, coordinates)
+    return segment_statistics(
+        result.name, result.mask, intensities, ijk_to_ras, confidence, coordinates, intensity_unit
+    )
 
 
-def results_statistics(results, volume, coordinates: str = "LPS") -> list[SegmentStatistics]:
+def results_statistics(
+    results, volume, coordinates: str = "LPS", intensity_unit: str = "HU"
+) -> list[SegmentStatistics]:
     """The statistics of engine results on `volume` (imageio.Volume)."""
-    return [result_statistics(result, volume.array, volume.ijk_to_ras, coordinates) for result in results]
+    return [
+        result_statistics(result, volume.array, volume.ijk_to_ras, coordinates, intensity_unit) for result in results
+    ]
 
 
 def _cell(value) -> str:
@@ -170,9 +187,23 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _fields(rows: Sequence[dict]) -> list[str]:
+    """FIELDS, with the intensity_* columns where rows have them (beside hu_* when a table mixes CTs and not)."""
+    present = {key for row in rows for key in row}
+    fields = []
+    for name in FIELDS:
+        other = INTENSITY_FIELDS.get(name)
+        if other is None or name in present or other not in present:
+            fields.append(name)
+        if other is not None and other in present:
+            fields.append(other)
+    return fields
+
+
 def statistics_csv(rows: Iterable[dict], first_fields: Sequence[str] = ()) -> str:
+    rows = list(rows)
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=[*first_fields, *FIELDS], lineterminator="\n")
+    writer = csv.DictWriter(table, fieldnames=[*first_fields, *_fields(rows)], lineterminator="\n")
     writer.writeheader()
     writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
     return table.getvalue()

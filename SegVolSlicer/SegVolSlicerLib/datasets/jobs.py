@@ -16,12 +16,13 @@ import numpy as np
 from .. import __version__, runtime
 from ..engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
-from ..files import atomic_output
+from ..files import atomic_output, refuse_overwriting_inputs
 from ..imageio import read_ct, read_label_volume
 from ..prompts import plan_targets
 from ..reporting import NO_REPORT, Reporter
+from ..volume_checks import labelmap_warning
 from .cases import Case
-from .records import Records, fingerprint_of
+from .records import STATE_DIR, Records, fingerprint_of
 
 
 def failure_message(error: BaseException) -> str:
@@ -64,6 +65,26 @@ class Job(ABC):
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.description())
+
+    def written(self, cases: Sequence[Case]) -> list[Path]:
+        """The files and folders a run over `cases` writes in the output folder."""
+        return [Path(self.output_dir) / "results.csv", Path(self.output_dir) / STATE_DIR]
+
+    def check_inputs_spared(self, cases: Sequence[Case], others: Sequence[str] = ()) -> None:
+        """Inputs are read-only, checked before anything is written: the output folder is no input and lies in
+        none (a DICOM folder, a folder of cases), and nothing the run writes is an input (`others`: inputs
+        that are not cases, e.g. manifests)."""
+        inputs = [*others, *(case.image for case in cases), *(case.label for case in cases if case.label)]
+        refuse_overwriting_inputs([("--output-dir", self.output_dir)], inputs)
+        written = [path.expanduser().resolve() for path in self.written(cases)]
+        for given in inputs:
+            source = Path(given).expanduser().resolve()
+            hit = next((path for path in written if source == path or source.is_relative_to(path)), None)
+            if hit is not None:
+                raise InputError(
+                    f"--output-dir {self.output_dir}: the run writes {hit}, which would replace the input {given}; "
+                    "choose another output folder"
+                )
 
     @abstractmethod
     def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
@@ -136,20 +157,27 @@ class SegmentJob(Job):
     def stats_name(case: Case) -> str:
         return f"stats/{case.id}.csv"
 
+    def written(self, cases: Sequence[Case]) -> list[Path]:
+        out = Path(self.output_dir)
+        return [*super().written(cases), out / "stats", out / "stats.csv", *(out / self.output_name(c) for c in cases)]
+
     def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
         from ..clinical.outputs import check_output_request, write_outputs
 
         check_output_request(staging / self.output_name(case), case.image, probabilities=False, remote=False)
         volume = read_ct(case.image, case.series, self.allow_gaps)
+        not_ct = labelmap_warning(volume.array)
         targets = plan_targets(list(self.texts), None, None, unnamed="SegVol 1")
         results = host.segment(
             VolumeInput(case.id, volume.array, volume.ijk_to_ras), targets, zoom_in=self.zoom_in, reporter=reporter
         )
-        warnings = [*volume.warnings, *(w for result in results for w in result.warnings)]
+        warnings = [*volume.warnings, *[not_ct] * bool(not_ct), *(w for result in results for w in result.warnings)]
         stats = staging / self.stats_name(case)
         stats.parent.mkdir(exist_ok=True)
+        output = staging / self.output_name(case)
+        unit = "intensity" if not_ct else "HU"
         return warnings + write_outputs(
-            staging / self.output_name(case), results, volume, case.image, targets, self.choice.weights, stats=stats
+            output, results, volume, case.image, targets, self.choice.weights, stats=stats, intensity_unit=unit
         )
 
     def combine_statistics(self, cases: Sequence[Case], statuses: dict[str, str]) -> None:
@@ -179,6 +207,10 @@ class EvaluateJob(Job):
     @staticmethod
     def metrics_name(case: Case) -> str:
         return f"cases/{case.id}/metrics.csv"
+
+    def written(self, cases: Sequence[Case]) -> list[Path]:
+        out = Path(self.output_dir)
+        return [*super().written(cases), *(out / name for name in ("cases", "metrics.csv", "summary.csv", "dice.png"))]
 
     def run(self, host: EngineHost, case: Case, staging: Path, reporter: Reporter) -> list[str]:
         from ..evaluation import evaluate_case, metrics_csv

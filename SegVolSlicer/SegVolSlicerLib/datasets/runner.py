@@ -35,8 +35,7 @@ class RunSummary:
 def with_checkpoint_id(job: Job, records: Records) -> Job:
     """The job with its weights' identity (sha256 of the weights file, cached by path, size and time); the
     weights are resolved (downloaded if need be) here, once, not by each worker."""
-    from ..model.checkpoint import find_weights
-    from ..weights import resolve_weights
+    from ..weights import find_weights, resolve_weights
 
     weights_file, _ = find_weights(resolve_weights(job.choice.weights, job.choice.cache_dir))
     digest = CheckpointHashes(records.state / "checkpoints.json").of(weights_file)

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 
 from ..runtime import resolve_device
-from .checkpoint import find_weights, load_state_strict, read_state_dict
+from ..weights import find_weights
+from .checkpoint import load_state_strict, read_state_dict
 from .segvol import SegVol
 from .text_encoder import load_tokenizer
 

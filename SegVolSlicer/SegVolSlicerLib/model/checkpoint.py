@@ -13,16 +13,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..weights import WEIGHTS_HINT as _HINT
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "SegVol_v1.pth")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # The official CLIP tower was saved by transformers 4.18, whose CLIPTextModel had a `text_model.` level.
 _OFFICIAL_CLIP = "text_encoder.clip_text_model.text_model."
 _OUR_CLIP = "text_encoder.clip_text_model."
 # Tensors of the official checkpoint that SegVol never uses: the legacy CLIP `position_ids` buffer and the
 # untrained 2-D mask_downscaling stack of the prompt encoder.
 _TOLERATED = ("text_encoder.clip_text_model.embeddings.position_ids", "prompt_encoder.mask_downscaling.")
-_HINT = "use the GitHub release SegVol_v1.pth, or the BAAI/SegVol Hugging Face snapshot folder (pytorch_model.bin)"
 
 
 def _data_only_globals() -> list:
@@ -31,19 +29,6 @@ def _data_only_globals() -> list:
     multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
     dtypes = [type(np.dtype(name)) for name in ("bool", "int32", "int64", "float32", "float64")]
     return [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct, *dtypes]
-
-
-def find_weights(source: Path) -> tuple[Path, Path | None]:
-    """(weights file, tokenizer folder or None) for a file or a snapshot folder."""
-    if not source.exists():
-        raise CheckpointError(f"weights not found: {source} does not exist; {_HINT}")
-    if source.is_file():
-        return source, None
-    for name in WEIGHT_FILES:
-        if (source / name).is_file():
-            has_tokenizer = any((source / t).is_file() for t in TOKENIZER_FILES)
-            return source / name, source if has_tokenizer else None
-    raise CheckpointError(f"no SegVol weights in folder {source} (looked for {', '.join(WEIGHT_FILES)}); {_HINT}")
 
 
 def _read_file(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -514,3 +515,191 @@ def test_a_full_gpu_falls_back_to_the_cpu_as_in_slicer(ct_files, tmp_path, capsy
     code, out, err = run_cli(["segment", image, "--text", "liver", "--no-zoom-in", "-o", tmp_path / "l.nii.gz"], capsys)
     assert code == 0, err
     assert "segvol: Not enough GPU memory on 'mps': SegVol continues on the CPU" in err and "liver:" in out
+
+
+# --- what is checked before the model runs (issue 24) ---
+
+
+@pytest.fixture
+def model_must_not_run(monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")  # a refusal must come before the model runs
+
+    monkeypatch.setattr(EngineHost, "model", load_model)
+
+
+def bytes_of(paths):
+    return {path: path.read_bytes() for path in paths}
+
+
+@pytest.mark.parametrize("case", ["-o is the CT", "-o is a link to the CT", "--stats on the points file",
+                                  "--probabilities map on the CT", "-o in the DICOM folder"])  # fmt: skip
+def test_an_output_onto_an_input_is_refused_and_the_input_is_unchanged(
+    case, ct_files, ct, tmp_path, capsys, model_must_not_run
+):
+    """Guards: `segvol segment CT.nii.gz -o CT.nii.gz` overwriting the CT with the labelmap, an output
+    replacing one instance of the input DICOM series (the SEG then references a missing instance)."""
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(ct_files[0].read_bytes())
+    points = write_points_file(tmp_path / "points.mrk.json", [ijk_to_ras_points(ct.ijk_to_ras, [60, 60, 20])], [""])
+    argv = ["segment", image, "--text", "liver", "-o", tmp_path / "out.seg.nrrd"]
+    if case == "-o is the CT":
+        argv[-1] = image
+    elif case == "-o is a link to the CT":
+        (tmp_path / "link.nii.gz").symlink_to(image)
+        argv[-1] = tmp_path / "link.nii.gz"
+    elif case == "--stats on the points file":
+        argv += ["--points", points, "--stats", points]
+    elif case == "--probabilities map on the CT":
+        image = image.rename(tmp_path / "ct.probabilities.nrrd")
+        argv[1] = image
+        argv += ["--probabilities"]
+        argv[argv.index("-o") + 1] = tmp_path / "ct.nii.gz"
+    else:
+        image = write_dicom_series(tmp_path / "series", ct)
+        argv[1], argv[-1] = image, image / "000.dcm"
+    inputs = [image, points] if image.is_file() else sorted(image.iterdir())
+    before = bytes_of(inputs)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "input" in err and "never" in err, err
+    assert bytes_of(inputs) == before
+    assert not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_an_evaluation_folder_inside_the_input_dicom_folder_is_refused(ct, tmp_path, capsys, model_must_not_run):
+    series = write_dicom_series(tmp_path / "series", ct)
+    labels = write_array(tmp_path / "labels.nii.gz", ct.labels)
+    before = bytes_of(sorted(series.iterdir()))
+    argv = ["evaluate", "--image", series, "--label", labels, "--class", "liver=1", "--output-dir", series / "eval"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "inside the input folder" in err, err
+    assert bytes_of(sorted(series.iterdir())) == before
+
+
+def test_a_missing_extra_is_named_before_the_model_runs(ct, tmp_path, capsys, monkeypatch, model_must_not_run):
+    """Guards: `-o x.dcm` on the Quick-start install (no [dicom] extra) running the model and then crashing
+    with a ModuleNotFoundError traceback, leaving the --stats file behind."""
+    for name in ("pydicom", "highdicom"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import and find_spec fail
+    series = write_dicom_series(tmp_path / "series", ct)
+    argv = ["segment", series, "--text", "liver", "-o", tmp_path / "liver.dcm", "--stats", tmp_path / "s.csv"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "pip install 'SegVolSlicer[dicom]'" in err, err
+    assert "pydicom" in err and sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+
+
+@pytest.mark.parametrize("stats", ["missing/stats.csv", "folder.csv"])
+def test_a_statistics_file_that_cannot_be_written_is_refused_before_the_model_runs(
+    stats, ct_files, tmp_path, capsys, model_must_not_run
+):
+    (tmp_path / "folder.csv").mkdir()
+    argv = ["segment", ct_files[0], "--text", "liver", "-o", tmp_path / "o.seg.nrrd", "--stats", tmp_path / stats]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "--stats" in err, err
+
+
+def test_a_failed_write_leaves_no_file_not_even_the_statistics(ct_files, tmp_path, capsys, fake_model, monkeypatch):
+    """Guards: the statistics (and the probability map) written before the segmentation, left behind when
+    its write fails."""
+    write_image = sitk.WriteImage
+
+    def full_disk_for_segmentations(image, path, *args, **kwargs):
+        if str(path).endswith(".seg.nrrd"):
+            raise RuntimeError("ITK ERROR: NrrdImageIO: No space left on device")
+        write_image(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", full_disk_for_segmentations)
+    argv = ["segment", ct_files[0], "--text", "liver", "--no-zoom-in", "--probabilities", "-o", tmp_path / "o.seg.nrrd"]
+    code, out, err = run_cli([*argv, "--stats", tmp_path / "stats.csv"], capsys)
+    assert code == 2 and "No space left" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_clicks_on_the_official_zoom_in_say_they_rarely_act(ct_files, ct, tmp_path, capsys, fake_model):
+    """Guards: the README's `--text liver --negative-points stroke.mrk.json` giving the mask of `--text liver`
+    without a word (the official zoom-in never sees the user's negative clicks)."""
+    image = ct_files[0]
+    negative = write_points_file(
+        tmp_path / "stroke.mrk.json", [ijk_to_ras_points(ct.ijk_to_ras, organ_centre_ijk(ct, 2))], [""]
+    )
+    argv = ["segment", image, "--text", "liver", "--negative-points", negative, "-o", tmp_path / "l.seg.nrrd"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "negative clicks act only on SegVol's coarse zoom-out pass" in err and "--from-mask" in err
+    code, out, err = run_cli([*argv, "--no-zoom-in"], capsys)
+    assert code == 0 and "negative clicks" not in err, err  # with zoom-out only they shape the mask
+
+
+def test_an_roi_file_given_as_points_is_refused(ct_files, ct, tmp_path, capsys, model_must_not_run):
+    """Guards: an ROI passed to --points silently becoming one positive click at its centre."""
+    roi = write_roi_file(tmp_path / "roi.mrk.json", ijk_to_ras_points(ct.ijk_to_ras, [60, 60, 20]), [30, 30, 30])
+    code, out, err = run_cli(["segment", ct_files[0], "--points", roi, "-o", tmp_path / "o.seg.nrrd"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "ROI" in err and "--roi" in err, err
+
+
+def test_name_is_honoured_on_a_text_target_and_refused_for_several(ct_files, tmp_path, capsys, fake_model):
+    """Guards: --name ignored on a text-only target (the segment named after the text)."""
+    output = tmp_path / "o.seg.nrrd"
+    code, out, err = run_cli(["segment", ct_files[0], "--text", "liver", "--name", "my liver", "-o", output], capsys)
+    assert code == 0, err
+    assert sitk.ReadImage(str(output)).GetMetaData("Segment0_Name") == "my liver"
+    argv = ["segment", ct_files[0], "--text", "liver", "--text", "spleen", "--name", "x", "-o", tmp_path / "2.seg.nrrd"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and "--name names one segment" in err
+
+
+def test_a_box_reaching_out_of_the_volume_is_clipped_with_a_warning(ct_files, ct, tmp_path, capsys, fake_model):
+    i, j, k = (n - 1 for n in ct.volume.shape[::-1])
+    argv = ["segment", ct_files[0], "--box-ijk", "-5", "10", "2", i + 7, j, k, "-o", tmp_path / "o.seg.nrrd"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert f"reaches out of the volume: clipped to (0, 10, 2) .. ({i}, {j}, {k})" in err
+    code, out, err = run_cli([*argv[:3], "0", "10", "2", i, j, k, *argv[9:]], capsys)
+    assert "clipped" not in err
+
+
+def test_a_labelmap_given_as_the_ct_is_warned_and_its_statistics_say_intensity(ct, tmp_path, capsys, fake_model):
+    """Guards: a labelmap (uint8 0-5) segmented as a CT without a word, with HU statistics of its labels."""
+    from SegVolSlicerLib.volume_checks import labelmap_warning
+
+    assert labelmap_warning(ct.volume) is None  # the synthetic CT
+    labels = tmp_path / "labels.nii.gz"
+    write_ct(ct, tmp_path / "ct.nii.gz", labels)
+    stats = tmp_path / "stats.csv"
+    argv = ["segment", labels, "--text", "liver", "--no-zoom-in", "-o", tmp_path / "o.seg.nrrd", "--stats", stats]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "looks like a label map, not a CT" in err, err
+    header = stats.read_text().splitlines()[0].split(",")
+    assert "intensity_mean" in header and not [name for name in header if name.startswith("hu_")]
+    code, out, err = run_cli([*argv[:1], tmp_path / "ct.nii.gz", *argv[2:]], capsys)
+    assert "label map" not in err and "hu_mean" in stats.read_text().splitlines()[0]
+
+
+# What a refusal may import: never the model stack (torch takes seconds to import).
+NO_TORCH = """
+import sys
+from SegVolSlicerLib.cli import main
+code = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "torch not imported", code)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["segment", "{tmp}/missing.nii.gz", "--text", "liver", "-o", "{tmp}/o.seg.nrrd"], "image not found"),
+        (["segment", "{image}", "--text", "liver", "--checkpoint", "{tmp}/no.pth", "-o", "{tmp}/o.seg.nrrd"],
+         "weights not found"),
+        (["segment", "{image}", "--text", "liver", "-o", "{image}"], "is the input"),
+        (["evaluate", "--image", "{image}", "--output-dir", "{tmp}/e"], "give --image, --label and --class"),
+        (["evaluate", "--image", "{image}", "--label", "{tmp}/none.nii.gz", "--class", "liver=1", "--output-dir",
+          "{tmp}/e"], "label map not found"),
+    ],
+)  # fmt: skip
+def test_refusals_do_not_import_the_model_stack(argv, message, ct_files, tmp_path):
+    """Guards: a missing --checkpoint reported after 10 s of imports and CT reading, evaluate's argument
+    errors after importing torch."""
+    argv = [a.format(tmp=tmp_path, image=ct_files[0]) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *argv], env=segvol_env(), capture_output=True, text=True, timeout=120
+    )
+    assert message in done.stderr and done.stdout.strip() == "torch not imported 2", (done.stdout, done.stderr)

@@ -16,9 +16,21 @@ def test_demo_offline_says_what_to_download(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SEGVOL_HOME", str(tmp_path / "home"))
     code, _, err = run_cli(["demo", "--output-dir", tmp_path / "out"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("segvol: error: ")
-    for needed in ("pytorch_model.bin", "config.json", DEMO_CT, str(tmp_path / "home")):
+    for needed in ("pytorch_model.bin", "config.json", DEMO_CT, str(tmp_path / "home"), "--source"):
         assert needed in err
+    assert "checkpoint" not in err  # demo has no checkpoint option
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_offline_without_the_weights_points_to_its_own_option(monkeypatch, tmp_path, capsys):
+    """Guards: the offline message suggesting a checkpoint option that `segvol demo` does not have."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("SEGVOL_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    write_ct(make_synthetic_ct(), tmp_path / "home" / DEMO_CT)  # the CT is there, the weights are not
+    code, _, err = run_cli(["demo", "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "pytorch_model.bin" in err, err
+    assert "--source" in err and "checkpoint" not in err
 
 
 def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):

@@ -160,11 +160,12 @@ def test_batch_equals_segment_and_records_a_corrupt_case(scans, tmp_path, fake_m
 
 
 def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
+    (tmp_path / "a file").write_text("")
     for argv, message in [
         (["batch", tmp_path / "missing", "--text", "liver", "--output-dir", tmp_path / "o"], "input not found"),
         (["batch", scans, "--text", " ", "--output-dir", tmp_path / "o"], "at least one --text"),
         (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--workers", "2"], "--ray"),
-        (["batch", scans, "--text", "liver", "--output-dir", scans / "case 0.nii.gz"], "is a file"),
+        (["batch", scans, "--text", "liver", "--output-dir", tmp_path / "a file"], "is a file"),
         # checked before Ray starts: one error, not one per actor
         (
             [
@@ -184,6 +185,69 @@ def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
     ]:
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.startswith("segvol: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("case", ["the input folder", "inside a DICOM case", "onto a case", "onto the manifest"])
+def test_a_batch_output_folder_that_would_write_into_or_over_inputs_is_refused(
+    case, scans, tmp_path, capsys, monkeypatch
+):
+    """Guards: batch outputs landing in an input folder (a DICOM series, or a folder of cases that the next run
+    takes as cases), or replacing an input file (a case, a manifest); checked before any model loads."""
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    out.mkdir()
+    if case == "the input folder":
+        inputs, output_dir = [out], out
+        (out / "ct.nii.gz").write_bytes((scans / "case 0.nii.gz").read_bytes())
+    elif case == "inside a DICOM case":
+        series = tmp_path / "series"
+        series.mkdir()
+        (series / "IM0000.dcm").write_bytes(b"DICM")
+        inputs, output_dir = [series], series / "segvol"
+    elif case == "onto a case":  # a manifest's case whose id names its output as the case's own file
+        (out / "ct.seg.nrrd").write_bytes((scans / "case 0.nii.gz").read_bytes())
+        (tmp_path / "cases.csv").write_text(f"id,image\nct,{out / 'ct.seg.nrrd'}\n")
+        inputs, output_dir = [tmp_path / "cases.csv"], out
+    else:
+        (out / "results.csv").write_text(f"image\n{scans / 'case 0.nii.gz'}\n")
+        inputs, output_dir = [out / "results.csv"], out
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    code, _, err = run_cli(["batch", *inputs, "--text", "liver", "--output-dir", output_dir], capsys)
+    assert code == 2 and err.count("\n") == 1 and "input" in err, err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_batch_names_a_missing_extra_before_any_case_runs(scans, tmp_path, capsys, monkeypatch):
+    """Guards: `--output-format dicom-seg` without the [dicom] extra failing every case after its model run,
+    with no install hint."""
+    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model was loaded"))
+    for name in ("pydicom", "highdicom"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    argv = ["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--output-format", "dicom-seg"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "pip install 'SegVolSlicer[dicom]'" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+RERUN = """
+import sys
+from SegVolSlicerLib.cli import main
+code = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "torch not imported", code)
+"""
+
+
+def test_a_rerun_with_nothing_to_do_does_not_import_the_model_stack(
+    scans, tmp_path, fake_model, synthetic_checkpoint, capsys
+):
+    """Guards: a batch rerun with every case done taking 12 s to import torch (for the weights' fingerprint)."""
+    argv = ["batch", scans, "--text", "liver", "--output-dir", tmp_path / "out", "--checkpoint", synthetic_checkpoint]
+    assert run_cli(argv, capsys)[0] == 0
+    done = subprocess.run(
+        [sys.executable, "-c", RERUN, *map(str, argv)], env=segvol_env(), capture_output=True, text=True, timeout=120
+    )
+    assert "3 of 3 case(s) already done" in done.stderr, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "torch not imported 0", (done.stdout, done.stderr)
 
 
 # --- evaluate --dataset ---

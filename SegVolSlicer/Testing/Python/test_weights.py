@@ -103,11 +103,15 @@ def test_unreachable_hub_is_said_at_once_in_whole_sentences(monkeypatch, tmp_pat
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("no download attempt"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("no download attempt"))
-    for resolve in (lambda: resolve_weights(cache_dir=tmp_path), lambda: resolve_demo_ct(tmp_path)):
+    cases = (
+        (lambda: resolve_weights(cache_dir=tmp_path), "as the checkpoint."),
+        (lambda: resolve_demo_ct(tmp_path), "as segvol demo --source FOLDER."),  # demo has no checkpoint option
+    )
+    for resolve, ending in cases:
         with pytest.raises(CheckpointError) as error:
             resolve()
         message = str(error.value)
-        assert "cannot be reached from this computer" in message and message.endswith("as the checkpoint.")
+        assert "cannot be reached from this computer" in message and message.endswith(ending)
         assert "try aga" not in message and "Name or service" not in message
     assert len(requests) == 2
 
