@@ -460,6 +460,10 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
 
+        # Closing Slicer: qSlicerMainWindow::closeEvent calls exit() (selectModule("")), then the main window
+        # goes; aboutToQuit and cleanup() come only once the loop below has returned: end the jobs now.
+        self._onLastWindowClosed = self.onLastWindowClosed  # one object: PythonQt disconnects what it connected
+        slicer.app.connect("lastWindowClosed()", self._onLastWindowClosed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
@@ -476,6 +480,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         """Module unload, Reload and application exit: stop everything at once and let the model go."""
+        slicer.app.disconnect("lastWindowClosed()", self._onLastWindowClosed)
         self.jobs.abandon()
         self.prompts.cleanup()
         self.removeObservers()
@@ -492,6 +497,11 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+
+    def onLastWindowClosed(self):
+        """The application is closing: the run and the side jobs end at once, in the background."""
+        self.prompts.auto_timer.stop()
+        self.jobs.abandon()
 
     def onSceneStartClose(self, caller, event):
         self.prompts.auto_timer.stop()

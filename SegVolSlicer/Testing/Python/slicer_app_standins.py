@@ -111,6 +111,13 @@ class Widget:
                 raise AttributeError(f"{state['class']} has no signal {signal} in Slicer 5.10/5.12")
             state["connections"].setdefault(signal, []).append(slot)
             return True
+        if name == "disconnect" and len(args) == 2:  # as Qt: the connection of that signal to that slot goes
+            signal, slot = args
+            connected = state["connections"].get(signal, [])
+            if slot in connected:
+                connected.remove(slot)
+                return True
+            return False
         if name == "setRange":
             state["values"]["minimum"], state["values"]["maximum"] = args
             return None
