@@ -173,6 +173,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         # node ID, segment ID) -> result.
         self._results = OrderedDict()
         self.lastStatistics = []  # clinical.statistics.SegmentStatistics of the segments the last apply wrote
+        self.lastNotes = []  # what the last apply could not do as asked (e.g. a Segment Editor setting)
 
     @staticmethod
     def _newEngine(model=None):
@@ -347,6 +348,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             segmentIDs = writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
             writer.close()
+        self.lastNotes = writer.notes
         for segmentID, result in zip(segmentIDs, results):  # what the next clicks on these segments correct
             key = (request.volume.key, request.volume.signature, request.segmentationNode.GetID(), segmentID)
             self.remember(key, result)
@@ -732,7 +734,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         self.results.show_statistics(self.logic.lastStatistics)
-        warnings = [w for result in results for w in result.warnings]
+        warnings = [w for result in results for w in result.warnings] + self.logic.lastNotes
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
         if not onEditor:
             warnings.append(editor.NOT_UNDOABLE.format(name=shownEditor.segmentationNode().GetName()))
@@ -740,8 +742,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _undo(self, redo=False):
         node = self._parameterNode
-        if node:
-            self.history.undo(node.outputSegmentation, node.inputVolume, redo)
+        why = self.history.undo(node.outputSegmentation, redo) if node else None
+        if why:
+            self.ui.statusLabel.text = why
 
     def _showStatus(self, text, busy=False):
         self.ui.statusLabel.text = text

@@ -327,36 +327,36 @@ class SegmentWriter:
 
     Each `write` is one undo step (state saved before anything changes, new segments included) and goes through
     vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap, so overwrite and masking settings apply exactly as in
-    the Segment Editor. Without an `editor_node` the writer uses its own: other segments are never modified
-    (overlap allowed), editing allowed everywhere. `save_state_for_undo` is the undo owner (the Segment Editor
-    widget's `saveStateForUndo` in Slicer, so Ctrl+Z there walks back AI steps and manual edits alike);
-    without it the writer keeps its own undo history (`undo`/`redo`).
+    the Segment Editor. The writer always edits through its own (hidden) editor node: `editor_node`, the Segment
+    Editor's, only lends its overwrite and masking settings, read at each write; without it other segments are
+    never modified (overlap allowed) and editing is allowed everywhere. Pointing the Segment Editor's own node at
+    this segmentation would switch the Segment Editor and erase its undo history, whatever the user decided.
+    `save_state_for_undo` is the undo owner (the Segment Editor widget's `saveStateForUndo` in Slicer, so Ctrl+Z
+    there walks back AI steps and manual edits alike); without it the writer keeps its own undo history
+    (`undo`/`redo`). `notes`: settings that could not apply, for the status line.
     """
 
     def __init__(self, segmentation_node, volume_node, editor_node=None, save_state_for_undo=None):
         check_labelmap_source(segmentation_node)
         scene = segmentation_node.GetScene()
         self.segmentation_node, self.volume_node = segmentation_node, volume_node
-        if editor_node is None:
-            editor_node = slicer.vtkMRMLSegmentEditorNode()
-            editor_node.SetHideFromEditors(True)
-            editor_node.SetSaveWithScene(False)
-            editor_node.SetOverwriteMode(editor_node.OverwriteNone)
-            editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
-            scene.AddNode(editor_node)
-            self._own_editor_node = editor_node
-        else:
-            self._own_editor_node = None
+        self._settings_node = editor_node
+        self.notes: list[str] = []
+        own = slicer.vtkMRMLSegmentEditorNode()
+        own.SetHideFromEditors(True)
+        own.SetSaveWithScene(False)
+        own.SetOverwriteMode(own.OverwriteNone)
+        own.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        scene.AddNode(own)
+        self._own_editor_node = own
         self._logic = slicer.vtkSlicerSegmentEditorLogic()
         self._logic.SetMRMLScene(scene)
         app = getattr(slicer, "app", None)  # absent in plain slicer-core without the test shim
         if app is not None:
             self._logic.SetMRMLApplicationLogic(app.applicationLogic())
-        self._logic.SetSegmentEditorNode(editor_node)
-        if editor_node.GetSegmentationNode() is not segmentation_node:
-            self._logic.SetSegmentationNode(segmentation_node)
-        if editor_node.GetSourceVolumeNode() is not volume_node:
-            self._logic.SetSourceVolumeNode(volume_node)
+        self._logic.SetSegmentEditorNode(own)
+        self._logic.SetSegmentationNode(segmentation_node)
+        self._logic.SetSourceVolumeNode(volume_node)
         self._save_state = save_state_for_undo or self._logic.SaveStateForUndo
         if not segmentation_node.GetDisplayNode():
             segmentation_node.CreateDefaultDisplayNodes()
@@ -365,6 +365,28 @@ class SegmentWriter:
             # and stores voxels.
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             segmentation_node.GetSegmentation().SetSourceRepresentationName(LABELMAP)
+
+    def _take_settings(self) -> None:
+        """The Segment Editor's overwrite and masking settings, as they are now, on the writer's own node."""
+        settings, own = self._settings_node, self._own_editor_node
+        if settings is None:
+            return
+        own.SetOverwriteMode(settings.GetOverwriteMode())
+        own.SetSourceVolumeIntensityMask(settings.GetSourceVolumeIntensityMask())
+        own.SetSourceVolumeIntensityMaskRange(settings.GetSourceVolumeIntensityMaskRange())
+        mask_mode, mask_segment = settings.GetMaskMode(), settings.GetMaskSegmentID()
+        if mask_mode == slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment and (
+            settings.GetSegmentationNode() is not self.segmentation_node
+            or self.segmentation_node.GetSegmentation().GetSegment(mask_segment or "") is None
+        ):
+            # the editable area is a segment of another segmentation: it cannot mask this one
+            mask_mode, mask_segment = slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere, None
+            name = self.segmentation_node.GetName()
+            note = f"The Segment Editor's editable area is a segment of another segmentation: not applied to '{name}'."
+            if note not in self.notes:
+                self.notes.append(note)
+        own.SetMaskMode(mask_mode)
+        own.SetMaskSegmentID(mask_segment)
 
     def close(self):
         """Remove the writer's private editor node from the scene."""
@@ -382,6 +404,7 @@ class SegmentWriter:
                     f"a mask of shape {mask.shape} does not fit volume "
                     f"'{self.volume_node.GetName()}' of shape {expected_shape}"
                 )
+        self._take_settings()
         self._save_state()
         segment_ids = []
         for spec, mask in results:

@@ -451,16 +451,61 @@ def _check_python_names(module_name, names):
 
 
 class SegmentEditorModuleWidget:
-    """qSlicerSegmentEditorModuleWidget's Python side: its editor widget and its singleton parameter node."""
+    """qSlicerSegmentEditorModuleWidget's Python side: its editor widget and its singleton parameter node.
+
+    As qMRMLSegmentEditorWidget, the editor shows what its vtkMRMLSegmentEditorNode holds: its segmentation
+    and source volume are the node's (whoever set them, the widget or code that edits the node), and the undo
+    history (`saveStateForUndo` steps, listed in `undo_history(editor)`) belongs to one segmentation: it is
+    cleared whenever the node's segmentation changes."""
 
     def __init__(self):
         self.editor = Widget("qMRMLSegmentEditorWidget", "SegmentEditor")
+        state = self.editor._standin
+        state["history"], state["history_of"] = [], None
+
+        def node():
+            return state["values"].get("mrmlSegmentEditorNode")
+
+        def follow_node():
+            shown = node().GetSegmentationNode() if node() is not None else None
+            if shown is not state["history_of"]:
+                state["history"], state["history_of"] = [], shown
+            return shown
+
+        def recorded(name, function):
+            def call(*args):
+                state["calls"].append((name, args))
+                return function(*args)
+
+            object.__setattr__(self.editor, name, call)
+
+        def on_node(setter):
+            def set_on_node(value):
+                if node() is None:  # as qMRMLSegmentEditorWidget: an error in the log, nothing set
+                    logging.error("qMRMLSegmentEditorWidget: invalid segment editor parameter set node")
+                    return
+                getattr(node(), setter)(value)
+
+            return set_on_node
+
+        recorded("setSegmentationNode", on_node("SetAndObserveSegmentationNode"))
+        recorded("segmentationNode", follow_node)
+        recorded("setSourceVolumeNode", on_node("SetAndObserveSourceVolumeNode"))
+        recorded("sourceVolumeNode", lambda: node().GetSourceVolumeNode() if node() is not None else None)
+        recorded("saveStateForUndo", lambda: (follow_node(), state["history"].append("step")))
+        recorded("undo", lambda: follow_node() and state["history"] and state["history"].pop())
 
     def selectParameterNode(self):
         node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
         if node is None:
             node = add_segment_editor_node(slicer.mrmlScene)
         self.editor.setMRMLSegmentEditorNode(node)
+
+
+def undo_history(editor: Widget) -> list:
+    """The undo steps the Segment Editor holds for the segmentation it shows now."""
+    editor.segmentationNode()
+    return list(editor._standin["history"])
 
 
 def add_segment_editor_node(scene):

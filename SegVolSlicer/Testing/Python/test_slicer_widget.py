@@ -42,7 +42,9 @@ def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     parameters.inputVolume = checks.make_volume(ijk_to_ras)
     parameters.positivePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
     parameters.zoomIn = False
-    widget.editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    editor_module = slicer.modules.segmenteditor.widgetRepresentation().self()
+    editor_module.selectParameterNode()  # the user has opened the Segment Editor
+    widget.editor = editor_module.editor
     widget.qtEvents = []  # what the user does while the model runs: one per slicer.app.processEvents()
     monkeypatch.setattr(slicer.app, "processEvents", lambda: widget.qtEvents.pop(0)() if widget.qtEvents else None)
     yield widget, parameters, dialogs
