@@ -372,6 +372,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def prepareDicomSeg(self, volumeNode, segmentationNode, segmentIDs=None, fileForInstance=None):
         """What a DICOM SEG of the segments (default: all) needs from the scene (GUI thread): the volume's DICOM
         files (an InputError naming Slicer's route when it was not loaded from the DICOM database)."""
+        clinical_results.check_dicom_place(volumeNode)
         files = clinical_results.dicom_files(volumeNode, fileForInstance)
         if segmentIDs is None:
             segmentIDs = list(segmentationNode.GetSegmentation().GetSegmentIDs())

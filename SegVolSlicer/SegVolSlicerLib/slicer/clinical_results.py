@@ -16,7 +16,7 @@ import vtk
 from ..clinical.confidence import Confidence, result_confidence
 from ..clinical.statistics import SegmentStatistics, segment_statistics
 from ..errors import InputError
-from .bridge import TARGET_TAG
+from .bridge import TARGET_TAG, world_ijk_to_ras
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM volume plugin on the volumes it loads
 SLICER_ROUTE = (
@@ -69,6 +69,26 @@ def statistics_html(statistics: list[SegmentStatistics]) -> str:
             f"<td align='right'>{hu}</td><td>{shown}</td></tr>"
         )
     return "<table cellspacing='4'>" + "".join(rows) + "</table>"
+
+
+def check_dicom_place(volume_node) -> None:
+    """A DICOM SEG lies on the CT's DICOM grid, where its files put it: a CT moved by a transform is refused,
+    with what to do."""
+    parent = volume_node.GetParentTransformNode()
+    if parent is None:
+        return
+    local = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(local)
+    if np.allclose(world_ijk_to_ras(volume_node), slicer.util.arrayFromVTKMatrix(local)):
+        return  # an identity transform moves nothing
+    raise InputError(
+        f"'{volume_node.GetName()}' is under the transform '{parent.GetName()}', so it is not where its DICOM "
+        "files place it, and a DICOM SEG (which lies on the CT's DICOM grid) would not match what you see. "
+        f"If '{parent.GetName()}' only moves the CT for viewing, take the CT and its segmentation out of it (Data "
+        "module: drag them to the top level) and export again. To keep the moved CT, harden the transform "
+        f"(Data module: right-click '{parent.GetName()}', Harden transform) and save the segmentation as "
+        ".seg.nrrd or NIfTI instead: a hardened CT no longer matches its DICOM files."
+    )
 
 
 def dicom_files(volume_node, file_for_instance=None) -> list[str]:
