@@ -7,13 +7,14 @@ computed from the same logits as its mask; it is stored as segment tags (saved w
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 import numpy as np
 import slicer
 import vtk
 
-from ..clinical.confidence import Confidence, result_confidence
+from ..clinical.confidence import result_confidence
 from ..clinical.statistics import SegmentStatistics, segment_statistics
 from ..errors import InputError
 from .bridge import TARGET_TAG, world_ijk_to_ras
@@ -26,30 +27,27 @@ SLICER_ROUTE = (
 )
 
 
-def tag_confidence(segmentation_node, segment_ids, results) -> list[Confidence | None]:
-    """Store each result's confidence as tags of its segment; returns the confidences."""
-    confidences = []
-    segmentation = segmentation_node.GetSegmentation()
-    for segment_id, result in zip(segment_ids, results):
-        confidence = result_confidence(result)
-        if confidence is not None:
-            segment = segmentation.GetSegment(segment_id)
-            for key, value in confidence.tags().items():
-                segment.SetTag(key, value)
-        confidences.append(confidence)
-    return confidences
-
-
-def results_statistics(segmentation_node, segment_ids, results, voxels, ijk_to_ras) -> list[SegmentStatistics]:
-    """The statistics of the results as written (RAS, the scene's coordinates), with their confidence."""
-    confidences = tag_confidence(segmentation_node, segment_ids, results)
-    segmentation = segmentation_node.GetSegmentation()
+def results_statistics(names, results, voxels, ijk_to_ras) -> list[SegmentStatistics]:
+    """The statistics of each result under its segment's name (RAS, the scene's coordinates), with its
+    confidence. No MRML: the worker thread computes them (seconds on a large CT), not the GUI thread."""
     return [
-        segment_statistics(
-            segmentation.GetSegment(segment_id).GetName(), result.mask, voxels, ijk_to_ras, confidence, "RAS"
-        )
-        for segment_id, result, confidence in zip(segment_ids, results, confidences)
+        segment_statistics(name, result.mask, voxels, ijk_to_ras, result_confidence(result), "RAS")
+        for name, result in zip(names, results)
     ]
+
+
+def show_statistics(segmentation_node, segment_ids, statistics) -> list[SegmentStatistics]:
+    """Store each segment's confidence as its tags (saved with the scene); returns the statistics under the
+    names the segments have now (GUI thread, no voxel work)."""
+    segmentation = segmentation_node.GetSegmentation()
+    shown = []
+    for segment_id, stats in zip(segment_ids, statistics):
+        segment = segmentation.GetSegment(segment_id)
+        if stats.confidence is not None:
+            for key, value in stats.confidence.tags().items():
+                segment.SetTag(key, value)
+        shown.append(dataclasses.replace(stats, segment=segment.GetName()))
+    return shown
 
 
 def statistics_html(statistics: list[SegmentStatistics]) -> str:

@@ -311,17 +311,18 @@ def test_a_correction_and_refining_a_segment_are_one_undo_step_each(panel, slice
     Refine existing segment re-segments the selected segment from its mask, in one more."""
     widget, parameters, dialogs = panel
     parameters.zoomIn = True
-    refined = []
-    refine = widget.logic.engine.refine
-    widget.logic.engine.refine = lambda *args: refined.append(args[2]) or refine(*args)
+    runs, segment = [], widget.logic.engine.segment
+    widget.logic.engine.segment = lambda volume, jobs, *args: runs.append(list(jobs)) or segment(volume, jobs, *args)
     widget.runSegmentation(interactive=True)
     segment_id = widget.ui.targetSegmentSelector.currentSegmentID()
-    assert parameters.corrections == slicer_module.CORRECTIONS[0] and refined == []
+    assert parameters.corrections == slicer_module.CORRECTIONS[0] and not runs[0][0].correct
 
     ijk_to_ras = checks.oblique_lps_ijk_to_ras()
     parameters.negativePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [5.0, 5.0, 3.0]))
     widget.runSegmentation(interactive=True)
-    assert len(refined) == 1 and len(refined[0].points) == 2 and undo_steps(widget) == 2
+    (job,) = runs[1]
+    assert job.correct and job.result_key == (parameters.outputSegmentation.GetID(), segment_id)
+    assert len(job.target.points) == 2 and job.current_mask is None and undo_steps(widget) == 2
     assert widget.ui.targetSegmentSelector.currentSegmentID() == segment_id and dialogs == []
 
     from_mask, segment_from_mask = [], widget.logic.engine.segment_from_mask
