@@ -331,3 +331,21 @@ def test_a_correction_and_refining_a_segment_are_one_undo_step_each(panel, slice
     assert len(from_mask) == 1 and from_mask[0] > 0  # the segment's voxels became the prompts
     assert undo_steps(widget) == 3 and dialogs == [], dialogs
     assert segment_count(parameters) == 1 and widget.ui.statusLabel.text.startswith("Done: SegVol 1")
+
+
+@pytest.mark.parametrize("removed", ["segmentation", "volume", "scene"])
+def test_kept_results_do_not_outlive_their_nodes(panel, removed):
+    """Guards: results kept for corrections (up to 1 GB of masks and probabilities) staying in memory after
+    their segmentation, their volume or the whole scene is gone (node IDs are reused after a scene close)."""
+    widget, parameters, dialogs = panel
+    widget.runSegmentation(interactive=True)
+    segmentation, volume = parameters.outputSegmentation, parameters.inputVolume
+    segment_id = widget.ui.targetSegmentSelector.currentSegmentID()
+    request = widget.logic.prepare(volume, segmentation, "", [parameters.positivePoints], None, segment_id)
+    engine, key = widget.logic.engine, (segmentation.GetID(), segment_id)
+    assert engine.has_result(request.volume, key) and engine.results_bytes > 0
+    if removed == "scene":
+        slicer.mrmlScene.Clear(0)  # StartCloseEvent, EndCloseEvent
+    else:
+        slicer.mrmlScene.RemoveNode(segmentation if removed == "segmentation" else volume)
+    assert not engine.has_result(request.volume, key) and engine.results_bytes == 0
