@@ -27,6 +27,7 @@ ROLE_ATTRIBUTE = "SegVol.PromptRole"
 POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
 # Strokes: open curves drawn with the positive or negative tool, read as clicks along them.
 POSITIVE_STROKE_ROLE, NEGATIVE_STROKE_ROLE = "positive stroke", "negative stroke"
+FINISHED_STROKE_ATTRIBUTE = "SegVol.FinishedStroke"  # a stroke kept while the next one is drawn
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
@@ -151,7 +152,8 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
 
 
 def read_stroke(curve_node, ijk_to_ras) -> Points | None:
-    """Clicks along a curve node's drawn curve (world RAS), negative for the negative stroke role."""
+    """Clicks along a curve node's drawn curve (world RAS), negative for the negative stroke role. Only its
+    placed points count: the one under the mouse while placing (a preview point) is not part of the stroke."""
     defined = [
         index
         for index in range(curve_node.GetNumberOfControlPoints())
@@ -159,15 +161,43 @@ def read_stroke(curve_node, ijk_to_ras) -> Points | None:
     ]
     if not defined:
         return None
-    curve = curve_node.GetCurvePointsWorld()
-    if len(defined) > 1 and curve is not None and curve.GetNumberOfPoints():
-        ras = np.array([curve.GetPoint(index) for index in range(curve.GetNumberOfPoints())])
-    else:
-        ras = np.zeros((len(defined), 3))
-        for row, index in enumerate(defined):
-            curve_node.GetNthControlPointPositionWorld(index, ras[row])
+    positions = np.zeros((len(defined), 3))
+    for row, index in enumerate(defined):
+        curve_node.GetNthControlPointPositionWorld(index, positions[row])
+    curve = curve_node
+    if len(defined) < curve_node.GetNumberOfControlPoints():  # the same curve through the placed points only
+        curve = slicer.vtkMRMLMarkupsCurveNode()
+        curve.SetCurveType(curve_node.GetCurveType())
+        for position in positions:
+            curve.AddControlPoint(*position)
+    points = curve.GetCurvePointsWorld()
+    if len(defined) > 1 and points is not None and points.GetNumberOfPoints():
+        positions = np.array([points.GetPoint(index) for index in range(points.GetNumberOfPoints())])
     label = NEGATIVE if node_role(curve_node) == NEGATIVE_STROKE_ROLE else POSITIVE
-    return Points.along_curve(ras, label, ijk_to_ras)
+    return Points.along_curve(positions, label, ijk_to_ras)
+
+
+def finish_stroke(curve_node):
+    """Keep a finished stroke as a curve node of its own (tagged FINISHED_STROKE_ATTRIBUTE), so that the next
+    stroke placed in `curve_node` starts a new curve instead of continuing this one; returns the new node."""
+    role = node_role(curve_node)
+    finished = create_prompt_node(curve_node.GetScene(), role)
+    finished.SetName(curve_node.GetScene().GenerateUniqueName(f"{curve_node.GetName()} (finished)"))
+    finished.SetAttribute(FINISHED_STROKE_ATTRIBUTE, "1")
+    for index in range(curve_node.GetNumberOfControlPoints()):
+        if curve_node.GetNthControlPointPositionStatus(index) == curve_node.PositionDefined:
+            position = [0.0, 0.0, 0.0]
+            curve_node.GetNthControlPointPositionWorld(index, position)
+            finished.AddControlPoint(*position)
+    curve_node.RemoveAllControlPoints()
+    return finished
+
+
+def finished_strokes(scene) -> list:
+    """The finished strokes in `scene` (finish_stroke), oldest first."""
+    nodes = scene.GetNodesByClass("vtkMRMLMarkupsCurveNode")
+    found = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+    return [node for node in found if node.GetAttribute(FINISHED_STROKE_ATTRIBUTE) == "1"]
 
 
 def read_prompts(point_nodes, roi_node, ijk_to_ras, shape_kji) -> tuple[Points | None, Box | None]:
