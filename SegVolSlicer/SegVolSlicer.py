@@ -712,6 +712,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _runDone(self, job, request, interactive):
         self.ui.progressBar.hide()
+        self.runOn.show_weights_location()  # a first run may have downloaded them
         try:
             results, statistics = job.outcome()
             self._finish(request, results, statistics, interactive)

@@ -12,10 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import Cancelled, CheckpointError
-from .model.checkpoint import WEIGHT_FILES, find_weights
 
 HUB_REPO = "BAAI/SegVol"
 HUB_URL = f"https://huggingface.co/{HUB_REPO}/resolve/main"
@@ -42,6 +39,8 @@ def _progress_bar(progress: Progress | None):
     """A tqdm class reporting byte progress to `progress` ("download", done, total), or None for tqdm's own."""
     if progress is None:
         return None
+
+    from tqdm.auto import tqdm  # here, not at import: Slicer's panel reads default_folder() before installing
 
     class _Reporting(tqdm):
         def update(self, n=1):
@@ -100,6 +99,8 @@ def _check_hub(folder: Path, demo_ct: bool = False) -> None:
 
 
 def _has_weights(folder: Path) -> bool:
+    from .model.checkpoint import WEIGHT_FILES  # torch: imported on first use, not with this module
+
     return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
@@ -132,6 +133,8 @@ def resolve_weights(
     """A validated weights path: `source` (SegVol_v1.pth, a snapshot folder, pytorch_model.bin, .safetensors)
     or, if None, the `BAAI/SegVol` snapshot folder in `cache_dir` (default `default_folder()`), downloaded
     when missing."""
+    from .model.checkpoint import WEIGHT_FILES, find_weights
+
     if source is not None:
         path = Path(source).expanduser()
         weights_file, _ = find_weights(path)  # raises CheckpointError naming what is wrong

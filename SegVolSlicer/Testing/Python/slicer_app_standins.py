@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import types
 import unittest
@@ -92,6 +93,8 @@ class Widget:
         if name not in self._standin["properties"]:
             raise AttributeError(f"{self._standin['class']} has no property '{name}' in Slicer 5.10/5.12")
         self._standin["values"][name] = value
+        if (self._standin["class"], name) == ("ctkPathLineEdit", "currentPath"):
+            _path_edited(self)
 
     def _value(self, name):
         state = self._standin
@@ -141,6 +144,28 @@ class Widget:
                 state["children"][name] = Widget(returned)
             return state["children"][name]
         return _DEFAULTS.get(returned)
+
+
+def _path_edited(widget: Widget) -> None:
+    """ctkPathLineEdit after its text changed: its validator is a regular expression made from its name filters
+    (ctk::nameFiltersToRegExp: "(.*\\.pth?$|...)" from "*.pth"-style patterns; ".+" when none has one), and
+    only a text it accepts is announced (currentPathChanged); a change of acceptance is (validInputChanged)."""
+    values = widget._standin["values"]
+    path = values.get("currentPath") or ""
+    extensions = [
+        match.group(1)
+        for name_filter in values.get("nameFilters") or []
+        for pattern in (re.search(r"\(([^)]*)\)", name_filter) or re.match(r"(.*)", name_filter)).group(1).split()
+        for match in [re.match(r"\*\.(\w+)", pattern)]
+        if match
+    ]
+    expression = "(" + "|".join(rf".*\.{extension}?$" for extension in extensions) + ")" if extensions else ".+"
+    valid = re.fullmatch(expression, path) is not None
+    if valid:
+        emit(widget, "currentPathChanged(QString)", path)
+    if valid != values.get("_validInput", False):
+        values["_validInput"] = valid
+        emit(widget, "validInputChanged(bool)", valid)
 
 
 def emit(widget: Widget, signal: str, *args) -> None:
