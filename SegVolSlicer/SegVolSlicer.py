@@ -9,8 +9,9 @@ pytest runs this file against slicer-core with stand-ins for the application-onl
 import logging
 import os
 import sys
+import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import numpy as np
@@ -124,7 +125,7 @@ class SegVolSlicerParameterNode:
 #
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a run's own request
 class SegmentationRequest:
     """Everything a run needs, read from the scene on the GUI thread. The worker thread reads only the
     engine's volume (arrays, the node ID, plain values) and the jobs; the nodes are where `apply` writes the
@@ -137,6 +138,9 @@ class SegmentationRequest:
     jobs: list  # [engine.TargetJob], one per target: result key (segmentation node ID, segment ID)
     zoomIn: bool
     mask: np.ndarray | None = None  # refine an existing segment: its voxels (K, J, I)
+    # Set (GUI thread) when the volume leaves the scene while the run goes: whatever the engine opened for it
+    # meanwhile (a server session) is closed when the run ends, not left behind.
+    volumeGone: threading.Event = field(default_factory=threading.Event)
 
     @property
     def voxels(self):
@@ -164,6 +168,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         # What each segment held right after SegVol wrote it (bridge.segment_stamp): a segment that differs was
         # edited since (by hand, by Undo), and a correction starts from its voxels as they are now.
         self._writtenAt = {}
+        self._running = set()  # requests prepared and not yet run to their end: their volume may leave meanwhile
         self._madeFromBox = {}  # the box a segment refined from its mask was made from, by result key
         self.lastStatistics = []  # clinical.statistics.SegmentStatistics of the segments the last apply wrote
         self.lastNotes = []  # what the last apply could not do as asked (e.g. a Segment Editor setting)
@@ -224,7 +229,13 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def forgetVolume(self, volumeNodeID: str) -> None:
         """Drop the session and kept results of a volume (removed from the scene, or its voxels changed)."""
+        self._volumesGone(lambda key: key == volumeNodeID)
         self.engine.forget(volumeNodeID)
+
+    def _volumesGone(self, gone) -> None:
+        for request in list(self._running):
+            if gone(request.volume.key):
+                request.volumeGone.set()
 
     def forgetSegmentation(self, segmentationNodeID: str) -> None:
         """Drop the kept results of a segmentation's segments (the node was removed)."""
@@ -235,6 +246,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def forgetRemovedVolumes(self, scene) -> None:
         """Drop what the engine keeps of volumes and segmentations no longer in `scene` (after a scene close,
         node IDs are reused)."""
+        self._volumesGone(lambda key: scene.GetNodeByID(key) is None)
         self.engine.keep_only(key for key in self.engine.session_keys() if scene.GetNodeByID(key) is not None)
         for segmentationNodeID in {key[0] for key in self._writtenAt}:
             if scene.GetNodeByID(segmentationNodeID) is None:
@@ -272,7 +284,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         targets = [(target, bridge.with_segment_id(segmentationNode, spec)) for target, spec in targets]
         local = corrections == CORRECTIONS[0] and zoomIn
         jobs = [self._job(volume, volumeNode, segmentationNode, target, spec, local) for target, spec in targets]
-        return SegmentationRequest(volumeNode, segmentationNode, volume, targets, jobs, bool(zoomIn))
+        return self._pending(SegmentationRequest(volumeNode, segmentationNode, volume, targets, jobs, bool(zoomIn)))
 
     def _boxWhenOnlyNegative(self, volume, points, segmentationNode, segmentID, volumeNode):
         """Negative clicks alone on a segment say what to remove, not what the segment is: the box its result
@@ -314,7 +326,14 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         mask = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
         target = Target(spec.name, box=Box.around_mask(mask))  # the mask's box: what the segment covers
         job = TargetJob(target, (segmentationNode.GetID(), segmentID))
-        return SegmentationRequest(volumeNode, segmentationNode, volume, [(target, spec)], [job], True, mask=mask)
+        return self._pending(
+            SegmentationRequest(volumeNode, segmentationNode, volume, [(target, spec)], [job], True, mask=mask)
+        )
+
+    def _pending(self, request: SegmentationRequest) -> SegmentationRequest:
+        """From now until its run ends, the request's volume leaving the scene marks it (volumeGone)."""
+        self._running.add(request)
+        return request
 
     @staticmethod
     def _volumeInput(volumeNode) -> VolumeInput:
@@ -324,10 +343,16 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
     def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
-        self.engine.select(ModelChoice(weights or None, device))
-        if request.mask is not None:
-            return [self.engine.segment_from_mask(request.volume, request.jobs[0], request.mask, reporter)]
-        return self.engine.segment(request.volume, request.jobs, request.zoomIn, reporter)
+        engine = self.engine
+        try:
+            engine.select(ModelChoice(weights or None, device))
+            if request.mask is not None:
+                return [engine.segment_from_mask(request.volume, request.jobs[0], request.mask, reporter)]
+            return engine.segment(request.volume, request.jobs, request.zoomIn, reporter)
+        finally:
+            self._running.discard(request)
+            if request.volumeGone.is_set():  # removed while its session was being opened: close it now
+                engine.forget(request.volume.key)
 
     def summarize(self, request: SegmentationRequest, results) -> list:
         """The Results table's statistics and confidence of each result (any thread: the worker computes them,
