@@ -399,6 +399,7 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
         self.lastStatistics = clinical_results.show_statistics(request.segmentationNode, segmentIDs, statistics)
         for segmentID, (target, _spec) in zip(segmentIDs, request.targets):
             key = (request.segmentationNode.GetID(), segmentID)
+            bridge.tag_made_by_segvol(request.segmentationNode, segmentID, target)
             self._writtenAt[key] = bridge.segment_stamp(request.segmentationNode, segmentID)  # later edits show
             if request.mask is not None:
                 self._madeFromBox[key] = target.box

@@ -52,6 +52,8 @@ class SegSegment:
     mask: np.ndarray  # (K, J, I) on the DICOM volume's grid
     semiautomatic: bool = False  # clicks or a box were used
     probabilities: np.ndarray | None = None  # (K, J, I) float, for FRACTIONAL
+    made_by_segvol: bool = True  # False: drawn by hand or made by another tool (algorithm type MANUAL)
+    codes: tuple[Code, Code, Code | None] | None = None  # the segment's own (category, type, modifier)
 
 
 def weights_identity(weights: str | None) -> str:
@@ -134,14 +136,15 @@ def build_dicom_seg(
     )
     descriptions = []
     for number, segment in enumerate(segments, start=1):
-        category, type_, modifier = _codes(segment.text)
+        category, type_, modifier = segment.codes or _codes(segment.text)
+        made_by_segvol = segment.made_by_segvol
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=segment.name[:64],
             segmented_property_category=hd.sr.CodedConcept(category.value, category.scheme, category.meaning),
             segmented_property_type=hd.sr.CodedConcept(type_.value, type_.scheme, type_.meaning),
-            algorithm_type="SEMIAUTOMATIC" if segment.semiautomatic else "AUTOMATIC",
-            algorithm_identification=identification,
+            algorithm_type=("SEMIAUTOMATIC" if segment.semiautomatic else "AUTOMATIC") if made_by_segvol else "MANUAL",
+            algorithm_identification=identification if made_by_segvol else None,
         )
         if modifier is not None:  # left/right: highdicom takes no modifier, DICOM has it inside the type item
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [

@@ -30,6 +30,9 @@ POSITIVE_STROKE_ROLE, NEGATIVE_STROKE_ROLE = "positive stroke", "negative stroke
 FINISHED_STROKE_ATTRIBUTE = "SegVol.FinishedStroke"  # a stroke kept while the next one is drawn
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
+# Segment tag saying SegVol made the segment, and how (a DICOM SEG's algorithm type); absent: by hand or another tool.
+MADE_BY_TAG = "SegVol.MadeBy"
+MADE_AUTOMATICALLY, MADE_SEMIAUTOMATICALLY = "AUTOMATIC", "SEMIAUTOMATIC"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
 LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 # Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...; negative clicks are also
@@ -330,6 +333,12 @@ def plan_targets(
         )
     targets = prompts.plan_targets(names, points, box, unnamed.name if unnamed else "")
     return [(target, spec_for_text(target.text) if target.text is not None else unnamed) for target in targets]
+
+
+def tag_made_by_segvol(segmentation_node, segment_id: str, target) -> None:
+    """Mark a segment SegVol wrote: automatically (its text alone) or semiautomatically (clicks or a box)."""
+    how = MADE_AUTOMATICALLY if target.points is None and target.box is None else MADE_SEMIAUTOMATICALLY
+    segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(MADE_BY_TAG, how)
 
 
 def with_segment_id(segmentation_node, spec: SegmentSpec) -> SegmentSpec:

@@ -17,7 +17,8 @@ import vtk
 from ..clinical.confidence import result_confidence
 from ..clinical.statistics import SegmentStatistics, segment_statistics
 from ..errors import InputError
-from .bridge import TARGET_TAG, world_ijk_to_ras
+from ..terminology import TERMINOLOGY_ENTRY_TAG, Code
+from .bridge import MADE_BY_TAG, MADE_SEMIAUTOMATICALLY, TARGET_TAG, world_ijk_to_ras
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM volume plugin on the volumes it loads
 SLICER_ROUTE = (
@@ -109,16 +110,41 @@ def dicom_files(volume_node, file_for_instance=None) -> list[str]:
 
 
 def export_segments(segmentation_node, segment_ids, volume_node):
-    """(name, text, mask on the volume's grid, semiautomatic) of each segment: a segment made from a text target
-    carries its text (its codes); others were made with clicks or a box."""
+    """Each segment as a DICOM SEG takes it, mask on the volume's grid: a segment SegVol made (MADE_BY_TAG)
+    with its text (its codes) and whether clicks or a box were used; any other (drawn by hand, made by
+    another tool) as MANUAL, with its own terminology when it has one."""
     from ..clinical.dicom_seg import SegSegment
 
     segmentation = segmentation_node.GetSegmentation()
     segments = []
     for segment_id in segment_ids:
         segment = segmentation.GetSegment(segment_id)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-        target = vtk.reference("")
-        text = target.get() if segment.GetTag(TARGET_TAG, target) and target.get() else None
-        segments.append(SegSegment(segment.GetName(), text, np.asarray(mask, dtype=np.uint8), text is None))
+        mask = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node))
+        mask = mask.astype(np.uint8)
+        made_by = _tag(segment, MADE_BY_TAG)
+        if made_by is None:
+            codes = terminology_codes(_tag(segment, TERMINOLOGY_ENTRY_TAG))
+            segments.append(SegSegment(segment.GetName(), None, mask, made_by_segvol=False, codes=codes))
+        else:
+            text = _tag(segment, TARGET_TAG)
+            segments.append(SegSegment(segment.GetName(), text, mask, made_by == MADE_SEMIAUTOMATICALLY))
     return segments
+
+
+def terminology_codes(entry: str | None) -> tuple[Code, Code, Code | None] | None:
+    """(category, type, modifier or None) of a serialized Slicer terminology entry
+    ("context~SCT^85756007^Tissue~SCT^...~..."), or None when it names no category and type."""
+    parts = (entry or "").split("~")
+    if len(parts) < 3:
+        return None
+    codes = []
+    for part in parts[1:4]:
+        fields = part.split("^")
+        codes.append(Code(*fields) if len(fields) == 3 and all(fields[:2]) else None)
+    category, type_, modifier = (codes + [None])[:3]
+    return None if category is None or type_ is None else (category, type_, modifier)
+
+
+def _tag(segment, name) -> str | None:
+    value = vtk.reference("")
+    return value.get() if segment.GetTag(name, value) and value.get() else None
