@@ -9,8 +9,8 @@ pytest runs this file against slicer-core with stand-ins for the application-onl
 import logging
 import os
 import sys
+import threading
 import traceback
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -37,7 +37,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SegVolSlicerLib import runtime
-from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.prompts import Box, Target
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
@@ -63,8 +63,6 @@ DICOM_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-di
 # How clicks on a segment with a result act: locally (SegVolSession.refine, beyond the official pipeline) or
 # through the whole official pipeline.
 CORRECTIONS = ("around the new clicks (fast)", "whole structure (official)")
-RESULTS_KEPT = 8  # last results kept for corrections (each holds masks and probabilities of the volume's size)
-RESULTS_BUDGET_BYTES = 1 << 30  # ...and at most this much of them (the newest is always kept)
 STAGE_TITLES = {
     "download": "Downloading weights",
     "load": "Loading model",
@@ -128,19 +126,22 @@ class SegVolSlicerParameterNode:
 #
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a run's own request
 class SegmentationRequest:
     """Everything a run needs, read from the scene on the GUI thread. The worker thread reads only the
-    engine's volume (arrays, the node ID, plain values) and the targets; the nodes are where `apply` writes the
+    engine's volume (arrays, the node ID, plain values) and the jobs; the nodes are where `apply` writes the
     results, back on the GUI thread."""
 
     volumeNode: vtkMRMLScalarVolumeNode
     segmentationNode: vtkMRMLSegmentationNode
     volume: VolumeInput  # key: the volume node ID; signature: (voxels' modification time, world IJK-to-RAS)
-    targets: list  # [(prompts.Target, bridge.SegmentSpec)]
+    targets: list  # [(prompts.Target, bridge.SegmentSpec)]; each spec names its segment ID (new ones too)
+    jobs: list  # [engine.TargetJob], one per target: result key (segmentation node ID, segment ID)
     zoomIn: bool
-    previous: list = field(default_factory=list)  # per target: the result to correct locally, or None
     mask: np.ndarray | None = None  # refine an existing segment: its voxels (K, J, I)
+    # Set (GUI thread) when the volume leaves the scene while the run goes: whatever the engine opened for it
+    # meanwhile (a server session) is closed when the run ends, not left behind.
+    volumeGone: threading.Event = field(default_factory=threading.Event)
 
     @property
     def voxels(self):
@@ -151,36 +152,34 @@ class SegmentationRequest:
         return self.volume.ijk_to_ras
 
 
-def _resultBytes(result) -> int:
-    """The memory a kept result holds: its masks and probabilities (a 512x512x300 CT: ~0.5 GB)."""
-    arrays = (result.mask, result.zoom_out_mask, getattr(result, "probabilities", None))
-    return sum({id(array): array.nbytes for array in arrays if array is not None}.values())
-
-
 class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     """Prepare (GUI thread) -> run (any thread) -> apply (GUI thread); `process` does all three in a row.
 
-    The engine host (SegVolSlicerLib.engine) keeps the loaded model and one inference session per volume (its
-    embedding caches make a new click cost a decoder pass), dropped when the volume changes or is removed;
-    only the 2 most recently used are kept (each holds a float copy of its volume and up to 768 MB of
+    The engine (SegVolSlicerLib.engine) keeps the loaded model, one inference session per volume (its
+    embedding caches make a new click cost a decoder pass) and the last result of each segment, under the
+    result key (segmentation node ID, segment ID) chosen here before the run; the logic keeps no results. Only
+    the 2 most recently used sessions are kept (each holds a float copy of its volume and up to 768 MB of
     embeddings: with 0.7 GB of weights a GPU stays under 4 GB).
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.engine = self._newEngine()  # or a client.RemoteEngine: the same face over a SegVol server
+        self.engine = self._newEngine()  # or a client.RemoteEngine: the same Engine over a SegVol server
         self._server = None  # (url, key) while the engine is a server's
-        # The last result written to each segment, for corrections: (volume key, volume signature, segmentation
-        # node ID, segment ID) -> result.
-        self._results = OrderedDict()
+        # What each segment held right after SegVol wrote it (bridge.segment_stamp): a segment that differs was
+        # edited since (by hand, by Undo), and a correction starts from its voxels as they are now.
+        self._writtenAt = {}
+        self._running = set()  # requests prepared and not yet run to their end: their volume may leave meanwhile
+        self._madeFromBox = {}  # the box a segment refined from its mask was made from, by result key
         self.lastStatistics = []  # clinical.statistics.SegmentStatistics of the segments the last apply wrote
+        self.lastNotes = []  # what the last apply could not do as asked (e.g. a Segment Editor setting)
 
     @staticmethod
     def _newEngine(model=None):
         return EngineHost(
             model=model,
             max_sessions=2,
-            memory_budget_mb=2 * 768 + 1024,
+            memory_budget_mb=2 * 768 + 1024,  # sessions and the kept results together
             session_options=SessionOptions(cache_budget_mb=768, probabilities=True),  # each segment's confidence
         )
 
@@ -215,7 +214,8 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
     def _replaceEngine(self, engine) -> None:
         old, remote = self.engine, self._server is not None
         self.engine, self._server = engine, None
-        self._results.clear()  # results are corrected where they were made
+        self._writtenAt.clear()  # results are corrected where they were made
+        self._madeFromBox.clear()
         if remote:
             old.close(wait_s=0)  # its sessions end in the background: the GUI thread never waits on a server
         else:
@@ -229,12 +229,29 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
             torch.cuda.empty_cache()
 
     def forgetVolume(self, volumeNodeID: str) -> None:
-        """Drop the session of a volume (removed from the scene, or its voxels changed)."""
+        """Drop the session and kept results of a volume (removed from the scene, or its voxels changed)."""
+        self._volumesGone(lambda key: key == volumeNodeID)
         self.engine.forget(volumeNodeID)
 
+    def _volumesGone(self, gone) -> None:
+        for request in list(self._running):
+            if gone(request.volume.key):
+                request.volumeGone.set()
+
+    def forgetSegmentation(self, segmentationNodeID: str) -> None:
+        """Drop the kept results of a segmentation's segments (the node was removed)."""
+        self.engine.forget_results(segmentationNodeID)
+        self._writtenAt = {key: at for key, at in self._writtenAt.items() if key[0] != segmentationNodeID}
+        self._madeFromBox = {key: box for key, box in self._madeFromBox.items() if key[0] != segmentationNodeID}
+
     def forgetRemovedVolumes(self, scene) -> None:
-        """Drop the sessions of volumes no longer in `scene` (after a scene close, node IDs are reused)."""
+        """Drop what the engine keeps of volumes and segmentations no longer in `scene` (after a scene close,
+        node IDs are reused)."""
+        self._volumesGone(lambda key: scene.GetNodeByID(key) is None)
         self.engine.keep_only(key for key in self.engine.session_keys() if scene.GetNodeByID(key) is not None)
+        for segmentationNodeID in {key[0] for key in self._writtenAt}:
+            if scene.GetNodeByID(segmentationNodeID) is None:
+                self.forgetSegmentation(segmentationNodeID)
 
     # --- the three steps ---
 
@@ -253,71 +270,97 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
         Without a segmentation node, a new one is made (`request.segmentationNode`) once the input is usable.
         `corrections` (CORRECTIONS): whether a target whose segment has a result is corrected around the new
-        clicks, or run through the whole official pipeline.
+        clicks (from the segment's voxels as they are now), or run through the whole official pipeline.
         """
-        voxels, ijkToRas = bridge.read_volume(volumeNode)
-        volume = VolumeInput(
-            volumeNode.GetID(), voxels, ijkToRas, signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
-        )
+        volume = self._volumeInput(volumeNode)
         self.forgetRemovedVolumes(volumeNode.GetScene())
         self.engine.forget_if_changed(volume.key, volume.signature)
-        points, box = bridge.read_prompts(pointNodes, roiNode, ijkToRas, voxels.shape)
-        if box is None and refineSegmentID and segmentationNode is not None and not bridge.split_names(names):
-            # A segment refined from its mask: its box stands for the structure the clicks correct.
-            kept = self._results.get((volume.key, volume.signature, segmentationNode.GetID(), refineSegmentID))
-            box = getattr(getattr(kept, "basis", None), "mask_box", None)
+        points, box = bridge.read_prompts(pointNodes, roiNode, volume.ijk_to_ras, volume.voxels.shape)
+        if refineSegmentID and segmentationNode is not None and not bridge.split_names(names):
+            box = box or self._boxWhenOnlyNegative(volume, points, segmentationNode, refineSegmentID, volumeNode)
         targets = bridge.plan_targets(bridge.split_names(names), points, box, segmentationNode, refineSegmentID)
         if segmentationNode is None:
             segmentationNode = bridge.create_segmentation_node(volumeNode)
         bridge.check_labelmap_source(segmentationNode)  # now, not after the model ran
+        targets = [(target, bridge.with_segment_id(segmentationNode, spec)) for target, spec in targets]
         local = corrections == CORRECTIONS[0] and zoomIn
-        previous = [
-            self._results.get(self._resultKey(volume, segmentationNode, spec)) if local else None for _, spec in targets
-        ]
-        return SegmentationRequest(volumeNode, segmentationNode, volume, targets, bool(zoomIn), previous)
+        jobs = [self._job(volume, volumeNode, segmentationNode, target, spec, local) for target, spec in targets]
+        return self._pending(SegmentationRequest(volumeNode, segmentationNode, volume, targets, jobs, bool(zoomIn)))
+
+    def _boxWhenOnlyNegative(self, volume, points, segmentationNode, segmentID, volumeNode):
+        """Negative clicks alone on a segment say what to remove, not what the segment is: the box its result
+        was made from (a segment refined from its mask), else what it covers now, stands for the structure."""
+        if points is None or points.has_positive:
+            return None
+        key = (segmentationNode.GetID(), segmentID)
+        if key in self._madeFromBox and self.engine.has_result(volume, key):
+            return self._madeFromBox[key]
+        if segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
+            return None
+        mask = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
+        return Box.around_mask(mask) if mask.any() else None
+
+    def _job(self, volume, volumeNode, segmentationNode, target, spec, local) -> TargetJob:
+        key = (segmentationNode.GetID(), spec.segment_id)
+        segment = segmentationNode.GetSegmentation().GetSegment(spec.segment_id)
+        if segment is None:  # a new segment, or one removed since: nothing of an older one is corrected
+            self.engine.forget_results(key)
+            self._writtenAt.pop(key, None)
+            self._madeFromBox.pop(key, None)
+            return TargetJob(target, key)
+        if not (local and self.engine.has_result(volume, key)):
+            return TargetJob(target, key)
+        current = None
+        if not bridge.segment_unchanged(segmentationNode, spec.segment_id, self._writtenAt.get(key)):
+            current = bridge.segment_mask(segmentationNode, spec.segment_id, volumeNode)  # edited since
+        return TargetJob(target, key, correct=True, current_mask=current)
 
     def prepareFromSegment(self, volumeNode, segmentationNode, segmentID) -> SegmentationRequest:
         """Refine an existing segment (drawn by hand, made by another tool): SegVol segments it again from the
         prompts the official evaluation derives from a label, so that clicks then correct it locally."""
         if segmentationNode is None or not segmentID:
             raise InputError("select the segment to refine first")
-        voxels, ijkToRas = bridge.read_volume(volumeNode)
-        volume = VolumeInput(
-            volumeNode.GetID(), voxels, ijkToRas, signature=(volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
-        )
+        volume = self._volumeInput(volumeNode)
         self.engine.forget_if_changed(volume.key, volume.signature)
         spec = bridge.spec_for_segment(segmentationNode, segmentID)
         bridge.check_labelmap_source(segmentationNode)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentID, volumeNode)
+        mask = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
         target = Target(spec.name, box=Box.around_mask(mask))  # the mask's box: what the segment covers
-        return SegmentationRequest(volumeNode, segmentationNode, volume, [(target, spec)], True, mask=mask)
+        job = TargetJob(target, (segmentationNode.GetID(), segmentID))
+        return self._pending(
+            SegmentationRequest(volumeNode, segmentationNode, volume, [(target, spec)], [job], True, mask=mask)
+        )
+
+    def _pending(self, request: SegmentationRequest) -> SegmentationRequest:
+        """From now until its run ends, the request's volume leaving the scene marks it (volumeGone)."""
+        self._running.add(request)
+        return request
+
+    @staticmethod
+    def _volumeInput(volumeNode) -> VolumeInput:
+        voxels, ijkToRas = bridge.read_volume(volumeNode)
+        signature = (volumeNode.GetImageData().GetMTime(), ijkToRas.tobytes())
+        return VolumeInput(volumeNode.GetID(), voxels, ijkToRas, signature=signature)
 
     def run(self, request: SegmentationRequest, reporter: Reporter = NO_REPORT, weights=None, device="auto"):
         """Segment every target (any thread: no scene access). A GPU out of memory falls back to the CPU."""
-        self.engine.select(ModelChoice(weights or None, device))
-        targets = [target for target, _ in request.targets]
-        if request.mask is not None:
-            if not hasattr(self.engine, "segment_from_mask"):
-                raise InputError("refining an existing segment runs on this computer only, not on a SegVol server")
-            return [self.engine.segment_from_mask(request.volume, targets[0].name, request.mask, reporter)]
-        if not any(previous is not None for previous in request.previous):
-            return self.engine.segment(request.volume, targets, request.zoomIn, reporter)
-        results = []
-        for index, (target, previous) in enumerate(zip(targets, request.previous)):
-            reporter.progress("target", index, len(targets))
-            if previous is None:
-                results += self.engine.segment(request.volume, [target], request.zoomIn, reporter)
-            else:
-                results.append(self.engine.refine(request.volume, previous, target, reporter))
-        return results
+        engine = self.engine
+        try:
+            engine.select(ModelChoice(weights or None, device))
+            if request.mask is not None:
+                return [engine.segment_from_mask(request.volume, request.jobs[0], request.mask, reporter)]
+            return engine.segment(request.volume, request.jobs, request.zoomIn, reporter)
+        finally:
+            self._running.discard(request)
+            if request.volumeGone.is_set():  # removed while its session was being opened: close it now
+                engine.forget(request.volume.key)
 
-    def _resultKey(self, volume, segmentationNode, spec):
-        segmentID = spec.segment_id
-        if segmentID is None and spec.target_key is not None and segmentationNode is not None:
-            segmentID = bridge.find_target_segment(segmentationNode, spec.target_key)
-        if segmentID is None or segmentationNode is None:
-            return None
-        return (volume.key, volume.signature, segmentationNode.GetID(), segmentID)
+    def summarize(self, request: SegmentationRequest, results) -> list:
+        """The Results table's statistics and confidence of each result (any thread: the worker computes them,
+        the GUI thread only fills the table)."""
+        return clinical_results.results_statistics(
+            [spec.name for _, spec in request.targets], results, request.voxels, request.ijkToRas
+        )
 
     def checkNodes(self, request: SegmentationRequest) -> None:
         """The request's volume and segmentation are still in the scene and the volume's grid is unchanged
@@ -339,38 +382,38 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
                 "nothing was written, segment again"
             )
 
-    def apply(self, request: SegmentationRequest, results, editorNode=None, saveStateForUndo=None) -> list[str]:
+    def apply(
+        self, request: SegmentationRequest, results, editorNode=None, saveStateForUndo=None, statistics=None
+    ) -> list[str]:
         """Write the results as segments of the request's segmentation, one undo step (GUI thread), their
-        confidence as segment tags; returns the segment IDs (their statistics: `self.lastStatistics`)."""
+        confidence as segment tags; returns the segment IDs (their statistics, from `summarize` or computed
+        here: `self.lastStatistics`)."""
         self.checkNodes(request)
         writer = bridge.SegmentWriter(request.segmentationNode, request.volumeNode, editorNode, saveStateForUndo)
         try:
             segmentIDs = writer.write([(spec, result.mask) for (_, spec), result in zip(request.targets, results)])
         finally:
             writer.close()
-        for segmentID, result in zip(segmentIDs, results):  # what the next clicks on these segments correct
-            key = (request.volume.key, request.volume.signature, request.segmentationNode.GetID(), segmentID)
-            self.remember(key, result)
-        self.lastStatistics = clinical_results.results_statistics(
-            request.segmentationNode, segmentIDs, results, request.voxels, request.ijkToRas
-        )
+        self.lastNotes = writer.notes
+        if statistics is None:
+            statistics = self.summarize(request, results)
+        self.lastStatistics = clinical_results.show_statistics(request.segmentationNode, segmentIDs, statistics)
+        for segmentID, (target, _spec) in zip(segmentIDs, request.targets):
+            key = (request.segmentationNode.GetID(), segmentID)
+            bridge.tag_made_by_segvol(request.segmentationNode, segmentID, target)
+            self._writtenAt[key] = bridge.segment_stamp(request.segmentationNode, segmentID)  # later edits show
+            if request.mask is not None:
+                self._madeFromBox[key] = target.box
+            elif target.box is not None or target.text is not None:
+                self._madeFromBox.pop(key, None)
         return segmentIDs
-
-    def remember(self, key, result) -> None:
-        """Keep `result` for the corrections of its segment: the newest RESULTS_KEPT within RESULTS_BUDGET_BYTES
-        (always the newest one)."""
-        self._results.pop(key, None)
-        self._results[key] = result
-        while len(self._results) > RESULTS_KEPT or (
-            len(self._results) > 1 and sum(map(_resultBytes, self._results.values())) > RESULTS_BUDGET_BYTES
-        ):
-            self._results.popitem(last=False)
 
     # --- clinical export ---
 
     def prepareDicomSeg(self, volumeNode, segmentationNode, segmentIDs=None, fileForInstance=None):
         """What a DICOM SEG of the segments (default: all) needs from the scene (GUI thread): the volume's DICOM
         files (an InputError naming Slicer's route when it was not loaded from the DICOM database)."""
+        clinical_results.check_dicom_place(volumeNode)
         files = clinical_results.dicom_files(volumeNode, fileForInstance)
         if segmentIDs is None:
             segmentIDs = list(segmentationNode.GetSegmentation().GetSegmentIDs())
@@ -472,6 +515,10 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
 
+        # Closing Slicer: qSlicerMainWindow::closeEvent calls exit() (selectModule("")), then the main window
+        # goes; aboutToQuit and cleanup() come only once the loop below has returned: end the jobs now.
+        self._onLastWindowClosed = self.onLastWindowClosed  # one object: PythonQt disconnects what it connected
+        slicer.app.connect("lastWindowClosed()", self._onLastWindowClosed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
@@ -488,6 +535,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         """Module unload, Reload and application exit: stop everything at once and let the model go."""
+        slicer.app.disconnect("lastWindowClosed()", self._onLastWindowClosed)
         self.jobs.abandon()
         self.campaign.cleanup()
         self.prompts.cleanup()
@@ -506,6 +554,11 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
 
+    def onLastWindowClosed(self):
+        """The application is closing: the run and the side jobs end at once, in the background."""
+        self.prompts.auto_timer.stop()
+        self.jobs.abandon()
+
     def onSceneStartClose(self, caller, event):
         self.prompts.auto_timer.stop()
         self.jobs.abandon()  # its nodes are about to go: the results are dropped, the loop ends now
@@ -521,6 +574,8 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNodeAboutToBeRemoved(self, caller, event, node):
         if node.IsA("vtkMRMLVolumeNode"):
             self.logic.forgetVolume(node.GetID())
+        elif node.IsA("vtkMRMLSegmentationNode"):
+            self.logic.forgetSegmentation(node.GetID())
         elif bridge.node_role(node) is not None and self.parent.isEntered:
             # Placing must keep working: a fresh prompt node once the removal is over.
             qt.QTimer.singleShot(0, self._createMissingPromptNodes)
@@ -659,7 +714,13 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     node.inputVolume,
                     node.outputSegmentation,
                     node.targetNames,
-                    [node.positivePoints, node.negativePoints, node.positiveStroke, node.negativeStroke],
+                    [
+                        node.positivePoints,
+                        node.negativePoints,
+                        node.positiveStroke,
+                        node.negativeStroke,
+                        *bridge.finished_strokes(slicer.mrmlScene),
+                    ],
                     node.boxROI,
                     refineSegmentID or None,
                     node.zoomIn,
@@ -671,7 +732,13 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.outputSegmentation = request.segmentationNode  # a new one when none was selected
         weights, device = self.runOn.weights(), node.device
         self._selectResult = True
-        self.jobs.start_run(lambda reporter: self.logic.run(request, reporter, weights, device), request, interactive)
+        logic = self.logic
+
+        def work(reporter):  # the worker thread: the model, and the Results table's numbers
+            results = logic.run(request, reporter, weights, device)
+            return results, logic.summarize(request, results)
+
+        self.jobs.start_run(work, request, interactive)
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
@@ -684,8 +751,10 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _runDone(self, job, request, interactive):
         self.ui.progressBar.hide()
+        self.runOn.show_weights_location()  # a first run may have downloaded them
         try:
-            self._finish(request, job.outcome(), interactive)
+            results, statistics = job.outcome()
+            self._finish(request, results, statistics, interactive)
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
         except SegVolError as error:
@@ -718,14 +787,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"{title} {event.done} of {event.total}" if event.stage in ("zoom-in", "correction") else f"{title} %p%"
             )
 
-    def _finish(self, request, results, interactive):
+    def _finish(self, request, results, statistics, interactive):
         self.logic.checkNodes(request)  # before the Segment Editor is pointed at the nodes
         shownEditor = self.history.point_at(request.segmentationNode, request.volumeNode, interactive)
         editorNode = shownEditor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
         onEditor = shownEditor.segmentationNode() == request.segmentationNode
         undoOwner = shownEditor.saveStateForUndo if onEditor else None
         with self.campaign.ai_step(request, results):  # a step of the open case's record
-            segmentIDs = self.logic.apply(request, results, editorNode, undoOwner)
+            segmentIDs = self.logic.apply(request, results, editorNode, undoOwner, statistics)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
         if (
@@ -736,7 +805,7 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
         self.results.show_statistics(self.logic.lastStatistics)
-        warnings = [w for result in results for w in result.warnings]
+        warnings = [w for result in results for w in result.warnings] + self.logic.lastNotes
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
         if not onEditor:
             warnings.append(editor.NOT_UNDOABLE.format(name=shownEditor.segmentationNode().GetName()))
@@ -744,8 +813,9 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _undo(self, redo=False):
         node = self._parameterNode
-        if node:
-            self.history.undo(node.outputSegmentation, node.inputVolume, redo)
+        why = self.history.undo(node.outputSegmentation, redo) if node else None
+        if why:
+            self.ui.statusLabel.text = why
 
     def _showStatus(self, text, busy=False):
         self.ui.statusLabel.text = text

@@ -349,6 +349,22 @@ QT_CLASSES = {
     "QMainWindow": _qt(
         "QWidget", {}, [], {m: None for m in ("statusBar", "menuBar", "centralWidget", "addDockWidget", "addToolBar")}
     ),
+    # slicer.app (a qSlicerApplication) as the panel uses it: Qt's application signals
+    "QCoreApplication": _qt(
+        "QObject",
+        {"applicationName": "QString", "applicationVersion": "QString"},
+        ["aboutToQuit()"],
+        {m: None for m in ("processEvents", "exit", "quit", "applicationDirPath")},
+    ),
+    "QGuiApplication": _qt(
+        "QCoreApplication", {"quitOnLastWindowClosed": "bool"}, ["lastWindowClosed()"], {"topLevelWindows": None}
+    ),
+    "QApplication": _qt(
+        "QGuiApplication",
+        {},
+        ["focusChanged(QWidget*,QWidget*)"],
+        {m: None for m in ("closeAllWindows", "topLevelWidgets")},
+    ),
     "QLayout": _qt(
         "QObject",
         {"spacing": "int", "contentsMargins": "QMargins", "sizeConstraint": "SizeConstraint"},

@@ -12,8 +12,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import Cancelled, CheckpointError
 
 # The weights files a folder may hold, in the order they are looked for, and the tokenizer files beside them.
@@ -62,6 +60,8 @@ def _progress_bar(progress: Progress | None):
     """A tqdm class reporting byte progress to `progress` ("download", done, total), or None for tqdm's own."""
     if progress is None:
         return None
+
+    from tqdm.auto import tqdm  # here, not at import: Slicer's panel reads default_folder() before installing
 
     class _Reporting(tqdm):
         def update(self, n=1):

@@ -51,6 +51,8 @@ class SegSegment:
     mask: np.ndarray  # (K, J, I) on the DICOM volume's grid
     semiautomatic: bool = False  # clicks or a box were used
     probabilities: np.ndarray | None = None  # (K, J, I) float, for FRACTIONAL
+    made_by_segvol: bool = True  # False: drawn by hand or made by another tool (algorithm type MANUAL)
+    codes: tuple[Code, Code, Code | None] | None = None  # the segment's own (category, type, modifier)
 
 
 def weights_identity(weights: str | None) -> str:
@@ -159,17 +161,19 @@ def build_dicom_seg(
     descriptions = []
     for number, segment in enumerate(segments, start=1):
         look = look_for_segment(segment.name, segment.text)  # the codes and colour of the .seg.nrrd and Slicer
+        category, type_, modifier = segment.codes or (look.term.category, look.term.type, look.term.modifier)
+        made_by_segvol = segment.made_by_segvol
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=segment.name[:64],
-            segmented_property_category=_concept(look.term.category),
-            segmented_property_type=_concept(look.term.type),
-            algorithm_type="SEMIAUTOMATIC" if segment.semiautomatic else "AUTOMATIC",
-            algorithm_identification=identification,
+            segmented_property_category=_concept(category),
+            segmented_property_type=_concept(type_),
+            algorithm_type=("SEMIAUTOMATIC" if segment.semiautomatic else "AUTOMATIC") if made_by_segvol else "MANUAL",
+            algorithm_identification=identification if made_by_segvol else None,
         )
-        if look.term.modifier.value:  # left/right: highdicom takes no modifier, DICOM has it inside the type item
+        if modifier is not None and modifier.value:  # left/right: highdicom takes no modifier; DICOM has it
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-                _concept(look.term.modifier)
+                _concept(modifier)
             ]
         description.RecommendedDisplayCIELabValue = list(hd.color.CIELabColor(*cielab_from_rgb(look.color)).value)
         descriptions.append(description)

@@ -7,6 +7,8 @@ volume through its world IJK-to-RAS matrix.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass
@@ -25,8 +27,12 @@ ROLE_ATTRIBUTE = "SegVol.PromptRole"
 POSITIVE_ROLE, NEGATIVE_ROLE, BOX_ROLE = "positive", "negative", "box"
 # Strokes: open curves drawn with the positive or negative tool, read as clicks along them.
 POSITIVE_STROKE_ROLE, NEGATIVE_STROKE_ROLE = "positive stroke", "negative stroke"
+FINISHED_STROKE_ATTRIBUTE = "SegVol.FinishedStroke"  # a stroke kept while the next one is drawn
 # Segment tag naming the text target that produced the segment: re-running that target updates the segment.
 TARGET_TAG = "SegVol.Target"
+# Segment tag saying SegVol made the segment, and how (a DICOM SEG's algorithm type); absent: by hand or another tool.
+MADE_BY_TAG = "SegVol.MadeBy"
+MADE_AUTOMATICALLY, MADE_SEMIAUTOMATICALLY = "AUTOMATIC", "SEMIAUTOMATIC"
 DEFAULT_SEGMENT_PREFIX = "SegVol"
 LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 # Prompt node looks: clicks in clearly different colours, labelled "+1", "-1", ...; negative clicks are also
@@ -149,7 +155,8 @@ def read_points(point_nodes, ijk_to_ras) -> Points | None:
 
 
 def read_stroke(curve_node, ijk_to_ras) -> Points | None:
-    """Clicks along a curve node's drawn curve (world RAS), negative for the negative stroke role."""
+    """Clicks along a curve node's drawn curve (world RAS), negative for the negative stroke role. Only its
+    placed points count: the one under the mouse while placing (a preview point) is not part of the stroke."""
     defined = [
         index
         for index in range(curve_node.GetNumberOfControlPoints())
@@ -157,15 +164,43 @@ def read_stroke(curve_node, ijk_to_ras) -> Points | None:
     ]
     if not defined:
         return None
-    curve = curve_node.GetCurvePointsWorld()
-    if len(defined) > 1 and curve is not None and curve.GetNumberOfPoints():
-        ras = np.array([curve.GetPoint(index) for index in range(curve.GetNumberOfPoints())])
-    else:
-        ras = np.zeros((len(defined), 3))
-        for row, index in enumerate(defined):
-            curve_node.GetNthControlPointPositionWorld(index, ras[row])
+    positions = np.zeros((len(defined), 3))
+    for row, index in enumerate(defined):
+        curve_node.GetNthControlPointPositionWorld(index, positions[row])
+    curve = curve_node
+    if len(defined) < curve_node.GetNumberOfControlPoints():  # the same curve through the placed points only
+        curve = slicer.vtkMRMLMarkupsCurveNode()
+        curve.SetCurveType(curve_node.GetCurveType())
+        for position in positions:
+            curve.AddControlPoint(*position)
+    points = curve.GetCurvePointsWorld()
+    if len(defined) > 1 and points is not None and points.GetNumberOfPoints():
+        positions = np.array([points.GetPoint(index) for index in range(points.GetNumberOfPoints())])
     label = NEGATIVE if node_role(curve_node) == NEGATIVE_STROKE_ROLE else POSITIVE
-    return Points.along_curve(ras, label, ijk_to_ras)
+    return Points.along_curve(positions, label, ijk_to_ras)
+
+
+def finish_stroke(curve_node):
+    """Keep a finished stroke as a curve node of its own (tagged FINISHED_STROKE_ATTRIBUTE), so that the next
+    stroke placed in `curve_node` starts a new curve instead of continuing this one; returns the new node."""
+    role = node_role(curve_node)
+    finished = create_prompt_node(curve_node.GetScene(), role)
+    finished.SetName(curve_node.GetScene().GenerateUniqueName(f"{curve_node.GetName()} (finished)"))
+    finished.SetAttribute(FINISHED_STROKE_ATTRIBUTE, "1")
+    for index in range(curve_node.GetNumberOfControlPoints()):
+        if curve_node.GetNthControlPointPositionStatus(index) == curve_node.PositionDefined:
+            position = [0.0, 0.0, 0.0]
+            curve_node.GetNthControlPointPositionWorld(index, position)
+            finished.AddControlPoint(*position)
+    curve_node.RemoveAllControlPoints()
+    return finished
+
+
+def finished_strokes(scene) -> list:
+    """The finished strokes in `scene` (finish_stroke), oldest first."""
+    nodes = scene.GetNodesByClass("vtkMRMLMarkupsCurveNode")
+    found = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+    return [node for node in found if node.GetAttribute(FINISHED_STROKE_ATTRIBUTE) == "1"]
 
 
 def read_prompts(point_nodes, roi_node, ijk_to_ras, shape_kji) -> tuple[Points | None, Box | None]:
@@ -300,6 +335,57 @@ def plan_targets(
     return [(target, spec_for_text(target.text) if target.text is not None else unnamed) for target in targets]
 
 
+def tag_made_by_segvol(segmentation_node, segment_id: str, target) -> None:
+    """Mark a segment SegVol wrote: automatically (its text alone) or semiautomatically (clicks or a box)."""
+    how = MADE_AUTOMATICALLY if target.points is None and target.box is None else MADE_SEMIAUTOMATICALLY
+    segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(MADE_BY_TAG, how)
+
+
+def with_segment_id(segmentation_node, spec: SegmentSpec) -> SegmentSpec:
+    """`spec` naming the segment its result goes to, chosen before the run (the engine keeps the result under
+    it): the one given, the segment an earlier run of the same text made, or the ID a new segment will get."""
+    segment_id = spec.segment_id
+    if segment_id is None and spec.target_key is not None:
+        segment_id = find_target_segment(segmentation_node, spec.target_key)
+    if segment_id is None:
+        segment_id = segmentation_node.GetSegmentation().GenerateUniqueSegmentID(spec.name)
+    return dataclasses.replace(spec, segment_id=segment_id)
+
+
+def segment_mask(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """A segment's voxels (K, J, I) uint8 on the volume's grid, as they are now."""
+    return np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node), np.uint8)
+
+
+def segment_stamp(segmentation_node, segment_id: str) -> tuple | None:
+    """What a segment's voxels are now, cheaply: its labelmap's modification time and a digest of its voxels
+    in its layer (None without a labelmap). Compare with `segment_unchanged`."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(LABELMAP) if segment is not None else None
+    if labelmap is None:
+        return None
+    return int(labelmap.GetMTime()), _voxels_digest(labelmap, segment.GetLabelValue())
+
+
+def segment_unchanged(segmentation_node, segment_id: str, stamp: tuple | None) -> bool:
+    """Whether the segment holds the voxels it had when `stamp` was taken. The modification time alone
+    would do for a segment alone in its layer; a layer shared with other segments changes with each of
+    them, so a changed time is confirmed by the voxels' digest."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(LABELMAP) if segment is not None else None
+    if stamp is None or labelmap is None:
+        return False
+    return int(labelmap.GetMTime()) == stamp[0] or _voxels_digest(labelmap, segment.GetLabelValue()) == stamp[1]
+
+
+def _voxels_digest(labelmap, label_value: int) -> bytes:
+    scalars = labelmap.GetPointData().GetScalars()
+    inside = numpy_support.vtk_to_numpy(scalars) == label_value if scalars is not None else np.zeros(0, bool)
+    digest = hashlib.blake2b(np.packbits(inside).tobytes(), digest_size=16)
+    digest.update(repr(tuple(labelmap.GetExtent())).encode())
+    return digest.digest()
+
+
 def check_labelmap_source(segmentation_node) -> None:
     """Results are voxels: a segmentation whose segments are stored as surfaces would silently get empty
     segments (the surfaces are the source, voxels derived from them), and converting it is the user's choice."""
@@ -327,36 +413,36 @@ class SegmentWriter:
 
     Each `write` is one undo step (state saved before anything changes, new segments included) and goes through
     vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap, so overwrite and masking settings apply exactly as in
-    the Segment Editor. Without an `editor_node` the writer uses its own: other segments are never modified
-    (overlap allowed), editing allowed everywhere. `save_state_for_undo` is the undo owner (the Segment Editor
-    widget's `saveStateForUndo` in Slicer, so Ctrl+Z there walks back AI steps and manual edits alike);
-    without it the writer keeps its own undo history (`undo`/`redo`).
+    the Segment Editor. The writer always edits through its own (hidden) editor node: `editor_node`, the Segment
+    Editor's, only lends its overwrite and masking settings, read at each write; without it other segments are
+    never modified (overlap allowed) and editing is allowed everywhere. Pointing the Segment Editor's own node at
+    this segmentation would switch the Segment Editor and erase its undo history, whatever the user decided.
+    `save_state_for_undo` is the undo owner (the Segment Editor widget's `saveStateForUndo` in Slicer, so Ctrl+Z
+    there walks back AI steps and manual edits alike); without it the writer keeps its own undo history
+    (`undo`/`redo`). `notes`: settings that could not apply, for the status line.
     """
 
     def __init__(self, segmentation_node, volume_node, editor_node=None, save_state_for_undo=None):
         check_labelmap_source(segmentation_node)
         scene = segmentation_node.GetScene()
         self.segmentation_node, self.volume_node = segmentation_node, volume_node
-        if editor_node is None:
-            editor_node = slicer.vtkMRMLSegmentEditorNode()
-            editor_node.SetHideFromEditors(True)
-            editor_node.SetSaveWithScene(False)
-            editor_node.SetOverwriteMode(editor_node.OverwriteNone)
-            editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
-            scene.AddNode(editor_node)
-            self._own_editor_node = editor_node
-        else:
-            self._own_editor_node = None
+        self._settings_node = editor_node
+        self.notes: list[str] = []
+        own = slicer.vtkMRMLSegmentEditorNode()
+        own.SetHideFromEditors(True)
+        own.SetSaveWithScene(False)
+        own.SetOverwriteMode(own.OverwriteNone)
+        own.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        scene.AddNode(own)
+        self._own_editor_node = own
         self._logic = slicer.vtkSlicerSegmentEditorLogic()
         self._logic.SetMRMLScene(scene)
         app = getattr(slicer, "app", None)  # absent in plain slicer-core without the test shim
         if app is not None:
             self._logic.SetMRMLApplicationLogic(app.applicationLogic())
-        self._logic.SetSegmentEditorNode(editor_node)
-        if editor_node.GetSegmentationNode() is not segmentation_node:
-            self._logic.SetSegmentationNode(segmentation_node)
-        if editor_node.GetSourceVolumeNode() is not volume_node:
-            self._logic.SetSourceVolumeNode(volume_node)
+        self._logic.SetSegmentEditorNode(own)
+        self._logic.SetSegmentationNode(segmentation_node)
+        self._logic.SetSourceVolumeNode(volume_node)
         self._save_state = save_state_for_undo or self._logic.SaveStateForUndo
         if not segmentation_node.GetDisplayNode():
             segmentation_node.CreateDefaultDisplayNodes()
@@ -365,6 +451,28 @@ class SegmentWriter:
             # and stores voxels.
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             segmentation_node.GetSegmentation().SetSourceRepresentationName(LABELMAP)
+
+    def _take_settings(self) -> None:
+        """The Segment Editor's overwrite and masking settings, as they are now, on the writer's own node."""
+        settings, own = self._settings_node, self._own_editor_node
+        if settings is None:
+            return
+        own.SetOverwriteMode(settings.GetOverwriteMode())
+        own.SetSourceVolumeIntensityMask(settings.GetSourceVolumeIntensityMask())
+        own.SetSourceVolumeIntensityMaskRange(settings.GetSourceVolumeIntensityMaskRange())
+        mask_mode, mask_segment = settings.GetMaskMode(), settings.GetMaskSegmentID()
+        if mask_mode == slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment and (
+            settings.GetSegmentationNode() is not self.segmentation_node
+            or self.segmentation_node.GetSegmentation().GetSegment(mask_segment or "") is None
+        ):
+            # the editable area is a segment of another segmentation: it cannot mask this one
+            mask_mode, mask_segment = slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere, None
+            name = self.segmentation_node.GetName()
+            note = f"The Segment Editor's editable area is a segment of another segmentation: not applied to '{name}'."
+            if note not in self.notes:
+                self.notes.append(note)
+        own.SetMaskMode(mask_mode)
+        own.SetMaskSegmentID(mask_segment)
 
     def close(self):
         """Remove the writer's private editor node from the scene."""
@@ -382,6 +490,7 @@ class SegmentWriter:
                     f"a mask of shape {mask.shape} does not fit volume "
                     f"'{self.volume_node.GetName()}' of shape {expected_shape}"
                 )
+        self._take_settings()
         self._save_state()
         segment_ids = []
         for spec, mask in results:
@@ -405,7 +514,7 @@ class SegmentWriter:
             existing = find_target_segment(self.segmentation_node, spec.target_key)
             if existing is not None:
                 return existing
-        segment_id = segmentation.AddEmptySegment("", spec.name, list(spec.color))
+        segment_id = segmentation.AddEmptySegment(spec.segment_id or "", spec.name, list(spec.color))
         segment = segmentation.GetSegment(segment_id)
         # Model names and colours are final: keep Slicer's terminology UI from regenerating them.
         segment.SetNameAutoGenerated(False)

@@ -358,6 +358,10 @@ def check_overwrite_settings():
         np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
         "mask 'outside all segments' was not honoured",
     )
+    _check(
+        editor_node.GetSegmentationNode() is None and editor_node.GetSourceVolumeNode() is None,
+        "the writer pointed the Segment Editor's node at its segmentation (the editor switches, its history goes)",
+    )
     writer.close()
 
 

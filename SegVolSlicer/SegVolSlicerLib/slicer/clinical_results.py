@@ -7,16 +7,18 @@ computed from the same logits as its mask; it is stored as segment tags (saved w
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 import numpy as np
 import slicer
 import vtk
 
-from ..clinical.confidence import Confidence, result_confidence
+from ..clinical.confidence import result_confidence
 from ..clinical.statistics import SegmentStatistics, segment_statistics
 from ..errors import InputError
-from .bridge import TARGET_TAG
+from ..terminology import TERMINOLOGY_ENTRY_TAG, Code
+from .bridge import MADE_BY_TAG, MADE_SEMIAUTOMATICALLY, TARGET_TAG, world_ijk_to_ras
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM volume plugin on the volumes it loads
 SLICER_ROUTE = (
@@ -26,30 +28,27 @@ SLICER_ROUTE = (
 )
 
 
-def tag_confidence(segmentation_node, segment_ids, results) -> list[Confidence | None]:
-    """Store each result's confidence as tags of its segment; returns the confidences."""
-    confidences = []
-    segmentation = segmentation_node.GetSegmentation()
-    for segment_id, result in zip(segment_ids, results):
-        confidence = result_confidence(result)
-        if confidence is not None:
-            segment = segmentation.GetSegment(segment_id)
-            for key, value in confidence.tags().items():
-                segment.SetTag(key, value)
-        confidences.append(confidence)
-    return confidences
-
-
-def results_statistics(segmentation_node, segment_ids, results, voxels, ijk_to_ras) -> list[SegmentStatistics]:
-    """The statistics of the results as written (RAS, the scene's coordinates), with their confidence."""
-    confidences = tag_confidence(segmentation_node, segment_ids, results)
-    segmentation = segmentation_node.GetSegmentation()
+def results_statistics(names, results, voxels, ijk_to_ras) -> list[SegmentStatistics]:
+    """The statistics of each result under its segment's name (RAS, the scene's coordinates), with its
+    confidence. No MRML: the worker thread computes them (seconds on a large CT), not the GUI thread."""
     return [
-        segment_statistics(
-            segmentation.GetSegment(segment_id).GetName(), result.mask, voxels, ijk_to_ras, confidence, "RAS"
-        )
-        for segment_id, result, confidence in zip(segment_ids, results, confidences)
+        segment_statistics(name, result.mask, voxels, ijk_to_ras, result_confidence(result), "RAS")
+        for name, result in zip(names, results)
     ]
+
+
+def show_statistics(segmentation_node, segment_ids, statistics) -> list[SegmentStatistics]:
+    """Store each segment's confidence as its tags (saved with the scene); returns the statistics under the
+    names the segments have now (GUI thread, no voxel work)."""
+    segmentation = segmentation_node.GetSegmentation()
+    shown = []
+    for segment_id, stats in zip(segment_ids, statistics):
+        segment = segmentation.GetSegment(segment_id)
+        if stats.confidence is not None:
+            for key, value in stats.confidence.tags().items():
+                segment.SetTag(key, value)
+        shown.append(dataclasses.replace(stats, segment=segment.GetName()))
+    return shown
 
 
 def statistics_html(statistics: list[SegmentStatistics]) -> str:
@@ -69,6 +68,26 @@ def statistics_html(statistics: list[SegmentStatistics]) -> str:
             f"<td align='right'>{hu}</td><td>{shown}</td></tr>"
         )
     return "<table cellspacing='4'>" + "".join(rows) + "</table>"
+
+
+def check_dicom_place(volume_node) -> None:
+    """A DICOM SEG lies on the CT's DICOM grid, where its files put it: a CT moved by a transform is refused,
+    with what to do."""
+    parent = volume_node.GetParentTransformNode()
+    if parent is None:
+        return
+    local = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(local)
+    if np.allclose(world_ijk_to_ras(volume_node), slicer.util.arrayFromVTKMatrix(local)):
+        return  # an identity transform moves nothing
+    raise InputError(
+        f"'{volume_node.GetName()}' is under the transform '{parent.GetName()}', so it is not where its DICOM "
+        "files place it, and a DICOM SEG (which lies on the CT's DICOM grid) would not match what you see. "
+        f"If '{parent.GetName()}' only moves the CT for viewing, take the CT and its segmentation out of it (Data "
+        "module: drag them to the top level) and export again. To keep the moved CT, harden the transform "
+        f"(Data module: right-click '{parent.GetName()}', Harden transform) and save the segmentation as "
+        ".seg.nrrd or NIfTI instead: a hardened CT no longer matches its DICOM files."
+    )
 
 
 def dicom_files(volume_node, file_for_instance=None) -> list[str]:
@@ -91,16 +110,41 @@ def dicom_files(volume_node, file_for_instance=None) -> list[str]:
 
 
 def export_segments(segmentation_node, segment_ids, volume_node):
-    """(name, text, mask on the volume's grid, semiautomatic) of each segment: a segment made from a text target
-    carries its text (its codes); others were made with clicks or a box."""
+    """Each segment as a DICOM SEG takes it, mask on the volume's grid: a segment SegVol made (MADE_BY_TAG)
+    with its text (its codes) and whether clicks or a box were used; any other (drawn by hand, made by
+    another tool) as MANUAL, with its own terminology when it has one."""
     from ..clinical.dicom_seg import SegSegment
 
     segmentation = segmentation_node.GetSegmentation()
     segments = []
     for segment_id in segment_ids:
         segment = segmentation.GetSegment(segment_id)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-        target = vtk.reference("")
-        text = target.get() if segment.GetTag(TARGET_TAG, target) and target.get() else None
-        segments.append(SegSegment(segment.GetName(), text, np.asarray(mask, dtype=np.uint8), text is None))
+        mask = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node))
+        mask = mask.astype(np.uint8)
+        made_by = _tag(segment, MADE_BY_TAG)
+        if made_by is None:
+            codes = terminology_codes(_tag(segment, TERMINOLOGY_ENTRY_TAG))
+            segments.append(SegSegment(segment.GetName(), None, mask, made_by_segvol=False, codes=codes))
+        else:
+            text = _tag(segment, TARGET_TAG)
+            segments.append(SegSegment(segment.GetName(), text, mask, made_by == MADE_SEMIAUTOMATICALLY))
     return segments
+
+
+def terminology_codes(entry: str | None) -> tuple[Code, Code, Code | None] | None:
+    """(category, type, modifier or None) of a serialized Slicer terminology entry
+    ("context~SCT^85756007^Tissue~SCT^...~..."), or None when it names no category and type."""
+    parts = (entry or "").split("~")
+    if len(parts) < 3:
+        return None
+    codes = []
+    for part in parts[1:4]:
+        fields = part.split("^")
+        codes.append(Code(*fields) if len(fields) == 3 and all(fields[:2]) else None)
+    category, type_, modifier = (codes + [None])[:3]
+    return None if category is None or type_ is None else (category, type_, modifier)
+
+
+def _tag(segment, name) -> str | None:
+    value = vtk.reference("")
+    return value.get() if segment.GetTag(name, value) and value.get() else None

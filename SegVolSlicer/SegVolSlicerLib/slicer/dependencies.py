@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -75,6 +76,12 @@ def protected_package_constraints(folder) -> str:
     return path
 
 
+def torch_installed() -> bool:
+    """Whether torch is installed, from its metadata: not PyTorchUtilsLogic.torchInstalled(), which imports
+    torch (seconds, and on Slicer's GUI thread, where `check` runs)."""
+    return not unsatisfied(["torch"])
+
+
 def check(requirements_file, interactive: bool = True, needs_torch: bool = True) -> str | InstallPlan | None:
     """GUI thread, no network: None when SegVol's packages are ready; an InstallPlan the user agreed to (run it
     on a worker thread); otherwise one line saying why not (for the status label).
@@ -85,13 +92,11 @@ def check(requirements_file, interactive: bool = True, needs_torch: bool = True)
     """
     torch_version = None
     if needs_torch:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
+        if "PyTorchUtils" not in sys.modules and importlib.util.find_spec("PyTorchUtils") is None:
             if interactive:
                 slicer.util.errorDisplay(NEEDS_PYTORCH_EXTENSION)
             return NEEDS_PYTORCH_EXTENSION
-        if not PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
+        if not torch_installed():
             torch_version = TORCH_REQUIREMENT.removeprefix("torch")
         elif unsatisfied([TORCH_REQUIREMENT]):
             found = importlib.metadata.version("torch")

@@ -14,6 +14,9 @@ SWITCH_EDITOR = _(
     "The Segment Editor has '{shown}' open. Switch it to '{wanted}' so that SegVol's steps can be undone? "
     "The Segment Editor keeps the undo history of one segmentation only: the history of '{shown}' is cleared."
 )
+MOVED_ON = _(
+    "Nothing of '{name}' to undo here: the Segment Editor shows '{shown}' (its history holds that one's steps)."
+)
 NOT_UNDOABLE = _("Not undoable: the Segment Editor stays on '{name}' (Undo there undoes that one's steps).")
 
 
@@ -41,14 +44,18 @@ class EditorHistory:
             editor.setSourceVolumeNode(volume_node)
         return editor
 
-    def undo(self, segmentation_node, volume_node, redo=False) -> None:
-        """Undo (or redo) a step of `segmentation_node` in the Segment Editor's history."""
+    def undo(self, segmentation_node, redo=False) -> str | None:
+        """Undo (or redo) a step of `segmentation_node` in the Segment Editor's history; returns why not, for
+        the status line. The editor is never switched for this: switching clears the history, so the steps
+        asked for would be gone."""
         if segmentation_node is None:
-            return
-        editor = self.point_at(segmentation_node, volume_node)
-        if editor.segmentationNode() != segmentation_node:
-            return  # the user kept the Segment Editor on another segmentation: nothing of ours to undo there
+            return None
+        editor = self.editor()
+        shown = editor.segmentationNode()
+        if shown != segmentation_node:
+            return MOVED_ON.format(name=segmentation_node.GetName(), shown=shown.GetName() if shown else _("nothing"))
         if redo:
             editor.redo()
         else:
             editor.undo()
+        return None

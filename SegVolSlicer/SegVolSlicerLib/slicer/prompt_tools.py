@@ -47,6 +47,11 @@ class PromptTools(VTKObservationMixin):
                 else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
             )
         self.ui.boxPlaceWidget.connect("activeMarkupsPlaceModeChanged(bool)", self.on_box_place_mode_changed)
+        for stroke_widget in self.stroke_widgets():
+            stroke_widget.connect(
+                "activeMarkupsPlaceModeChanged(bool)",
+                lambda placing, w=stroke_widget: self.on_stroke_place_mode_changed(w, placing),
+            )
         self.ui.targetNamesEdit.connect("returnPressed()", self.on_prompt_changed)
         self._set_up_name_completion()
         self.auto_timer = qt.QTimer()
@@ -68,6 +73,9 @@ class PromptTools(VTKObservationMixin):
             self.ui.positiveStrokePlaceWidget,
             self.ui.negativeStrokePlaceWidget,
         )
+
+    def stroke_widgets(self):
+        return (self.ui.positiveStrokePlaceWidget, self.ui.negativeStrokePlaceWidget)
 
     def stop_placing(self) -> None:
         self.auto_timer.stop()
@@ -121,6 +129,8 @@ class PromptTools(VTKObservationMixin):
         placing = not place_widget.placeModeEnabled
         if placing and place_widget is self.ui.boxPlaceWidget:
             self.on_box_place_mode_changed(True)
+        elif place_widget in self.stroke_widgets():
+            self.on_stroke_place_mode_changed(place_widget, placing)
         place_widget.setPlaceModeEnabled(placing)
 
     def on_box_place_mode_changed(self, placing) -> None:
@@ -137,6 +147,17 @@ class PromptTools(VTKObservationMixin):
         elif not placing and box.GetNumberOfDefinedControlPoints() > 0:
             self.on_prompt_changed()
 
+    def on_stroke_place_mode_changed(self, place_widget, placing) -> None:
+        """A stroke is one curve, run once it is finished (placing ends). Placing again starts a new stroke:
+        the finished one is kept as a curve of its own (not a prompt change: its clicks stay the same)."""
+        stroke = place_widget.currentNode()
+        if stroke is None:
+            return
+        if placing and stroke.GetNumberOfDefinedControlPoints() > 0:
+            self.without_prompt_events(lambda: bridge.finish_stroke(stroke))
+        elif not placing and stroke.GetNumberOfDefinedControlPoints() > 0:
+            self.on_prompt_changed()
+
     def without_prompt_events(self, edit: Callable) -> None:
         self.ignore_prompt_events = True
         try:
@@ -145,8 +166,14 @@ class PromptTools(VTKObservationMixin):
             self.ignore_prompt_events = False
 
     def clear(self, nodes) -> None:
-        """Clear the prompts: starting over is not a prompt to run."""
-        self.without_prompt_events(lambda: bridge.clear_prompts(nodes))
+        """Clear the prompts (finished strokes too): starting over is not a prompt to run."""
+
+        def clear_all():
+            bridge.clear_prompts(nodes)
+            for stroke in bridge.finished_strokes(slicer.mrmlScene):
+                slicer.mrmlScene.RemoveNode(stroke)
+
+        self.without_prompt_events(clear_all)
         self.auto_timer.stop()
 
     # --- prompt events and auto-update ---
@@ -176,5 +203,7 @@ class PromptTools(VTKObservationMixin):
             return
         if caller is not None and caller is parameters.boxROI and self.ui.boxPlaceWidget.placeModeEnabled:
             return  # a box being drawn is not a prompt yet: the end of placing (above) is
+        if any(caller is not None and caller is w.currentNode() and w.placeModeEnabled for w in self.stroke_widgets()):
+            return  # nor a stroke being drawn: each of its points would start a run
         if parameters.autoUpdate:
             self.auto_timer.start()

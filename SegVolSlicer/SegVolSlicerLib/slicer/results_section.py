@@ -89,8 +89,8 @@ class ResultsSection:
             return
         try:
             prepared = self.logic.prepareDicomSeg(node.inputVolume, node.outputSegmentation)
-        except SegVolError as error:
-            self.show_error(error, True)
+        except Exception as error:  # noqa: BLE001  (every failure ends in the status line)
+            self._failed(error)
             return
         self.installer.ensure(
             self.dicom_requirements_file, needs_torch=False, interactive=True, then=lambda: self._write(prepared, path)
@@ -110,13 +110,15 @@ class ResultsSection:
             self.update()
             try:
                 job.outcome()
-            except SegVolError as error:
-                self.show_error(error, True)
-                return
-            except Exception as error:  # highdicom's ValueError, a missing file, a missing package
-                logging.error(traceback.format_exc())
-                self.show_error(SegVolError(_("Export DICOM SEG failed: {error}").format(error=error)), True)
+            except Exception as error:  # noqa: BLE001  (highdicom's ValueError, a missing file, a missing package)
+                self._failed(error)
                 return
             self.show_status(_("Wrote {path}.").format(path=path))
 
         return done
+
+    def _failed(self, error) -> None:
+        if not isinstance(error, SegVolError):  # not a user mistake: full details in the log
+            logging.error("".join(traceback.format_exception(error)))
+            error = SegVolError(_("Export DICOM SEG failed, nothing was written: {error}").format(error=error))
+        self.show_error(error, True)

@@ -6,11 +6,14 @@ plain text, in the settings).
 
 from __future__ import annotations
 
+import shutil
+
 import ctk
 import qt
 import slicer
 from slicer.i18n import tr as _
 
+from .. import weights
 from ..errors import SegVolError
 from . import connection
 
@@ -33,14 +36,18 @@ class RunOn:
 
     def setup(self) -> None:
         settings = qt.QSettings()
-        # ctkPathLineEdit's Browse opens a file dialog only: a snapshot folder has its own button
+        # ctkPathLineEdit's Browse opens a file dialog only: a snapshot folder has its own button. No name
+        # filters: the field's validator is made from them, and it would refuse a folder and an empty field
+        # (which then would never be announced, nor remembered).
         self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
-        self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
         self.ui.weightsPathLineEdit.currentPath = settings.value(WEIGHTS_SETTING) or ""
+        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self._store_weights)
         self.ui.weightsPathLineEdit.connect(
-            "currentPathChanged(QString)", lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path)
+            "validInputChanged(bool)", lambda valid: self._store_weights(self.ui.weightsPathLineEdit.currentPath)
         )
         self.ui.weightsFolderButton.connect("clicked(bool)", self.on_choose_weights_folder)
+        self.ui.removeWeightsButton.connect("clicked(bool)", self.on_remove_downloaded_weights)
+        self.show_weights_location()
         self.ui.runOnComboBox.addItems(list(RUN_ON))
         self.ui.runOnComboBox.currentIndex = 1 if settings.value(RUN_ON_SETTING) == "server" else 0
         self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING) or ""
@@ -68,6 +75,33 @@ class RunOn:
             self.logic.useServer(self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text)
         else:
             self.logic.useThisComputer()
+
+    @staticmethod
+    def _store_weights(path) -> None:
+        qt.QSettings().setValue(WEIGHTS_SETTING, (path or "").strip())
+
+    def show_weights_location(self) -> None:
+        """Where the downloaded weights are (outside any Slicer version's folders: every Slicer and the segvol
+        command share them), and how much they take."""
+        folder = weights.default_folder()
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
+        if size:
+            text = _("Downloaded weights: {folder} ({size:.0f} MB)").format(folder=folder, size=size / 2**20)
+        else:
+            text = _("Downloaded weights go to {folder} (nothing downloaded yet)").format(folder=folder)
+        self.ui.weightsLocationLabel.text = text
+        self.ui.removeWeightsButton.enabled = bool(size)
+
+    def on_remove_downloaded_weights(self) -> None:
+        folder = weights.default_folder()
+        if self.jobs.running or not folder.is_dir():
+            return
+        question = _("Delete the downloaded SegVol weights in {folder}? SegVol downloads them again when needed.")
+        if not slicer.util.confirmYesNoDisplay(question.format(folder=folder)):
+            return
+        self.logic.release()  # the loaded model lets go of them too
+        shutil.rmtree(folder, ignore_errors=True)
+        self.show_weights_location()
 
     def _store_key(self) -> None:
         """The key stays in this session's panel; only "remember" writes it to the settings (plain text)."""

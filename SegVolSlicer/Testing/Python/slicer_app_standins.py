@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import types
 import unittest
@@ -92,6 +93,8 @@ class Widget:
         if name not in self._standin["properties"]:
             raise AttributeError(f"{self._standin['class']} has no property '{name}' in Slicer 5.10/5.12")
         self._standin["values"][name] = value
+        if (self._standin["class"], name) == ("ctkPathLineEdit", "currentPath"):
+            _path_edited(self)
 
     def _value(self, name):
         state = self._standin
@@ -111,6 +114,13 @@ class Widget:
                 raise AttributeError(f"{state['class']} has no signal {signal} in Slicer 5.10/5.12")
             state["connections"].setdefault(signal, []).append(slot)
             return True
+        if name == "disconnect" and len(args) == 2:  # as Qt: the connection of that signal to that slot goes
+            signal, slot = args
+            connected = state["connections"].get(signal, [])
+            if slot in connected:
+                connected.remove(slot)
+                return True
+            return False
         if name == "setRange":
             state["values"]["minimum"], state["values"]["maximum"] = args
             return None
@@ -134,6 +144,28 @@ class Widget:
                 state["children"][name] = Widget(returned)
             return state["children"][name]
         return _DEFAULTS.get(returned)
+
+
+def _path_edited(widget: Widget) -> None:
+    """ctkPathLineEdit after its text changed: its validator is a regular expression made from its name filters
+    (ctk::nameFiltersToRegExp: "(.*\\.pth?$|...)" from "*.pth"-style patterns; ".+" when none has one), and
+    only a text it accepts is announced (currentPathChanged); a change of acceptance is (validInputChanged)."""
+    values = widget._standin["values"]
+    path = values.get("currentPath") or ""
+    extensions = [
+        match.group(1)
+        for name_filter in values.get("nameFilters") or []
+        for pattern in (re.search(r"\(([^)]*)\)", name_filter) or re.match(r"(.*)", name_filter)).group(1).split()
+        for match in [re.match(r"\*\.(\w+)", pattern)]
+        if match
+    ]
+    expression = "(" + "|".join(rf".*\.{extension}?$" for extension in extensions) + ")" if extensions else ".+"
+    valid = re.fullmatch(expression, path) is not None
+    if valid:
+        emit(widget, "currentPathChanged(QString)", path)
+    if valid != values.get("_validInput", False):
+        values["_validInput"] = valid
+        emit(widget, "validInputChanged(bool)", valid)
 
 
 def emit(widget: Widget, signal: str, *args) -> None:
@@ -444,16 +476,61 @@ def _check_python_names(module_name, names):
 
 
 class SegmentEditorModuleWidget:
-    """qSlicerSegmentEditorModuleWidget's Python side: its editor widget and its singleton parameter node."""
+    """qSlicerSegmentEditorModuleWidget's Python side: its editor widget and its singleton parameter node.
+
+    As qMRMLSegmentEditorWidget, the editor shows what its vtkMRMLSegmentEditorNode holds: its segmentation
+    and source volume are the node's (whoever set them, the widget or code that edits the node), and the undo
+    history (`saveStateForUndo` steps, listed in `undo_history(editor)`) belongs to one segmentation: it is
+    cleared whenever the node's segmentation changes."""
 
     def __init__(self):
         self.editor = Widget("qMRMLSegmentEditorWidget", "SegmentEditor")
+        state = self.editor._standin
+        state["history"], state["history_of"] = [], None
+
+        def node():
+            return state["values"].get("mrmlSegmentEditorNode")
+
+        def follow_node():
+            shown = node().GetSegmentationNode() if node() is not None else None
+            if shown is not state["history_of"]:
+                state["history"], state["history_of"] = [], shown
+            return shown
+
+        def recorded(name, function):
+            def call(*args):
+                state["calls"].append((name, args))
+                return function(*args)
+
+            object.__setattr__(self.editor, name, call)
+
+        def on_node(setter):
+            def set_on_node(value):
+                if node() is None:  # as qMRMLSegmentEditorWidget: an error in the log, nothing set
+                    logging.error("qMRMLSegmentEditorWidget: invalid segment editor parameter set node")
+                    return
+                getattr(node(), setter)(value)
+
+            return set_on_node
+
+        recorded("setSegmentationNode", on_node("SetAndObserveSegmentationNode"))
+        recorded("segmentationNode", follow_node)
+        recorded("setSourceVolumeNode", on_node("SetAndObserveSourceVolumeNode"))
+        recorded("sourceVolumeNode", lambda: node().GetSourceVolumeNode() if node() is not None else None)
+        recorded("saveStateForUndo", lambda: (follow_node(), state["history"].append("step")))
+        recorded("undo", lambda: follow_node() and state["history"] and state["history"].pop())
 
     def selectParameterNode(self):
         node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
         if node is None:
             node = add_segment_editor_node(slicer.mrmlScene)
         self.editor.setMRMLSegmentEditorNode(node)
+
+
+def undo_history(editor: Widget) -> list:
+    """The undo steps the Segment Editor holds for the segmentation it shows now."""
+    editor.segmentationNode()
+    return list(editor._standin["history"])
 
 
 def add_segment_editor_node(scene):

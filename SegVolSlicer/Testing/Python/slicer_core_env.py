@@ -102,6 +102,14 @@ class _FakeApp:
     def __init__(self, env):
         self._env, self._io = env, _CoreIOManager(env)
         self.temporaryPath = tempfile.gettempdir()
+        # Qt's application signals (lastWindowClosed(), aboutToQuit()): connect refuses unknown ones
+        self.signals = slicer_app_standins.Widget("QApplication", "SlicerApp")
+
+    def connect(self, signal, slot):
+        return self.signals.connect(signal, slot)
+
+    def disconnect(self, signal, slot):
+        return self.signals.disconnect(signal, slot)
 
     def coreIOManager(self):
         return self._io

@@ -83,3 +83,42 @@ def test_export_of_a_volume_not_from_dicom_names_the_route(slicer_module, dicom_
     segmentation.GetSegmentation().AddEmptySegment("x")
     with pytest.raises(InputError, match="not loaded from Slicer's DICOM database.*DICOM module"):
         slicer_module.SegVolSlicerLogic().prepareDicomSeg(node, segmentation)
+
+
+def test_each_segment_says_what_made_it(slicer_module, dicom_volume, tmp_path):  # noqa: F811
+    """Guards: a hand-drawn (or another tool's) segment exported as SegVol's output with generic codes. SegVol's
+    segments are AUTOMATIC (text) or SEMIAUTOMATIC (clicks, box) with SegVol's identification; the others are
+    MANUAL, with their own terminology."""
+    import highdicom as hd
+
+    from SegVolSlicerLib.slicer import checks
+
+    node, by_uid = dicom_volume
+    logic = slicer_module.SegVolSlicerLogic()
+    logic.useModel(FakeSegVol())
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    (liver,), _ = logic.process(node, segmentation, names="liver")
+    click = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    ijk = np.argwhere(slicer.util.arrayFromVolume(node) > 0)[0][::-1].astype(float)
+    click.AddControlPoint(*checks.ijk_to_ras_points(slicer.util.arrayFromVTKMatrix(ijk_matrix(node)), [ijk])[0])
+    (clicked,), _ = logic.process(node, segmentation, pointNodes=[click])
+    drawn = segmentation.GetSegmentation().AddEmptySegment("", "my spleen")
+    mask = np.zeros(slicer.util.arrayFromVolume(node).shape, np.uint8)
+    mask[1:3, 2:6, 2:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, drawn, node)
+    spleen = standard_term("spleen")
+    segmentation.GetSegmentation().GetSegment(drawn).SetTag("TerminologyEntry", spleen.entry)
+    prepared = logic.prepareDicomSeg(node, segmentation, fileForInstance=by_uid.get)
+    logic.writeDicomSeg(prepared, tmp_path / "seg.dcm")
+    items = {item.SegmentLabel: item for item in hd.seg.segread(tmp_path / "seg.dcm").SegmentSequence}
+    assert items["liver"].SegmentAlgorithmType == "AUTOMATIC" and "SegmentAlgorithmName" in items["liver"]
+    assert items["SegVol 1"].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    hand = items["my spleen"]
+    assert hand.SegmentAlgorithmType == "MANUAL" and "SegmentationAlgorithmIdentificationSequence" not in hand
+    assert hand.SegmentedPropertyTypeCodeSequence[0].CodeValue == spleen.type.value
+
+
+def ijk_matrix(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix

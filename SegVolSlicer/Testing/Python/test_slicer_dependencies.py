@@ -4,8 +4,9 @@ rule: never install without asking, never open a dialog from auto-update, never 
 never a traceback."""
 
 import importlib.metadata
+import importlib.util
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,18 @@ def test_constraints_protect_slicers_packages(tmp_path):
     assert f"torch=={importlib.metadata.version('torch')}" in lines
 
 
+FIND_SPEC = importlib.util.find_spec
+
+
+def _without_pytorch_extension(name, *args):
+    return None if name == "PyTorchUtils" else FIND_SPEC(name, *args)
+
+
+def _with_pytorch_extension(find_spec):
+    """importlib.util.find_spec as in a Slicer with the PyTorch extension (PyTorchUtils importable)."""
+    return lambda name, *args: object() if name == "PyTorchUtils" else find_spec(name, *args)
+
+
 class FakeSlicer:
     """Records Slicer's dialogs, PyTorchUtils' check and the installers; `answers` are the user's replies."""
 
@@ -75,12 +88,8 @@ class FakeSlicer:
             dependencies, "run_python_module", lambda module, args: self.commands.append([module, *args])
         )
 
-        class PyTorchUtilsLogic:
-            @staticmethod
-            def torchInstalled():
-                return torch_installed
-
-        monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+        monkeypatch.setattr(dependencies, "torch_installed", lambda: torch_installed)
+        monkeypatch.setattr(importlib.util, "find_spec", _with_pytorch_extension(importlib.util.find_spec))
 
     def _confirm(self, text, **kwargs):
         self.dialogs.append(("confirm", kwargs.get("detailedText", text)))
@@ -95,7 +104,9 @@ def requirements_file(tmp_path, *lines):
 
 def test_without_the_pytorch_extension(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     fake = FakeSlicer(monkeypatch, tmp_path)
-    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "PyTorchUtils" else FIND_SPEC(name, *args)
+    )
     assert dependencies.check(REQUIREMENTS_FILE, interactive=False) == dependencies.NEEDS_PYTORCH_EXTENSION
     assert fake.dialogs == []  # auto-update never opens a dialog
     assert dependencies.check(REQUIREMENTS_FILE) == dependencies.NEEDS_PYTORCH_EXTENSION
@@ -159,7 +170,9 @@ def test_a_failing_installer_is_one_message(monkeypatch):
 def test_on_a_server_only_the_clients_packages_are_needed(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
     """Slicer on a laptop with a SegVol server: no PyTorch extension, no torch, only httpx and blosc2."""
     fake = FakeSlicer(monkeypatch, tmp_path, torch_installed=False, answers=[True])
-    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "PyTorchUtils" else FIND_SPEC(name, *args)
+    )
     client = requirements_file(tmp_path, f"numpy=={NUMPY}", "no-such-client-package-segvol==1.0")
     plan = dependencies.check(client, interactive=True, needs_torch=False)
     assert plan.torch_version is None and ("errorDisplay", dependencies.NEEDS_PYTORCH_EXTENSION) not in fake.dialogs
@@ -172,3 +185,20 @@ def test_the_client_requirements_name_no_torch():
     client = dependencies.requirement_lines(CLIENT_REQUIREMENTS_FILE)
     assert {Requirement(line).name.lower() for line in client} == {"httpx", "blosc2"}, client
     import SegVolSlicerLib.client  # noqa: F401  (what they serve: the client imports with them)
+
+
+def test_checking_for_torch_does_not_import_it():
+    """`check` runs on Slicer's GUI thread at the first Segment: PyTorchUtilsLogic.torchInstalled() imports
+    torch there (seconds, Slicer frozen). The model's thread imports it, later."""
+    probe = f"""
+import sys, types
+logic = types.SimpleNamespace(torchInstalled=lambda: __import__("torch") is not None)  # as PyTorch Utils
+sys.modules["PyTorchUtils"] = types.SimpleNamespace(PyTorchUtilsLogic=logic)
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import slicer_core_env
+from SegVolSlicerLib.slicer import dependencies
+dependencies.check({str(REQUIREMENTS_FILE)!r}, interactive=False)
+assert "torch" not in sys.modules, "torch was imported on the GUI thread"
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

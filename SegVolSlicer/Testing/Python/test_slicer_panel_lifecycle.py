@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import slicer
+import slicer_app_standins
 from fake_segvol import FakeSegVol
 from slicer_app_standins import DIALOG_ANSWERS, Widget, emit, standin_calls
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
@@ -144,6 +145,18 @@ def slow_preparation(monkeypatch, seconds):
     return started
 
 
+def close_slicer(widget):
+    """Closing Slicer as qSlicerMainWindow::closeEvent does it (Slicer 5.10 and 5.12): the panel's exit()
+    (selectModule("")), which does not cancel anything, then QTimer.singleShot(0, closeAllWindows): the main
+    window goes and Qt emits lastWindowClosed(). aboutToQuit and the module's cleanup() come only once the main
+    event loop runs again, i.e. after the panel's own loop has returned: a loop that waits for them never ends
+    before the run does, in a windowless Slicer."""
+    import qt  # the stand-in, once slicer_core_env installed it
+
+    widget.exit()
+    qt.QTimer.singleShot(0, lambda: emit(slicer.app.signals, "lastWindowClosed()"))
+
+
 @pytest.mark.parametrize("how", ["Cancel", "scene close", "application close"])
 def test_cancel_and_closing_during_preprocessing_end_the_wait_at_once(panel, monkeypatch, how):  # noqa: F811
     widget, parameters, dialogs = panel
@@ -158,9 +171,9 @@ def test_cancel_and_closing_during_preprocessing_end_the_wait_at_once(panel, mon
         elif how == "scene close":
             widget.onSceneStartClose(None, None)
         else:
-            widget.cleanup()  # what Slicer calls when it quits
+            close_slicer(widget)
 
-    widget.qtEvents = [act]
+    widget.qtEvents = [act, slicer_app_standins.process_events]
     widget.runSegmentation(interactive=True)
     assert time.perf_counter() - acted[0] < 0.5, "the wait loop kept going after the run was stopped"
     assert widget.jobs.job is None and dialogs == []

@@ -42,7 +42,9 @@ def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     parameters.inputVolume = checks.make_volume(ijk_to_ras)
     parameters.positivePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [12.0, 10.0, 6.0]))
     parameters.zoomIn = False
-    widget.editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    editor_module = slicer.modules.segmenteditor.widgetRepresentation().self()
+    editor_module.selectParameterNode()  # the user has opened the Segment Editor
+    widget.editor = editor_module.editor
     widget.qtEvents = []  # what the user does while the model runs: one per slicer.app.processEvents()
     monkeypatch.setattr(slicer.app, "processEvents", lambda: widget.qtEvents.pop(0)() if widget.qtEvents else None)
     yield widget, parameters, dialogs
@@ -309,17 +311,18 @@ def test_a_correction_and_refining_a_segment_are_one_undo_step_each(panel, slice
     Refine existing segment re-segments the selected segment from its mask, in one more."""
     widget, parameters, dialogs = panel
     parameters.zoomIn = True
-    refined = []
-    refine = widget.logic.engine.refine
-    widget.logic.engine.refine = lambda *args: refined.append(args[2]) or refine(*args)
+    runs, segment = [], widget.logic.engine.segment
+    widget.logic.engine.segment = lambda volume, jobs, *args: runs.append(list(jobs)) or segment(volume, jobs, *args)
     widget.runSegmentation(interactive=True)
     segment_id = widget.ui.targetSegmentSelector.currentSegmentID()
-    assert parameters.corrections == slicer_module.CORRECTIONS[0] and refined == []
+    assert parameters.corrections == slicer_module.CORRECTIONS[0] and not runs[0][0].correct
 
     ijk_to_ras = checks.oblique_lps_ijk_to_ras()
     parameters.negativePoints.AddControlPoint(*checks.ijk_to_ras_points(ijk_to_ras, [5.0, 5.0, 3.0]))
     widget.runSegmentation(interactive=True)
-    assert len(refined) == 1 and len(refined[0].points) == 2 and undo_steps(widget) == 2
+    (job,) = runs[1]
+    assert job.correct and job.result_key == (parameters.outputSegmentation.GetID(), segment_id)
+    assert len(job.target.points) == 2 and job.current_mask is None and undo_steps(widget) == 2
     assert widget.ui.targetSegmentSelector.currentSegmentID() == segment_id and dialogs == []
 
     from_mask, segment_from_mask = [], widget.logic.engine.segment_from_mask
@@ -328,3 +331,21 @@ def test_a_correction_and_refining_a_segment_are_one_undo_step_each(panel, slice
     assert len(from_mask) == 1 and from_mask[0] > 0  # the segment's voxels became the prompts
     assert undo_steps(widget) == 3 and dialogs == [], dialogs
     assert segment_count(parameters) == 1 and widget.ui.statusLabel.text.startswith("Done: SegVol 1")
+
+
+@pytest.mark.parametrize("removed", ["segmentation", "volume", "scene"])
+def test_kept_results_do_not_outlive_their_nodes(panel, removed):
+    """Guards: results kept for corrections (up to 1 GB of masks and probabilities) staying in memory after
+    their segmentation, their volume or the whole scene is gone (node IDs are reused after a scene close)."""
+    widget, parameters, dialogs = panel
+    widget.runSegmentation(interactive=True)
+    segmentation, volume = parameters.outputSegmentation, parameters.inputVolume
+    segment_id = widget.ui.targetSegmentSelector.currentSegmentID()
+    request = widget.logic.prepare(volume, segmentation, "", [parameters.positivePoints], None, segment_id)
+    engine, key = widget.logic.engine, (segmentation.GetID(), segment_id)
+    assert engine.has_result(request.volume, key) and engine.results_bytes > 0
+    if removed == "scene":
+        slicer.mrmlScene.Clear(0)  # StartCloseEvent, EndCloseEvent
+    else:
+        slicer.mrmlScene.RemoveNode(segmentation if removed == "segmentation" else volume)
+    assert not engine.has_result(request.volume, key) and engine.results_bytes == 0
