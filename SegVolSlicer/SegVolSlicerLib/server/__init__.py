@@ -32,7 +32,7 @@ serving (socket and uvicorn limits).
 
 from .app import create_app
 from .replicas import expand_devices
-from .serving import check_bind, listen, uvicorn_config, weights_identity
+from .serving import check_bind, listen, serve_in_thread, uvicorn_config, weights_identity
 from .sessions import SegVolServer
 from .settings import Problem, ServerSettings
 
@@ -44,6 +44,7 @@ __all__ = [
     "create_app",
     "expand_devices",
     "listen",
+    "serve_in_thread",
     "uvicorn_config",
     "weights_identity",
 ]

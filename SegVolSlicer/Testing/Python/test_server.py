@@ -24,11 +24,12 @@ from SegVolSlicerLib.client import (
     ServerUnreachable,
     VersionMismatch,
 )
+from SegVolSlicerLib.client import WireJob as TargetJob  # engine.TargetJob's fields, until it exists
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, listen, uvicorn_config
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there, the transport is the app
@@ -50,25 +51,6 @@ def in_process(engine, settings=None, clock=time.monotonic, api_key=None):
     app = create_app(engine, settings, clock)
     with TestClient(app, base_url=URL) as http:
         yield SegVolClient(URL, api_key or settings.api_key, http=http), app.state.server
-
-
-@contextlib.contextmanager
-def real_server(app):
-    """uvicorn on a free port of 127.0.0.1, in a thread; always shut down."""
-    listener = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app, app.state.server.settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        listener.close()
 
 
 def same_results(remote, local):
@@ -141,7 +123,7 @@ def test_eight_concurrent_clients_on_different_volumes_get_their_own_results(ct)
         return n
 
     app = create_app(EngineHost(model=FakeSegVol(), max_sessions=8), ServerSettings(max_sessions=8))
-    with real_server(app) as url, ThreadPoolExecutor(8) as pool:
+    with serve_in_thread(app) as url, ThreadPoolExecutor(8) as pool:
         assert sorted(pool.map(client_run, [url] * 8, range(8))) == list(range(8))
         assert app.state.server.sessions == {}  # every client closed its session
 
@@ -150,12 +132,12 @@ def test_remote_engine_keeps_one_session_per_volume_and_signature(ct):
     with in_process(EngineHost(model=FakeSegVol())) as (client, server):
         engine = RemoteEngine(URL, http=client.http)
         first = VolumeInput("ct", ct.volume, ct.ijk_to_ras, signature=1)
-        engine.segment(first, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(first, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         session_id = engine.session(first).session_id
-        engine.segment(first, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(first, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         assert list(server.sessions) == [session_id]  # reused, not reopened
         edited = VolumeInput("ct", ct.volume + 1, ct.ijk_to_ras, signature=2)
-        engine.segment(edited, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(edited, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         assert engine.closer.join(10)  # the replaced session ends in the background
         assert engine.session_keys() == ["ct"] and session_id not in server.sessions and len(server.sessions) == 1
         engine.forget_if_changed("ct", 2)
@@ -173,7 +155,7 @@ def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_p
     key_file = tmp_path / "key.txt"
     key_file.write_text("s3cret\n")
     app = create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="s3cret"))
-    with real_server(app) as url:
+    with serve_in_thread(app) as url:
         assert (
             cli.main(argv + ["-o", str(tmp_path / "remote.nii.gz"), "--server", url, "--api-key-file", str(key_file)])
             == 0
