@@ -2,21 +2,15 @@
 
 Everything goes through SimpleITK. ITK's physical space is LPS and Slicer's is RAS, so
 IJK-to-RAS = diag(-1, -1, 1) @ IJK-to-LPS; arrays are (K, J, I) as `sitk.GetArrayFromImage` and
-`slicer.util.arrayFromVolume` both give them. Every file is written next to its target under a temporary
-name and renamed into place, so a failed or interrupted run never leaves a partial file.
+`slicer.util.arrayFromVolume` both give them. Every file is written atomically (files.atomic_output).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import itertools
 import json
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .files import atomic_output
 from .geometry import LPS_TO_RAS, lps_to_ras_points, transform_points
 from .prompts import Points, label_from_description
 from .vocabulary import colour_for
@@ -208,44 +203,6 @@ def points_from_files(positive_or_tagged: str | None, negative: str | None, ijk_
 
 
 # --- output ---
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside `path` (same name ending, so writers pick the same format) and moves
-    it onto `path` only if the block succeeds."""
-    path = Path(path).expanduser()
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise InputError(f"cannot write {path}: folder {path.parent} is not writable")
-    tmp = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_table(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dict]) -> None:
-    """A CSV table (UTF-8, a header row of `fields`; other keys of the rows left out), atomically."""
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_output(path) as tmp:
-        tmp.write_text(table.getvalue(), encoding="utf-8")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file, read in 16 MB blocks (weights files are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write(image: sitk.Image, path: Path) -> None:
@@ -480,17 +437,3 @@ def read_label_volume(path: str | os.PathLike, reference: Volume) -> np.ndarray:
             raise InputError(f"the label image {path} has non-integer values: give a label map")
         return rounded.astype(np.int64)
     return labels.array
-
-
-def write_segmentation_results(output: Path, results, volume, existing=()) -> list[str]:
-    """The engine's results as `segvol segment` writes them (one named segment per target, Slicer's colours
-    and terminology, the confidence as tags where the results have one), merged into `existing` segments;
-    returns the writer's warnings."""
-    from .clinical.confidence import result_confidence
-
-    segments = []
-    for result in results:
-        confidence = result_confidence(result)
-        tags = confidence.tags() if confidence is not None else None
-        segments.append(Segment.for_target(result.name, result.text, result.mask, tags))
-    return write_segmentation(output, merge_segments(existing, segments), volume.reference)

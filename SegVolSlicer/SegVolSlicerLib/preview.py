@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .files import atomic_output
 from .geometry import ModelAxes
-from .imageio import Segment, atomic_output
+from .imageio import Segment
 
 SOFT_TISSUE_WINDOW = (-160.0, 240.0)  # HU range shown (level 40, width 400)
 ALPHA = 0.45

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import write_image_on, write_segmentation_results
+from ..imageio import Segment, merge_segments, write_image_on, write_segmentation
+from .confidence import result_confidence
 from .dicom_seg import SegAlgorithm, is_dicom_seg_path, segments_from_results, weights_identity, write_dicom_seg
 from .statistics import results_statistics, write_statistics
 
@@ -50,6 +51,18 @@ def write_probability_map(path: Path, results, volume) -> None:
     image_array = stack[..., 0] if stack.shape[-1] == 1 else stack
     names = "|".join(result.name for result in results)
     write_image_on(path, image_array, volume.reference, stack.shape[-1] > 1, {"SegVol_Targets": names})
+
+
+def write_segmentation_results(output: Path, results, volume, existing=()) -> list[str]:
+    """The engine's results as `segvol segment` writes them (one named segment per target, Slicer's colours
+    and terminology, the confidence as tags where the results have one), merged into `existing` segments;
+    returns the writer's warnings."""
+    segments = []
+    for result in results:
+        confidence = result_confidence(result)
+        tags = confidence.tags() if confidence is not None else None
+        segments.append(Segment.for_target(result.name, result.text, result.mask, tags))
+    return write_segmentation(output, merge_segments(existing, segments), volume.reference)
 
 
 def write_outputs(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import atomic_output
 from ..geometry import LPS_TO_RAS
 from .confidence import Confidence, result_confidence
 
@@ -185,8 +186,6 @@ def check_statistics_path(path: str | os.PathLike) -> None:
 
 def write_statistics(path: str | os.PathLike, statistics: Sequence[SegmentStatistics]) -> None:
     """`.csv` (one row per segment) or `.json` (a list of objects, null for missing values), atomically."""
-    from ..imageio import atomic_output
-
     path = Path(path).expanduser()
     check_statistics_path(path)
     rows = [s.row() for s in statistics]
@@ -197,8 +196,6 @@ def write_statistics(path: str | os.PathLike, statistics: Sequence[SegmentStatis
 
 def combine_statistics_files(files: Sequence[tuple[str, Path]], path: Path) -> None:
     """One table of every case's statistics: (case id, its per-case stats .csv) -> `path` with a `case` column."""
-    from ..imageio import atomic_output
-
     rows = []
     for case_id, file in files:
         with open(file, encoding="utf-8", newline="") as table:

@@ -16,7 +16,8 @@ import numpy as np
 from .. import __version__, runtime
 from ..engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
-from ..imageio import atomic_output, read_ct, read_label_volume
+from ..files import atomic_output
+from ..imageio import read_ct, read_label_volume
 from ..prompts import plan_targets
 from ..reporting import NO_REPORT, Reporter
 from .cases import Case

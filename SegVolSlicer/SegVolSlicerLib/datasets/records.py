@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..imageio import atomic_output, file_sha256, write_table
+from ..files import atomic_output, file_sha256, write_table
 
 STATE_DIR = ".segvol"
 RESULT_FIELDS = ("id", "image", "status", "seconds", "warnings", "error", "fingerprint")

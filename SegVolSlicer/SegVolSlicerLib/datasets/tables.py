@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import atomic_output, write_table
+from ..files import atomic_output, write_table
 from .cases import Case
 from .jobs import EvaluateJob
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import InputError
-from ..imageio import file_sha256
+from ..files import file_sha256
 from .settings import ServerSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -121,7 +121,7 @@ def make_synthetic_ct(seed: int = 0) -> SyntheticCT:
 def _write_image(array_kji: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> None:
     import SimpleITK as sitk
 
-    from ..imageio import atomic_output
+    from ..files import atomic_output
 
     image = sitk.GetImageFromArray(array_kji)  # numpy (K, J, I) -> ITK index (i, j, k)
     ijk_to_lps = (LPS_TO_RAS @ ijk_to_ras)[:3]  # ITK physical space is LPS

@@ -2,11 +2,11 @@
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_helpers import run_cli, segvol_command, segvol_env
 from fake_segvol import FakeSegVol, FullGpuSegVol
 
 from SegVolSlicerLib import cli
@@ -111,12 +111,6 @@ def load_segmentation_in_slicer(path):
     return segments
 
 
-def run_cli(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_segment_end_to_end_with_synthetic_weights(ct_files, synthetic_checkpoint, tmp_path, ct):
     """The installed command, real (synthetic) weights, a points file, zoom-out only; Slicer reads the result."""
     image, _ = ct_files
@@ -125,10 +119,7 @@ def test_segment_end_to_end_with_synthetic_weights(ct_files, synthetic_checkpoin
     )
     output = tmp_path / "out.seg.nrrd"
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "SegVolSlicerLib.cli",
+        segvol_command(
             "segment",
             image,
             "--checkpoint",
@@ -142,7 +133,8 @@ def test_segment_end_to_end_with_synthetic_weights(ct_files, synthetic_checkpoin
             "cpu",
             "-o",
             output,
-        ],
+        ),
+        env=segvol_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -183,7 +175,9 @@ def test_progress_is_shown_per_target_and_stage(ct_files, tmp_path, fake_model, 
     assert "windows" not in out and "2 zoom-in window(s)" in out
 
 
-def test_labelmap_output_with_box_roi_and_negative_points(ct_files, tmp_path, fake_model, capsys, ct):
+def test_an_roi_and_a_negative_points_file_reach_the_model_as_box_and_negative_click(
+    ct_files, tmp_path, fake_model, capsys, ct
+):
     image, _ = ct_files
     liver = np.argwhere(ct.labels == 1)
     centre_ijk = (liver.min(0) + liver.max(0))[::-1] / 2
@@ -435,7 +429,7 @@ def write_dicom_series(folder, ct):
     return folder
 
 
-def test_dicom_folder_input(tmp_path, ct, fake_model, capsys):
+def test_a_dicom_folder_is_read_on_its_own_grid(tmp_path, ct, fake_model, capsys):
     folder = write_dicom_series(tmp_path / "dicom", ct)
     volume = read_volume(folder)
     np.testing.assert_array_equal(volume.array, ct.volume)

@@ -2,11 +2,11 @@
 
 import numpy as np
 import SimpleITK as sitk
+from cli_helpers import run_cli
 from fake_segvol import FakeSegVol
 from huggingface_hub import constants
 
 import SegVolSlicerLib.model
-from SegVolSlicerLib import cli
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 from SegVolSlicerLib.weights import DEMO_CT
 
@@ -14,8 +14,7 @@ from SegVolSlicerLib.weights import DEMO_CT
 def test_demo_offline_says_what_to_download(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("SEGVOL_HOME", str(tmp_path / "home"))
-    code = cli.main(["demo", "--output-dir", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["demo", "--output-dir", tmp_path / "out"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("segvol: error: ")
     for needed in ("pytorch_model.bin", "config.json", DEMO_CT, str(tmp_path / "home")):
         assert needed in err
@@ -28,7 +27,7 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
     (snapshot / "pytorch_model.bin").write_bytes(b"PK\x03\x04")  # looks like a checkpoint; the stand-in model is used
     write_ct(make_synthetic_ct(), snapshot / DEMO_CT)
     monkeypatch.setattr(SegVolSlicerLib.model, "load_segvol", lambda weights, device, precision: FakeSegVol())
-    code = cli.main(
+    code, out, _ = run_cli(
         [
             "demo",
             "--source",
@@ -40,9 +39,9 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
             "--text",
             "spleen",
             "--no-zoom-in",
-        ]
+        ],
+        capsys,
     )
-    out = capsys.readouterr().out
     assert code == 0
     assert str(tmp_path / "out" / "demo.seg.nrrd") in out and str(tmp_path / "out" / "demo.png") in out
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "demo.png")))
@@ -55,14 +54,13 @@ def test_demo_from_a_local_snapshot_folder(monkeypatch, tmp_path, capsys):
 
 
 def test_demo_source_must_be_a_folder(tmp_path, capsys):
-    code = cli.main(["demo", "--source", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out")])
-    assert code == 2 and "is not a folder" in capsys.readouterr().err
+    code, _, err = run_cli(["demo", "--source", tmp_path / "nowhere", "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2 and "is not a folder" in err
 
 
 def test_demo_source_without_the_ct_is_not_downloaded_into(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     (tmp_path / "snapshot").mkdir()
-    code = cli.main(["demo", "--source", str(tmp_path / "snapshot"), "--output-dir", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["demo", "--source", tmp_path / "snapshot", "--output-dir", tmp_path / "out"], capsys)
     assert code == 2 and err.count("\n") == 1 and f"resolve/main/{DEMO_CT} into" in err
     assert list((tmp_path / "snapshot").iterdir()) == [] and not (tmp_path / "out").exists()

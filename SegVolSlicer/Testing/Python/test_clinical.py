@@ -15,9 +15,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from cli_helpers import run_cli
 from fake_segvol import BandSegVol, ConstantLogitSegVol, FakeSegVol, layout_ct
 
-from SegVolSlicerLib import __version__, cli
+from SegVolSlicerLib import __version__
 from SegVolSlicerLib.clinical import dicom_seg
 from SegVolSlicerLib.clinical.confidence import MEAN_TAG, Confidence
 from SegVolSlicerLib.engine import EngineHost, SessionOptions, VolumeInput
@@ -47,12 +48,6 @@ def series(tmp_path_factory) -> Path:
 def use_model(monkeypatch, model):
     monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
     return model
-
-
-def run_cli(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def raw_series(folder: Path) -> list[pydicom.Dataset]:
@@ -343,7 +338,7 @@ def test_probabilities_threshold_to_the_official_mask_which_they_leave_alone():
         assert 0 < np.count_nonzero((b.probabilities > 0.02) & (b.probabilities < 0.98))  # not a copy of the mask
 
 
-def test_confidence_definition():
+def test_confidence_is_the_mean_probability_inside_and_the_uncertain_share():
     probabilities = np.array([0.99, 0.9, 0.7, 0.6, 0.4, 0.2, 0.0], dtype=np.float32)
     confidence = Confidence.of(probabilities, probabilities > 0.5)
     assert confidence.mean_probability == pytest.approx((0.99 + 0.9 + 0.7 + 0.6) / 4)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_helpers import run_cli, segvol_command, segvol_env
 from fake_segvol import FakeSegVol, FullGpuSegVol
 
 from SegVolSlicerLib import cli
@@ -21,8 +22,6 @@ from SegVolSlicerLib.datasets import jobs as dataset_jobs
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.testing.synthetic_ct import SyntheticCT, make_synthetic_ct, write_ct
-
-LIB = Path(cli.__file__).resolve().parents[1]  # the folder holding SegVolSlicerLib (for subprocesses)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +55,6 @@ def fake_model(monkeypatch):
     return model
 
 
-def run_cli(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def read_rows(path):
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
@@ -84,7 +77,7 @@ def assert_same_segmentation(path, reference):
 # --- inputs ---
 
 
-def test_inputs_files_folders_dicom_and_manifest(tmp_path, ct):
+def test_cases_of_files_folders_dicom_and_manifests_get_unique_safe_ids(tmp_path, ct):
     """Guards: a folder read as one case, a DICOM folder split per file, ids clashing or unsafe as file names,
     manifest paths taken relative to the working folder instead of the CSV."""
     (tmp_path / "a").mkdir()
@@ -218,7 +211,7 @@ def msd_dataset(folder, scans, cases=(0, 1)):
     return folder
 
 
-def test_dataset_layouts(tmp_path, scans):
+def test_msd_and_nnunet_label_lists_are_each_read_their_own_way(tmp_path, scans):
     """Guards: nnU-Net v2 labels ({name: value}) read as MSD's ({value: name}), the _0000 channel not paired,
     background evaluated as a class, macOS '._' files taken for cases."""
     from SegVolSlicerLib.datasets.cases import discover_dataset
@@ -390,7 +383,7 @@ def test_a_killed_run_resumes_without_recomputing_a_complete_case(
     argv += ["--checkpoint", synthetic_checkpoint]
     killed = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("kill_at.py")), moment, *map(str, argv)],
-        env=subprocess_env(),
+        env=segvol_env(),
         capture_output=True,
         encoding="utf-8",  # tqdm's bar; not the locale's encoding, which GDCM's DICOM reader may have set to C
         timeout=120,
@@ -451,23 +444,7 @@ def segment_references(scans, synthetic_model, tmp_path_factory):
 
 
 def batch_command(inputs, out, checkpoint, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "SegVolSlicerLib.cli",
-        "batch",
-        *map(str, inputs),
-        "--output-dir",
-        str(out),
-        "--checkpoint",
-        str(checkpoint),
-        *SEGMENT_OPTIONS,
-        *extra,
-    ]
-
-
-def subprocess_env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
+    return segvol_command("batch", *inputs, "--output-dir", out, "--checkpoint", checkpoint, *SEGMENT_OPTIONS, *extra)
 
 
 ACTOR_SITE = """
@@ -500,7 +477,7 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     import ray
 
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the actors import this checkout
+    monkeypatch.setenv("PYTHONPATH", segvol_env()["PYTHONPATH"])  # the actors import this checkout
     inputs = [scans / f"case {n}.nii.gz" for n in range(3)]
     lost = tmp_path / "lost.nii.gz"  # its worker process dies whenever it reads it (see ACTOR_SITE)
     lost.write_bytes(inputs[2].read_bytes())
@@ -510,7 +487,7 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     out = tmp_path / "out"
     process = subprocess.Popen(
         batch_command(inputs, out, synthetic_checkpoint, "--ray", "local", "--workers", "1"),
-        env=subprocess_env(),
+        env=segvol_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -534,7 +511,7 @@ def test_ray_local_killed_leaves_no_process_and_resumes(
     started = []
     real_init = ray.init
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k) or real_init(*a, **k))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), subprocess_env()["PYTHONPATH"]]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), segvol_env()["PYTHONPATH"]]))
     code, stdout, err = run_cli(batch_command([*inputs, lost], out, synthetic_checkpoint, "--ray", "local")[3:], capsys)
     assert code == 1, err
     assert started == [
