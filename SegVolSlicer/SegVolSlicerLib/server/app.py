@@ -200,7 +200,6 @@ def create_app(
         server.forget_results(session, result_key)
         return Response(status_code=204)
 
-
     @router.post(f"{wire.API}/sessions/{{session_id}}/jobs", status_code=202, responses=_problems(404, 409))
     async def submit(session: LiveSession, request: JobRequest, wait: Wait = 0.0) -> JobStatus:
         """Segments the targets; answers when the job ended or `wait` seconds passed."""

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from ..errors import InputError
 from ..files import file_sha256
-from .settings import ServerSettings
+from .settings import ServerSettings, check_api_key
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
@@ -33,7 +33,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def check_bind(host: str, api_key: str | None) -> None:
     """Only loopback without an API key: anyone who reaches the port could otherwise use the GPU and read
-    what others upload."""
+    what others upload; a key must be one a client can send."""
+    check_api_key(api_key)
     if api_key is None and host not in LOOPBACK_HOSTS:
         raise InputError(
             f"refusing to serve on {host} without an API key: give --api-key-file FILE (or set "

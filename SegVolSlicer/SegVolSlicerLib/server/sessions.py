@@ -216,7 +216,8 @@ class SegVolServer:
                 f"this server holds at most {budget / 2**20:.0f} MB for its clients; crop or resample it first",
             )
         sizes = sorted([math.prod(s.shape) for s in self.sessions.values()] + [voxels], reverse=True)
-        engines_room = ENGINE_BYTES_PER_VOXEL * sum(sizes[: len(self.replicas.all)])
+        # each device runs one job at a time: its engine session and that job's result
+        engines_room = (ENGINE_BYTES_PER_VOXEL + RESULT_BYTES_PER_VOXEL) * sum(sizes[: len(self.replicas.all)])
         if self._volumes_bytes() + needed + engines_room > budget:
             raise self._busy(f"its memory ({budget / 2**20:.0f} MB for clients) is taken by other volumes")
 
@@ -441,7 +442,10 @@ class SegVolServer:
             with self.lock:  # room for the results first, then the engines get what the rest leaves
                 reserve = RESULT_BYTES_PER_VOXEL * math.prod(session.shape) * len(job.targets)
                 if not self._make_room(reserve):
-                    raise SegVolError("the server's memory is taken by other sessions' volumes: try again later")
+                    raise SegVolError(
+                        f"the results of {len(job.targets)} targets need {reserve / 2**20:.0f} MB, more than this "
+                        "server's memory leaves: send fewer targets at once, or try again later"
+                    )
                 session.run_reserve = reserve
                 others = sum(r.engine.memory_bytes for r in self.replicas.all if r.engine is not engine)
                 room = self.settings.max_memory_bytes - self._volumes_bytes() - self._kept_bytes() - others

@@ -54,11 +54,7 @@ class ServerSettings:
     session_prefix: str | None = None
 
     def __post_init__(self):
-        if self.api_key is not None and not re.fullmatch(r"[!-~]+", self.api_key):
-            raise InputError(
-                "the API key must be printable ASCII without spaces (HTTP headers carry nothing else): "
-                "write such a key, e.g. `openssl rand -hex 32`"
-            )
+        check_api_key(self.api_key)
         if self.session_prefix is not None and not re.fullmatch(r"[a-z0-9]{1,16}", self.session_prefix):
             raise InputError(
                 f"session prefix {self.session_prefix!r}: use 1 to 16 lowercase letters and digits (e.g. box1)"
@@ -75,6 +71,16 @@ class ServerSettings:
     @property
     def max_memory_bytes(self) -> int:
         return int(self.max_memory_mb * 2**20)
+
+
+def check_api_key(key: str | None) -> None:
+    """A key a client can send: printable ASCII without spaces (an HTTP header carries nothing else, so any
+    other key would start a server nobody can use)."""
+    if key is not None and not re.fullmatch(r"[!-~]+", key):
+        raise InputError(
+            "the API key must be printable ASCII without spaces (HTTP headers carry nothing else): write such "
+            "a key, e.g. the output of `openssl rand -hex 32`"
+        )
 
 
 class Problem(Exception):

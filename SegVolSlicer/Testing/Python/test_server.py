@@ -224,7 +224,8 @@ def test_version_mismatch_is_said_on_both_sides(ct, monkeypatch):
         client.headers[wire.PROTOCOL_HEADER] = "99"  # an older or newer client
         with pytest.raises(VersionMismatch, match="client speaks SegVol protocol 99, the server 1"):
             client.info()
-    monkeypatch.setattr(SegVolServer, "info", lambda self: {"protocol": 2})  # a newer server
+    info = SegVolServer.info
+    monkeypatch.setattr(SegVolServer, "info", lambda self: {**info(self), "protocol": 2})  # a newer server
     with in_process(EngineHost(model=FakeSegVol())) as (client, _):
         with pytest.raises(VersionMismatch, match="speaks SegVol protocol 2, this client 1"):
             client.open_session(ct.volume, ct.ijk_to_ras)
@@ -267,7 +268,7 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
             ({"dtype": "complex64"}, "dtype"),
             ({"shape": [2, 3]}, "shape"),
             ({"sha256": "abc"}, "sha256"),
-            ({"ijk_to_ras": singular}, "invertible"),
+            ({"ijk_to_ras": singular}, "independent axes"),
         ]:
             reply = http.post("/v1/sessions", json={**spec, **changes})
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], reply.text

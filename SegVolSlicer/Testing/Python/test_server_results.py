@@ -1,0 +1,83 @@
+"""Results the server keeps for corrections: per (session, result key), never shared between two segmentations of
+one volume, within the one memory budget. The stand-in network of test_correction answers clicks locally, so a
+correction started from the wrong result shows."""
+
+import numpy as np
+import pytest
+from fake_segvol import CountingBandSegVol, FakeSegVol, layout_ct
+from test_correction import LEFT_IJK, PANCREAS_CENTRE_IJK, pancreas
+from test_server import URL, in_process
+
+from SegVolSlicerLib.client import RemoteEngine
+from SegVolSlicerLib.client import WireJob as TargetJob  # engine.TargetJob's fields, until it exists
+from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.prompts import Target
+from SegVolSlicerLib.server import ServerSettings
+from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return layout_ct()
+
+
+def test_two_segmentations_with_a_liver_each_correct_their_own_result(phantom):
+    """The mistake: results kept by target name, so that correcting segmentation A's pancreas started from
+    segmentation B's (the last one run under that name). Each correction must equal the in-process one from
+    its own first result, bit for bit."""
+    volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
+    host = EngineHost(model=CountingBandSegVol())
+    first_a = host.segment(volume, [pancreas()])[0]
+    host.segment(volume, [pancreas(LEFT_IJK, labels=[1])])  # B: another pancreas, grown at the left
+    want_a = host.refine(volume, first_a, pancreas(PANCREAS_CENTRE_IJK))
+    with in_process(EngineHost(model=CountingBandSegVol())) as (client, server):
+        engine = RemoteEngine(URL, http=client.http)
+        a, b = ("segmentation A", "pancreas"), ("segmentation B", "pancreas")
+        engine.segment(volume, [TargetJob(pancreas(), a)])
+        first_b = engine.segment(volume, [TargetJob(pancreas(LEFT_IJK, labels=[1]), b)])[0]
+        assert not np.array_equal(first_b.mask, first_a.mask)  # the two results differ
+        got_a = engine.segment(volume, [TargetJob(pancreas(PANCREAS_CENTRE_IJK), a, correct=True)])[0]
+        assert engine.has_result(volume, a) and engine.has_result(volume, b)
+        (session,) = server.sessions.values()
+        assert len(session.results) == 2  # one per segment, not one per name
+        engine.forget_results("segmentation B")
+        assert engine.closer.join(10) and len(session.results) == 1 and not engine.has_result(volume, b)
+        engine.close()
+    assert np.array_equal(got_a.mask, want_a.mask)
+    assert (got_a.windows, got_a.warnings) == (want_a.windows, want_a.warnings)
+
+
+def test_a_correction_starts_from_the_clients_current_mask(phantom):
+    """The segment as the client has it now (a hand edit) travels with the job: outside the rerun windows its
+    voxels stay, so an edit far from the click survives the correction."""
+    volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
+    with in_process(EngineHost(model=CountingBandSegVol())) as (client, _):
+        engine = RemoteEngine(URL, http=client.http)
+        key = ("seg", "pancreas")
+        first = engine.segment(volume, [TargetJob(pancreas(), key)])[0]
+        edited = first.mask.copy()
+        edited[0, 0, 0] = 1  # a hand edit in a corner, outside every zoom-in window
+        job = TargetJob(pancreas(PANCREAS_CENTRE_IJK), key, correct=True, current_mask=edited)
+        fixed = engine.segment(volume, [job])[0]
+        engine.close()
+    assert fixed.mask[0, 0, 0] == 1 and first.mask[0, 0, 0] == 0
+
+
+def test_kept_results_stay_within_the_memory_budget_oldest_first():
+    """The mistake: the budget gated only the opening of sessions, while kept results (masks, probabilities)
+    grew past it. /info's memory never exceeds the budget; the newest result is kept, the oldest went."""
+    ct = make_synthetic_ct()
+    voxels = ct.volume.size
+    budget_mb = (ct.volume.nbytes + 4 * voxels + 6 * voxels + 2.5 * 2 * voxels) / 2**20  # room for ~2 masks
+    names = ["liver", "spleen", "aorta", "left kidney"]
+    with in_process(EngineHost(model=FakeSegVol()), ServerSettings(max_memory_mb=budget_mb)) as (client, server):
+        engine = RemoteEngine(URL, http=client.http)
+        volume = VolumeInput("ct", ct.volume, ct.ijk_to_ras)
+        for name in names:
+            engine.segment(volume, [TargetJob(Target(name, text=name), ("seg", name))], zoom_in=True)
+            assert client.request("GET", "/info").json()["memory_bytes"] <= server.settings.max_memory_bytes
+        (session,) = server.sessions.values()
+        kept = list(session.results)
+        engine.close()
+    assert 0 < len(kept) < len(names)
+    assert kept[-1] == __import__("SegVolSlicerLib").wire.result_key_string(("seg", names[-1]))
