@@ -8,6 +8,7 @@ from fake_segvol import CountingBandSegVol, FakeSegVol, layout_ct
 from test_correction import LEFT_IJK, PANCREAS_CENTRE_IJK, pancreas
 from test_server import URL, in_process
 
+from SegVolSlicerLib import wire
 from SegVolSlicerLib.client import RemoteEngine
 from SegVolSlicerLib.client import WireJob as TargetJob  # engine.TargetJob's fields, until it exists
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
@@ -49,35 +50,37 @@ def test_two_segmentations_with_a_liver_each_correct_their_own_result(phantom):
 
 def test_a_correction_starts_from_the_clients_current_mask(phantom):
     """The segment as the client has it now (a hand edit) travels with the job: outside the rerun windows its
-    voxels stay, so an edit far from the click survives the correction."""
+    voxels stay, so an edit far from the click survives the correction (from the kept result it would not)."""
     volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
     with in_process(EngineHost(model=CountingBandSegVol())) as (client, _):
         engine = RemoteEngine(URL, http=client.http)
-        key = ("seg", "pancreas")
-        first = engine.segment(volume, [TargetJob(pancreas(), key)])[0]
+        first = engine.segment(volume, [TargetJob(pancreas(), "edited"), TargetJob(pancreas(), "kept")])[0]
+        right = tuple(np.argwhere(first.mask)[np.argmax(np.argwhere(first.mask)[:, 2])])  # far from the left click
         edited = first.mask.copy()
-        edited[0, 0, 0] = 1  # a hand edit in a corner, outside every zoom-in window
-        job = TargetJob(pancreas(PANCREAS_CENTRE_IJK), key, correct=True, current_mask=edited)
-        fixed = engine.segment(volume, [job])[0]
+        edited[right] = 0  # a hand edit
+        click = pancreas(LEFT_IJK)
+        fixed = engine.segment(volume, [TargetJob(click, "edited", correct=True, current_mask=edited)])[0]
+        from_kept = engine.segment(volume, [TargetJob(click, "kept", correct=True)])[0]
         engine.close()
-    assert fixed.mask[0, 0, 0] == 1 and first.mask[0, 0, 0] == 0
+    assert fixed.windows == from_kept.windows == 1 and not fixed.changed[2].start <= right[2] < fixed.changed[2].stop
+    assert fixed.mask[right] == 0 and from_kept.mask[right] == 1
 
 
 def test_kept_results_stay_within_the_memory_budget_oldest_first():
-    """The mistake: the budget gated only the opening of sessions, while kept results (masks, probabilities)
-    grew past it. /info's memory never exceeds the budget; the newest result is kept, the oldest went."""
+    """The mistake: the budget gated only the opening of sessions, while kept results (masks, probabilities,
+    zoom-out logits) grew past it. /info's memory never exceeds the budget; the newest results are kept, the
+    oldest went."""
     ct = make_synthetic_ct()
-    voxels = ct.volume.size
-    budget_mb = (ct.volume.nbytes + 4 * voxels + 6 * voxels + 2.5 * 2 * voxels) / 2**20  # room for ~2 masks
-    names = ["liver", "spleen", "aorta", "left kidney"]
+    budget_mb = 40 * ct.volume.size / 2**20  # the volume, its engine session, a job's result and a few kept ones
+    keys = [("segmentation", n) for n in range(8)]
     with in_process(EngineHost(model=FakeSegVol()), ServerSettings(max_memory_mb=budget_mb)) as (client, server):
         engine = RemoteEngine(URL, http=client.http)
         volume = VolumeInput("ct", ct.volume, ct.ijk_to_ras)
-        for name in names:
-            engine.segment(volume, [TargetJob(Target(name, text=name), ("seg", name))], zoom_in=True)
+        for key in keys:
+            engine.segment(volume, [TargetJob(Target("liver", text="liver"), key)])
             assert client.request("GET", "/info").json()["memory_bytes"] <= server.settings.max_memory_bytes
         (session,) = server.sessions.values()
         kept = list(session.results)
         engine.close()
-    assert 0 < len(kept) < len(names)
-    assert kept[-1] == __import__("SegVolSlicerLib").wire.result_key_string(("seg", names[-1]))
+    assert 0 < len(kept) < len(keys)
+    assert kept == [wire.result_key_string(key) for key in keys[-len(kept) :]]  # the newest
