@@ -166,6 +166,9 @@ class SegVolClient:
             )
         if code == "unknown-session":
             raise SessionExpired(message)
+        if status in (502, 504) and code is None and path.startswith(f"{wire.API}/sessions/"):
+            # a proxy in front of several servers (deploy/segvol-nginx.conf) whose box of this session is down
+            raise SessionExpired(f"the SegVol server holding this session behind {self.url} is unreachable ({status})")
         if status == 404 and code is None:
             raise VersionMismatch(f"{self.url} does not answer {path}: is it a SegVol server of the same version?")
         if code == "internal" or status >= 500:

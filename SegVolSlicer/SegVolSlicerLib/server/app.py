@@ -88,12 +88,14 @@ def create_app(
         lifespan=lifespan,
         description="Promptable 3-D CT segmentation (SegVol) for remote clients: see SegVolSlicerLib.server. "
         "Every refusal is a JSON {detail, code}.",
-        responses=_problems(400, 401, 413, 422, 503),
+        responses=_problems(400, *([401] if settings.api_key else []), 413, 422, 503),
+        generate_unique_id_function=lambda route: route.name,  # operation ids: the links below name them
     )
     app.state.server = server
     app.add_middleware(RequestGuard, settings=settings)
-    # The key is checked by the guard, before any of the body; the dependency declares the scheme.
-    router = APIRouter(dependencies=[Depends(check_version), Depends(security)])
+    # The key is checked by the guard, before any of the body; the dependency declares the scheme (only where
+    # the server has a key: the document says what the server does).
+    router = APIRouter(dependencies=[Depends(check_version), *([Depends(security)] if settings.api_key else [])])
 
     @app.exception_handler(Problem)
     async def problem(request: Request, error: Problem):
@@ -125,7 +127,16 @@ def create_app(
         """Protocol version, model (weights name and digest, devices and their load) and limits."""
         return server.info()
 
-    @router.post(f"{wire.API}/sessions", status_code=201, responses=_problems(409))
+    session_links = {
+        name: {"operationId": name, "parameters": {"session_id": "$response.body#/session_id"}}
+        for name in ("reuse", "upload", "heartbeat", "close_session", "submit", "forget_result")
+    }
+
+    @router.post(
+        f"{wire.API}/sessions",
+        status_code=201,
+        responses={201: {"description": "the session", "links": session_links}, **_problems(409)},
+    )
     def open_session(request: SessionRequest) -> SessionOpened:
         """A session for one volume. Its voxels come by upload, or by reuse with proof that the client
         holds them; `upload_needed` is always true."""
@@ -200,7 +211,19 @@ def create_app(
         server.forget_results(session, result_key)
         return Response(status_code=204)
 
-    @router.post(f"{wire.API}/sessions/{{session_id}}/jobs", status_code=202, responses=_problems(404, 409))
+    job_links = {
+        name: {
+            "operationId": name,
+            "parameters": {"session_id": "$request.path.session_id", "job_id": "$response.body#/job_id"},
+        }
+        for name in ("job_status", "cancel", "masks")
+    }
+
+    @router.post(
+        f"{wire.API}/sessions/{{session_id}}/jobs",
+        status_code=202,
+        responses={202: {"description": "the job's status", "links": job_links}, **_problems(404, 409)},
+    )
     async def submit(session: LiveSession, request: JobRequest, wait: Wait = 0.0) -> JobStatus:
         """Segments the targets; answers when the job ended or `wait` seconds passed."""
         job = server.submit(session, request)

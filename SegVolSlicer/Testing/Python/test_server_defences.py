@@ -188,17 +188,25 @@ def test_a_reuse_proof_costs_the_same_for_any_volume():
 # --- the OpenAPI document is the contract ---
 
 
-@pytest.fixture(scope="module")
-def openapi():
+def document(api_key=None) -> dict:
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(EngineHost(model=FakeSegVol()))) as http:
+    with TestClient(create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key=api_key))) as http:
         return http.get("/openapi.json").json()
 
 
+@pytest.fixture(scope="module")
+def openapi():
+    return document("k3y")
+
+
 def test_every_operation_declares_its_refusals_as_detail_and_code(openapi):
+    """The mistake: 400/401/404/409/413/503 undeclared and 422 declared as FastAPI's HTTPValidationError, while
+    the server answers {detail, code}; no bearer scheme. Without a key, no operation says it needs one."""
     error = openapi["components"]["schemas"]["ErrorBody"]
-    assert set(error["required"]) == {"detail", "code"}
+    assert (
+        set(error["required"]) == {"detail", "code"} and "HTTPValidationError" not in openapi["components"]["schemas"]
+    )
     for path, operations in openapi["paths"].items():
         for method, operation in operations.items():
             responses = operation["responses"]
@@ -207,8 +215,11 @@ def test_every_operation_declares_its_refusals_as_detail_and_code(openapi):
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
             if "{session_id}" in path:
                 assert "404" in responses, (method, path)
-            assert operation.get("security"), (method, path)
+            assert operation.get("security") == [{"HTTPBearer": []}], (method, path)
     assert openapi["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    keyless = document()
+    assert "securitySchemes" not in keyless.get("components", {})
+    assert not any("401" in op["responses"] for ops in keyless["paths"].values() for op in ops.values())
 
 
 def test_binary_bodies_have_their_media_types_and_fields_their_bounds(openapi):
