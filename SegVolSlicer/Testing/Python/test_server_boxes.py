@@ -36,7 +36,8 @@ def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     env.pop("SEGVOL_API_KEY", None)
     command = [sys.executable, "-m", "SegVolSlicerLib.cli", "serve", "--checkpoint", str(checkpoint)]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--session-prefix", prefix]
+    command += ["--device", "cpu", "--precision", "fp32", "--host", "127.0.0.1", "--port", "0"]  # fp32: parity
+    command += ["--session-prefix", prefix]
     process = subprocess.Popen(command, stderr=log.open("w"), stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 180
     while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text())):
@@ -106,7 +107,8 @@ def test_two_boxes_behind_nginx_keep_their_sessions_and_a_box_down_is_reopened_e
 ):
     ct = make_synthetic_ct()
     target = Target("liver", text="liver")
-    local = EngineHost(model=synthetic_model).segment(VolumeInput("ct", ct.volume, ct.ijk_to_ras), [target], False)[0]
+    volume = VolumeInput("ct", ct.volume, ct.ijk_to_ras)
+    local = EngineHost(model=synthetic_model).segment(volume, [target], zoom_in=False)[0]
     boxes, ports, nginx = {}, {}, None
     try:
         for name in ("box1", "box2"):
