@@ -53,7 +53,7 @@ def uvicorn_config(app, settings: ServerSettings, **options):
     log_config["loggers"]["segvol.server"] = {"handlers": ["default"], "level": "INFO"}
     return uvicorn.Config(
         app,
-        http=head_limit_protocol(settings),
+        http=options.pop("http", None) or head_limit_protocol(settings),  # a benchmark may name uvicorn's own
         timeout_keep_alive=min(KEEP_ALIVE_S, settings.header_timeout_s),
         limit_concurrency=settings.max_connections,
         h11_max_incomplete_event_size=settings.max_head_bytes,  # h11's own head limit, when it is the parser

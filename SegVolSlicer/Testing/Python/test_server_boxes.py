@@ -5,9 +5,7 @@ box that goes down is answered by the client opening its session again on the ot
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +16,13 @@ import pytest
 from SegVolSlicerLib.client import SegVolClient
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.prompts import Target
+from SegVolSlicerLib.testing.nginx import nginx_executable, run_nginx, wait_for_port
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 CONFIG = Path(__file__).parents[3] / "deploy" / "segvol-nginx.conf"
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed here (.ci/run installs Debian's)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.skipif(
+    nginx_executable() is None, reason="nginx is not installed here (.ci/run installs Debian's)"
+)
 
 
 def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int]:
@@ -43,14 +37,9 @@ def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int
     while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text())):
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
-    port = int(found.group(1))
-    while True:  # the model is loaded before the address is printed; uvicorn listens a moment later
-        try:
-            with socket.create_connection(("127.0.0.1", port), 1):
-                return process, port
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    port = int(found.group(1))  # the model is loaded before the address is printed; uvicorn listens a moment later
+    wait_for_port(port, lambda: process.poll() is None, deadline - time.monotonic(), log.read_text)
+    return process, port
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -61,40 +50,6 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-def start_nginx(folder: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, int]:
-    """nginx in the foreground with the project's config, its boxes' and its own ports written in."""
-    listen = free_port()
-    text = CONFIG.read_text()
-    text = text.replace("127.0.0.1:8765", f"127.0.0.1:{ports['box1']}").replace(
-        "127.0.0.1:8766", f"127.0.0.1:{ports['box2']}"
-    )
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{listen}")
-    (folder / "segvol.conf").write_text(text)
-    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (folder / name).mkdir()
-    temp = "".join(
-        f"{name}_temp_path {folder / name.split('_')[0]};\n"
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    temp = temp.replace(f"{folder / 'client'};", f"{folder / 'body'};")
-    (folder / "nginx.conf").write_text(
-        f"worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} warn;\n"
-        f"events {{ worker_connections 256; }}\nhttp {{\naccess_log {folder / 'access.log'};\n{temp}"
-        f"include {folder / 'segvol.conf'};\n}}\n"
-    )
-    check = subprocess.run([NGINX, "-t", "-p", str(folder), "-c", str(folder / "nginx.conf")], capture_output=True)
-    assert check.returncode == 0, check.stderr.decode()
-    process = subprocess.Popen([NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", listen), 1):
-                return process, listen
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, (folder / "error.log").read_text()
-            time.sleep(0.1)
 
 
 def sessions_on(port: int) -> int:
@@ -109,13 +64,14 @@ def test_two_boxes_behind_nginx_keep_their_sessions_and_a_box_down_is_reopened_e
     target = Target("liver", text="liver")
     volume = VolumeInput("ct", ct.volume, ct.ijk_to_ras)
     local = EngineHost(model=synthetic_model).segment(volume, [target], zoom_in=False)[0]
-    boxes, ports, nginx = {}, {}, None
+    boxes, ports = {}, {}
     try:
         for name in ("box1", "box2"):
             boxes[name], ports[name] = start_box(synthetic_checkpoint, name, tmp_path / f"{name}.log")
-        (tmp_path / "nginx").mkdir()
-        nginx, listen = start_nginx(tmp_path / "nginx", ports)
-        with SegVolClient(f"http://127.0.0.1:{listen}") as client:
+        with (
+            run_nginx(CONFIG, (ports["box1"], ports["box2"]), tmp_path / "nginx") as listen,
+            SegVolClient(f"http://127.0.0.1:{listen}") as client,
+        ):
             first = client.open_session(ct.volume, ct.ijk_to_ras)
             second = client.open_session(ct.volume, ct.ijk_to_ras)  # least_conn: the other box
             assert {first.session_id.split("-")[0], second.session_id.split("-")[0]} == {"box1", "box2"}
@@ -137,8 +93,5 @@ def test_two_boxes_behind_nginx_keep_their_sessions_and_a_box_down_is_reopened_e
             second.close()
             assert sessions_on(ports[other]) == 0
     finally:
-        if nginx is not None:
-            nginx.terminate()
-            nginx.wait(30)
         for process in boxes.values():
             stop(process)
