@@ -16,9 +16,8 @@ import numpy as np
 
 from .. import __version__, wire
 from ..clinical.statistics import result_statistics
-from ..engine import EngineHost, VolumeInput
+from ..engine import EngineHost, TargetJob, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
-from ..prompts import Target
 from ..volume_checks import check_volume
 from .jobs import Job
 from .models import JobRequest, SessionRequest, TargetBody
@@ -32,7 +31,8 @@ JOBS_KEPT = 4  # finished jobs kept per session, for their masks
 # What an engine session holds per voxel of its volume at least: the prepared float32 image. The room the
 # memory budget keeps for the sessions the engines run (their embedding caches are evicted to fit).
 ENGINE_BYTES_PER_VOXEL = 4
-# What a result kept for corrections holds per voxel at most: final and zoom-out masks, float32 probabilities.
+# What a job's result holds per voxel at most: final and zoom-out masks, float32 probabilities (the room a
+# device's running job needs besides its engine session).
 RESULT_BYTES_PER_VOXEL = 6
 # Each engine session's embedding cache gets at most this share of the budget (per device).
 CACHE_SHARE = 0.25
@@ -45,32 +45,6 @@ def unknown_session() -> Problem:
         "unknown-session",
         "unknown or expired session (sessions end after the server's idle timeout): open a new session",
     )
-
-
-@dataclass
-class TargetJob:
-    """One target of a job as the server runs it: where its result is kept, whether to correct it, and the
-    segment as the client has it now."""
-
-    target: Target
-    result_key: str | None = None
-    correct: bool = False
-    current_mask: np.ndarray | None = None
-
-
-@dataclass
-class KeptResult:
-    result: object  # the engine's result
-    used: int  # the server's use counter when it was kept or corrected: eviction goes oldest first
-
-    @property
-    def nbytes(self) -> int:
-        """What it holds: its masks (once if they are one array), probabilities and zoom-out logits."""
-        result = self.result
-        arrays = (result.mask, result.zoom_out_mask, result.probabilities)
-        held = sum({id(a): a.nbytes for a in arrays if a is not None}.values())
-        logits = result.zoom_out.logits if result.zoom_out is not None else None
-        return held + (logits.numel() * logits.element_size() if logits is not None else 0)
 
 
 @dataclass
@@ -87,15 +61,8 @@ class Session:
     voxels: np.ndarray | None = None
     upload_bytes: int = 0  # the frame of the upload in progress (one at a time), reserved in the budget
     uploading: bool = False
-    run_reserve: int = 0  # room reserved for the results of the job running
     reuse_tried: bool = False
     jobs: OrderedDict[str, Job] = field(default_factory=OrderedDict)
-    # Results kept for corrections, by the client's result key (a segment of one of its segmentations).
-    results: dict[str, KeptResult] = field(default_factory=dict)
-
-    @property
-    def results_bytes(self) -> int:
-        return sum(kept.nbytes for kept in self.results.values())
 
     @property
     def masks_bytes(self) -> int:
@@ -109,6 +76,10 @@ class Session:
     @property
     def declared_bytes(self) -> int:
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def result_key(self, key: str) -> tuple[str, str]:
+        """The engine's key of a result this session keeps: a client's key never reaches another session's."""
+        return (self.id, key)
 
     def volume(self) -> VolumeInput:
         # The signature: a new upload (new content) or geometry makes a new engine session.
@@ -137,9 +108,10 @@ class SegVolServer:
 
     One memory budget (settings.max_memory_bytes) covers all it keeps: voxels, volumes awaited, uploads in
     flight, the engines' sessions (prepared images and embedding caches), results kept for corrections and
-    the masks of finished jobs. When something new needs room, the oldest kept things go first, across
-    sessions: probabilities, then whole results, then the engine sessions of idle server sessions (made
-    again from the voxels when needed)."""
+    the masks of finished jobs. The engines keep their sessions and the results (per server session and result
+    key) within what the rest leaves (EngineHost.fit_memory_budget): when something new needs room, the
+    engine sessions of other volumes go first, then the oldest results' probabilities and zoom-out logits,
+    then the oldest results, across server sessions."""
 
     def __init__(
         self,
@@ -153,7 +125,6 @@ class SegVolServer:
         self.weights = weights or {"name": weights_name(choice.weights), "sha256": None}
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
-        self.uses = 0  # counts the results kept, for oldest-first eviction
         cache_mb = CACHE_SHARE * settings.max_memory_bytes / len(engines) / 2**20
         for engine in engines:  # each engine session's embedding cache fits the budget's share of it
             options = engine.session_options
@@ -223,52 +194,28 @@ class SegVolServer:
 
     def _volumes_bytes(self) -> int:
         """With `lock` held: what cannot give way: the voxels the sessions hold (shared ones once) or await,
-        the uploads in flight and the room reserved for running jobs' results."""
+        and the uploads in flight."""
         held = {id(s.voxels): s.voxels.nbytes for s in self.sessions.values() if s.voxels is not None}
         awaited = sum(s.declared_bytes for s in self.sessions.values() if s.voxels is None)
-        flight = sum(s.upload_bytes + s.run_reserve for s in self.sessions.values())
+        flight = sum(s.upload_bytes for s in self.sessions.values())
         return sum(held.values()) + awaited + flight
 
     def _kept_bytes(self) -> int:
-        """With `lock` held: what the sessions keep: results for corrections, finished jobs' masks."""
-        return sum(s.results_bytes + s.masks_bytes for s in self.sessions.values())
+        """With `lock` held: the masks of finished jobs, kept for their /masks request."""
+        return sum(s.masks_bytes for s in self.sessions.values())
 
     def memory_bytes(self) -> int:
         """With `lock` held: everything the server holds for its clients."""
         return self._volumes_bytes() + self._kept_bytes() + self.replicas.memory_bytes()
 
     def _make_room(self, needed: int) -> bool:
-        """With `lock` held: evicts kept things, oldest first across sessions, until `needed` more bytes fit in
-        the budget; False if they cannot."""
-        budget = self.settings.max_memory_bytes
-        while self.memory_bytes() + needed > budget:
-            kept = sorted(
-                (
-                    (kept.used, session, key)
-                    for session in self.sessions.values()
-                    for key, kept in session.results.items()
-                ),
-                key=lambda entry: entry[0],
-            )
-            with_probabilities = [(s, k) for _, s, k in kept if s.results[k].result.probabilities is not None]
-            if with_probabilities:  # a correction works without them (its confidence then goes)
-                session, key = with_probabilities[0]
-                session.results[key].result = replace(session.results[key].result, probabilities=None)
-            elif kept:
-                _, session, key = kept[0]
-                del session.results[key]
-            elif not self._forget_an_idle_engine_session():
-                return False
-        return True
-
-    def _forget_an_idle_engine_session(self) -> bool:
-        """With `lock` held: drops the engine session of the least recently seen idle server session."""
-        for session in sorted(self.sessions.values(), key=lambda s: s.last_seen):
-            engine = session.replica.engine
-            if not session.busy and session.id in engine.session_keys():
-                engine.forget(session.id)
-                return True
-        return False
+        """With `lock` held: the engines fit what the rest of the budget leaves, less `needed` more bytes (each
+        engine an equal share; they evict their oldest kept things); False if the bytes still do not fit."""
+        budget, engines = self.settings.max_memory_bytes, [replica.engine for replica in self.replicas.all]
+        room = budget - self._volumes_bytes() - self._kept_bytes() - needed
+        for engine in engines:
+            engine.fit_memory_budget(max(0, room // len(engines)))
+        return self.memory_bytes() + needed <= budget
 
     def _busy(self, why: str) -> Problem:
         wait = self._seconds_until_a_session_frees()
@@ -380,15 +327,13 @@ class SegVolServer:
     def _release(self, session: Session) -> None:
         for job in session.jobs.values():
             job.reporter.cancel.set()
-        session.replica.engine.forget(session.id)
-        session.results.clear()
+        session.replica.engine.forget(session.id)  # its engine session and its kept results
         self.replicas.release(session.replica)
 
     # --- results kept for corrections ---
 
     def forget_results(self, session: Session, result_key: str) -> None:
-        with self.lock:
-            session.results.pop(result_key, None)
+        session.replica.engine.forget_results(session.result_key(result_key))
 
     # --- jobs ---
 
@@ -397,7 +342,7 @@ class SegVolServer:
             raise Problem(409, "volume-missing", "the session has no volume yet: upload it first")
         if session.busy:
             raise Problem(409, "session-busy", "the session is already running a job: wait for it or cancel it")
-        targets = [self._target_job(body, session.shape) for body in self._checked_sizes(request.targets)]
+        targets = [self._target_job(body, session) for body in self._checked_sizes(request.targets)]
         job = Job(secrets.token_urlsafe(12), targets, request.zoom_in)
         with self.lock:
             session.jobs[job.id] = job
@@ -423,14 +368,15 @@ class SegVolServer:
         return targets
 
     @staticmethod
-    def _target_job(body: TargetBody, shape) -> TargetJob:
-        target = wire.target_from_json(body.model_dump())
+    def _target_job(body: TargetBody, session: Session) -> TargetJob:
+        shape, target = session.shape, wire.target_from_json(body.model_dump())
         if target.points is not None:
             target.points.check_inside(shape)
         if target.box is not None:
             target.box.clipped(shape)  # refuses a box beside the volume; the engine clips one that overlaps it
         current = None if body.current_mask is None else wire.mask_from_json(body.current_mask.model_dump(), shape)
-        return TargetJob(target, body.result_key, body.correct, current)
+        key = None if body.result_key is None else session.result_key(body.result_key)
+        return TargetJob(target, key, body.correct, current)
 
     def _run(self, session: Session, job: Job) -> None:
         reporter, engine = job.reporter, session.replica.engine
@@ -439,18 +385,9 @@ class SegVolServer:
             return
         job.finish("running")
         try:
-            with self.lock:  # room for the results first, then the engines get what the rest leaves
-                reserve = RESULT_BYTES_PER_VOXEL * math.prod(session.shape) * len(job.targets)
-                if not self._make_room(reserve):
-                    raise SegVolError(
-                        f"the results of {len(job.targets)} targets need {reserve / 2**20:.0f} MB, more than this "
-                        "server's memory leaves: send fewer targets at once, or try again later"
-                    )
-                session.run_reserve = reserve
-                others = sum(r.engine.memory_bytes for r in self.replicas.all if r.engine is not engine)
-                room = self.settings.max_memory_bytes - self._volumes_bytes() - self._kept_bytes() - others
-            engine.memory_budget_bytes = max(0, room)
-            results = self._results(session, job)
+            with self.lock:  # the engine gets what the rest of the budget leaves
+                self._make_room(0)
+            results = engine.segment(session.volume(), job.targets, job.zoom_in, job.reporter)
             packed, blobs, offset = [], [], 0
             for result in results:
                 entry = {
@@ -475,41 +412,14 @@ class SegVolServer:
             job.finish("failed", error=f"the server failed: {type(error).__name__}: {error}", error_code="internal")
         else:
             with self.lock:
-                for spec, result in zip(job.targets, results):
-                    if spec.result_key is not None:
-                        self.uses += 1
-                        session.results[spec.result_key] = KeptResult(result, self.uses)
                 job.masks = b"".join(blobs)
-                session.run_reserve = 0
                 self._make_room(0)
             job.finish("done", results=packed)
         finally:
             with self.lock:
-                session.run_reserve = 0
                 gone = session.id not in self.sessions
             if gone:  # closed or reaped while it ran: the engine session it made goes too
                 engine.forget(session.id)
-
-    def _results(self, session: Session, job: Job) -> list:
-        """The engine's results: a target to correct from the result kept under its key (starting from the
-        client's current mask when it sent one), the others by the official pipeline, all in one engine call
-        when none is corrected (they share the embeddings either way)."""
-        volume, engine = session.volume(), session.replica.engine
-        with self.lock:
-            previous = [
-                session.results.get(spec.result_key) if spec.correct and spec.result_key is not None else None
-                for spec in job.targets
-            ]
-        if all(kept is None for kept in previous):
-            return engine.segment(volume, [spec.target for spec in job.targets], job.zoom_in, job.reporter)
-        results = []
-        for spec, kept in zip(job.targets, previous):
-            if kept is None:
-                results += engine.segment(volume, [spec.target], job.zoom_in, job.reporter)
-                continue
-            start = kept.result if spec.current_mask is None else replace(kept.result, mask=spec.current_mask)
-            results.append(engine.refine(volume, start, spec.target, job.reporter))
-        return results
 
     def job(self, session: Session, job_id: str) -> Job:
         with self.lock:

@@ -24,8 +24,7 @@ from SegVolSlicerLib.client import (
     ServerUnreachable,
     VersionMismatch,
 )
-from SegVolSlicerLib.client import WireJob as TargetJob  # engine.TargetJob's fields, until it exists
-from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter

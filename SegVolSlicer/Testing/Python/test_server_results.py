@@ -10,8 +10,7 @@ from test_server import URL, in_process
 
 from SegVolSlicerLib import wire
 from SegVolSlicerLib.client import RemoteEngine
-from SegVolSlicerLib.client import WireJob as TargetJob  # engine.TargetJob's fields, until it exists
-from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.prompts import Target
 from SegVolSlicerLib.server import ServerSettings
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
@@ -28,9 +27,9 @@ def test_two_segmentations_with_a_liver_each_correct_their_own_result(phantom):
     its own first result, bit for bit."""
     volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
     host = EngineHost(model=CountingBandSegVol())
-    first_a = host.segment(volume, [pancreas()])[0]
-    host.segment(volume, [pancreas(LEFT_IJK, labels=[1])])  # B: another pancreas, grown at the left
-    want_a = host.refine(volume, first_a, pancreas(PANCREAS_CENTRE_IJK))
+    first_a = host.segment(volume, [TargetJob(pancreas(), "a")])[0]
+    host.segment(volume, [TargetJob(pancreas(LEFT_IJK, labels=[1]), "b")])  # another pancreas, grown at the left
+    want_a = host.segment(volume, [TargetJob(pancreas(PANCREAS_CENTRE_IJK), "a", correct=True)])[0]
     with in_process(EngineHost(model=CountingBandSegVol())) as (client, server):
         engine = RemoteEngine(URL, http=client.http)
         a, b = ("segmentation A", "pancreas"), ("segmentation B", "pancreas")
@@ -40,9 +39,12 @@ def test_two_segmentations_with_a_liver_each_correct_their_own_result(phantom):
         got_a = engine.segment(volume, [TargetJob(pancreas(PANCREAS_CENTRE_IJK), a, correct=True)])[0]
         assert engine.has_result(volume, a) and engine.has_result(volume, b)
         (session,) = server.sessions.values()
-        assert len(session.results) == 2  # one per segment, not one per name
+        held = session.replica.engine  # the server's engine keeps one result per segment, not one per name
+        kept = [held.has_result(session.volume(), session.result_key(wire.result_key_string(k))) for k in (a, b)]
+        assert kept == [True, True]
         engine.forget_results("segmentation B")
-        assert engine.closer.join(10) and len(session.results) == 1 and not engine.has_result(volume, b)
+        assert engine.closer.join(10) and not engine.has_result(volume, b)
+        assert not held.has_result(session.volume(), session.result_key(wire.result_key_string(b)))
         engine.close()
     assert np.array_equal(got_a.mask, want_a.mask)
     assert (got_a.windows, got_a.warnings) == (want_a.windows, want_a.warnings)
@@ -80,7 +82,8 @@ def test_kept_results_stay_within_the_memory_budget_oldest_first():
             engine.segment(volume, [TargetJob(Target("liver", text="liver"), key)])
             assert client.request("GET", "/info").json()["memory_bytes"] <= server.settings.max_memory_bytes
         (session,) = server.sessions.values()
-        kept = list(session.results)
+        held = session.replica.engine
+        kept = [held.has_result(session.volume(), session.result_key(wire.result_key_string(k))) for k in keys]
         engine.close()
-    assert 0 < len(kept) < len(keys)
-    assert kept == [wire.result_key_string(key) for key in keys[-len(kept) :]]  # the newest
+    assert 0 < sum(kept) < len(keys)
+    assert kept == sorted(kept)  # the newest kept, the oldest gone
