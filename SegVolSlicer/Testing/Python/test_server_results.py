@@ -87,3 +87,27 @@ def test_kept_results_stay_within_the_memory_budget_oldest_first():
         engine.close()
     assert 0 < sum(kept) < len(keys)
     assert kept == sorted(kept)  # the newest kept, the oldest gone
+
+
+def test_a_client_forgetting_its_result_leaves_another_sessions_result_of_the_same_key():
+    """The mistake: the engine's forget_results matches a key in every volume, so two clients with the same
+    segmentation and segment IDs (Slicer's node IDs repeat from scene to scene) would forget each other's."""
+    ct = make_synthetic_ct()
+    with in_process(EngineHost(model=FakeSegVol(), max_sessions=4)) as (client, server):
+        engines = [RemoteEngine(URL, http=client.http) for _ in range(2)]
+        volumes = [
+            VolumeInput("ct", ct.volume, ct.ijk_to_ras),
+            VolumeInput("ct", ct.volume[::-1].copy(), ct.ijk_to_ras),
+        ]
+        key = ("vtkMRMLSegmentationNode1", "Segment_1")
+        for engine, volume in zip(engines, volumes):
+            engine.segment(volume, [TargetJob(Target("liver", text="liver"), key)], zoom_in=False)
+        engines[0].forget_results("vtkMRMLSegmentationNode1")
+        assert engines[0].closer.join(10)
+        held = [
+            s.replica.engine.has_result(s.volume(), s.result_key(wire.result_key_string(key)))
+            for s in sorted(server.sessions.values(), key=lambda s: s.opened)
+        ]
+        for engine in engines:
+            engine.close()
+    assert held == [False, True]
