@@ -435,7 +435,7 @@ class RemoteEngine:
         """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature); `jobs`: engine.TargetJob
         (target, result_key, correct, current_mask)."""
         session = self.session(volume, reporter)
-        jobs = [WireJob(job) if isinstance(job, Target) else job for job in jobs]  # until every face sends jobs
+        jobs = [WireJob(job) if isinstance(job, Target) else job for job in jobs]  # a bare Target: TargetJob(target)
         sent = [
             WireJob(
                 job.target,
