@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import uvicorn
 
 from SegVolSlicerLib import wire
 from SegVolSlicerLib.client import SegVolClient
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, VolumeInput
 from SegVolSlicerLib.prompts import Points, Target
-from SegVolSlicerLib.server import ServerSettings, create_app, listen, uvicorn_config
+from SegVolSlicerLib.server import ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.server.guard import RequestGuard
 
 SHAPE_KJI = (300, 512, 512)
@@ -64,25 +63,6 @@ def build_engine(args, device: str | None = None) -> EngineHost:
 
         args.model = str(save_checkpoint(synthetic_state_dict(), Path(tempfile.mkdtemp()) / "SegVol_v1.pth", "pth"))
     return EngineHost(ModelChoice(args.model, device), max_sessions=args.sessions + 1, memory_budget_mb=64 * 1024)
-
-
-class Uvicorn:
-    def __init__(self, app, settings: ServerSettings):
-        self.listener = listen("127.0.0.1", 0)
-        self.server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def __exit__(self, *exc_info):
-        self.server.should_exit = True
-        self.thread.join(60)
-        self.listener.close()
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -124,8 +104,8 @@ def main() -> None:
     unguarded = create_app(engine, settings)
     unguarded.user_middleware = [m for m in unguarded.user_middleware if m.cls is not RequestGuard]
     with (
-        Uvicorn(create_app(engine, settings), settings) as url,
-        Uvicorn(unguarded, settings) as bare_url,
+        serve_in_thread(create_app(engine, settings), settings) as url,
+        serve_in_thread(unguarded, settings) as bare_url,
         SegVolClient(url, settings.api_key) as client,
         SegVolClient(bare_url, settings.api_key) as bare_client,
     ):
@@ -223,7 +203,7 @@ def replica_throughput(args, volume: np.ndarray, ijk_to_ras: np.ndarray, clicks:
         for engine in engines:
             engine.model()
         settings = ServerSettings(max_sessions=4, max_memory_mb=64 * 1024)
-        with Uvicorn(create_app(engines, settings), settings) as url:
+        with serve_in_thread(create_app(engines, settings), settings) as url:
             ready = threading.Barrier(len(volumes) + 1)
             threads = [
                 threading.Thread(target=clicking, args=(url, v, ijk_to_ras, clicks, args, ready)) for v in volumes

@@ -13,6 +13,7 @@ differ, server busy; a session the server has reaped is reopened (and its volume
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Hashable, Sequence
@@ -62,6 +63,16 @@ class ServerBusy(ServerError):
 
 class SessionExpired(ServerError):
     pass
+
+
+@dataclass(frozen=True)
+class WireJob:
+    """One target of a job as it travels: engine.TargetJob with its result key as the wire's string."""
+
+    target: Target
+    result_key: str | None = None
+    correct: bool = False
+    current_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -155,6 +166,9 @@ class SegVolClient:
             )
         if code == "unknown-session":
             raise SessionExpired(message)
+        if status in (502, 504) and code is None and path.startswith(f"{wire.API}/sessions/"):
+            # a proxy in front of several servers (deploy/segvol-nginx.conf) whose box of this session is down
+            raise SessionExpired(f"the SegVol server holding this session behind {self.url} is unreachable ({status})")
         if status == 404 and code is None:
             raise VersionMismatch(f"{self.url} does not answer {path}: is it a SegVol server of the same version?")
         if code == "internal" or status >= 500:
@@ -243,19 +257,29 @@ class RemoteSession:
         return self.segment_many([target], zoom_in, reporter)[0]
 
     def refine(self, target: Target, reporter: Reporter | None = None) -> RemoteResult:
-        """The server's last result for the target's name corrected around its new clicks, as
+        """This session's last result for the target's name corrected around its new clicks, as
         EngineHost.refine (the official pipeline when the server holds no result for that name)."""
         return self.segment_many([target], True, reporter, refine=True)[0]
 
     def segment_many(
         self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter | None = None, refine: bool = False
     ) -> list[RemoteResult]:
-        """One result per target, in order, as the server's engine made them. Progress comes to `reporter`;
-        setting `reporter.cancel` cancels the job on the server (Cancelled is raised)."""
+        """One result per target, in order, as the server's engine made them; each kept on the server under
+        its name, for `refine`. Progress comes to `reporter`; setting `reporter.cancel` cancels the job on the
+        server (Cancelled is raised)."""
+        jobs = [WireJob(target, wire.result_key_string(("name", target.name)), refine) for target in targets]
+        return self.run_jobs(jobs, zoom_in, reporter)
+
+    def run_jobs(
+        self, jobs: Sequence[WireJob], zoom_in: bool = True, reporter: Reporter | None = None
+    ) -> list[RemoteResult]:
+        """One result per job, in order: each target's result kept on the server under its result key (if it
+        has one) and corrected from there when the job asks for it."""
         reporter = reporter or NO_REPORT
-        body = {"targets": [wire.target_to_json(target) for target in targets], "zoom_in": bool(zoom_in)}
-        if refine:
-            body["refine"] = True
+        body = {
+            "targets": [wire.target_to_json(j.target, j.result_key, j.correct, j.current_mask) for j in jobs],
+            "zoom_in": bool(zoom_in),
+        }
         if self.closed:
             raise SessionExpired("this SegVol server session was closed: open a new one")
         try:
@@ -266,6 +290,14 @@ class RemoteSession:
             reporter.check_cancelled()
             self._open()
             return self._run(body, reporter)
+
+    def forget_result(self, result_key: str) -> None:
+        """The server drops the result it keeps under the key."""
+        if self.session_id is not None and not self.closed:
+            try:
+                self.client.request("DELETE", self._path(f"/results/{result_key}"), timeout=CLOSE_TIMEOUT_S)
+            except SessionExpired:
+                pass
 
     def _run(self, body: dict, reporter: Reporter) -> list[RemoteResult]:
         reporter.check_cancelled()
@@ -299,14 +331,7 @@ class RemoteSession:
         return [self._result(entry, bits) for entry in status["results"]]
 
     def _result(self, entry: dict, bits: bytes) -> RemoteResult:
-        def mask(kind: str) -> np.ndarray:
-            where = entry[kind]
-            start = where["offset"]
-            return wire.unpack_mask(self.shape, where["bounds"], bits[start : start + where["length"]])
-
-        zoom_out_mask = mask("zoom_out_mask")
-        # Without zoom-in the final mask is the zoom-out mask, the same array, as in-process.
-        final = zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")
+        final, zoom_out_mask = wire.unpack_result_masks(entry, bits, self.shape)
         statistics = entry.get("statistics")
         return RemoteResult(
             entry["name"],
@@ -353,6 +378,7 @@ class RemoteSession:
 class _Kept:
     signature: Hashable
     session: RemoteSession
+    results: set = field(default_factory=set)  # the result keys the server keeps for this session
 
 
 class _Closer:
@@ -390,9 +416,11 @@ class _Closer:
 
 
 class RemoteEngine:
-    """The EngineHost face over a server: one remote session per volume key, reopened when the volume's
-    signature changes. The model choice is the server's (`select` changes nothing). `forget` and `keep_only`
-    return at once: the sessions end on the server from a background thread (`closer.join()` waits)."""
+    """The Engine protocol (engine.py) over a server: one remote session per volume key, reopened when the
+    volume's signature changes; results kept on the server per (session, result key), the key travelling as
+    wire.result_key_string. The model choice is the server's (`select` changes nothing). `forget`,
+    `forget_results` and `keep_only` return at once: the server is told from a background thread
+    (`closer.join()` waits)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, http: httpx.Client | None = None):
         self.client = SegVolClient(url, api_key, http=http)
@@ -402,15 +430,50 @@ class RemoteEngine:
         self._lock = threading.RLock()  # belongs to a volume gone: it is closed, not kept)
 
     def segment(
-        self, volume, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT
+        self, volume, jobs: Sequence, zoom_in: bool = True, reporter: Reporter = NO_REPORT
     ) -> list[RemoteResult]:
-        """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature)."""
-        return self.session(volume, reporter).segment_many(targets, zoom_in, reporter)
+        """`volume`: an engine.VolumeInput (key, voxels, ijk_to_ras, signature); `jobs`: engine.TargetJob
+        (target, result_key, correct, current_mask)."""
+        session = self.session(volume, reporter)
+        jobs = [WireJob(job) if isinstance(job, Target) else job for job in jobs]  # a bare Target: TargetJob(target)
+        sent = [
+            WireJob(
+                job.target,
+                None if job.result_key is None else wire.result_key_string(job.result_key),
+                job.correct,
+                job.current_mask,
+            )
+            for job in jobs
+        ]
+        results = session.run_jobs(sent, zoom_in, reporter)
+        with self._lock:
+            kept = self._sessions.get(volume.key)
+            if kept is not None and kept.session is session:
+                kept.results |= {job.result_key for job in jobs if job.result_key is not None}
+        return results
 
-    def refine(self, volume, previous, target: Target, reporter: Reporter = NO_REPORT) -> RemoteResult:
-        """As EngineHost.refine; the server keeps the previous result (per session and target name), so
-        `previous` does not travel."""
-        return self.session(volume, reporter).refine(target, reporter)
+    def segment_from_mask(self, volume, job, mask_kji, reporter: Reporter = NO_REPORT):
+        raise SegVolError(
+            "segmenting again from a mask runs on this computer only, not on a SegVol server: set Run on to "
+            "this computer for it"
+        )
+
+    def has_result(self, volume, result_key: Hashable) -> bool:
+        """Whether the server keeps a result under the key for this volume (as far as this client knows: a
+        server short of memory may have let it go, and then a correction runs the official pipeline)."""
+        with self._lock:
+            kept = self._sessions.get(volume.key)
+            return kept is not None and kept.signature == volume.signature and result_key in kept.results
+
+    def forget_results(self, result_key_prefix: Hashable) -> None:
+        """Every kept result whose key starts with the prefix (e.g. a segmentation node removed) is dropped on
+        the server."""
+        with self._lock:
+            for kept in self._sessions.values():
+                gone = {k for k in kept.results if isinstance(k, tuple) and k and k[0] == result_key_prefix}
+                kept.results -= gone
+                for key in gone:
+                    self.closer.put(functools.partial(kept.session.forget_result, wire.result_key_string(key)))
 
     def session(self, volume, reporter: Reporter = NO_REPORT) -> RemoteSession:
         with self._lock:

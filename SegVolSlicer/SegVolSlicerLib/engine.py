@@ -411,6 +411,13 @@ class EngineHost:
 
     # --- memory ---
 
+    def fit_memory_budget(self, budget_bytes: int) -> None:
+        """A new memory budget, applied at once (a server's share of its one budget changes as volumes come
+        and go): sessions, then the heavy parts of results, then results go as _evict says."""
+        with self._lock:
+            self.memory_budget_bytes = int(budget_bytes)
+            self._evict(keep=None if self._running is None else self._running.key)
+
     @property
     def memory_bytes(self) -> int:
         """Memory the kept sessions (prepared volumes and cached embeddings) and kept results hold."""

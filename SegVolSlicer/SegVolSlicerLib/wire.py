@@ -8,9 +8,12 @@ zoom-out mask and travels once). Imports numpy and blosc2 only.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -22,6 +25,8 @@ PROTOCOL_HEADER = "X-SegVol-Protocol"
 API = f"/v{PROTOCOL_VERSION}"
 # Voxel types a volume may be uploaded in (little-endian, as numpy names them).
 VOXEL_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+# A result key as it travels: opaque to the server (result_key_string makes one from any Hashable).
+RESULT_KEY_PATTERN = "^[0-9A-Za-z_.:-]{1,128}$"
 
 
 def voxel_type(voxels: np.ndarray) -> str:
@@ -43,10 +48,16 @@ def frame_hash(frame: bytes) -> str:
     return hashlib.sha256(frame).hexdigest()
 
 
-def voxel_proof(nonce: bytes, voxels: np.ndarray) -> str:
+def voxel_proof(nonce: bytes, voxels: np.ndarray, samples: int = 4096) -> str:
     """Proof that a client holds a volume's voxels, not only its hash (which anyone may have seen): the
-    HMAC-SHA256 of the wire voxels keyed by the nonce the server gave the session."""
-    return hmac.new(nonce, memoryview(wire_voxels(voxels)).cast("B"), hashlib.sha256).hexdigest()
+    HMAC-SHA256, keyed by the nonce the server gave the session, of the volume's shape and of `samples` of its
+    voxels at places the nonce draws (so the proof costs the same for any size of volume)."""
+    voxels = np.asarray(voxels)
+    seed = int.from_bytes(hashlib.sha256(nonce).digest()[:8], "little")
+    places = np.random.default_rng(seed).integers(0, max(voxels.size, 1), samples)
+    drawn = voxels[np.unravel_index(places, voxels.shape)] if voxels.size else np.zeros(samples, voxels.dtype)
+    message = repr(tuple(voxels.shape)).encode() + memoryview(wire_voxels(drawn)).cast("B").tobytes()
+    return hmac.new(nonce, message, hashlib.sha256).hexdigest()
 
 
 def pack_volume(voxels: np.ndarray) -> bytes:
@@ -64,7 +75,7 @@ def unpack_volume(frame: bytes, shape: tuple[int, ...], dtype: str) -> np.ndarra
     import blosc2
 
     try:
-        array = blosc2.ndarray_from_cframe(bytes(frame))
+        array = blosc2.ndarray_from_cframe(frame)  # bytes or the bytearray it streamed into: no copy
     except Exception as error:  # blosc2 raises several kinds of errors on garbage
         raise InputError(
             f"the upload is not a blosc2 array frame ({error}): send the volume as the client does (wire.pack_volume)"
@@ -140,22 +151,86 @@ def pack_mask(mask: np.ndarray, within: tuple[slice, slice, slice] | None = None
 
 
 def unpack_mask(shape: tuple[int, int, int], bounds, data: bytes) -> np.ndarray:
-    """The (K, J, I) uint8 mask from pack_mask's box and bits."""
+    """The (K, J, I) uint8 mask from pack_mask's box and bits; InputError for a box outside `shape` or bits
+    that would decompress into more (or less) than the box (checked before anything is decompressed)."""
     import blosc2
 
     mask = np.zeros(shape, dtype=np.uint8)
     if bounds is None:
         return mask
-    k0, j0, i0, k1, j1, i1 = bounds
+    k0, j0, i0, k1, j1, i1 = (int(b) for b in bounds)
+    if not all(0 <= a < b <= n for a, b, n in zip((k0, j0, i0), (k1, j1, i1), shape)):
+        raise InputError(f"mask bounds {list(bounds)} do not lie inside the volume's {tuple(shape)} voxels")
     box_shape = (k1 - k0, j1 - j0, i1 - i0)
+    expected = -(-math.prod(box_shape) // 8)
+    try:
+        declared = blosc2.get_cbuffer_sizes(data)[0]
+    except Exception:  # blosc2 raises several kinds of errors on garbage
+        declared = None
+    if declared != expected:
+        raise InputError(f"mask bits of {declared} bytes for a box of {expected}: send masks as wire.pack_mask does")
     bits = np.frombuffer(blosc2.decompress2(data), dtype=np.uint8)
-    mask[k0:k1, j0:j1, i0:i1] = np.unpackbits(bits, count=int(np.prod(box_shape))).reshape(box_shape)
+    mask[k0:k1, j0:j1, i0:i1] = np.unpackbits(bits, count=math.prod(box_shape)).reshape(box_shape)
     return mask
 
 
-def target_to_json(target: Target) -> dict:
-    """A target as the job request carries it (floats survive JSON exactly: results stay bit for bit)."""
-    return {
+def mask_to_json(mask: np.ndarray) -> dict:
+    """A mask inside a JSON body (a job's current mask): pack_mask's box, its bits in base64."""
+    bounds, bits = pack_mask(mask)
+    return {"bounds": bounds, "bits": base64.b64encode(bits).decode("ascii")}
+
+
+def mask_from_json(data: dict, shape: tuple[int, int, int]) -> np.ndarray:
+    try:
+        bits = base64.b64decode(data["bits"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("a mask's bits are not base64: send masks as wire.mask_to_json does") from None
+    return unpack_mask(shape, data["bounds"], bits)
+
+
+def result_key_string(key: Hashable) -> str:
+    """A face's result key (e.g. a segmentation node and segment ID) as it travels: the sha256 of its repr,
+    so nothing of the client's scene reaches the server."""
+    return hashlib.sha256(repr(key).encode()).hexdigest()
+
+
+def pack_result_masks(result, offset: int = 0) -> tuple[dict, list[bytes]]:
+    """A result's final and zoom-out masks as a job status entry's `mask` and `zoom_out_mask` (bounding box,
+    offset and length in the job's masks bytes, which follow `offset`), and the bytes; a zoom-out-only result's
+    final mask is its zoom-out mask and travels once (`mask` is then the string "zoom_out_mask")."""
+    entry, blobs = {}, []
+    masks = [("zoom_out_mask", result.zoom_out_mask)]
+    if result.mask is result.zoom_out_mask:
+        entry["mask"] = "zoom_out_mask"
+    else:
+        masks.append(("mask", result.mask))
+    for kind, mask in masks:
+        bounds, bits = pack_mask(mask, within=result.crop)  # empty outside the body crop
+        entry[kind] = {"bounds": bounds, "offset": offset, "length": len(bits)}
+        blobs.append(bits)
+        offset += len(bits)
+    return entry, blobs
+
+
+def unpack_result_masks(entry: dict, bits: bytes, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, zoom_out_mask) of a status entry from pack_result_masks; one array when they travelled once."""
+
+    def mask(kind: str) -> np.ndarray:
+        where = entry[kind]
+        start = where["offset"]
+        return unpack_mask(shape, where["bounds"], bits[start : start + where["length"]])
+
+    zoom_out_mask = mask("zoom_out_mask")
+    return (zoom_out_mask if entry["mask"] == "zoom_out_mask" else mask("mask")), zoom_out_mask
+
+
+def target_to_json(
+    target: Target, result_key: str | None = None, correct: bool = False, current_mask: np.ndarray | None = None
+) -> dict:
+    """A target as the job request carries it (floats survive JSON exactly: results stay bit for bit), with
+    where the server keeps its result (`result_key`, from result_key_string), whether to correct that result,
+    and the segment as it is now (a correction starts from it)."""
+    body = {
         "name": target.name,
         "text": target.text,
         "points": None
@@ -165,6 +240,13 @@ def target_to_json(target: Target) -> dict:
         if target.box is None
         else {"ijk_min": list(target.box.ijk_min), "ijk_max": list(target.box.ijk_max)},
     }
+    if result_key is not None:
+        body["result_key"] = result_key
+    if correct:
+        body["correct"] = True
+    if current_mask is not None:
+        body["current_mask"] = mask_to_json(current_mask)
+    return body
 
 
 def target_from_json(data: dict) -> Target:

@@ -73,6 +73,12 @@ def add_parser(subparsers) -> None:
         default=256,
         help="connections and requests at once (default 256); more are answered 503",
     )
+    parser.add_argument(
+        "--session-prefix",
+        metavar="PREFIX",
+        help="start every session id with PREFIX- (lowercase letters and digits), so that a proxy in front of "
+        "several servers routes each session to its server (deploy/nginx.conf)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
             max_upload_mb=args.max_upload_mb,
             max_connections=args.max_connections,
+            session_prefix=args.session_prefix,
             **({"max_memory_mb": args.max_memory_mb} if args.max_memory_mb else {}),
         )
         app = create_app(engines, settings, weights=weights)

@@ -16,12 +16,13 @@ when the server has one, as `Authorization: Bearer KEY`):
 - `POST /v1/sessions/{id}/heartbeat`, `DELETE /v1/sessions/{id}`; a session that sees no request for the
   idle timeout (or gets no volume within the upload grace) is reaped, and a client that finds its session
   gone opens a new one;
-- `POST /v1/sessions/{id}/jobs?wait=S` {targets, zoom_in, refine} -> the job's status, once it finished or S
+- `POST /v1/sessions/{id}/jobs?wait=S` {targets (each with its result_key, correct, current_mask), zoom_in} -> the
+  job's status, once it finished or S
   seconds passed (each result has `changed`, the K,J,I ranges it may have changed, and `statistics`:
   clinical.statistics FIELDS, LPS, with the confidence when the engine keeps probabilities);
   `GET .../jobs/{job}?wait=S&since=V` waits for a change of the status past version V (progress, end);
   `POST .../jobs/{job}/cancel`; `GET .../jobs/{job}/masks`: every mask's bits, concatenated, where the
-  status's `mask` entries (bounding box, offset, length) find them.
+  status's `mask` entries (bounding box, offset, length) find them; `DELETE .../results/{key}` drops a kept result.
 
 Each server session is one engine volume key on one device: results are the engine's, bit for bit. Each
 device's model runs one job at a time on its own worker thread, so requests (progress, cancel, uploads) are
@@ -32,7 +33,7 @@ serving (socket and uvicorn limits).
 
 from .app import create_app
 from .replicas import expand_devices
-from .serving import check_bind, listen, uvicorn_config, weights_identity
+from .serving import check_bind, listen, serve_in_thread, uvicorn_config, weights_identity
 from .sessions import SegVolServer
 from .settings import Problem, ServerSettings
 
@@ -44,6 +45,7 @@ __all__ = [
     "create_app",
     "expand_devices",
     "listen",
+    "serve_in_thread",
     "uvicorn_config",
     "weights_identity",
 ]

@@ -25,11 +25,13 @@ log = logging.getLogger("segvol.server")
 PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 _UPLOAD_PATH = re.compile(rf"^{wire.API}/sessions/[^/]+/volume$")
 _IDS = re.compile(r"/(sessions|jobs)/[^/]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def route_of(path: str) -> str:
-    """The path as the log shows it: session and job ids are credentials of a kind, never logged."""
-    return _IDS.sub(r"/\1/…", path)
+    """The path as the log shows it: session and job ids are credentials of a kind, never logged; control
+    characters (a `%0A` decoded) escaped, so that no request writes a line of the log."""
+    return _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", _IDS.sub(r"/\1/…", path))
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -51,11 +53,11 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started, route = time.perf_counter(), route_of(scope["path"])
-        exchange = _Exchange(scope, receive, send, self.body_limit(scope), self.settings.body_timeout_s)
+        exchange = _Exchange(scope, receive, send, self.body_limit(scope), self.settings)
         problem = self.refusal(scope, exchange)
         try:
-            if problem is not None:
-                await exchange.refuse(problem)
+            if problem is not None:  # its body, if any, is never read: the connection cannot go on
+                await exchange.refuse(problem, close=exchange.has_body or problem.status == 401)
             else:
                 await self.app(scope, exchange.receive, exchange.send)
         except Exception:  # the app's own handlers answer every expected error: this one is a bug
@@ -107,10 +109,14 @@ class _Exchange:
     """One request as the app sees it through the guard: body bytes counted, pauses timed, and once the guard
     has answered, the client gone for the app."""
 
-    def __init__(self, scope, receive, send, limit: int, body_timeout_s: float):
-        self._receive, self._send, self.limit, self.body_timeout_s = receive, send, limit, body_timeout_s
+    def __init__(self, scope, receive, send, limit: int, settings: ServerSettings):
+        self._receive, self._send, self.limit = receive, send, limit
+        self.body_timeout_s = settings.body_timeout_s
+        self.body_deadline = time.monotonic() + settings.body_deadline_s
         self.headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        self.received, self.body_done = 0, False
+        declared = self.headers.get("content-length", "0").strip()
+        self.has_body = "transfer-encoding" in self.headers or declared not in ("", "0")
+        self.received, self.body_done = 0, not self.has_body
         self.status: int | None = None
         self.refused = self.client_left = self.finished = False
 
@@ -119,10 +125,12 @@ class _Exchange:
             return {"type": "http.disconnect"}
         if self.body_done:  # the app listening for a disconnect: no time limit
             return await self._receive()
-        try:
-            message = await asyncio.wait_for(self._receive(), self.body_timeout_s)
+        left = self.body_deadline - time.monotonic()
+        try:  # a pause may not last, nor the whole body (a trickle under the pause limit)
+            message = await asyncio.wait_for(self._receive(), max(0.0, min(self.body_timeout_s, left)))
         except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
-            await self.refuse(Problem(408, "request-timeout", "the request body stalled: send it again"), close=True)
+            why = "stalled" if left > self.body_timeout_s else "took too long"
+            await self.refuse(Problem(408, "request-timeout", f"the request body {why}: send it again"), close=True)
             return {"type": "http.disconnect"}
         if message["type"] == "http.disconnect":
             self.client_left = not self.finished
@@ -139,6 +147,8 @@ class _Exchange:
             return
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            if not self.body_done:  # answered before the body was read: the connection cannot carry another
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)

@@ -43,7 +43,6 @@ class Job:
     id: str
     targets: list
     zoom_in: bool
-    refine: bool = False
     reporter: JobReporter = field(default_factory=JobReporter)
     state: str = "queued"  # queued, running, done, failed, cancelled
     error: str | None = None

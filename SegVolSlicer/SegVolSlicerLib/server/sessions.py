@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import hmac
 import logging
 import math
@@ -12,13 +10,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .. import __version__, wire
 from ..clinical.statistics import result_statistics
-from ..engine import EngineHost, VolumeInput
+from ..engine import EngineHost, TargetJob, VolumeInput
 from ..errors import Cancelled, InputError, SegVolError
 from ..volume_checks import check_volume
 from .jobs import Job
@@ -30,10 +28,15 @@ from .settings import Problem, ServerSettings
 log = logging.getLogger("segvol.server")
 
 JOBS_KEPT = 4  # finished jobs kept per session, for their masks
-RESULTS_KEPT = 4  # last results kept per session (by target name), for corrections
 # What an engine session holds per voxel of its volume at least: the prepared float32 image. The room the
 # memory budget keeps for the sessions the engines run (their embedding caches are evicted to fit).
 ENGINE_BYTES_PER_VOXEL = 4
+# What a job's result holds per voxel at most: final and zoom-out masks, float32 probabilities (the room a
+# device's running job needs besides its engine session).
+RESULT_BYTES_PER_VOXEL = 6
+# Each engine session's embedding cache gets at most this share of the budget (per device).
+CACHE_SHARE = 0.25
+REUSE_SAMPLES = 4096  # voxels a reuse proof covers (wire.voxel_proof): its cost does not grow with the volume
 
 
 def unknown_session() -> Problem:
@@ -56,29 +59,15 @@ class Session:
     opened: float
     last_seen: float
     voxels: np.ndarray | None = None
-    uploads: int = 0  # uploads in progress
+    upload_bytes: int = 0  # the frame of the upload in progress (one at a time), reserved in the budget
+    uploading: bool = False
     reuse_tried: bool = False
     jobs: OrderedDict[str, Job] = field(default_factory=OrderedDict)
-    # The last results by target name, for corrections (`refine`); a few only: each holds full-grid masks.
-    results: OrderedDict[str, object] = field(default_factory=OrderedDict)
-
-    def remember(self, results) -> None:
-        for result in results:
-            self.results.pop(result.name, None)
-            self.results[result.name] = result
-            while len(self.results) > RESULTS_KEPT:
-                self.results.popitem(last=False)
 
     @property
-    def results_bytes(self) -> int:
-        """What the kept results hold: their masks, probabilities and zoom-out logits."""
-        held = 0
-        for result in self.results.values():
-            arrays = (result.mask, result.zoom_out_mask, result.probabilities)
-            masks = {id(a): a.nbytes for a in arrays if a is not None}
-            logits = result.zoom_out.logits if result.zoom_out is not None else None
-            held += sum(masks.values()) + (logits.numel() * logits.element_size() if logits is not None else 0)
-        return held
+    def masks_bytes(self) -> int:
+        """The packed masks of the jobs kept for their /masks request."""
+        return sum(len(job.masks) for job in self.jobs.values())
 
     @property
     def busy(self) -> bool:
@@ -88,13 +77,41 @@ class Session:
     def declared_bytes(self) -> int:
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
+    def result_key(self, key: str) -> tuple[str, str]:
+        """The engine's key of a result this session keeps: a client's key never reaches another session's."""
+        return (self.id, key)
+
     def volume(self) -> VolumeInput:
         # The signature: a new upload (new content) or geometry makes a new engine session.
         return VolumeInput(self.id, self.voxels, self.ijk_to_ras, (self.sha256, self.ijk_to_ras.tobytes()))
 
 
+def check_geometry(ijk_to_ras: np.ndarray) -> None:
+    """A usable IJK-to-RAS matrix: an affine last row, voxel spacings of 1 µm to 1 m, and a direction part
+    that is not degenerate (so its determinant, the voxel volume, is finite and nonzero)."""
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    affine = np.array_equal(ijk_to_ras[3], [0.0, 0.0, 0.0, 1.0])
+    sane = affine and bool(np.all((spacing >= 1e-3) & (spacing <= 1e3))) and np.all(np.abs(ijk_to_ras[:3, 3]) <= 1e7)
+    if sane:  # the determinant relative to the spacings: 1 for orthogonal axes, 0 for collinear ones
+        sane = abs(np.linalg.det(ijk_to_ras[:3, :3] / spacing)) > 1e-6
+    if not sane:
+        raise Problem(
+            422,
+            "bad-geometry",
+            "ijk_to_ras must be a 4x4 affine matrix (last row 0 0 0 1) with voxel spacings of 0.001 to 1000 mm, "
+            "independent axes and an origin within 10 km: send the volume's real geometry",
+        )
+
+
 class SegVolServer:
-    """Sessions, jobs and the workers of the engines (one per device); the HTTP layer only translates."""
+    """Sessions, jobs and the workers of the engines (one per device); the HTTP layer only translates.
+
+    One memory budget (settings.max_memory_bytes) covers all it keeps: voxels, volumes awaited, uploads in
+    flight, the engines' sessions (prepared images and embedding caches), results kept for corrections and
+    the masks of finished jobs. The engines keep their sessions and the results (per server session and result
+    key) within what the rest leaves (EngineHost.fit_memory_budget): when something new needs room, the
+    engine sessions of other volumes go first, then the oldest results' probabilities and zoom-out logits,
+    then the oldest results, across server sessions."""
 
     def __init__(
         self,
@@ -108,14 +125,18 @@ class SegVolServer:
         self.weights = weights or {"name": weights_name(choice.weights), "sha256": None}
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
+        cache_mb = CACHE_SHARE * settings.max_memory_bytes / len(engines) / 2**20
+        for engine in engines:  # each engine session's embedding cache fits the budget's share of it
+            options = engine.session_options
+            engine.session_options = replace(options, cache_budget_mb=min(options.cache_budget_mb, cache_mb))
 
     # --- sessions ---
 
     def open_session(self, request: SessionRequest) -> Session:
         shape = tuple(request.shape)
-        if min(shape) < 1 or max(shape) > self.settings.max_dimension:
+        if max(shape) > self.settings.max_dimension:
             raise Problem(
-                413 if max(shape) > self.settings.max_dimension else 422,
+                413,
                 "volume-too-large",
                 f"volume of {shape[2]} x {shape[1]} x {shape[0]} voxels: each dimension must be 1 to "
                 f"{self.settings.max_dimension} on this server",
@@ -128,16 +149,16 @@ class SegVolServer:
                 f"{self.settings.max_voxels}; crop or resample it first",
             )
         ijk_to_ras = np.asarray(request.ijk_to_ras, dtype=np.float64)  # 4 x 4 finite numbers (the model says)
-        if abs(np.linalg.det(ijk_to_ras[:3, :3])) < 1e-12:
-            raise Problem(422, "bad-geometry", "ijk_to_ras must be an invertible 4x4 matrix of finite numbers")
+        check_geometry(ijk_to_ras)
         self.reap()
         with self.lock:
             if len(self.sessions) >= self.settings.max_sessions:
                 raise self._busy(f"all {self.settings.max_sessions} sessions are in use")
             self._check_memory(shape, request.dtype)
             now = self.clock()
+            prefix = self.settings.session_prefix
             session = Session(
-                secrets.token_urlsafe(24),
+                f"{prefix}-{secrets.token_urlsafe(24)}" if prefix else secrets.token_urlsafe(24),
                 shape,
                 request.dtype,
                 ijk_to_ras,
@@ -151,12 +172,13 @@ class SegVolServer:
         return session
 
     def _check_memory(self, shape: tuple[int, int, int], dtype: str) -> None:
-        """With `lock` held: refuses a volume that would take the server past its memory budget, counting the
-        voxels every session holds or awaits and the room the engines need to run the largest volumes."""
+        """With `lock` held: refuses a volume that would take the server past its memory budget, counting what
+        the server holds and the room the engines need to run the largest volumes (what is kept for speed
+        only, the results and engine sessions of others, gives way)."""
         budget = self.settings.max_memory_bytes
         voxels = math.prod(shape)
         needed = voxels * np.dtype(dtype).itemsize
-        alone = needed + ENGINE_BYTES_PER_VOXEL * voxels
+        alone = needed + (ENGINE_BYTES_PER_VOXEL + RESULT_BYTES_PER_VOXEL) * voxels
         if alone > budget:
             raise Problem(
                 413,
@@ -165,15 +187,35 @@ class SegVolServer:
                 f"this server holds at most {budget / 2**20:.0f} MB for its clients; crop or resample it first",
             )
         sizes = sorted([math.prod(s.shape) for s in self.sessions.values()] + [voxels], reverse=True)
-        engines_room = ENGINE_BYTES_PER_VOXEL * sum(sizes[: len(self.replicas.all)])
-        if self._stored_bytes() + needed + engines_room > budget:
+        # each device runs one job at a time: its engine session and that job's result
+        engines_room = (ENGINE_BYTES_PER_VOXEL + RESULT_BYTES_PER_VOXEL) * sum(sizes[: len(self.replicas.all)])
+        if self._volumes_bytes() + needed + engines_room > budget:
             raise self._busy(f"its memory ({budget / 2**20:.0f} MB for clients) is taken by other volumes")
 
-    def _stored_bytes(self) -> int:
-        """With `lock` held: the voxels the sessions hold (shared ones once) or await."""
+    def _volumes_bytes(self) -> int:
+        """With `lock` held: what cannot give way: the voxels the sessions hold (shared ones once) or await,
+        and the uploads in flight."""
         held = {id(s.voxels): s.voxels.nbytes for s in self.sessions.values() if s.voxels is not None}
         awaited = sum(s.declared_bytes for s in self.sessions.values() if s.voxels is None)
-        return sum(held.values()) + awaited + sum(s.results_bytes for s in self.sessions.values())
+        flight = sum(s.upload_bytes for s in self.sessions.values())
+        return sum(held.values()) + awaited + flight
+
+    def _kept_bytes(self) -> int:
+        """With `lock` held: the masks of finished jobs, kept for their /masks request."""
+        return sum(s.masks_bytes for s in self.sessions.values())
+
+    def memory_bytes(self) -> int:
+        """With `lock` held: everything the server holds for its clients."""
+        return self._volumes_bytes() + self._kept_bytes() + self.replicas.memory_bytes()
+
+    def _make_room(self, needed: int) -> bool:
+        """With `lock` held: the engines fit what the rest of the budget leaves, less `needed` more bytes (each
+        engine an equal share; they evict their oldest kept things); False if the bytes still do not fit."""
+        budget, engines = self.settings.max_memory_bytes, [replica.engine for replica in self.replicas.all]
+        room = budget - self._volumes_bytes() - self._kept_bytes() - needed
+        for engine in engines:
+            engine.fit_memory_budget(max(0, room // len(engines)))
+        return self.memory_bytes() + needed <= budget
 
     def _busy(self, why: str) -> Problem:
         wait = self._seconds_until_a_session_frees()
@@ -203,36 +245,44 @@ class SegVolServer:
     def reuse(self, session: Session, proof: str) -> bool:
         """Lends the session the voxels of a live session with the same frame, if the client proves it holds
         them (wire.voxel_proof with this session's nonce): a hash alone, which others may have seen, gets
-        nothing, and without the voxels nobody learns whether a volume is open here. One try per session."""
+        nothing. The proof covers REUSE_SAMPLES voxels drawn by the nonce, so its cost does not grow with the
+        volume. What the answer tells (README): a client that holds a volume's voxels learns whether a live
+        session here holds the same volume. One try per session."""
         with self.lock:
-            if session.voxels is not None or session.reuse_tried:
+            if session.voxels is not None or session.reuse_tried or session.uploading:
                 raise Problem(409, "reuse-tried", "this session already has its volume or tried to reuse one")
             session.reuse_tried = True
             content = (session.sha256, session.shape, session.dtype)
             held = (s for s in self.sessions.values() if s.voxels is not None)
             twin = next((s.voxels for s in held if (s.sha256, s.shape, s.dtype) == content), None)
-        # As much hashing without a twin as with one: the answer's time tells nothing either.
-        expected = wire.voxel_proof(session.nonce, twin) if twin is not None else _proof_of_nothing(session)
+        # As much work without a twin as with one: the answer's time tells nothing either.
+        source = twin if twin is not None else np.broadcast_to(np.zeros((), session.dtype), session.shape)
+        expected = wire.voxel_proof(session.nonce, source, REUSE_SAMPLES)
         if twin is None or not hmac.compare_digest(expected, proof):
             return False
         with self.lock:
             session.voxels = twin
         return True
 
-    @contextlib.contextmanager
-    def uploading(self, session: Session):
-        """While the volume streams in, the session is not reaped for want of it."""
+    def begin_upload(self, session: Session, length: int) -> None:
+        """Reserves the upload's frame in the budget; one upload at a time per session."""
         with self.lock:
-            session.uploads += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                session.uploads -= 1
-                session.last_seen = self.clock()
+            if session.uploading:
+                raise Problem(409, "upload-in-progress", "this session is already receiving its volume")
+            if session.voxels is not None:
+                raise Problem(409, "volume-present", "this session already has its volume: open a new session")
+            if not self._make_room(length):
+                raise self._busy("its memory is taken by the volumes of other sessions")
+            session.uploading, session.upload_bytes = True, length
 
-    def upload(self, session: Session, frame: bytes) -> None:
-        if wire.frame_hash(frame) != session.sha256:
+    def end_upload(self, session: Session) -> None:
+        with self.lock:
+            session.uploading, session.upload_bytes = False, 0
+            session.last_seen = self.clock()
+
+    def upload(self, session: Session, frame: bytearray, sha256: str) -> None:
+        """The volume from its frame, whose sha256 was computed as it streamed in."""
+        if sha256 != session.sha256:
             raise InputError(
                 "the upload does not match the session's sha256: upload the volume the session was opened with"
             )
@@ -258,7 +308,7 @@ class SegVolServer:
                 s
                 for s in self.sessions.values()
                 if not s.busy
-                and not s.uploads
+                and not s.uploading
                 and (
                     now - s.last_seen > limits.idle_timeout_s
                     or (s.voxels is None and now - s.opened > limits.upload_grace_s)
@@ -277,8 +327,13 @@ class SegVolServer:
     def _release(self, session: Session) -> None:
         for job in session.jobs.values():
             job.reporter.cancel.set()
-        session.replica.engine.forget(session.id)
+        session.replica.engine.forget(session.id)  # its engine session and its kept results
         self.replicas.release(session.replica)
+
+    # --- results kept for corrections ---
+
+    def forget_results(self, session: Session, result_key: str) -> None:
+        session.replica.engine.forget_results(session.result_key(result_key))
 
     # --- jobs ---
 
@@ -287,8 +342,8 @@ class SegVolServer:
             raise Problem(409, "volume-missing", "the session has no volume yet: upload it first")
         if session.busy:
             raise Problem(409, "session-busy", "the session is already running a job: wait for it or cancel it")
-        targets = [self._target(body, session.shape) for body in self._checked_sizes(request.targets)]
-        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in, request.refine)
+        targets = [self._target_job(body, session) for body in self._checked_sizes(request.targets)]
+        job = Job(secrets.token_urlsafe(12), targets, request.zoom_in)
         with self.lock:
             session.jobs[job.id] = job
             while len(session.jobs) > JOBS_KEPT:
@@ -313,13 +368,15 @@ class SegVolServer:
         return targets
 
     @staticmethod
-    def _target(body: TargetBody, shape):
-        target = wire.target_from_json(body.model_dump())
+    def _target_job(body: TargetBody, session: Session) -> TargetJob:
+        shape, target = session.shape, wire.target_from_json(body.model_dump())
         if target.points is not None:
             target.points.check_inside(shape)
         if target.box is not None:
             target.box.clipped(shape)  # refuses a box beside the volume; the engine clips one that overlaps it
-        return target
+        current = None if body.current_mask is None else wire.mask_from_json(body.current_mask.model_dump(), shape)
+        key = None if body.result_key is None else session.result_key(body.result_key)
+        return TargetJob(target, key, body.correct, current)
 
     def _run(self, session: Session, job: Job) -> None:
         reporter, engine = job.reporter, session.replica.engine
@@ -328,10 +385,9 @@ class SegVolServer:
             return
         job.finish("running")
         try:
-            with self.lock:  # the engines' sessions get what the stored volumes leave of the budget
-                room = self.settings.max_memory_bytes - self._stored_bytes()
-            engine.memory_budget_bytes = max(0, room // len(self.replicas.all))
-            results = self._results(session, job)
+            with self.lock:  # the engine gets what the rest of the budget leaves
+                self._make_room(0)
+            results = engine.segment(session.volume(), job.targets, job.zoom_in, job.reporter)
             packed, blobs, offset = [], [], 0
             for result in results:
                 entry = {
@@ -342,16 +398,10 @@ class SegVolServer:
                     "changed": [[int(s.start), int(s.stop)] for s in result.changed],
                     "statistics": result_statistics(result, session.voxels, session.ijk_to_ras).row(),
                 }
-                masks = [("zoom_out_mask", result.zoom_out_mask)]
-                if result.mask is result.zoom_out_mask:  # no zoom-in: one mask, sent once
-                    entry["mask"] = "zoom_out_mask"
-                else:
-                    masks.append(("mask", result.mask))
-                for kind, mask in masks:
-                    bounds, bits = wire.pack_mask(mask, within=result.crop)  # empty outside the body crop
-                    entry[kind] = {"bounds": bounds, "offset": offset, "length": len(bits)}
-                    blobs.append(bits)
-                    offset += len(bits)
+                masks, bits = wire.pack_result_masks(result, offset)
+                entry.update(masks)
+                blobs += bits
+                offset += sum(len(b) for b in bits)
                 packed.append(entry)
         except Cancelled as error:
             job.finish("cancelled", error=str(error), error_code="cancelled")
@@ -362,27 +412,14 @@ class SegVolServer:
             job.finish("failed", error=f"the server failed: {type(error).__name__}: {error}", error_code="internal")
         else:
             with self.lock:
-                session.remember(results)
-            job.finish("done", results=packed, masks=b"".join(blobs))
+                job.masks = b"".join(blobs)
+                self._make_room(0)
+            job.finish("done", results=packed)
         finally:
             with self.lock:
                 gone = session.id not in self.sessions
             if gone:  # closed or reaped while it ran: the engine session it made goes too
                 engine.forget(session.id)
-
-    def _results(self, session: Session, job: Job) -> list:
-        volume, engine = session.volume(), session.replica.engine
-        if not job.refine:
-            return engine.segment(volume, job.targets, job.zoom_in, job.reporter)
-        results = []
-        for target in job.targets:
-            with self.lock:
-                previous = session.results.get(target.name)
-            if previous is None:
-                results += engine.segment(volume, [target], job.zoom_in, job.reporter)
-            else:
-                results.append(engine.refine(volume, previous, target, job.reporter))
-        return results
 
     def job(self, session: Session, job_id: str) -> Job:
         with self.lock:
@@ -394,7 +431,7 @@ class SegVolServer:
     def info(self) -> dict:
         limits, replicas = self.settings, self.replicas.load()
         with self.lock:
-            sessions, stored = len(self.sessions), self._stored_bytes()
+            sessions, memory = len(self.sessions), self.memory_bytes()
         return {
             "protocol": wire.PROTOCOL_VERSION,
             "server": f"SegVolSlicer {__version__}",
@@ -417,7 +454,7 @@ class SegVolServer:
                 "max_points": limits.max_points,
             },
             "sessions": sessions,
-            "memory_bytes": stored + self.replicas.memory_bytes(),
+            "memory_bytes": memory,
             "voxel_types": list(wire.VOXEL_TYPES),
         }
 
@@ -428,13 +465,3 @@ class SegVolServer:
         for session in sessions:
             self._release(session)
         self.replicas.shutdown()
-
-
-def _proof_of_nothing(session: Session) -> str:
-    """An HMAC over as many bytes as the session declared (zeros), to spend the time a real proof takes."""
-    digest, zeros = hmac.new(session.nonce, digestmod=hashlib.sha256), bytes(2**20)
-    whole, rest = divmod(session.declared_bytes, len(zeros))
-    for _ in range(whole):
-        digest.update(zeros)
-    digest.update(zeros[:rest])
-    return digest.hexdigest()

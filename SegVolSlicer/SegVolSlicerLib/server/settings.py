@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+
+from ..errors import InputError
 
 
 def default_memory_mb() -> float:
@@ -23,7 +26,11 @@ class ServerSettings:
     max_memory_mb: bytes held for clients at once, over every session's voxels and the engines' sessions;
     upload_grace_s: a session that never received its volume ends after this; header_timeout_s: a connection
     must send a request's head within this (idle, half-sent and slow ones are closed); body_timeout_s: the
-    longest pause inside a request body; max_connections: connections and requests at once (more get 503).
+    longest pause inside a request body; body_deadline_s: the longest a whole request body may take (an upload
+    included); max_connections: connections and requests at once (more get 503); max_head_bytes: a request's
+    head (request line and headers), refused with 431 as soon as it grows past this; max_pending_per_peer:
+    connections from one address that have not yet sent a complete head (more are closed at once);
+    session_prefix: the start of every session id (`PREFIX-…`), so that a proxy routes a session to its box.
     """
 
     api_key: str | None = None
@@ -40,7 +47,18 @@ class ServerSettings:
     max_text_chars: int = 500
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    body_deadline_s: float = 900.0
     max_connections: int = 256
+    max_head_bytes: int = 64 * 1024
+    max_pending_per_peer: int = 32
+    session_prefix: str | None = None
+
+    def __post_init__(self):
+        check_api_key(self.api_key)
+        if self.session_prefix is not None and not re.fullmatch(r"[a-z0-9]{1,16}", self.session_prefix):
+            raise InputError(
+                f"session prefix {self.session_prefix!r}: use 1 to 16 lowercase letters and digits (e.g. box1)"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -53,6 +71,16 @@ class ServerSettings:
     @property
     def max_memory_bytes(self) -> int:
         return int(self.max_memory_mb * 2**20)
+
+
+def check_api_key(key: str | None) -> None:
+    """A key a client can send: printable ASCII without spaces (an HTTP header carries nothing else, so any
+    other key would start a server nobody can use)."""
+    if key is not None and not re.fullmatch(r"[!-~]+", key):
+        raise InputError(
+            "the API key must be printable ASCII without spaces (HTTP headers carry nothing else): write such "
+            "a key, e.g. the output of `openssl rand -hex 32`"
+        )
 
 
 class Problem(Exception):

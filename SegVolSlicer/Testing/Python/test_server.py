@@ -24,11 +24,11 @@ from SegVolSlicerLib.client import (
     ServerUnreachable,
     VersionMismatch,
 )
-from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
-from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, listen, uvicorn_config
+from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
 URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there, the transport is the app
@@ -50,25 +50,6 @@ def in_process(engine, settings=None, clock=time.monotonic, api_key=None):
     app = create_app(engine, settings, clock)
     with TestClient(app, base_url=URL) as http:
         yield SegVolClient(URL, api_key or settings.api_key, http=http), app.state.server
-
-
-@contextlib.contextmanager
-def real_server(app):
-    """uvicorn on a free port of 127.0.0.1, in a thread; always shut down."""
-    listener = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app, app.state.server.settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        listener.close()
 
 
 def same_results(remote, local):
@@ -141,7 +122,7 @@ def test_eight_concurrent_clients_on_different_volumes_get_their_own_results(ct)
         return n
 
     app = create_app(EngineHost(model=FakeSegVol(), max_sessions=8), ServerSettings(max_sessions=8))
-    with real_server(app) as url, ThreadPoolExecutor(8) as pool:
+    with serve_in_thread(app) as url, ThreadPoolExecutor(8) as pool:
         assert sorted(pool.map(client_run, [url] * 8, range(8))) == list(range(8))
         assert app.state.server.sessions == {}  # every client closed its session
 
@@ -150,12 +131,12 @@ def test_remote_engine_keeps_one_session_per_volume_and_signature(ct):
     with in_process(EngineHost(model=FakeSegVol())) as (client, server):
         engine = RemoteEngine(URL, http=client.http)
         first = VolumeInput("ct", ct.volume, ct.ijk_to_ras, signature=1)
-        engine.segment(first, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(first, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         session_id = engine.session(first).session_id
-        engine.segment(first, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(first, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         assert list(server.sessions) == [session_id]  # reused, not reopened
         edited = VolumeInput("ct", ct.volume + 1, ct.ijk_to_ras, signature=2)
-        engine.segment(edited, [Target("liver", text="liver")], zoom_in=False)
+        engine.segment(edited, [TargetJob(Target("liver", text="liver"))], zoom_in=False)
         assert engine.closer.join(10)  # the replaced session ends in the background
         assert engine.session_keys() == ["ct"] and session_id not in server.sessions and len(server.sessions) == 1
         engine.forget_if_changed("ct", 2)
@@ -173,7 +154,7 @@ def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_p
     key_file = tmp_path / "key.txt"
     key_file.write_text("s3cret\n")
     app = create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="s3cret"))
-    with real_server(app) as url:
+    with serve_in_thread(app) as url:
         assert (
             cli.main(argv + ["-o", str(tmp_path / "remote.nii.gz"), "--server", url, "--api-key-file", str(key_file)])
             == 0
@@ -242,7 +223,8 @@ def test_version_mismatch_is_said_on_both_sides(ct, monkeypatch):
         client.headers[wire.PROTOCOL_HEADER] = "99"  # an older or newer client
         with pytest.raises(VersionMismatch, match="client speaks SegVol protocol 99, the server 1"):
             client.info()
-    monkeypatch.setattr(SegVolServer, "info", lambda self: {"protocol": 2})  # a newer server
+    info = SegVolServer.info
+    monkeypatch.setattr(SegVolServer, "info", lambda self: {**info(self), "protocol": 2})  # a newer server
     with in_process(EngineHost(model=FakeSegVol())) as (client, _):
         with pytest.raises(VersionMismatch, match="speaks SegVol protocol 2, this client 1"):
             client.open_session(ct.volume, ct.ijk_to_ras)
@@ -285,7 +267,7 @@ def test_malformed_uploads_and_requests_get_4xx_with_a_message(ct):
             ({"dtype": "complex64"}, "dtype"),
             ({"shape": [2, 3]}, "shape"),
             ({"sha256": "abc"}, "sha256"),
-            ({"ijk_to_ras": singular}, "invertible"),
+            ({"ijk_to_ras": singular}, "independent axes"),
         ]:
             reply = http.post("/v1/sessions", json={**spec, **changes})
             assert 400 <= reply.status_code < 500 and message in reply.json()["detail"], reply.text

@@ -8,20 +8,19 @@ import slicer
 from fake_segvol import FakeSegVol
 from slicer_app_standins import emit
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
-from test_server import real_server
 from test_slicer_widget import panel  # noqa: F401  (fixture)
 
 from SegVolSlicerLib.client import RemoteEngine
 from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
-from SegVolSlicerLib.server import ServerSettings, create_app
+from SegVolSlicerLib.server import ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.slicer import dependencies
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    with real_server(create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="k3y"))) as url:
+    with serve_in_thread(create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="k3y"))) as url:
         yield url
 
 

@@ -16,13 +16,12 @@ import pytest
 from fake_segvol import FakeSegVol
 from slicer_app_standins import emit
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
-from test_server import real_server
 from test_slicer_widget import panel  # noqa: F401  (fixture)
 
 from SegVolSlicerLib.client import RemoteEngine
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.errors import Cancelled
-from SegVolSlicerLib.server import ServerSettings, create_app
+from SegVolSlicerLib.server import ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 SILENT_FOR_S = 4.0  # the silent server closes its connections after this: a blocking close fails fast, not in 60 s
@@ -64,7 +63,7 @@ def silent_server():
 
 @pytest.fixture(scope="module")
 def open_server():
-    with real_server(create_app(EngineHost(model=FakeSegVol()), ServerSettings())) as url:
+    with serve_in_thread(create_app(EngineHost(model=FakeSegVol()), ServerSettings())) as url:
         yield url
 
 
@@ -95,7 +94,7 @@ def test_a_session_opened_for_a_removed_volume_is_closed(slicer_module):  # noqa
     in the engine nor left open on the server."""
     app = create_app(EngineHost(model=FakeSegVol()), ServerSettings())
     ct = make_synthetic_ct()
-    with real_server(app) as url:
+    with serve_in_thread(app) as url:
         engine = RemoteEngine(url)
         open_session = engine.client.open_session
 
@@ -114,7 +113,7 @@ def test_a_session_opened_for_a_removed_volume_is_closed(slicer_module):  # noqa
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    with real_server(create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="s3cret-key"))) as url:
+    with serve_in_thread(create_app(EngineHost(model=FakeSegVol()), ServerSettings(api_key="s3cret-key"))) as url:
         yield url
 
 
