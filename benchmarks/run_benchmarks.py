@@ -11,7 +11,8 @@ machine are noisy). Peak memory: GPU max allocated on CUDA, else the peak proces
 Without --checkpoint, deterministic synthetic weights are used: speed does not depend on the values.
 Each strategy also times one encoder and one decoder pass and prints it as a multiple of the machine's floor
 (floor.py: the matmul throughput measured in the same run), the windows each scenario encoded against those
-its prompts used, and the second click's time beyond its decoder passes. --short: 2 categories, 1 CLI volume.
+its prompts used, and the second click's time beyond its decoder passes. --short: 2 categories, no CLI
+volumes, zoom-out only (a check that it runs; its figures are not the scenarios').
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ def timed(device: torch.device, run) -> tuple[float, float, object]:
     return seconds, memory.peak_mb, result
 
 
-def scenarios(model, volumes, official: bool, window_batch: int, categories: list[str], out_dir: Path):
+def scenarios(
+    model, volumes, official: bool, window_batch: int, categories: list[str], out_dir: Path, zoom_in: bool = True
+):
     """{scenario: (seconds, peak MB)} for one strategy."""
     volume, device = volumes[0], model.device
     organ = np.argwhere(make_synthetic_ct().labels == 1)  # liver voxels (k, j, i)
@@ -156,7 +159,7 @@ def scenarios(model, volumes, official: bool, window_batch: int, categories: lis
     def first_prompt():
         nonlocal session
         session = new_session(model, volume, official, window_batch)
-        return session.segment(Target("liver", points=first_click))
+        return session.segment(Target("liver", points=first_click), zoom_in)
 
     def run(name, scenario):
         with EncoderCalls(model) as calls:
@@ -170,14 +173,14 @@ def scenarios(model, volumes, official: bool, window_batch: int, categories: lis
 
     def second():
         current = new_session(model, volume, official, window_batch) if official else session
-        return current.segment(Target("liver", points=second_click))
+        return current.segment(Target("liver", points=second_click), zoom_in)
 
     seconds, clicked = run("second click on the same CT", second)
     notes["second click decoder passes"] = 1 + clicked.windows
 
     def many_categories():
         current = new_session(model, volume, official, window_batch)
-        return current.segment_many([Target(name, text=name) for name in categories])
+        return current.segment_many([Target(name, text=name) for name in categories], zoom_in)
 
     run(f"{len(categories)} categories by text", many_categories)
 
@@ -185,14 +188,15 @@ def scenarios(model, volumes, official: bool, window_batch: int, categories: lis
         for index, path in enumerate(volumes[1:]):
             loaded = read_volume(path)
             current = new_session(model, loaded, official, window_batch)
-            masks = current.segment_many([Target(n, text=n) for n in ("liver", "spleen")])
+            masks = current.segment_many([Target(n, text=n) for n in ("liver", "spleen")], zoom_in)
             write_segmentation(
                 out_dir / f"case{index}.seg.nrrd",
                 [Segment(m.name, m.mask, colour_for(m.name)) for m in masks],
                 loaded.reference,
             )
 
-    run(f"CLI over {len(volumes) - 1} volumes (2 organs each)", cli_batch)
+    if len(volumes) > 1:
+        run(f"CLI over {len(volumes) - 1} volumes (2 organs each)", cli_batch)
     return results, notes
 
 
@@ -204,11 +208,13 @@ def main() -> None:
     parser.add_argument("--window-batch", default="auto", help="ours: windows per encoder call (auto: 4 on GPU)")
     parser.add_argument("--categories", type=int, default=10)
     parser.add_argument("--volumes", type=int, default=5)
-    parser.add_argument("--short", action="store_true", help="2 categories, 1 CLI volume (a quick check)")
+    parser.add_argument(
+        "--short", action="store_true", help="2 categories, no CLI volumes, zoom-out only (a quick check)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.short:
-        args.categories, args.volumes = min(args.categories, 2), min(args.volumes, 1)
+        args.categories, args.volumes = min(args.categories, 2), 0
 
     flops = pass_flops()
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +240,9 @@ def main() -> None:
                 passes, seconds = pass_lines(model, floors[name], flops, repeats=1 if args.short else 2)
                 table[name + "_passes"] = passes
                 table[name + "_pass_seconds"] = seconds
-                table[name], table[name + "_notes"] = scenarios(model, volumes, official, window_batch, categories, tmp)
+                table[name], table[name + "_notes"] = scenarios(
+                    model, volumes, official, window_batch, categories, tmp, zoom_in=not args.short
+                )
                 table[name + "_label"] = label
                 print("\n".join(floors[name].lines() + passes), flush=True)
 
