@@ -57,7 +57,8 @@ zoom=()
 [ "$short" = 1 ] && zoom=(--no-zoom-in)
 step ten-names 900 python "$here/process_benchmark.py" --device "$device" "${weights[@]}" --names "$names" \
     "${zoom[@]}" --json "$out/ten-names.json"
-model=synthetic
+model=synthetic  # the network itself; --short: the test suite's stand-in (the server's own cost only)
+[ "$short" = 1 ] && model=standin
 [ -n "$checkpoint" ] && model=$checkpoint
 step server 600 python "$here/server_benchmark.py" --model "$model" --device "$device" --clicks "$server_clicks" \
     --sessions 1 --replicas "$replicas"
