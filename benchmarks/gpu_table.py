@@ -44,9 +44,10 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
         figures = _json(folder, f"first-name-{precision}")
         if figures:
             memory = f", peak GPU {figures['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in figures else ""
+            ct = "x".join(str(n) for n in figures.get("shape_kji", [])[::-1]) or "large"
             table.append(
                 (
-                    f"first name on the large CT ({figures['precision']})",
+                    f"first name on the {ct} CT ({figures['precision']})",
                     f"{figures['first_s']:.2f} s for {figures['windows']} windows "
                     f"(+ {figures['preprocess_s']:.2f} s preprocessing){memory}",
                     "≤ 2 s (GPU), ≤ 4 GB",
@@ -54,7 +55,7 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
             )
             table.append(
                 (
-                    f"correction on the large CT ({figures['precision']})",
+                    f"correction on the {ct} CT ({figures['precision']})",
                     f"{figures['refine_s'] * 1000:.0f} ms (full click {figures['full_click_s']:.2f} s)",
                     "≤ 50 ms (GPU)",
                 )

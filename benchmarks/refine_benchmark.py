@@ -163,7 +163,7 @@ def main() -> None:
     if device_memory := model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     figures = realistic(model, tuple(args.shape), args.clicks)
-    figures["precision"] = model.precision
+    figures["precision"], figures["shape_kji"] = model.precision, list(args.shape)
     if device_memory:
         figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(f"peak GPU memory allocated: {figures['peak_gpu_mb']:.0f} MB")
