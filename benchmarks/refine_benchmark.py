@@ -1,7 +1,7 @@
 """A correction click: local correction (`session.refine`) against a click through the full pipeline.
 
     python benchmarks/refine_benchmark.py [--checkpoint SegVol_v1.pth] [--device auto] [--shape 300 512 512]
-                                          [--clicks 3] [--small]
+                                          [--clicks 3] [--small] [--precision fp32] [--json FILE]
 
 On the synthetic CT nearest-resampled to --shape (default 512 x 512 x 300, a realistic CT size), one session:
 the text prompt "liver" runs once (untimed: it encodes the zoom-out image and the windows), then each
@@ -21,6 +21,7 @@ is the liver's, as a real model's would be, while every encoder and decoder pass
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -86,13 +87,14 @@ def timed(device, run, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def realistic(model, shape, count: int) -> None:
+def realistic(model, shape, count: int) -> dict:
     volume, labels, ijk_to_ras = resampled_ct(shape)
-    session = SegVolSession(model, volume, ijk_to_ras)
-    session.model = LiverZoomOut(model, session, labels)
     device = model.device
-    seconds, first = timed(device, session.segment, Target("liver", text="liver"))
-    print(f"first run (text 'liver', encodes everything): {seconds:.1f} s, {first.windows} windows", flush=True)
+    prepare_s, session = timed(device, SegVolSession, model, volume, ijk_to_ras)
+    print(f"preprocessing the {shape[2]}x{shape[1]}x{shape[0]} CT (session creation): {prepare_s:.2f} s", flush=True)
+    session.model = LiverZoomOut(model, session, labels)
+    first_s, first = timed(device, session.segment, Target("liver", text="liver"))
+    print(f"first run (text 'liver', encodes everything): {first_s:.1f} s, {first.windows} windows", flush=True)
     if first.roi is None:
         raise SystemExit("the zoom-out found nothing: no zoom-in to correct (try other weights)")
     full_s, refine_s = [], []
@@ -112,6 +114,8 @@ def realistic(model, shape, count: int) -> None:
         f"\n{shape[2]}x{shape[1]}x{shape[0]}: median full click {full:.2f} s, median refine {refine:.3f} s, "
         f"{full / refine:.0f}x faster"
     )
+    figures = {"preprocess_s": prepare_s, "first_s": first_s, "windows": first.windows}
+    return {**figures, "full_click_s": full, "refine_s": refine}
 
 
 def small(model, count: int) -> None:
@@ -149,12 +153,22 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("K", "J", "I"))
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="also the small CT against the official click")
+    parser.add_argument("--precision", default="fp32", help="image encoder: fp32 (default), auto, bf16, fp16")
+    parser.add_argument("--json", help="also write the 512x512x300 figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or save_checkpoint(synthetic_state_dict(), Path(tmp) / "SegVol_v1.pth", "pth")
-        model = load_segvol(checkpoint, device=args.device)
+        model = load_segvol(checkpoint, device=args.device, precision=args.precision)
     print(f"device: {model.device} ({torch.get_num_threads()} CPU threads), precision {model.precision}", flush=True)
-    realistic(model, tuple(args.shape), args.clicks)
+    if device_memory := model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    figures = realistic(model, tuple(args.shape), args.clicks)
+    figures["precision"], figures["shape_kji"] = model.precision, list(args.shape)
+    if device_memory:
+        figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        print(f"peak GPU memory allocated: {figures['peak_gpu_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     if args.small:
         small(model, args.clicks)
 

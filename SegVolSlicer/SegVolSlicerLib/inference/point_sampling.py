@@ -25,6 +25,19 @@ def select_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """binary_map (any shape, (d,h,w) here) -> coords (N,3) float32, labels (N,) float32."""
     positive = torch.nonzero(binary_map > POSITIVE_THRESHOLD)  # C order, as the official as_tuple indices
+    negative = torch.nonzero(binary_map < NEGATIVE_THRESHOLD) if num_negative_extra > 0 else None
+    return draw_points(positive, negative, generator, num_positive_extra, num_negative_extra)
+
+
+def draw_points(
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    generator: torch.Generator | None,
+    num_positive_extra: int = 4,
+    num_negative_extra: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_points` on the map's positive (and negative) voxels (M,3) long, in C order: the zoom-in
+    passes its few clicked voxels without laying out a 32x256x256 map."""
     coords, labels = [], []
     if len(positive) == 0:
         num_positive_extra = 0
@@ -39,7 +52,6 @@ def select_points(
         coords.append(extra)
         labels.append(torch.ones(len(extra)))
     if num_negative_extra > 0:
-        negative = torch.nonzero(binary_map < NEGATIVE_THRESHOLD)
         extra = negative[torch.randperm(len(negative), generator=generator)[:num_negative_extra]]
         coords.append(extra)
         labels.append(torch.zeros(len(extra)))

@@ -135,9 +135,9 @@ class PreparedVolume:
 
     def paste_kji(self, cropped_dhw: np.ndarray) -> np.ndarray:
         """A cropped (D', H', W') array -> the input (K, J, I) grid, zero outside the crop."""
-        full = np.zeros(self.model_shape, dtype=cropped_dhw.dtype)
-        full[tuple(slice(a, b) for a, b in zip(self.crop_start, self.crop_stop))] = cropped_dhw
-        return np.ascontiguousarray(self.axes.from_model(full))
+        full = np.zeros(self.shape_kji, dtype=cropped_dhw.dtype)
+        full[self.crop_slices_kji] = self.axes.from_model(cropped_dhw)  # no full-volume transposed copy
+        return full
 
 
 def resize_nearest_exact(image: torch.Tensor, size=WINDOW_SIZE) -> torch.Tensor:

@@ -3,7 +3,7 @@
 - text: the same text in every window;
 - box mode: with one window, the bounding box of the user's box map inside it; with two or more windows,
   the bounding box of the zoom-out prediction inside each window (the user's box is ignored);
-- point mode: clicks drawn with `select_points` from the positive-click map inside the window (negative
+- point mode: clicks drawn as `select_points` does from the positive-click map inside the window (negative
   clicks never reach the zoom-in), plus the bounding box of the zoom-out prediction inside the window;
 - an empty map gives the sentinel box (-1, ..., -1), which is still fed to the model.
 Padding quirk (kept for parity): when the ROI is shorter than the window, the image and the zoom-out
@@ -23,7 +23,7 @@ import torch
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from ..model.image_encoder import WINDOW_SIZE
-from .point_sampling import select_points
+from .point_sampling import draw_points
 from .prompt_mapping import BoxMap, ClickMap
 from .windows import Window, WindowPlan
 from .zoom_out import ZoomOutPrediction
@@ -56,15 +56,14 @@ def user_box_in_window(box_map: BoxMap, plan: WindowPlan, window: Window) -> tup
     return (*low, *high)
 
 
-def click_window_map(click_map: ClickMap, plan: WindowPlan, window: Window) -> torch.Tensor:
-    """The window's binary click map, cut from the unpadded ROI map (the padding quirk)."""
+def clicked_voxels_in_window(click_map: ClickMap, plan: WindowPlan, window: Window) -> torch.Tensor:
+    """The window's clicked voxels (M, 3) long in C order, as `torch.nonzero` lists them on the window's
+    binary click map cut from the unpadded ROI map (the padding quirk)."""
     start = np.asarray(plan.roi.start) + np.asarray(window.padded_start)
     stop = np.minimum(start + np.asarray(WINDOW_SIZE), np.asarray(plan.roi.stop))
-    window_map = torch.zeros(tuple(int(n) for n in stop - start), dtype=torch.float32)
     inside = np.all((click_map.voxels >= start) & (click_map.voxels < stop), axis=1)
-    local = torch.from_numpy(click_map.voxels[inside] - start)
-    window_map[local[:, 0], local[:, 1], local[:, 2]] = 1.0
-    return window_map
+    local = np.unique(click_map.voxels[inside] - start, axis=0).reshape(-1, 3)  # sorted: nonzero's C order
+    return torch.from_numpy(local.astype(np.int64))
 
 
 def prediction_box_in_window(prediction: ZoomOutPrediction, window: Window) -> tuple[float, ...]:
@@ -90,7 +89,7 @@ def window_prompts(
 ) -> WindowPrompts:
     """The official per-window prompts. Point mode wins when both maps exist: it also carries a box."""
     if click_map is not None:
-        coords, labels = select_points(click_window_map(click_map, plan, window), generator)
+        coords, labels = draw_points(clicked_voxels_in_window(click_map, plan, window), None, generator)
         box = prediction_box_in_window(prediction, window)
         return WindowPrompts(torch.tensor([box]), (coords[None], labels[None]))
     if box_map is not None:

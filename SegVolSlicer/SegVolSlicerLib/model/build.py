@@ -16,6 +16,13 @@ def build_segvol(tokenizer_folder: str | Path | None = None) -> SegVol:
     return SegVol(load_tokenizer(tokenizer_folder)).eval()
 
 
+def _make_computed_buffers(model: SegVol) -> None:
+    """The one buffer no checkpoint holds (CLIP's non-persistent position ids), made as transformers makes it."""
+    embeddings = model.text_encoder.clip_text_model.embeddings
+    positions = torch.arange(embeddings.position_embedding.num_embeddings).expand((1, -1))
+    embeddings.register_buffer("position_ids", positions, persistent=False)
+
+
 def load_segvol(source: str | Path, device: str | torch.device = "auto", precision: str = "fp32") -> SegVol:
     """SegVol with the weights of `source`: SegVol_v1.pth, a BAAI/SegVol snapshot folder, its
     pytorch_model.bin, or a .safetensors file. A snapshot's own tokenizer is used when present, else the
@@ -24,8 +31,15 @@ def load_segvol(source: str | Path, device: str | torch.device = "auto", precisi
     target = resolve_device(device)
     weights, tokenizer_folder = find_weights(Path(source).expanduser())
     state = read_state_dict(weights)
-    model = build_segvol(tokenizer_folder)
-    load_state_strict(model, state, weights)
+    # Built on the meta device, the checkpoint's tensors then become the parameters: no random
+    # initialisation of 181 M values and no second copy of the 724 MB (a memory-mapped file stays mapped).
+    with torch.device("meta"):
+        model = SegVol(load_tokenizer(tokenizer_folder)).eval()
+    load_state_strict(model, state, weights, assign=True)
+    _make_computed_buffers(model)
+    left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"SegVol tensors neither in the checkpoint nor computed: {', '.join(left)}")
     model = model.to(target)
     model.set_precision(precision)
     return model

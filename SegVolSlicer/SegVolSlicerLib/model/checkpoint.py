@@ -89,8 +89,11 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load every tensor; any missing, unexpected or mis-shaped key is one error naming them."""
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, assign: bool = False) -> None:
+    """Load every tensor; any missing, unexpected or mis-shaped key is one error naming them.
+
+    assign: the checkpoint's tensors become the parameters (for a model built on the meta device: no copy),
+    cast to the model's dtype where they differ."""
     expected = model.state_dict()
     state = {key: value for key, value in state.items() if not key.startswith(_TOLERATED)}
     missing = [key for key in expected if key not in state]
@@ -109,4 +112,6 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
         problems.append(f"wrong shape for {len(mismatched)} key(s): {_listing(mismatched)}")
     if problems:
         raise CheckpointError(f"{path} does not match the SegVol architecture: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if assign:
+        state = {key: value.to(expected[key].dtype) for key, value in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)

@@ -58,7 +58,13 @@ class PromptEncoder3D(nn.Module):
         self.no_mask_embed = nn.Embedding(1, EMBED_DIM)
 
     def get_dense_pe(self) -> torch.Tensor:
-        return self.pe_layer.dense()
+        """The dense PE (1,768,8,16,16): the official code recomputes it on every call; it depends on the
+        Gaussian matrix alone, so it is computed again only when that matrix changed (loaded, moved)."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.data_ptr(), matrix._version, matrix.dtype, matrix.device)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe, self._dense_pe_key = self.pe_layer.dense(), key
+        return self._dense_pe
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         coords = coords.float() + 0.5  # voxel centre

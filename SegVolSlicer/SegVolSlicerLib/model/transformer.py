@@ -61,12 +61,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        keys_with_pe = keys + key_pe  # the keys do not change until norm4: computed once for both attentions
+        q = queries + query_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, keys_with_pe, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_with_pe, q, queries))
         return queries, keys
 
 

@@ -24,8 +24,8 @@ from packaging.requirements import Requirement
 
 from ..errors import SegVolError
 
-# As pyproject.toml: the oldest torch the engine runs on.
-TORCH_REQUIREMENT = "torch>=2.2"
+# As pyproject.toml: the oldest torch the engine runs on, without 2.9.0 (its conv3d memory regression).
+TORCH_REQUIREMENT = "torch>=2.2,!=2.9.0"
 # Slicer's own packages: installing SegVol's requirements must never replace them.
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "torch", "requests")
 

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from SegVolSlicerLib.geometry import ModelAxes
 from SegVolSlicerLib.inference.cache import EmbeddingCache
 from SegVolSlicerLib.inference.model_space import ModelSpace
-from SegVolSlicerLib.inference.point_sampling import make_generator, select_points
+from SegVolSlicerLib.inference.point_sampling import draw_points, make_generator, select_points
 from SegVolSlicerLib.inference.preprocess import PreparedVolume
 from SegVolSlicerLib.inference.prompt_mapping import BoxMap, ClickMap
 from SegVolSlicerLib.inference.roi import Roi, roi_from_zoom_out
 from SegVolSlicerLib.inference.window_prompts import (
     SENTINEL_BOX,
-    click_window_map,
+    clicked_voxels_in_window,
     prediction_box_in_window,
     user_box_in_window,
 )
@@ -139,14 +139,28 @@ def test_window_boxes_follow_the_official_padding_quirk(roi):
 
 
 def test_click_window_maps_follow_the_padding_quirk():
+    """Mistake: cutting the click map with the window's own crop offset (the padded ROI's slices cut the
+    unpadded map), or listing the voxels in another order than torch.nonzero on the dense map."""
     roi = Roi((2, 5, 8), (30, 105, 150))
     plan = WindowPlan.for_roi(roi)
-    voxels = np.array([[3, 6, 9], [20, 50, 100], [29, 104, 149], [1, 1, 1]])  # the last lies outside the ROI
+    voxels = np.array([[20, 50, 100], [3, 6, 9], [29, 104, 149], [3, 6, 9], [1, 1, 1]])  # last: outside the ROI
     dense = np.zeros((40, 120, 160), dtype=np.float32)
     dense[tuple(voxels.T)] = 1
     for window in plan.windows:
-        expected = dense[roi.slices][window.padded_slices]
-        np.testing.assert_array_equal(click_window_map(ClickMap(voxels), plan, window).numpy(), expected)
+        expected = torch.nonzero(torch.from_numpy(dense[roi.slices][window.padded_slices]) > 0.9)
+        assert torch.equal(clicked_voxels_in_window(ClickMap(voxels), plan, window), expected)
+
+
+def test_clicks_drawn_from_voxels_are_the_map_draw():
+    """Mistake: the zoom-in's sparse draw consuming the generator differently from select_points on the
+    dense map (the official zoom-in clicks would change)."""
+    binary = torch.zeros(8, 9, 10)
+    binary[2:4, 3:6, 5] = binary[7, 0, 9] = 1
+    for extra in (0, 2, 4, 9):
+        dense = select_points(binary, make_generator(3), num_positive_extra=extra)
+        sparse = draw_points(torch.nonzero(binary), None, make_generator(3), num_positive_extra=extra)
+        for a, b in zip(dense, sparse):
+            assert torch.equal(a, b)
 
 
 def test_point_sampling_is_the_official_draw():

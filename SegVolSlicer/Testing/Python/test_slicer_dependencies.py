@@ -122,7 +122,10 @@ def test_torch_is_installed_after_asking_with_light_the_torch(slicer_scene, monk
     assert "torch>=2.2" in fake.dialogs[-1][1] and "several GB" in plan.message()
     assert fake.commands == []  # nothing is installed on the GUI thread: the plan runs on the worker
     assert plan.run() is None
-    assert fake.commands == [["pip", "install", "light-the-torch>=0.7"], ["light_the_torch", "install", "torch>=2.2"]]
+    assert fake.commands == [
+        ["pip", "install", "light-the-torch>=0.7"],
+        ["light_the_torch", "install", dependencies.TORCH_REQUIREMENT],
+    ]
 
 
 def test_too_old_torch_is_named(slicer_scene, monkeypatch, tmp_path):  # noqa: F811
