@@ -173,10 +173,9 @@ def test_no_session_stays_open_after_its_volume_is_gone(slicer_module, slicer_sc
     from SegVolSlicerLib.slicer import checks
 
     app = create_app(EngineHost(model=FakeSegVol()), ServerSettings())
-    with real_server(app) as url:
+    with serve_in_thread(app) as url:
         logic = slicer_module.SegVolSlicerLogic()
         logic.useServer(url)
-        logic.engine.__class__ = KeepsNoResults  # see below
         volume = checks.make_volume(checks.oblique_lps_ijk_to_ras())
         request = logic.prepare(volume, None, "liver")
         engine, opened = logic.engine, threading.Event()
@@ -205,17 +204,6 @@ def test_no_session_stays_open_after_its_volume_is_gone(slicer_module, slicer_sc
         assert engine.closer.join(10)
         assert app.state.server.sessions == {}, "a session stayed open for a volume that is gone"
         engine.close()
-
-
-class KeepsNoResults(RemoteEngine):
-    """RemoteEngine with the kept-results part of the Engine protocol as an engine that keeps none: this
-    branch's client predates it (the server wing's RemoteEngine brings it; then this class can go)."""
-
-    def has_result(self, volume, result_key):
-        return False
-
-    def forget_results(self, result_key_prefix):
-        pass
 
 
 def run(logic, request):
