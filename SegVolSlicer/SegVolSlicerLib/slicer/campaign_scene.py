@@ -65,16 +65,16 @@ def read_segments(segmentation_node, volume_node) -> list[Segment]:
 
 def run_steps(request, results) -> list[tuple[str, list, list]]:
     """A finished run as record steps (mode, targets, confidences), in the order the engine ran them: the
-    official targets together, each correction (a target with a previous result) on its own."""
+    official targets together, each correction (a job asking to correct a kept result) on its own."""
     targets = [target for target, _ in request.targets]
     confidences = [result_confidence(result) for result in results]
     if request.mask is not None:
         return [(FROM_MASK, targets, confidences)]
-    if not any(previous is not None for previous in request.previous):
+    if not any(job.correct for job in request.jobs):
         return [(OFFICIAL, targets, confidences)]
     return [
-        (CORRECTION if previous is not None else OFFICIAL, [target], [confidence])
-        for target, previous, confidence in zip(targets, request.previous, confidences)
+        (CORRECTION if job.correct else OFFICIAL, [target], [confidence])
+        for target, job, confidence in zip(targets, request.jobs, confidences)
     ]
 
 
