@@ -166,9 +166,7 @@ def load_time_modules() -> dict[Path, ast.Module]:
 
 def external_imports(tree: ast.Module, path: Path) -> set[str]:
     """Top-level names of the modules outside the package that a file imports at file scope."""
-    return {name.split(".")[0] for name in imported_names(tree, path) if name and module_file(name) is None} - {
-        PACKAGE
-    }
+    return {name.split(".")[0] for name in imported_names(tree, path) if name and module_file(name) is None} - {PACKAGE}
 
 
 def requirement_import_names() -> dict[str, str]:
