@@ -195,7 +195,7 @@ def test_the_server_client_installs_and_runs_through_a_loopback_segvol_serve(
     dialogs = Dialogs(monkeypatch, answers=[True])
     widget, parameters = panel_on(slicer_module, ct, server_url)
     widget.onApplyButton()
-    ((kind, listed),) = dialogs.shown
+    ((kind, listed),) = dialogs.of_kind("confirm", "errorDisplay", "infoDisplay")
     assert kind == "confirm" and "httpx" in listed and "blosc2" in listed and "torch" not in listed
     assert widget.ui.statusLabel.text.startswith("Done: liver"), widget.ui.statusLabel.text
     assert not dependencies.unsatisfied(
@@ -215,7 +215,7 @@ def test_the_local_model_installs_torch_and_segments_as_the_server_did(slicer_mo
     widget, parameters = panel_on(slicer_module, ct)
     widget.ui.weightsPathLineEdit.currentPath = str(made.checkpoint)
     widget.onApplyButton()
-    ((kind, listed),) = dialogs.shown
+    ((kind, listed),) = dialogs.of_kind("confirm", "errorDisplay", "infoDisplay")
     assert kind == "confirm" and "torch>=2.2" in listed and "monai" in listed
     assert widget.ui.statusLabel.text.startswith("Done: liver"), widget.ui.statusLabel.text
     assert_unchanged(before)
@@ -236,12 +236,13 @@ def test_export_dicom_seg_installs_nothing_and_reads_back(slicer_module, ct, bef
     widget.onExportDicomSeg()
     assert_unchanged(before)
     if RELEASE == "5.10":
-        ((kind, message),) = dialogs.shown
+        ((kind, message),) = dialogs.of_kind("confirm", "errorDisplay", "infoDisplay")
         assert kind == "errorDisplay" and message.startswith("Export DICOM SEG needs Slicer 5.12")
         assert "this Slicer has pydicom 2.4.4" in message and widget.ui.statusLabel.text == message
         assert importlib.util.find_spec("highdicom") is None and not (tmp_path / "seg.dcm").exists()
     else:
-        assert dialogs.shown == [] and widget.ui.statusLabel.text.startswith("Wrote "), widget.ui.statusLabel.text
+        assert dialogs.of_kind("confirm", "errorDisplay", "infoDisplay") == []
+        assert widget.ui.statusLabel.text.startswith("Wrote "), widget.ui.statusLabel.text
         import highdicom
 
         seg = highdicom.seg.segread(tmp_path / "seg.dcm")

@@ -36,17 +36,24 @@ def open_panel(slicer_module):  # noqa: F811
 
 
 class Dialogs:
-    """Slicer's message boxes, recorded; `answers` are the user's replies to confirmations."""
+    """Slicer's message boxes, recorded; `answers` are the user's replies to OK/Cancel confirmations (the install
+    prompt); Yes/No questions (switch the Segment Editor to this segmentation?) are answered Yes."""
 
     def __init__(self, monkeypatch, answers=()):
         self.shown, self.answers = [], list(answers)
         for name in ("errorDisplay", "infoDisplay", "warningDisplay"):
             monkeypatch.setattr(slicer.util, name, lambda text, name=name, **kwargs: self.shown.append((name, text)))
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", self._confirm)
+        monkeypatch.setattr(
+            slicer.util, "confirmYesNoDisplay", lambda text, **kwargs: self.shown.append(("yes", text)) or True
+        )
 
     def _confirm(self, text, **kwargs):
         self.shown.append(("confirm", kwargs.get("detailedText", "")))
         return self.answers.pop(0)
+
+    def of_kind(self, *kinds) -> list:
+        return [(kind, text) for kind, text in self.shown if kind in kinds]
 
 
 def test_the_panels_life_without_segvols_packages(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
