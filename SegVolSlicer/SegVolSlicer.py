@@ -14,7 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import ctk
 import numpy as np
 import qt
 import slicer
@@ -37,40 +36,34 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SegVolSlicerLib import runtime, vocabulary
+from SegVolSlicerLib import runtime
 from SegVolSlicerLib.engine import EngineHost, ModelChoice, SessionOptions, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError, SegVolError
 from SegVolSlicerLib.prompts import Box, Target
 from SegVolSlicerLib.reporting import NO_REPORT, Reporter
-from SegVolSlicerLib.slicer import bridge, checks, clinical_results, connection, dependencies, worker
+from SegVolSlicerLib.slicer import (
+    bridge,
+    checks,
+    clinical_results,
+    dependencies,
+    editor,
+    installs,
+    jobs,
+    prompt_tools,
+    results_section,
+    run_on,
+    worker,
+)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 CLIENT_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-client.txt")
 DICOM_REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements-dicom.txt")  # Export DICOM SEG
-# Application settings, not scene content: a scene shared with others never carries the server's key.
-WEIGHTS_SETTING = "SegVolSlicer/Weights"
-# The key is kept for the session only, unless the user ticks "remember" (then in plain text, in the settings).
-RUN_ON_SETTING, SERVER_URL_SETTING, SERVER_KEY_SETTING = (
-    "SegVolSlicer/RunOn",
-    "SegVolSlicer/ServerURL",
-    "SegVolSlicer/ServerAPIKey",
-)
-RUN_ON = ("This computer", "A SegVol server")  # runOnComboBox's items, in index order
 # How clicks on a segment with a result act: locally (SegVolSession.refine, beyond the official pipeline) or
 # through the whole official pipeline.
 CORRECTIONS = ("around the new clicks (fast)", "whole structure (official)")
 RESULTS_KEPT = 8  # last results kept for corrections (each holds masks and probabilities of the volume's size)
 RESULTS_BUDGET_BYTES = 1 << 30  # ...and at most this much of them (the newest is always kept)
-# During a run the GUI thread waits on the worker this long between handling Qt events. Slicer's PythonQt keeps
-# the GIL on the GUI thread while Qt runs (no PythonQt thread support): waiting on an Event is what lets the
-# worker run; Qt events are still handled several times within 100 ms.
-EVENT_WAIT_S = 0.05
-SWITCH_EDITOR = _(
-    "The Segment Editor has '{shown}' open. Switch it to '{wanted}' so that SegVol's steps can be undone? "
-    "The Segment Editor keeps the undo history of one segmentation only: the history of '{shown}' is cleared."
-)
-NOT_UNDOABLE = _("Not undoable: the Segment Editor stays on '{name}' (Undo there undoes that one's steps).")
 STAGE_TITLES = {
     "download": "Downloading weights",
     "load": "Loading model",
@@ -425,24 +418,17 @@ class SegVolSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the panel's sections (SegVolSlicerLib.slicer): prompt tools, Run on, the jobs loop, the Segment
+    Editor's history and the Results section; it only collects input (in the parameter node), starts runs and
+    writes their results."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._request = None  # the running job's request; None: its results are to be dropped (scene closed)
-        self._interactive = True  # the running job was started by the user (errors in a dialog), not auto-update
-        self._rerunPending = False
-        self._waitingForJobs = False
         self._selectResult = False  # select the run's new segment (so that the next clicks refine it)
-        self._dependenciesReady = False
-        self._sideJobs = []  # install and connection-test jobs the GUI is waiting for (at most one of each)
-        self._installing = False
-        self._ignorePromptEvents = False  # SegVol's own prompt edits (clearing the old box) are not a prompt
-        self._shortcuts = []
-        self._observedPromptNodes = []
 
     # --- set-up and teardown ---
 
@@ -453,41 +439,26 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegVolSlicerLogic()
-
-        for placeWidget, multiple in (
-            (self.ui.positivePlaceWidget, True),
-            (self.ui.negativePlaceWidget, True),
-            (self.ui.boxPlaceWidget, False),
-            (self.ui.positiveStrokePlaceWidget, True),  # a curve's points, one after the other
-            (self.ui.negativeStrokePlaceWidget, True),
-        ):
-            placeWidget.buttonsVisible = False
-            placeWidget.placeButton().show()
-            placeWidget.placeMultipleMarkups = (
-                slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
-                if multiple
-                else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
-            )
-        self.ui.boxPlaceWidget.connect("activeMarkupsPlaceModeChanged(bool)", self._onBoxPlaceModeChanged)
+        self.jobs = jobs.Jobs(self._showProgress, self._runDone)
+        self.installer = installs.Installer(self.jobs, self._showStatus, self._showError, self._updateGUI)
+        self.runOn = run_on.RunOn(self.ui, self.logic, self.jobs)
+        self.runOn.setup()
+        self.prompts = prompt_tools.PromptTools(self.ui, lambda: self._parameterNode, lambda: self.parent.isEntered)
+        self.prompts.setup(self._autoRun)
+        self.history = editor.EditorHistory()
+        self.results = results_section.ResultsSection(
+            self.layout,
+            self.logic,
+            self.jobs,
+            self.installer,
+            lambda: self._parameterNode,
+            self.runOn.weights,
+            self._showStatus,
+            self._showError,
+        )
+        self.results.setup(DICOM_REQUIREMENTS_FILE)
         self.ui.targetSegmentSelector.segmentationNodeSelectorVisible = False
         self.ui.targetSegmentSelector.noneEnabled = True  # "None": the next prompts make a new segment
-        self._setUpNameCompletion()
-
-        # ctkPathLineEdit's Browse opens a file dialog only: a snapshot folder has its own button
-        self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
-        self.ui.weightsPathLineEdit.nameFilters = ["SegVol weights (*.pth *.bin *.safetensors)", "All files (*)"]
-        self.ui.weightsPathLineEdit.currentPath = qt.QSettings().value(WEIGHTS_SETTING) or ""
-        self.ui.weightsPathLineEdit.connect(
-            "currentPathChanged(QString)", lambda path: qt.QSettings().setValue(WEIGHTS_SETTING, path)
-        )
-        self.ui.weightsFolderButton.connect("clicked(bool)", self.onChooseWeightsFolder)
-        self._setUpRunOn()
-        self._setUpResultsSection()
-
-        self._autoTimer = qt.QTimer()
-        self._autoTimer.setSingleShot(True)
-        self._autoTimer.setInterval(400)  # one run after a burst of prompt edits
-        self._autoTimer.connect("timeout()", self._autoRun)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -499,53 +470,32 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refineSegmentButton.connect("clicked(bool)", self.onRefineSegment)
         self.ui.undoButton.connect("clicked(bool)", lambda: self._undo(redo=False))
         self.ui.redoButton.connect("clicked(bool)", lambda: self._undo(redo=True))
-        self.ui.targetNamesEdit.connect("returnPressed()", self._onPromptChanged)
         self.initializeParameterNode()
         if self.parent.isEntered:  # Reload while the panel is shown: enter() is not called again
-            self._installShortcuts()
+            self.prompts.install_shortcuts()
 
     def cleanup(self):
         """Module unload, Reload and application exit: stop everything at once and let the model go."""
-        self._autoTimer.stop()
-        self._abandonJobs()
-        self._removeShortcuts()
+        self.jobs.abandon()
+        self.prompts.cleanup()
         self.removeObservers()
         self.logic.release()
 
-    def _abandonJobs(self):
-        """Cancel the run and the side jobs; the wait loops return at once, their results are dropped (the
-        worker stops at its next cancel check, in the background)."""
-        self._rerunPending = False
-        if self._job is not None:
-            self._job.cancel()
-        self._job = self._request = None
-        for job in self._sideJobs:
-            job.cancel()
-        self._sideJobs = []
-
     def enter(self):
         self.initializeParameterNode()
-        self._installShortcuts()
+        self.prompts.install_shortcuts()
 
     def exit(self):
-        self._autoTimer.stop()
-        self._removeShortcuts()
-        for placeWidget in (
-            self.ui.positivePlaceWidget,
-            self.ui.negativePlaceWidget,
-            self.ui.boxPlaceWidget,
-            self.ui.positiveStrokePlaceWidget,
-            self.ui.negativeStrokePlaceWidget,
-        ):
-            placeWidget.setPlaceModeEnabled(False)
+        self.prompts.remove_shortcuts()
+        self.prompts.stop_placing()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
 
     def onSceneStartClose(self, caller, event):
-        self._autoTimer.stop()
-        self._abandonJobs()  # its nodes are about to go: the results are dropped, the loop ends now
+        self.prompts.auto_timer.stop()
+        self.jobs.abandon()  # its nodes are about to go: the results are dropped, the loop ends now
         self.ui.progressBar.hide()
         self.setParameterNode(None)
 
@@ -596,18 +546,21 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateGUI(self, caller=None, event=None):
         node = self._parameterNode
-        running = self._job is not None
-        ready = bool(node and node.inputVolume) and not self._installing
+        running, installing = self.jobs.running, self.installer.installing
+        ready = bool(node and node.inputVolume) and not installing
         self.ui.applyButton.text = _("Cancel") if running else _("Segment")
         self.ui.applyButton.enabled = running or ready
         if running:
             self.ui.applyButton.toolTip = _("Stop the running segmentation")
-        elif self._installing:
+        elif installing:
             self.ui.applyButton.toolTip = _("SegVol's Python packages are being installed")
         else:
             self.ui.applyButton.toolTip = (
                 _("Segment the input volume with the prompts above") if ready else _("Select an input volume")
             )
+        if not (running or installing):
+            self.ui.progressBar.hide()
+        self.results.update()
         if not node:
             return
         for widget, shown in (
@@ -624,84 +577,25 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.outputSegmentationSelector.baseName = _("{volume_name} SegVol").format(
                 volume_name=node.inputVolume.GetName()
             )
-        self._observePromptNodes(self._promptNodes())
-
-    def _observePromptNodes(self, nodes):
-        nodes = [n for n in nodes if n is not None]
-        if nodes == self._observedPromptNodes:
-            return
-        for old in self._observedPromptNodes:
-            self.removeObserver(old, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
-            for event in (
-                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-            ):
-                self.removeObserver(old, event, self._onPromptChanged)
-        for new in nodes:
-            self.addObserver(new, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onPointDefined)
-            for event in (
-                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-            ):
-                self.addObserver(new, event, self._onPromptChanged)
-        self._observedPromptNodes = nodes
+        self.prompts.observe(self._promptNodes())
 
     # --- prompts ---
-
-    def _setUpNameCompletion(self):
-        """Complete the name being typed (the text after the last comma) from SegVol's training names."""
-        self._completer = qt.QCompleter(list(vocabulary.category_names()))
-        self._completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
-        self._completer.setFilterMode(qt.Qt.MatchContains)
-        self._completer.setWidget(self.ui.targetNamesEdit)
-        self._completer.connect("activated(QString)", self._insertCompletion)
-        self.ui.targetNamesEdit.connect("textEdited(QString)", self._completeLastName)
-
-    def _completeLastName(self, text):
-        prefix = text.split(",")[-1].strip()
-        if len(prefix) < 2:
-            self._completer.popup().hide()
-            return
-        self._completer.setCompletionPrefix(prefix)
-        self._completer.complete()
-
-    def _insertCompletion(self, name):
-        typed = [n.strip() for n in self.ui.targetNamesEdit.text.split(",")[:-1] if n.strip()]
-        self.ui.targetNamesEdit.text = ", ".join(typed + [name])
-
-    def _onPointDefined(self, caller, event):
-        bridge.tag_point_descriptions(caller)
-        self._onPromptChanged(caller, event)
-
-    def _onPromptChanged(self, caller=None, event=None):
-        # Only while the panel is shown: prompts dragged in another module must not rewrite segments unseen.
-        if self._ignorePromptEvents or not (self.parent.isEntered and self._parameterNode):
-            return
-        if caller is not None and caller is self._parameterNode.boxROI and self.ui.boxPlaceWidget.placeModeEnabled:
-            return  # a box being drawn is not a prompt yet: the end of placing (below) is
-        if self._parameterNode.autoUpdate:
-            self._autoTimer.start()
-
-    def _autoRun(self):
-        if self._installing:
-            return
-        if self._job is not None:
-            self._rerunPending = True
-        else:
-            self.runSegmentation(interactive=False)
-
-    def onClearPrompts(self):
-        self._ignorePromptEvents = True  # clearing starts over; it is not a prompt to run
-        try:
-            bridge.clear_prompts(self._promptNodes())
-        finally:
-            self._ignorePromptEvents = False
-        self._autoTimer.stop()
-        self._selectResult = False  # a run still going belongs to the previous structure
 
     def _promptNodes(self):
         node = self._parameterNode
         return [node.positivePoints, node.negativePoints, node.boxROI, node.positiveStroke, node.negativeStroke]
+
+    def _autoRun(self):
+        if self.installer.installing:
+            return
+        if self.jobs.running:
+            self.jobs.rerun_pending = True
+        else:
+            self.runSegmentation(interactive=False)
+
+    def onClearPrompts(self):
+        self.prompts.clear(self._promptNodes())
+        self._selectResult = False  # a run still going belongs to the previous structure
 
     def onRefineSegment(self):
         """Refine the target segment (made elsewhere): SegVol segments it again from prompts derived from it."""
@@ -712,127 +606,14 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onClearPrompts()
         self.ui.targetSegmentSelector.setCurrentSegmentID("")
 
-    def _installShortcuts(self):
-        self._removeShortcuts()
-        for key, placeWidget in (
-            ("P", self.ui.positivePlaceWidget),
-            ("N", self.ui.negativePlaceWidget),
-            ("Shift+P", self.ui.positiveStrokePlaceWidget),
-            ("Shift+N", self.ui.negativeStrokePlaceWidget),
-            ("Shift+B", self.ui.boxPlaceWidget),
-        ):  # plain "b" steps slices in Slicer
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", lambda w=placeWidget: self._togglePlaceMode(w))
-            self._shortcuts.append(shortcut)
-
-    def _togglePlaceMode(self, placeWidget):
-        placing = not placeWidget.placeModeEnabled
-        if placing and placeWidget is self.ui.boxPlaceWidget:
-            self._onBoxPlaceModeChanged(True)
-        placeWidget.setPlaceModeEnabled(placing)
-
-    def _onBoxPlaceModeChanged(self, placing):
-        """Placing a box while one is placed draws it anew in the same node. Placing into a full ROI node would
-        make Slicer create a new ROI node, without SegVol's role tag: the user's new box would do nothing.
-        Removing the old box is not a prompt change (a run without any box would start before the new one is
-        drawn); the new box is, once placing ends."""
-        box = self._parameterNode.boxROI if self._parameterNode else None
-        if box is None:
-            return
-        if placing and box.GetNumberOfControlPoints() > 0:
-            self._ignorePromptEvents = True
-            try:
-                box.RemoveAllControlPoints()
-            finally:
-                self._ignorePromptEvents = False
-        elif not placing and box.GetNumberOfDefinedControlPoints() > 0:
-            self._onPromptChanged()
-
-    def _removeShortcuts(self):
-        for shortcut in self._shortcuts:
-            shortcut.setParent(None)
-        self._shortcuts = []
-
-    # --- where SegVol runs ---
-
-    def _setUpRunOn(self):
-        settings = qt.QSettings()
-        self.ui.runOnComboBox.addItems(list(RUN_ON))
-        self.ui.runOnComboBox.currentIndex = 1 if settings.value(RUN_ON_SETTING) == "server" else 0
-        self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING) or ""
-        remembered = settings.value(SERVER_KEY_SETTING) or ""
-        self.ui.serverKeyEdit.text = remembered
-        self.ui.rememberKeyCheckBox.checked = bool(remembered)
-        self.ui.runOnComboBox.connect("currentIndexChanged(int)", self._onRunOnChanged)
-        self.ui.serverUrlEdit.connect(
-            "editingFinished()", lambda: qt.QSettings().setValue(SERVER_URL_SETTING, self.ui.serverUrlEdit.text.strip())
-        )
-        self.ui.serverKeyEdit.connect("editingFinished()", self._storeKey)
-        self.ui.rememberKeyCheckBox.connect("toggled(bool)", lambda checked: self._storeKey())
-        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
-        self._showRunOn()
-
-    def _storeKey(self):
-        """The key stays in this session's panel; only "remember" writes it to the settings (plain text)."""
-        settings = qt.QSettings()
-        if self.ui.rememberKeyCheckBox.checked:
-            settings.setValue(SERVER_KEY_SETTING, self.ui.serverKeyEdit.text.strip())
-        else:
-            settings.remove(SERVER_KEY_SETTING)
-
-    def onTestConnection(self):
-        """The server's version, model, device and free sessions, or why not: asked on the worker thread."""
-        url, key = self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text
-        self.ui.testConnectionButton.enabled = False
-        self.ui.connectionStatusLabel.text = _("Connecting...")
-        job = worker.WorkerJob(lambda reporter: connection.describe_server(url, key), name="SegVol connection test")
-        try:
-            if not self._waitForSideJob(job.start()):
-                return  # the panel is going away
-            try:
-                self.ui.connectionStatusLabel.text = job.outcome()
-            except SegVolError as error:
-                self.ui.connectionStatusLabel.text = str(error)
-        finally:
-            self.ui.testConnectionButton.enabled = True
-
-    def onChooseWeightsFolder(self):
-        folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("SegVol snapshot folder"), self.ui.weightsPathLineEdit.currentPath
-        )
-        if folder:
-            self.ui.weightsPathLineEdit.currentPath = folder
-
-    def _runsOnServer(self) -> bool:
-        return self.ui.runOnComboBox.currentIndex == 1
-
-    def _onRunOnChanged(self, index):
-        qt.QSettings().setValue(RUN_ON_SETTING, "server" if index == 1 else "local")
-        self._dependenciesReady = False  # the other mode needs other packages (torch, or only the client's)
-        self._showRunOn()
-
-    def _showRunOn(self):
-        server = self._runsOnServer()
-        for widget in (
-            self.ui.serverUrlEdit,
-            self.ui.serverKeyEdit,
-            self.ui.rememberKeyCheckBox,
-            self.ui.testConnectionButton,
-        ):
-            widget.enabled = server
-        for widget in (self.ui.deviceComboBox, self.ui.weightsPathLineEdit, self.ui.weightsFolderButton):
-            widget.enabled = not server  # the server's own choice
-
     # --- running ---
 
     def onApplyButton(self):
-        if self._job is not None:
+        if self.jobs.running:
             # The loop ends now; the worker stops at its next cancel check (a download chunk, the end of the
             # volume's preparation, the next model pass) and its results are dropped.
-            self._job.cancel()
-            self._job = self._request = None
-            self._rerunPending = False
-            self._jobEnded()
+            self.jobs.cancel_run()
+            self._updateGUI()
             self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
             return
         self.runSegmentation(interactive=True)
@@ -841,16 +622,18 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Start a run on the worker thread. Not interactive (auto-update): problems go to the status line only.
         fromSegment: refine the target segment from prompts derived from it (Refine existing segment)."""
         node = self._parameterNode
-        if not node or self._installing:
+        if not node or self.installer.installing:
             return
-        server = self._runsOnServer()
-        if not self._dependenciesReady and not self._installDependencies(server, interactive):
+        if not self.runOn.dependencies_ready:
+            self.installer.ensure(
+                CLIENT_REQUIREMENTS_FILE if self.runOn.on_server() else REQUIREMENTS_FILE,
+                needs_torch=not self.runOn.on_server(),
+                interactive=interactive,
+                then=lambda: self._dependenciesInstalled(interactive, fromSegment),
+            )
             return
         try:
-            if server:
-                self.logic.useServer(self.ui.serverUrlEdit.text, self.ui.serverKeyEdit.text)
-            else:
-                self.logic.useThisComputer()
+            self.runOn.use_engine()
         except SegVolError as error:
             self._showError(error, interactive)
             return
@@ -873,116 +656,35 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(error, interactive)
             return
         node.outputSegmentation = request.segmentationNode  # a new one when none was selected
-        weights, device = self.ui.weightsPathLineEdit.currentPath.strip() or None, node.device
-        self._request, self._selectResult, self._interactive = request, True, interactive
-        self._job = worker.WorkerJob(lambda reporter: self.logic.run(request, reporter, weights, device)).start()
+        weights, device = self.runOn.weights(), node.device
+        self._selectResult = True
+        self.jobs.start_run(lambda reporter: self.logic.run(request, reporter, weights, device), request, interactive)
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Segmenting {count} target(s)...").format(count=len(request.targets))
         self._updateGUI()
-        if not self._waitingForJobs:  # else started by an event handled in the loop below, which waits for it
-            self._waitForJobs()
+        self.jobs.serve()  # returns at once when started by an event handled in the loop, which serves it
 
-    def _installDependencies(self, server, interactive) -> bool:
-        """Whether the packages a run needs are ready (installing them first when they are not)."""
-        requirements = CLIENT_REQUIREMENTS_FILE if server else REQUIREMENTS_FILE
-        self._dependenciesReady = self._ensurePackages(requirements, needsTorch=not server, interactive=interactive)
-        return self._dependenciesReady
+    def _dependenciesInstalled(self, interactive, fromSegment):
+        self.runOn.dependencies_ready = True
+        self.runSegmentation(interactive, fromSegment)
 
-    def _ensurePackages(self, requirementsFile, needsTorch, interactive) -> bool:
-        """Whether the packages of `requirementsFile` are ready; installs them (after asking) on the worker
-        thread while Slicer stays usable: Segment is disabled meanwhile, failures show in the panel, pressing
-        the button again retries."""
-        try:
-            plan = dependencies.check(requirementsFile, interactive, needs_torch=needsTorch)
-        except SegVolError as error:
-            self._showError(error, interactive)
-            return False
-        if isinstance(plan, str):
-            self.ui.statusLabel.text = plan
-            return False
-        if plan is not None:
-            self._installing = True
-            self.ui.statusLabel.text = plan.message()
-            self.ui.progressBar.setRange(0, 0)
-            self.ui.progressBar.show()
-            self._updateGUI()
-            job = worker.WorkerJob(lambda reporter: plan.run(), name="SegVol install")
-            try:
-                if not self._waitForSideJob(job.start()):
-                    return False  # the panel is going away
-            finally:
-                self._installing = False
-                self.ui.progressBar.hide()
-                self._updateGUI()
-            try:
-                restart = job.outcome()
-            except SegVolError as error:
-                self._showError(error, True)
-                return False
-            except Exception as error:  # a bug, not the network: full details in the log
-                logging.error(traceback.format_exc())
-                self._showError(SegVolError(f"{dependencies.FAILED} ({error})"), True)
-                return False
-            if restart is not None:
-                slicer.util.infoDisplay(restart)
-                self.ui.statusLabel.text = restart
-                return False
-        return True
-
-    def _waitForSideJob(self, job) -> bool:
-        """Handle Qt events until `job` is done (True) or abandoned by a scene close or cleanup (False)."""
-        self._sideJobs.append(job)
-        while job in self._sideJobs and not job.wait(EVENT_WAIT_S):
-            slicer.app.processEvents()
-        if job not in self._sideJobs:
-            return False
-        self._sideJobs.remove(job)
-        return True
-
-    def _waitForJobs(self):
-        """Handle Qt events until the job, and any rerun it leads to, is done (the Cancel button, the scene and
-        the prompts stay live meanwhile). Cancel, a scene close and cleanup abandon the job: the loop ends at
-        once."""
-        self._waitingForJobs = True
-        try:
-            while self._job is not None:
-                job = self._job
-                if not job.wait(EVENT_WAIT_S):
-                    slicer.app.processEvents()
-                if job is not self._job:  # abandoned (or replaced) while Qt events were handled
-                    continue
-                for event in job.reporter.drain():
-                    self._showProgress(event)
-                if job.finished:
-                    self._jobDone()
-        finally:
-            self._waitingForJobs = False
-
-    def _jobEnded(self):
-        self.ui.progressBar.hide()
-        self._updateGUI()
-
-    def _jobDone(self):
-        job, request = self._job, self._request
-        self._job = self._request = None
+    def _runDone(self, job, request, interactive):
         self.ui.progressBar.hide()
         try:
-            results = job.outcome()
-            if request is not None:
-                self._finish(request, results)
+            self._finish(request, job.outcome(), interactive)
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled: no segment was changed.")
         except SegVolError as error:
-            self._showError(error, self._interactive and request is not None)
+            self._showError(error, interactive)
         except Exception as error:  # a bug, not a user mistake: full details for the report
             logging.error(traceback.format_exc())
             slicer.util.errorDisplay(
                 _("Segmentation failed: {error}").format(error=error), detailedText=traceback.format_exc()
             )
         self._updateGUI()
-        if self._rerunPending:
-            self._rerunPending = False
+        if self.jobs.rerun_pending:
+            self.jobs.rerun_pending = False
             self._autoRun()
 
     def _showProgress(self, event):
@@ -990,10 +692,10 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = event.message
             slicer.util.showStatusMessage(event.message, 5000)
         elif event.stage == "target":
-            target = self._request.targets[event.done][0] if self._request is not None else None
-            if target is not None and event.total > 1:
+            request = self.jobs.request
+            if request is not None and event.total > 1:
                 self.ui.statusLabel.text = _("Segmenting {name} ({index} of {count})...").format(
-                    name=target.name, index=event.done + 1, count=event.total
+                    name=request.targets[event.done][0].name, index=event.done + 1, count=event.total
                 )
         else:
             title = STAGE_TITLES.get(event.stage, event.stage)
@@ -1003,12 +705,13 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"{title} {event.done} of {event.total}" if event.stage in ("zoom-in", "correction") else f"{title} %p%"
             )
 
-    def _finish(self, request, results):
+    def _finish(self, request, results, interactive):
         self.logic.checkNodes(request)  # before the Segment Editor is pointed at the nodes
-        editor = self._segmentEditor(request.segmentationNode, request.volumeNode, self._interactive)
-        editorNode = editor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
-        onEditor = editor.segmentationNode() == request.segmentationNode
-        segmentIDs = self.logic.apply(request, results, editorNode, editor.saveStateForUndo if onEditor else None)
+        shownEditor = self.history.point_at(request.segmentationNode, request.volumeNode, interactive)
+        editorNode = shownEditor.mrmlSegmentEditorNode() if self._parameterNode.useSegmentEditorSettings else None
+        onEditor = shownEditor.segmentationNode() == request.segmentationNode
+        undoOwner = shownEditor.saveStateForUndo if onEditor else None
+        segmentIDs = self.logic.apply(request, results, editorNode, undoOwner)
         segmentation = request.segmentationNode
         segmentation.GetDisplayNode().SetVisibility(True)
         if (
@@ -1018,103 +721,23 @@ class SegVolSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             and self._parameterNode.outputSegmentation == segmentation
         ):
             self.ui.targetSegmentSelector.setCurrentSegmentID(segmentIDs[0])  # next clicks refine this one
-        self._showStatistics(self.logic.lastStatistics)
+        self.results.show_statistics(self.logic.lastStatistics)
         warnings = [w for result in results for w in result.warnings]
         names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIDs)
         if not onEditor:
-            warnings.append(NOT_UNDOABLE.format(name=editor.segmentationNode().GetName()))
+            warnings.append(editor.NOT_UNDOABLE.format(name=shownEditor.segmentationNode().GetName()))
         self.ui.statusLabel.text = "\n".join([_("Done: {names}.").format(names=names), *warnings])
 
-    # --- results: statistics, confidence, DICOM SEG export (a section of its own) ---
-
-    def _setUpResultsSection(self):
-        section = ctk.ctkCollapsibleButton()
-        section.text = _("Results")
-        self.layout.addWidget(section)
-        form = qt.QFormLayout(section)
-        self.statisticsLabel = qt.QLabel()
-        self.statisticsLabel.wordWrap = True
-        self.statisticsLabel.toolTip = _(
-            "Volume, mean CT intensity and SegVol's confidence of the segments of the last run: the mean "
-            "probability inside the segment and the share of voxels near the 0.5 threshold (not a calibrated "
-            "probability of being right; low values in red are worth a look)."
-        )
-        form.addRow(self.statisticsLabel)
-        self.dicomSegPathEdit = ctk.ctkPathLineEdit()
-        self.dicomSegPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable
-        self.dicomSegPathEdit.nameFilters = ["DICOM SEG (*.dcm)"]
-        self.dicomSegPathEdit.toolTip = _("Where to write the DICOM SEG of the output segmentation")
-        form.addRow(_("DICOM SEG file:"), self.dicomSegPathEdit)
-        self.exportDicomSegButton = qt.QPushButton(_("Export DICOM SEG"))
-        self.exportDicomSegButton.toolTip = _(
-            "Write the output segmentation as a DICOM SEG referencing the input volume's DICOM series (the "
-            "volume must have been loaded from Slicer's DICOM database)"
-        )
-        self.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
-        form.addRow(self.exportDicomSegButton)
-
-    def _showStatistics(self, statistics):
-        self.statisticsLabel.text = clinical_results.statistics_html(statistics) if statistics else ""
-
-    def onExportDicomSeg(self):
-        node = self._parameterNode
-        path = self.dicomSegPathEdit.currentPath.strip()
-        if not node or not node.inputVolume or not node.outputSegmentation:
-            self.ui.statusLabel.text = _("Choose the input volume and the output segmentation first.")
-            return
-        if not path.lower().endswith(".dcm"):
-            self.ui.statusLabel.text = _("Give a DICOM SEG file name ending in .dcm.")
-            return
-        try:
-            prepared = self.logic.prepareDicomSeg(node.inputVolume, node.outputSegmentation)
-        except SegVolError as error:
-            self._showError(error, interactive=True)
-            return
-        if not self._ensurePackages(DICOM_REQUIREMENTS_FILE, needsTorch=False, interactive=True):
-            return
-        weights = self.ui.weightsPathLineEdit.currentPath.strip() or None
-        job = worker.WorkerJob(lambda reporter: self.logic.writeDicomSeg(prepared, path, weights), name="SegVol export")
-        self.ui.statusLabel.text = _("Writing the DICOM SEG...")
-        if not self._waitForSideJob(job.start()):  # the GUI stays live while highdicom encodes
-            return  # the panel is going away
-        try:
-            job.outcome()
-        except SegVolError as error:
-            self._showError(error, interactive=True)
-            return
-        self.ui.statusLabel.text = _("Wrote {path}.").format(path=path)
-
-    def _segmentEditor(self, segmentationNode, volumeNode, interactive=True):
-        """The Segment Editor module's editor, pointed at this segmentation when that is safe (its undo history
-        then holds SegVol's steps too). Switching it away from another segmentation would erase that one's undo
-        history: the user is asked first (auto-update runs do not ask and leave the editor as it is)."""
-        editorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
-        editorModule.selectParameterNode()
-        editor = editorModule.editor
-        shown = editor.segmentationNode()
-        if shown != segmentationNode:
-            if shown is not None and shown.GetScene() is not None:
-                if not interactive or not slicer.util.confirmYesNoDisplay(
-                    SWITCH_EDITOR.format(shown=shown.GetName(), wanted=segmentationNode.GetName())
-                ):
-                    return editor
-            editor.setSegmentationNode(segmentationNode)
-        if volumeNode is not None and editor.sourceVolumeNode() != volumeNode:
-            editor.setSourceVolumeNode(volumeNode)
-        return editor
-
     def _undo(self, redo=False):
-        """Undo (or redo) a step of the output segmentation in the Segment Editor's history."""
         node = self._parameterNode
-        if not node or not node.outputSegmentation:
-            return
-        editor = self._segmentEditor(node.outputSegmentation, node.inputVolume)
-        if editor.segmentationNode() != node.outputSegmentation:
-            return  # the user kept the Segment Editor on another segmentation: nothing of ours to undo there
-        if redo:
-            editor.redo()
-        else:
-            editor.undo()
+        if node:
+            self.history.undo(node.outputSegmentation, node.inputVolume, redo)
+
+    def _showStatus(self, text, busy=False):
+        self.ui.statusLabel.text = text
+        if busy:
+            self.ui.progressBar.setRange(0, 0)
+            self.ui.progressBar.show()
 
     def _showError(self, error, interactive):
         self.ui.statusLabel.text = str(error)

@@ -7,7 +7,7 @@ Worker: short torch operations glued by Python (Testing/Python/gil_emulation.tor
 wait for it on the main thread:
 - free-running: the main thread only joins the worker (the GIL is the worker's);
 - the former QTimer poll: the main thread sits in Qt's event loop holding the GIL and polls every 100 ms;
-- the panel's loop (SegVolSlicerWidget._waitForJobs, the real code): waits on the job's done-event for
+- the panel's loop (SegVolSlicerLib.slicer.jobs.Jobs.serve, the real code): waits on the job's done-event for
   EVENT_WAIT_S, then handles Qt events, each round of events emulated as native code holding the GIL for
   1-20 ms (an idle event loop takes well under 1 ms, a slice-view render a few ms).
 Reported: the worker's speed as a share of free-running, and the longest wait between Qt event rounds.
@@ -16,26 +16,14 @@ Reported: the worker's speed as a share of free-running, and the longest wait be
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 import types
-from pathlib import Path
 
 import gil_emulation
 import slicer
-import slicer_core_env  # noqa: F401  (Slicer's application modules, for importing SegVolSlicer.py)
 import torch
 
-from SegVolSlicerLib.slicer import worker
-
-MODULE_FILE = Path(__file__).resolve().parents[1] / "SegVolSlicer" / "SegVolSlicer.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("SegVolSlicer", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from SegVolSlicerLib.slicer import jobs, worker
 
 
 def timed_job(steps):
@@ -53,8 +41,8 @@ def qtimer_poll(steps) -> tuple[float, float]:
     return durations[0], 0.1
 
 
-def panel_loop(module, steps, event_handling_s) -> tuple[float, float]:
-    """SegVolSlicerWidget._waitForJobs, the real method, on a widget holding only what the loop touches."""
+def panel_loop(steps, event_handling_s) -> tuple[float, float]:
+    """The panel's loop (SegVolSlicerLib.slicer.jobs.Jobs.serve, the real code) serving one run."""
     event_times = []
 
     def handle_qt_events():
@@ -62,13 +50,11 @@ def panel_loop(module, steps, event_handling_s) -> tuple[float, float]:
         gil_emulation.hold_gil(event_handling_s)
 
     slicer.app = types.SimpleNamespace(processEvents=handle_qt_events)
-    widget = object.__new__(module.SegVolSlicerWidget)
+    loop = jobs.Jobs(on_progress=lambda event: None, on_run_done=lambda job, request, interactive: None)
     job, durations = timed_job(steps)
-    widget._job, widget._waitingForJobs = job.start(), False
-    widget._showProgress = lambda event: None
-    widget._jobDone = lambda: setattr(widget, "_job", None)
+    loop.job = job.start()
     start = time.perf_counter()
-    widget._waitForJobs()
+    loop.serve()
     times = [start, *event_times, time.perf_counter()]
     return durations[0], max(b - a for a, b in zip(times, times[1:]))
 
@@ -79,7 +65,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core for the worker: intra-op threads on a shared machine only add noise
-    module = load_module()
 
     def speed(run, steps):
         """min free-running time / min time under `run`, alternating the two (the machine is shared)."""
@@ -91,13 +76,13 @@ def main() -> None:
             gaps.append(gap)
         return min(free) / min(loop), min(free), min(gaps)
 
-    print(f"{args.steps} torch steps, EVENT_WAIT_S = {module.EVENT_WAIT_S} s, best of {args.repeats}")
+    print(f"{args.steps} torch steps, EVENT_WAIT_S = {jobs.EVENT_WAIT_S} s, best of {args.repeats}")
     print("| main thread | worker speed (of free-running) | free-running | longest gap between Qt event rounds |")
     print("| --- | ---: | ---: | ---: |")
     ratio, free, gap = speed(qtimer_poll, max(args.steps // 20, 1))  # 1/20 of the work: that loop is slow
     print(f"| former QTimer poll (100 ms) | {ratio:.0%} | {free:.2f} s | {gap * 1000:.0f} ms |")
     for event_ms in (1, 5, 10, 20):
-        ratio, free, gap = speed(lambda steps, ms=event_ms: panel_loop(module, steps, ms / 1000), args.steps)
+        ratio, free, gap = speed(lambda steps, ms=event_ms: panel_loop(steps, ms / 1000), args.steps)
         print(f"| panel loop, Qt events {event_ms} ms each | {ratio:.0%} | {free:.2f} s | {gap * 1000:.0f} ms |")
 
 

@@ -6,4 +6,8 @@ the batch runner.
 - `worker`: the panel's background thread and the queue it reports through.
 - `connection`: the panel's *Test connection* (one line about a SegVol server).
 - `checks`: the checks that the module's self-test and pytest both run.
+- the panel's sections, each built by the Widget with its `ui` and logic: `jobs` (the run loop, side jobs,
+  abandon), `installs` (the first-use install), `run_on` (this computer or a server, weights, Test connection),
+  `prompt_tools` (name completion, placing shortcuts, box re-placing, auto-update), `editor` (the Segment
+  Editor's undo history), `results_section` (statistics table, Export DICOM SEG).
 """

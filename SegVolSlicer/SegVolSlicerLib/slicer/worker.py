@@ -46,6 +46,7 @@ class WorkerJob:
     then reads `result` or `error` (the exception, re-raised by `outcome()`)."""
 
     def __init__(self, work: Callable[[QueueReporter], object], name: str = "SegVol inference"):
+        self.name = name
         self.reporter = QueueReporter()
         self.result = None
         self.error: BaseException | None = None

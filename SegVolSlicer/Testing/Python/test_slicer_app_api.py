@@ -1,12 +1,15 @@
-"""Every Qt/CTK/Slicer member SegVolSlicer.py and its .ui use exists in Slicer 5.10 and 5.12 (the members in
-Testing/Data/slicer-widget-api.json, extracted from their sources by tools/extract_widget_api.py).
+"""Every Qt/CTK/Slicer member that SegVolSlicer.py, the panel's section files (SegVolSlicerLib/slicer/) and the
+.ui use exists in Slicer 5.10 and 5.12 (the members in Testing/Data/slicer-widget-api.json, extracted from their
+sources by tools/extract_widget_api.py).
 
 What it guards: a misspelled or removed member (`self.ui.<widget>.<member>`, a `connect("signal(args)")`, a
-.ui class or property, a `qt.`/`ctk.`/`slicer.` name) that only the application would find; and stand-ins
-that accept what the application refuses.
+.ui class or property, a `qt.`/`ctk.`/`slicer.` name) that only the application would find, in any file of the
+panel (not only the module file); and stand-ins that accept what the application refuses.
 """
 
+import ast
 import re
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -17,7 +20,30 @@ from slicer_app_standins import CLASSES, Widget
 from slicer_core_env import slicer_module  # noqa: F401  (fixture)
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
-SOURCE = (MODULE_DIR / "SegVolSlicer.py").read_text()
+# The module file and every file of the Slicer wing: the files that can touch Qt, CTK and the application.
+PANEL_FILES = [MODULE_DIR / "SegVolSlicer.py", *sorted((MODULE_DIR / "SegVolSlicerLib" / "slicer").glob("*.py"))]
+SOURCE = "\n".join(path.read_text() for path in PANEL_FILES)
+# slicer.util's functions that need the application (the stand-ins install them)
+APP_ONLY_UTIL = {"mainWindow", "errorDisplay", "infoDisplay", "confirmYesNoDisplay", "showStatusMessage", "loadUI"}
+APP_MODULES = {"qt", "ctk", "slicer.i18n", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
+
+
+def touches_the_application(path) -> bool:
+    """Imports Qt/CTK/Slicer's application modules, or reads `self.ui`, `slicer.app`, `slicer.modules`, or
+    slicer.util's dialogs and windows (code only: comments and docstrings do not count)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(alias.name in APP_MODULES for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module in APP_MODULES:
+            return True
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in {("self", "ui"), ("slicer", "app"), ("slicer", "modules")}:
+                return True
+        if isinstance(node, ast.Attribute) and node.attr in APP_ONLY_UTIL:
+            return True
+    return False
+
+
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegVolSlicer.ui"
 UI_CLASSES = {w.get("name"): w.get("class") for w in ElementTree.parse(UI_FILE).iter("widget")}
 
@@ -25,6 +51,16 @@ UI_CLASSES = {w.get("name"): w.get("class") for w in ElementTree.parse(UI_FILE).
 def members(class_name):
     properties, signals, methods = slicer_app_standins._members(class_name)
     return set(properties) | set(methods)
+
+
+def test_every_file_that_touches_the_application_is_scanned():
+    """A section file outside the scanned set would escape every check below."""
+    package = MODULE_DIR / "SegVolSlicerLib"
+    touching = {path for path in package.rglob("*.py") if touches_the_application(path)}
+    assert touching, "the pattern finds nothing: it no longer matches how the panel imports Qt"
+    assert touching <= set(PANEL_FILES), sorted(str(p) for p in touching - set(PANEL_FILES))
+    sections = {"jobs", "run_on", "results_section", "prompt_tools", "editor", "installs"}
+    assert sections <= {path.stem for path in PANEL_FILES}
 
 
 def test_every_ui_widget_member_exists():
@@ -50,7 +86,7 @@ def test_every_ui_class_and_property_exists():
 def test_every_qt_ctk_and_slicer_name_exists(slicer_module):  # noqa: F811
     code = "\n".join(line for line in SOURCE.splitlines() if not line.startswith(("from ", "import ")))
     for module_name, attribute_path in re.findall(r"(?<![\w.])(qt|ctk|slicer)\.((?:\w+\.)*\w+)", code):
-        value = {"qt": slicer_module.qt, "ctk": slicer_module.ctk, "slicer": slicer}[module_name]
+        value = {"qt": sys.modules["qt"], "ctk": sys.modules["ctk"], "slicer": slicer}[module_name]
         for part in attribute_path.split("."):
             if module_name == "slicer" and part in ("app", "mrmlScene", "modules"):
                 break  # the application objects; their members are checked by running the panel

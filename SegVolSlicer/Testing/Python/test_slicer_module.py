@@ -20,9 +20,11 @@ MODULE_DIR = Path(__file__).resolve().parents[2]
 def test_module_imports_slicers_application_modules(slicer_module):  # noqa: F811
     """As Slicer's template: qt, ctk and slicer.ScriptedLoadableModule come from the application (here its
     stand-ins), with no plain-Python substitutes of its own that could hide a missing member."""
-    source = (MODULE_DIR / "SegVolSlicer.py").read_text()
-    assert "except ImportError" not in source
-    assert slicer_module.qt is sys.modules["qt"] and slicer_module.ctk is sys.modules["ctk"]
+    from SegVolSlicerLib.slicer import results_section
+
+    for path in (MODULE_DIR / "SegVolSlicer.py", *(MODULE_DIR / "SegVolSlicerLib" / "slicer").glob("*.py")):
+        assert "except ImportError" not in path.read_text(), path
+    assert slicer_module.qt is sys.modules["qt"] and results_section.ctk is sys.modules["ctk"]
     assert issubclass(slicer_module.SegVolSlicerTest, __import__("unittest").TestCase)
 
 

@@ -30,7 +30,7 @@ def installer(panel, monkeypatch, tmp_path):  # noqa: F811
     """The panel before its first run, with torch to install: `installs` records the fake installTorch's
     calls; set `behaviour` to "fail" or to an Event the install waits for."""
     widget, parameters, dialogs = panel
-    widget._dependenciesReady = False
+    widget.runOn.dependencies_ready = False
     state = {"installs": [], "behaviour": None}
 
     def check(requirements_file, interactive=True, needs_torch=True):
@@ -105,24 +105,24 @@ def test_drawing_a_new_box_with_auto_update_runs_once_the_box_is_drawn(panel):  
     box = parameters.boxROI
     box.SetXYZ(1.0, 2.0, 3.0)
     box.SetRadiusXYZ(5.0, 5.0, 5.0)
-    widget._autoTimer.stop()
+    widget.prompts.auto_timer.stop()
     emit(shortcut(widget, "Shift+B"), "activated()")
-    assert box.GetNumberOfControlPoints() == 0 and not widget._autoTimer.active
+    assert box.GetNumberOfControlPoints() == 0 and not widget.prompts.auto_timer.active
     # the user draws the new box: its points appear while placing is on...
     box.SetXYZ(2.0, 2.0, 3.0)
     box.SetRadiusXYZ(4.0, 4.0, 4.0)
     box.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent)
-    assert not widget._autoTimer.active
+    assert not widget.prompts.auto_timer.active
     widget.ui.boxPlaceWidget.setPlaceModeEnabled(False)  # ...and placing ends: now it is a prompt
     emit(widget.ui.boxPlaceWidget, "activeMarkupsPlaceModeChanged(bool)", False)
-    assert widget._autoTimer.active
+    assert widget.prompts.auto_timer.active
 
 
 def test_clear_prompts_does_not_start_a_run(panel):  # noqa: F811
     widget, parameters, dialogs = panel
     parameters.autoUpdate = True
     widget.onClearPrompts()
-    assert not widget._autoTimer.active and parameters.positivePoints.GetNumberOfControlPoints() == 0
+    assert not widget.prompts.auto_timer.active and parameters.positivePoints.GetNumberOfControlPoints() == 0
 
 
 # --- Cancel and closing, during every step ---
@@ -163,7 +163,7 @@ def test_cancel_and_closing_during_preprocessing_end_the_wait_at_once(panel, mon
     widget.qtEvents = [act]
     widget.runSegmentation(interactive=True)
     assert time.perf_counter() - acted[0] < 0.5, "the wait loop kept going after the run was stopped"
-    assert widget._job is None and dialogs == []
+    assert widget.jobs.job is None and dialogs == []
     if how == "Cancel":
         assert widget.ui.statusLabel.text == "Cancelled: no segment was changed."
         assert widget.ui.applyButton.text == "Segment"
@@ -206,10 +206,10 @@ def test_reload_releases_the_engine_and_keeps_the_shortcuts(panel, slicer_module
     # Reload: the old widget's cleanup(), then a new widget's setup() on the same (entered) panel; no enter()
     widget.cleanup()
     assert engine.loaded_model is None and engine.session_keys() == []
-    assert widget.logic.engine is not engine and widget._shortcuts == []
+    assert widget.logic.engine is not engine and widget.prompts.shortcuts == []
     reloaded = slicer_module.SegVolSlicerWidget(widget.parent)
     reloaded.setup()
-    assert sorted(s.key.toString() for s in reloaded._shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
+    assert sorted(s.key.toString() for s in reloaded.prompts.shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
     emit(shortcut(reloaded, "P"), "activated()")
     assert reloaded.ui.positivePlaceWidget.placeModeEnabled
     reloaded.cleanup()

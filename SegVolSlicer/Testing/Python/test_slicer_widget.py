@@ -35,7 +35,7 @@ def panel(slicer_module, slicer_scene, monkeypatch):  # noqa: F811
     parent._standin["values"]["isEntered"] = True  # a read-only property that the application sets
     widget.enter()
     widget.logic.useModel(FakeSegVol())
-    widget._dependenciesReady = True
+    widget.runOn.dependencies_ready = True
 
     ijk_to_ras = checks.oblique_lps_ijk_to_ras()
     parameters = widget._parameterNode
@@ -93,7 +93,7 @@ def test_results_are_dropped_when_the_scene_closes_meanwhile(panel):
 
     def close_when_done():  # the worker is done, but the run loop has not seen it yet
         release.set()
-        assert widget._job.wait(60)
+        assert widget.jobs.job.wait(60)
         widget.onSceneStartClose(None, None)
 
     widget.qtEvents = [close_when_done]
@@ -136,19 +136,19 @@ def test_auto_update_reruns_after_a_run_unless_cancelled(panel):
 
     def click_during_run():  # a click while the model runs: run again once it is done
         widget._autoRun()
-        assert widget._rerunPending
+        assert widget.jobs.rerun_pending
         release.set()
 
     widget.qtEvents = [click_during_run]
     widget.runSegmentation(interactive=False)
     assert len(runs) == 2  # the rerun ran, in the same loop
-    assert widget._job is None and not widget._rerunPending
+    assert widget.jobs.job is None and not widget.jobs.rerun_pending
     assert segment_count(parameters) == 1  # the rerun refined the same segment
 
     release.clear()
     widget.qtEvents = [widget._autoRun, widget.onApplyButton, release.set]  # click, Cancel
     widget.runSegmentation(interactive=False)
-    assert widget._job is None and not widget._rerunPending
+    assert widget.jobs.job is None and not widget.jobs.rerun_pending
     assert widget.ui.statusLabel.text == "Cancelled: no segment was changed." and dialogs == []
 
 
@@ -235,13 +235,13 @@ def test_worker_keeps_its_speed_while_slicer_holds_the_gil(panel):
 
 
 def shortcut(widget, key):
-    (found,) = [s for s in widget._shortcuts if s.key.toString() == key]
+    (found,) = [s for s in widget.prompts.shortcuts if s.key.toString() == key]
     return found
 
 
 def test_shortcuts_place_prompts_while_the_panel_is_shown(panel):
     widget, parameters, dialogs = panel
-    assert sorted(s.key.toString() for s in widget._shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
+    assert sorted(s.key.toString() for s in widget.prompts.shortcuts) == ["N", "P", "Shift+B", "Shift+N", "Shift+P"]
     emit(shortcut(widget, "P"), "activated()")
     assert widget.ui.positivePlaceWidget.placeModeEnabled and not widget.ui.negativePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "P"), "activated()")
@@ -250,10 +250,10 @@ def test_shortcuts_place_prompts_while_the_panel_is_shown(panel):
     assert widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     emit(shortcut(widget, "N"), "activated()")
     widget.exit()  # leaving the panel: no shortcuts, no placing
-    assert widget._shortcuts == [] and not widget.ui.negativePlaceWidget.placeModeEnabled
+    assert widget.prompts.shortcuts == [] and not widget.ui.negativePlaceWidget.placeModeEnabled
     assert not widget.ui.negativeStrokePlaceWidget.placeModeEnabled
     widget.enter()
-    assert len(widget._shortcuts) == 5
+    assert len(widget.prompts.shortcuts) == 5
 
 
 def roi_nodes():
@@ -282,7 +282,7 @@ def test_placing_a_box_again_replaces_the_box(panel, how):
 
 def test_names_complete_after_the_last_comma(panel):
     widget, parameters, dialogs = panel
-    completer = widget._completer
+    completer = widget.prompts.completer
     emit(widget.ui.targetNamesEdit, "textEdited(QString)", "liver, sp")
     assert completer.completionPrefix == "sp" and standin_calls(completer, "complete") == [()]
     emit(widget.ui.targetNamesEdit, "textEdited(QString)", "liver, s")  # too short to complete
