@@ -281,14 +281,17 @@ def _check_from_mask_args(args) -> None:
 
 def _refine_mask(host, where, volume, mask_path, name, points, reporter):
     """The mask's segment from its evaluation-protocol prompts, then corrected around the clicks (if any)."""
+    from .engine import TargetJob
     from .imageio import read_label_volume
     from .prompts import Target
 
-    result = host.segment_from_mask(where, name, read_label_volume(mask_path, volume), reporter)
+    job = TargetJob(Target(name, text=name), result_key=name)  # the engine keeps it for the clicks
+    result = host.segment_from_mask(where, job, read_label_volume(mask_path, volume), reporter)
     if points is None:
         return result
     # The mask's box stands for the box the user did not draw, so the clicks correct locally.
-    return host.refine(where, result, Target(name, result.text, points, result.basis.mask_box), reporter)
+    clicks = TargetJob(Target(name, result.text, points, result.basis.mask_box), name, correct=True)
+    return host.segment(where, [clicks], reporter=reporter)[0]
 
 
 # --- evaluate ---

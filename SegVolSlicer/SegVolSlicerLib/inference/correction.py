@@ -2,6 +2,7 @@
 
     first = session.segment(Target("liver", text="liver"))
     fixed = session.refine(first, Target("liver", text="liver", points=Points([ijk_pos, ijk_neg], [1, 0])))
+    edited = session.refine(first, target, current_mask=segment_as_it_is_now)   # hand edits kept outside
 
 The official zoom-in never sees the user's clicks: its windows are prompted with clicks drawn from the
 zoom-out mask, so a negative click acts on the coarse 32x256x256 pass only. A correction instead reruns, from
@@ -12,6 +13,10 @@ plus the user's clicks inside it, labels kept. Inside those windows' footprint t
 mask becomes the thresholded average of the rerun windows' logits (their neighbours were prompted without the
 new clicks, so they are not averaged in); everywhere else it stays as it was, bit for bit. The windows'
 embeddings come from the session's cache, so the encoder does not run while they are cached.
+
+A correction starts from `current_mask` when given (the segment as it is now, hand edits included): outside
+the rerun windows its voxels stay bit for bit, inside them the model's answer replaces them, and the result's
+warnings say how many hand-edited voxels (those where it differs from `previous.mask`) were replaced.
 
 A click outside the previous zoom-in region (or off the body crop), a changed text or box, or a previous
 result without a zoom-in falls back to the full official pipeline, with a note in the result's warnings.
@@ -24,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..model.image_encoder import WINDOW_SIZE
 from ..prompts import Box, Points, Target
 from ..reporting import NO_REPORT, Reporter
@@ -115,22 +121,46 @@ def _fallback(session, basis: CorrectionBasis | None, target: Target, reason: st
     return result
 
 
-def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
-    """`previous` corrected with `target`'s clicks (see the module docstring); a new SegmentationResult
-    whose `changed` bounds what differs from `previous.mask` and whose `windows` counts the windows run."""
+def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT, current_mask: np.ndarray | None = None):
+    """`previous` corrected with `target`'s clicks (see the module docstring), starting from `current_mask`
+    ((K, J, I), non-zero inside) when given; a new SegmentationResult whose `changed` bounds what differs from
+    the mask it started from and whose `windows` counts the windows run."""
+    start = previous.mask if current_mask is None else _binary(current_mask, previous.mask.shape)
+    result, local = _correct(session, previous, target, reporter, start)
+    if current_mask is not None:
+        # A hand edit is a voxel where the segment now differs from the result it was corrected from.
+        replaced = np.count_nonzero((start != previous.mask) & (result.mask != start))
+        if replaced:
+            where = "inside the corrected windows" if local else "by the whole new segmentation"
+            result.warnings.append(f"{replaced} hand-edited voxel(s) of '{target.name}' were replaced {where}")
+    return result
+
+
+def _binary(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise InputError(
+            f"the segment as it is now has {mask.shape[::-1]} voxels (I, J, K) but its result has "
+            f"{tuple(shape)[::-1]}: give it on the volume's grid"
+        )
+    return (mask != 0).astype(np.uint8)
+
+
+def _correct(session, previous, target: Target, reporter: Reporter, start: np.ndarray):
+    """(the result, whether it was corrected locally rather than by the official pipeline)."""
     basis: CorrectionBasis | None = previous.basis
     if basis is None:  # e.g. an evaluation result: no user prompts to compare the target with
-        return _fallback(session, None, target, "the previous result has nothing to correct from", reporter)
+        return _fallback(session, None, target, "the previous result has nothing to correct from", reporter), False
     text, box, warnings = basis.stands_for(target)
     _, before_box, _ = basis.stands_for(basis.target)
     if text != basis.prompts.text:
-        return _fallback(session, basis, target, "its text changed", reporter)
+        return _fallback(session, basis, target, "its text changed", reporter), False
     if box != before_box:
-        return _fallback(session, basis, target, "its box changed", reporter)
+        return _fallback(session, basis, target, "its box changed", reporter), False
     if previous.mask.shape != tuple(session.prepared.shape_kji):
-        return _fallback(session, basis, target, "the previous result belongs to another volume", reporter)
+        return _fallback(session, basis, target, "the previous result belongs to another volume", reporter), False
     if previous.roi is None:
-        return _fallback(session, basis, target, "the previous result had no zoom-in", reporter)
+        return _fallback(session, basis, target, "the previous result had no zoom-in", reporter), False
     moved = changed_clicks(None if basis.target is None else basis.target.points, target.points)
     space = session.space
     plan = WindowPlan.for_roi(previous.roi)
@@ -141,28 +171,30 @@ def refine(session, previous, target: Target, reporter: Reporter = NO_REPORT):
         if window is None:
             where = ", ".join(f"{v:.1f}" for v in ijk)
             reason = f"the click at IJK ({where}) lies outside its zoom-in region"
-            return _fallback(session, basis, target, reason, reporter)
+            return _fallback(session, basis, target, reason, reporter), False
         if window not in windows:
             windows.append(window)
     result = replace(
         previous,
         name=target.name,
+        mask=start,
         warnings=[*warnings],
         windows=len(windows),
         changed=(slice(0, 0),) * 3,
         basis=CorrectionBasis(basis.prompts, target, basis.mask_box),
     )
-    if not windows:
-        return result
-    result.mask, result.probabilities, result.changed = _rerun_windows(
-        session, previous, basis.prompts, plan, windows, target, reporter
-    )
-    return result
+    if windows:
+        result.mask, result.probabilities, result.changed = _rerun_windows(
+            session, previous, start, basis.prompts, plan, windows, target, reporter
+        )
+    return result, True
 
 
-def _rerun_windows(session, previous, prompts: ModelPrompts, plan, windows, target: Target, reporter: Reporter):
-    """The corrected mask, the previous result's probabilities (if kept) corrected alike, and the (K, J, I)
-    slices they may differ in."""
+def _rerun_windows(
+    session, previous, start_mask: np.ndarray, prompts: ModelPrompts, plan, windows, target: Target, reporter: Reporter
+):
+    """The corrected `start_mask`, the previous result's probabilities (if kept) corrected alike, and the
+    (K, J, I) slices they may differ in."""
     prepared = session.prepared
     start = np.min([w.valid_start for w in windows], axis=0)
     stop = np.max([w.valid_stop for w in windows], axis=0)
@@ -187,7 +219,7 @@ def _rerun_windows(session, previous, prompts: ModelPrompts, plan, windows, targ
     probabilities = torch.sigmoid(total / coverage.clamp(min=1))
     corrected = (probabilities > 0.5).numpy()
     changed = _kji_slices(prepared, start, stop)
-    mask = previous.mask.copy()
+    mask = start_mask.copy()
     region = prepared.axes.to_model(mask[changed])  # a view: writing it writes the mask
     region[covered] = corrected[covered]
     kept = previous.probabilities  # kept by sessions asked for them (confidence): corrected where the mask is

@@ -6,7 +6,7 @@ User prompts come in IJK and are mapped through the axis permutation, the crop a
   region are dropped with a warning (the model never sees that part of the image);
 - a box: clipped to the crop; in zoom-out space it is the set of zoom-out voxels showing a voxel of the box.
 The zoom-in maps are built at native resolution straight from the user's prompts (the official code only
-knows zoom-out prompts and up-samples their maps; evaluation.py builds those official maps for label-derived
+knows zoom-out prompts and up-samples their maps; label_prompts.py builds those official maps for label-derived
 prompts). Zoom-in mode follows the official rules: point mode when there is a positive click (negative
 clicks act on the zoom-out pass only), else box mode when there is a box, else text only.
 """

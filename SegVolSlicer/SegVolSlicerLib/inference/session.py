@@ -25,6 +25,7 @@ from ..reporting import NO_REPORT, Reporter
 from ..vocabulary import resolve_text
 from .cache import EmbeddingCache, tensor_bytes
 from .correction import CorrectionBasis, refine
+from .from_mask import segment_from_mask
 from .merge import final_mask, final_probabilities
 from .model_space import ModelSpace
 from .point_sampling import make_generator
@@ -139,11 +140,20 @@ class SegVolSession:
         return result
 
     def refine(
-        self, previous: SegmentationResult, target: Target, reporter: Reporter = NO_REPORT
+        self,
+        previous: SegmentationResult,
+        target: Target,
+        reporter: Reporter = NO_REPORT,
+        current_mask: np.ndarray | None = None,
     ) -> SegmentationResult:
         """A local correction of `previous` with `target`'s clicks (a mode beyond the official pipeline; see
-        correction.py): only the zoom-in windows the new clicks fall in run again."""
-        return refine(self, previous, target, reporter)
+        correction.py), starting from `current_mask` (the segment as it is now) when given: only the zoom-in
+        windows the new clicks fall in run again."""
+        return refine(self, previous, target, reporter, current_mask)
+
+    def segment_from_mask(self, name: str, mask_kji: np.ndarray, reporter: Reporter = NO_REPORT) -> SegmentationResult:
+        """The structure a mask shows, segmented from the official evaluation's prompts for it (from_mask.py)."""
+        return segment_from_mask(self, name, mask_kji, reporter)
 
     def segment_many(
         self, targets: Sequence[Target], zoom_in: bool = True, reporter: Reporter = NO_REPORT

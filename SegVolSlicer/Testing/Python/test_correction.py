@@ -13,11 +13,11 @@ from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
 from test_server import in_process
 
 from SegVolSlicerLib import cli
-from SegVolSlicerLib.engine import EngineHost, VolumeInput
+from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
-from SegVolSlicerLib.evaluation import PromptMode, label_prompts
 from SegVolSlicerLib.imageio import read_clicks, read_volume
 from SegVolSlicerLib.inference import SegVolSession
+from SegVolSlicerLib.inference.label_prompts import PromptMode, label_prompts
 from SegVolSlicerLib.inference.point_sampling import make_generator
 from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.prompts import Box, Points, Target
@@ -179,9 +179,10 @@ def test_a_result_without_zoom_in_falls_back(session):
 def test_the_engine_host_and_the_server_give_the_in_process_correction_bit_for_bit(phantom):
     volume = VolumeInput("local", phantom.volume, phantom.ijk_to_ras)
     host = EngineHost(model=CountingBandSegVol())
-    first = host.segment(volume, [pancreas()])[0]
-    local = [host.refine(volume, first, pancreas(PANCREAS_CENTRE_IJK))]
-    local.append(host.refine(volume, local[0], pancreas(PANCREAS_CENTRE_IJK, ABOVE_ROI_IJK)))  # a fallback
+    host.segment(volume, [TargetJob(pancreas(), "pancreas")])
+    local = [host.segment(volume, [TargetJob(pancreas(PANCREAS_CENTRE_IJK), "pancreas", correct=True)])[0]]
+    fallback = TargetJob(pancreas(PANCREAS_CENTRE_IJK, ABOVE_ROI_IJK), "pancreas", correct=True)
+    local += host.segment(volume, [fallback])
     with (
         in_process(EngineHost(model=CountingBandSegVol())) as (client, _),
         client.open_session(phantom.volume, phantom.ijk_to_ras) as remote,
@@ -246,7 +247,8 @@ def test_a_mask_derived_prompt_is_the_evaluation_protocols_prompt_for_that_label
     model = CountingBandSegVol()
     host = EngineHost(model=model)
     label = (phantom.labels == 1).astype(np.uint8)
-    result = host.segment_from_mask(VolumeInput("ct", phantom.volume, phantom.ijk_to_ras), "pancreas", label)
+    volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
+    result = host.segment_from_mask(volume, TargetJob(Target("pancreas", text="pancreas")), label)
     session = host.kept_session("ct")
     want = label_prompts(
         label, "pancreas", PromptMode(True, True, True), session.prepared, session.space, make_generator(0)
@@ -269,22 +271,26 @@ def test_a_mask_derived_segment_is_corrected_locally_and_an_unknown_name_prompts
     host = EngineHost(model=CountingBandSegVol())
     volume = VolumeInput("ct", phantom.volume, phantom.ijk_to_ras)
     label = phantom.labels == 1
-    result = host.segment_from_mask(volume, "pancreas", label)
-    fixed = host.refine(volume, result, pancreas(PANCREAS_CENTRE_IJK))
+    made = TargetJob(Target("pancreas", box=Box.around_mask(label)), "pancreas")
+    result = host.segment_from_mask(volume, made, label)
+    fixed = host.segment(volume, [TargetJob(pancreas(PANCREAS_CENTRE_IJK), "pancreas", correct=True)])[0]
     assert fixed.windows == 1 and fixed.warnings == []
     # Clicks without a name (the panel's clicks on a selected segment): the mask's name and box stand for them.
+    host.segment_from_mask(volume, made, label)
     clicks = Target("pancreas", points=Points([PANCREAS_CENTRE_IJK], [0]), box=result.basis.mask_box)
-    textless = host.refine(volume, result, clicks)
+    textless = host.segment(volume, [TargetJob(clicks, "pancreas", correct=True)])[0]
     assert textless.windows == 1 and textless.warnings == []
-    other = host.segment_from_mask(volume, "my blob", label)
+    other = host.segment_from_mask(volume, TargetJob(Target("my blob", box=Box.around_mask(label)), "blob"), label)
     assert other.text is None and "not one of SegVol's names" in other.warnings[0]
     # Negative clicks alone need the mask's box to stand for the structure: then they correct locally.
     box = other.basis.mask_box
     assert box == Box((20, 36, 14), (300, 60, 26))
-    carved = host.refine(volume, other, Target("my blob", points=Points([PANCREAS_CENTRE_IJK], [0]), box=box))
+    carved = host.segment(
+        volume, [TargetJob(Target("my blob", points=Points([PANCREAS_CENTRE_IJK], [0]), box=box), "blob", True)]
+    )[0]
     assert carved.windows == 1 and carved.warnings == []
     with pytest.raises(InputError, match="no voxel"):
-        host.segment_from_mask(volume, "pancreas", np.zeros_like(label))
+        host.segment_from_mask(volume, made, np.zeros_like(label))
 
 
 def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_path, monkeypatch, capsys):

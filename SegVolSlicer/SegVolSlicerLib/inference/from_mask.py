@@ -1,20 +1,20 @@
-"""Refine an existing segment: a mask drawn by hand or made by another tool (TotalSegmentator, a previous
-session) becomes SegVol prompts the way the official evaluation derives them from a label
-(evaluation.label_prompts): its bounding box, one plus three positive and three negative points drawn from it,
-and its name as text when it is one of SegVol's names. The result can then be corrected with clicks
-(SegVolSession.refine); a correction that falls back to the whole structure keeps the mask's box as its box.
+"""A segment made elsewhere (drawn by hand, TotalSegmentator, an earlier session) segmented again from the
+prompts the official evaluation derives from a label (label_prompts.py): its bounding box, one plus three
+positive and three negative points drawn from it, and its name as text when it is one of SegVol's names. The
+result carries the mask's box, so a correction that gives no box of its own (or falls back to the whole
+structure) keeps it as its box.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .evaluation import PromptMode, label_prompts
-from .inference.correction import CorrectionBasis
-from .prompts import Box
-from .reporting import NO_REPORT, Reporter
-from .vocabulary import resolve_name
+from ..errors import InputError
+from ..prompts import Box
+from ..reporting import NO_REPORT, Reporter
+from ..vocabulary import resolve_name
+from .correction import CorrectionBasis
+from .label_prompts import PromptMode, label_prompts
 
 
 def segment_from_mask(session, name: str, mask_kji: np.ndarray, reporter: Reporter = NO_REPORT):
