@@ -232,8 +232,8 @@ def test_export_dicom_seg_installs_nothing_and_reads_back(slicer_module, ct, bef
     monkeypatch.setattr(slicer, "dicomDatabase", types.SimpleNamespace(fileForInstance=ct.by_uid.get), raising=False)
     widget, parameters = panel_on(slicer_module, ct)
     parameters.outputSegmentation = RESULTS["segmentation"]
-    widget.dicomSegPathEdit.currentPath = str(tmp_path / "seg.dcm")
-    widget.onExportDicomSeg()
+    widget.results.dicomSegPathEdit.currentPath = str(tmp_path / "seg.dcm")
+    emit(widget.results.exportDicomSegButton, "clicked(bool)", False)
     assert_unchanged(before)
     if RELEASE == "5.10":
         ((kind, message),) = dialogs.of_kind("confirm", "errorDisplay", "infoDisplay")

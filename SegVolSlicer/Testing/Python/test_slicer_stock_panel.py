@@ -85,7 +85,6 @@ def test_the_panels_life_without_segvols_packages(slicer_module, slicer_scene, m
     parameters.targetNames = "liver"
 
     # auto-update never opens a dialog: the status says what to do
-    widget._dependenciesReady = False
     widget.runSegmentation(interactive=False)
     assert widget.ui.statusLabel.text == dependencies.PRESS_SEGMENT and dialogs.shown == []
 
@@ -103,7 +102,7 @@ def test_the_panels_life_without_segvols_packages(slicer_module, slicer_scene, m
     ((kind, listed),) = dialogs.shown
     assert kind == "confirm" and "torch>=2.2" in listed and "monai" in listed
     assert widget.ui.statusLabel.text == dependencies.DECLINED
-    assert widget.ui.applyButton.enabled and not widget._installing
+    assert widget.ui.applyButton.enabled and not widget.installer.installing
 
     # Reload: the old widget's cleanup(), a new widget's setup() on the same (entered) panel
     widget.cleanup()
