@@ -257,10 +257,15 @@ def install_torch(version: str) -> None:
     computer), but in a subprocess whose output goes to the log and with every installed distribution pinned:
     PyTorchUtils' own installTorch runs pip through slicer.util, which handles Qt events while pip runs
     (only the GUI thread may) and passes no constraints."""
-    if importlib.util.find_spec("light_the_torch") is None:
+    if not light_the_torch_installed():
         run_python_module("pip", ["install", LIGHT_THE_TORCH])
     constraints = write_constraints(os.path.join(tempfile.gettempdir(), "SegVolSlicer-torch-constraints.txt"))
     run_python_module("light_the_torch", ["install", f"torch{version}", "-c", constraints])
+
+
+def light_the_torch_installed() -> bool:
+    """Whether light-the-torch is there (the PyTorch extension installs it too): then it is not installed again."""
+    return importlib.util.find_spec("light_the_torch") is not None
 
 
 def run_python_module(module: str, arguments: list) -> str:

@@ -91,7 +91,7 @@ class FakeSlicer:
             monkeypatch.setattr(slicer.util, name, lambda text, name=name, **kwargs: self.dialogs.append((name, text)))
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", self._confirm)
         monkeypatch.setattr(dependencies, "run_python_module", self._run)
-        monkeypatch.setattr(dependencies.importlib.util, "find_spec", lambda name: None)  # no light-the-torch yet
+        monkeypatch.setattr(dependencies, "light_the_torch_installed", lambda: False)
 
         class PyTorchUtilsLogic:
             @staticmethod
