@@ -10,7 +10,7 @@ cd "$slicer_git"
 {
   echo "# Python packages bundled with 3D Slicer $tag (Python 3.12.10): the pins of Slicer/Slicer's"
   echo "# SuperBuild/External_python-*.cmake at tag $tag ($(git rev-parse --short "$tag^{commit}")), hashes dropped."
-  echo "# Regenerate: tools/slicer_constraints.sh <tag>. Used by .ci/check-slicer-requirements."
+  echo "# Regenerate: tools/slicer_constraints.sh <tag>. Used by .ci/check-slicer-requirements and .ci/slicer-twin."
   for f in $(git ls-tree --name-only "$tag" SuperBuild/ | grep "External_python-"); do
     git show "$tag:$f" | { grep -oE "^\s*[A-Za-z0-9_.-]+==[0-9][^ ]*" || true; } | tr -d ' '
   done | sort -uf
