@@ -47,7 +47,7 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
     if nginx is None:
         raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light)")
     listen = free_port()
-    text = config.read_text()
+    text = config.read_text(encoding="utf-8")
     for address, port in zip(CONFIG_ADDRESSES, (*box_ports, listen)):
         text = text.replace(f"{address};", f"127.0.0.1:{port};")
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
     process = subprocess.Popen([nginx, "-p", str(folder), "-c", str(main), "-g", "daemon off;"])
     try:
         log = folder / "error.log"
-        wait_for_port(listen, lambda: process.poll() is None, 30, lambda: log.read_text() if log.exists() else "")
+        wait_for_port(listen, lambda: process.poll() is None, 30, lambda: log.read_text(encoding="utf-8") if log.exists() else "")
         yield listen
     finally:
         process.terminate()

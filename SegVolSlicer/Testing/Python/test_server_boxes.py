@@ -34,8 +34,8 @@ def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int
     command += ["--session-prefix", prefix]
     process = subprocess.Popen(command, stderr=log.open("w"), stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 180
-    while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text())):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+    while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text(encoding="utf-8"))):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")
         time.sleep(0.2)
     port = int(found.group(1))  # the model is loaded before the address is printed; uvicorn listens a moment later
     wait_for_port(port, lambda: process.poll() is None, deadline - time.monotonic(), log.read_text)

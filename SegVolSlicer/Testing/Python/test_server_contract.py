@@ -27,6 +27,6 @@ def test_schemathesis_finds_nothing_the_document_does_not_say(api_key):
         command = [st, "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", "all"]
         command += ["--seed", "1", "--max-examples", "20", "--workers", "1", "--no-color"]
         command += ["--header", f"Authorization: Bearer {api_key}"] if api_key else []
-        run = subprocess.run(command, capture_output=True, text=True, timeout=400)
+        run = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=400)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failures" not in run.stdout.rpartition("SUMMARY")[2]

@@ -22,7 +22,7 @@ from slicer_core_env import slicer_module  # noqa: F401  (fixture)
 MODULE_DIR = Path(__file__).resolve().parents[2]
 # The module file and every file of the Slicer wing: the files that can touch Qt, CTK and the application.
 PANEL_FILES = [MODULE_DIR / "SegVolSlicer.py", *sorted((MODULE_DIR / "SegVolSlicerLib" / "slicer").glob("*.py"))]
-SOURCE = "\n".join(path.read_text() for path in PANEL_FILES)
+SOURCE = "\n".join(path.read_text(encoding="utf-8") for path in PANEL_FILES)
 # slicer.util's functions that need the application (the stand-ins install them)
 APP_ONLY_UTIL = {"mainWindow", "errorDisplay", "infoDisplay", "confirmYesNoDisplay", "showStatusMessage", "loadUI"}
 APP_MODULES = {"qt", "ctk", "slicer.i18n", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
@@ -31,7 +31,7 @@ APP_MODULES = {"qt", "ctk", "slicer.i18n", "slicer.ScriptedLoadableModule", "sli
 def touches_the_application(path) -> bool:
     """Imports Qt/CTK/Slicer's application modules, or reads `self.ui`, `slicer.app`, `slicer.modules`, or
     slicer.util's dialogs and windows (code only: comments and docstrings do not count)."""
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import) and any(alias.name in APP_MODULES for alias in node.names):
             return True
         if isinstance(node, ast.ImportFrom) and node.module in APP_MODULES:

@@ -21,7 +21,7 @@ def test_module_imports_slicers_application_modules(slicer_module):  # noqa: F81
     from SegVolSlicerLib.slicer import results_section
 
     for path in (MODULE_DIR / "SegVolSlicer.py", *(MODULE_DIR / "SegVolSlicerLib" / "slicer").glob("*.py")):
-        assert "except ImportError" not in path.read_text(), path
+        assert "except ImportError" not in path.read_text(encoding="utf-8"), path
     assert slicer_module.qt is sys.modules["qt"] and results_section.ctk is sys.modules["ctk"]
     assert issubclass(slicer_module.SegVolSlicerTest, __import__("unittest").TestCase)
 
