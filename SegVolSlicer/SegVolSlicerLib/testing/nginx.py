@@ -68,7 +68,9 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
     process = subprocess.Popen([nginx, "-p", str(folder), "-c", str(main), "-g", "daemon off;"])
     try:
         log = folder / "error.log"
-        wait_for_port(listen, lambda: process.poll() is None, 30, lambda: log.read_text(encoding="utf-8") if log.exists() else "")
+        wait_for_port(
+            listen, lambda: process.poll() is None, 30, lambda: log.read_text(encoding="utf-8") if log.exists() else ""
+        )
         yield listen
     finally:
         process.terminate()
