@@ -211,9 +211,9 @@ def test_a_corrected_result_of_a_changed_volume_is_not_used(host, volume, phanto
     assert host.has_result(changed, "k") and not host.has_result(volume, "k")
 
 
-def test_another_model_drops_the_kept_results(volume, monkeypatch):
+def test_another_model_drops_the_kept_results(volume, stand_in_model):
     host = EngineHost(ModelChoice("a.pth", "cpu"))
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: CountingBandSegVol())
+    stand_in_model(per_load=lambda host: CountingBandSegVol())
     host.segment(volume, [TargetJob(pancreas(), "k")])
     host.select(ModelChoice("a.pth", "cpu"))
     assert host.has_result(volume, "k")

@@ -414,7 +414,7 @@ def test_logs_have_no_session_ids_and_a_disconnect_is_one_line(ct, caplog):
 # --- several devices ---
 
 
-def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, monkeypatch):
+def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, monkeypatch, stand_in_model):
     """`segvol serve --device cpu --device cpu`: one model per device, the sessions spread over them, and the
     two jobs overlap in time (each model waits at a barrier for the other: one model for both, or one worker
     for both, breaks the barrier); every result equals in-process bit for bit."""
@@ -443,7 +443,7 @@ def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, m
             started.append(self)
 
     monkeypatch.setattr(uvicorn, "Server", RecordedServer)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: models.setdefault(id(self), Meeting()))
+    stand_in_model(per_load=lambda host: models.setdefault(id(host), Meeting()))
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     argv = ["serve", "--port", str(port), "--device", "cpu", "--device", "cpu"]
@@ -481,11 +481,11 @@ def test_a_volume_beyond_the_whole_budget_is_one_sentence_for_the_client(ct):
         assert server.sessions == {}
 
 
-def test_cuda_all_without_a_gpu_is_one_clear_error(monkeypatch, capsys):
+def test_cuda_all_without_a_gpu_is_one_clear_error(monkeypatch, capsys, stand_in_model):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+    stand_in_model(None)
     assert cli.main(["serve", "--device", "cuda:all", "--port", "0"]) == 2
     assert "--device cuda:all: no CUDA GPU is usable here" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
