@@ -169,31 +169,6 @@ def check_stroke_prompts():
         _check(len(along) > 2 and np.all(gaps <= STROKE_SPACING_MM + 1e-6), f"{role}: clicks {gaps} mm apart")
 
 
-def check_prompts_in_model_space():
-    """Markups reach the zoom-out grid (32x256x256 after crop and resize) and map back to the same voxels."""
-    from ..inference.model_space import ModelSpace
-    from ..inference.preprocess import prepare_volume
-
-    for label, ijk_to_ras in geometries().items():
-        volume = make_volume(ijk_to_ras, label)
-        voxels, matrix = bridge.read_volume(volume)
-        space = ModelSpace(prepare_volume(voxels, matrix))
-        ijk = np.array([[12.0, 10.0, 6.0], [8.0, 12.5, 5.0]])  # inside the body crop
-        points = bridge.read_points([_add_points("clicks", ijk_to_ras_points(ijk_to_ras, ijk))], matrix)
-        _check(np.all(space.contains_crop(space.ijk_to_crop(points.ijk))), f"{label}: clicks outside the crop")
-        zoom_out = space.ijk_to_zoom_out(points.ijk)
-        _check(
-            np.all(zoom_out > -0.5) and np.all(zoom_out < np.array([32, 256, 256]) - 0.5),
-            f"{label}: clicks left the zoom-out grid: {zoom_out}",
-        )
-        _check(np.allclose(space.zoom_out_to_ijk(zoom_out), ijk, atol=1e-6), f"{label}: zoom-out -> IJK round trip")
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-        box = Box((2, 3, 1), (17, 12, 9))
-        set_roi_to_box(roi, box, ijk_to_ras)
-        corners = space.ijk_to_crop(bridge.read_box(roi, matrix).corners_ijk())
-        _check(np.allclose(space.crop_to_ijk(corners), box.corners_ijk()), f"{label}: box corners round trip")
-
-
 def check_roi_prompt():
     """An ROI maps to the voxel box it covers: aligned round trip, rotated ROI, ROI under a transform."""
     box = Box((2, 3, 1), (17, 12, 9))
@@ -639,4 +614,3 @@ BRIDGE_CHECKS = (
     check_campaign,
 )
 LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
-ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)
