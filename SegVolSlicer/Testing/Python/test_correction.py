@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
+from fake_segvol import LEFT_IJK, PANCREAS_CENTRE_IJK, RIGHT_IJK, BandSegVol, CountingBandSegVol, ball, pancreas
 from recording_reporter import RecordingReporter
 from test_server import in_process
 
@@ -24,14 +24,7 @@ from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
-PANCREAS_CENTRE_IJK = (160.0, 48.0, 20.0)  # (i, j, k): the pancreas runs along I through two zoom-in windows
-LEFT_IJK, RIGHT_IJK = (40.0, 48.0, 20.0), (290.0, 48.0, 20.0)  # each in one window only
 ABOVE_ROI_IJK = (160.0, 48.0, 2.0)  # on the body, above the pancreas's zoom-in region
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return layout_ct()
 
 
 @pytest.fixture
@@ -42,18 +35,6 @@ def model():
 @pytest.fixture
 def session(phantom, model):
     return SegVolSession(model, phantom.volume, phantom.ijk_to_ras)
-
-
-def pancreas(*clicks, labels=None, **prompts):
-    labels = [0] * len(clicks) if labels is None else labels
-    points = Points(np.asarray(clicks, dtype=np.float64), labels) if clicks else None
-    return Target("pancreas", text="pancreas", points=points, **prompts)
-
-
-def ball(shape, centre_ijk, radius):
-    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij", sparse=True)
-    ci, cj, ck = centre_ijk
-    return (k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= radius**2
 
 
 def outside(changed, shape):
@@ -299,3 +280,4 @@ def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_p
     near = carved(phantom)
     assert whole[near].all() and not corrected[near].any()
     assert cli.main([*argv, "-o", str(out)]) == 2 and "--name" in capsys.readouterr().err
+

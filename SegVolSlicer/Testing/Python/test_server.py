@@ -15,6 +15,7 @@ import uvicorn
 from fake_segvol import FakeSegVol
 from fastapi.testclient import TestClient
 from recording_reporter import RecordingReporter
+from test_cli import organ_centre_ijk
 
 from SegVolSlicerLib import cli, wire
 from SegVolSlicerLib.client import (
@@ -37,10 +38,6 @@ URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there
 @pytest.fixture(scope="module")
 def ct():
     return make_synthetic_ct()
-
-
-def organ_centre_ijk(ct, label):
-    return np.argwhere(ct.labels == label).mean(0)[::-1]
 
 
 @contextlib.contextmanager
