@@ -281,3 +281,22 @@ def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_p
     assert whole[near].all() and not corrected[near].any()
     assert cli.main([*argv, "-o", str(out)]) == 2 and "--name" in capsys.readouterr().err
 
+
+def test_cli_from_mask_with_only_negative_clicks_and_an_unknown_name_corrects_the_segment(
+    phantom, tmp_path, stand_in_model, capsys
+):
+    """The mistake: `--from-mask M --name NAME --negative-points ...` for a name SegVol does not know refused
+    with "no usable prompt" (no text, no box, no positive click), although the engine keeps the mask's box
+    for a correction that gives none."""
+    stand_in_model(per_load=lambda host: CountingBandSegVol())
+    write_ct(phantom, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    argv = ["segment", str(tmp_path / "ct.nii.gz"), "--from-mask", str(tmp_path / "labels.nii.gz"), "--name", "my blob"]
+    assert cli.main([*argv, "-o", str(out)]) == 0
+    whole = read_volume(out).array
+    click = ["--negative-point-ijk", *map(str, PANCREAS_CENTRE_IJK)]
+    assert cli.main([*argv, *click, "-o", str(out)]) == 0, capsys.readouterr().err
+    corrected = read_volume(out).array
+    assert "zoom-in window(s)" in capsys.readouterr().out
+    near = carved(phantom)
+    assert whole[near].all() and not corrected[near].any()
