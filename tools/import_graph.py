@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("model", "weights")),
     ("inference", ("inference",)),
     ("engine", ("engine",)),
-    ("imageio", ("imageio", "dicom_series", "preview", "testing")),  # files in, segmentations out
+    ("imageio", ("imageio", "markups", "dicom_series", "preview", "testing")),  # files in, segmentations out
     ("clinical", ("clinical", "evaluation")),  # DICOM SEG, statistics, confidence, the result files
     ("datasets", ("datasets", "campaign")),  # whole datasets; annotation campaigns over them
     ("faces", ("cli", "server", "client", "slicer", "SegVolSlicer")),

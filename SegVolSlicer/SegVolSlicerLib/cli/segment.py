@@ -205,7 +205,7 @@ def _check_before_reading(args, output: Path, stats: Path | None) -> None:
 def _clicks(args, volume):
     import numpy as np
 
-    from ..imageio import points_from_files
+    from ..markups import points_from_files
     from ..prompts import Points
 
     clicks = []
@@ -226,7 +226,7 @@ def _targets(args, volume):
     """The run's targets; says before the model runs what of the prompts it will not use as given."""
     import numpy as np
 
-    from ..imageio import read_roi_corners
+    from ..markups import read_roi_corners
     from ..prompts import NEGATIVE, Box, plan_targets
 
     points = _clicks(args, volume)

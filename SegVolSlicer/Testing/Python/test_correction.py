@@ -16,11 +16,12 @@ from test_server import in_process
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
-from SegVolSlicerLib.imageio import read_clicks, read_volume
+from SegVolSlicerLib.imageio import read_volume
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.inference.label_prompts import PromptMode, label_prompts
 from SegVolSlicerLib.inference.point_sampling import make_generator
 from SegVolSlicerLib.inference.windows import WindowPlan
+from SegVolSlicerLib.markups import read_clicks
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
