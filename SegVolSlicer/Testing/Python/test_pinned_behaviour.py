@@ -21,7 +21,7 @@ from SegVolSlicerLib import cli, imageio, markups
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import NEGATIVE, POSITIVE, Points, Target
-from SegVolSlicerLib.slicer import bridge, checks
+from SegVolSlicerLib.slicer import bridge, checks, segments
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 
@@ -123,8 +123,8 @@ def test_writing_honours_the_segmentations_parent_transform(slicer_scene):  # no
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(moved))
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
-    writer = bridge.SegmentWriter(segmentation, volume)
-    (segment_id,) = writer.write([(bridge.spec_for_text("liver"), mask)])
+    writer = segments.SegmentWriter(segmentation, volume)
+    (segment_id,) = writer.write([(segments.spec_for_text("liver"), mask)])
     writer.close()
     labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(segment_id)
     local = vtk.vtkMatrix4x4()
