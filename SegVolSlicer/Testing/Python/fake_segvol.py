@@ -209,6 +209,11 @@ def ball(shape, centre_ijk, radius):
     return (k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= radius**2
 
 
+def carved_by(phantom, centre_ijk=PANCREAS_CENTRE_IJK):
+    """The pancreas voxels a negative click at `centre_ijk` carves (BandSegVol's ball, a voxel inside)."""
+    return ball(phantom.labels.shape, centre_ijk, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
+
+
 class FullGpuSegVol(FakeSegVol):
     """On a GPU that has no room: every encoder pass off the CPU runs out of memory."""
 

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fake_segvol import LEFT_IJK, PANCREAS_CENTRE_IJK, RIGHT_IJK, BandSegVol, CountingBandSegVol, ball, pancreas
+from fake_segvol import (
+    LEFT_IJK,
+    PANCREAS_CENTRE_IJK,
+    RIGHT_IJK,
+    CountingBandSegVol,
+    carved_by,
+    pancreas,
+)
 from recording_reporter import RecordingReporter
 from test_server import in_process
 
@@ -44,16 +51,11 @@ def outside(changed, shape):
     return keep
 
 
-def carved(phantom):
-    """The pancreas voxels a negative click at its centre carves (the stand-in's ball, a voxel inside)."""
-    return ball(phantom.labels.shape, PANCREAS_CENTRE_IJK, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
-
-
 def test_a_negative_click_removes_its_ball_with_refine_but_not_with_the_official_pipeline(session, phantom):
     """Guards the user's clicks reaching the full-resolution windows: the official zoom-in prompts its
     windows from the coarse mask only, so there the negative click leaves the structure in place."""
     first = session.segment(pancreas())
-    near = carved(phantom)
+    near = carved_by(phantom)
     assert first.mask[near].all() and first.windows == 2
 
     fixed = session.refine(first, pancreas(PANCREAS_CENTRE_IJK))
@@ -278,7 +280,7 @@ def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_p
     assert cli.main([*argv, "--name", "pancreas", *click, "-o", str(out)]) == 0
     corrected = read_volume(out).array
     assert "1 zoom-in window(s)" in capsys.readouterr().out
-    near = carved(phantom)
+    near = carved_by(phantom)
     assert whole[near].all() and not corrected[near].any()
     assert cli.main([*argv, "-o", str(out)]) == 2 and "--name" in capsys.readouterr().err
 
@@ -299,5 +301,5 @@ def test_cli_from_mask_with_only_negative_clicks_and_an_unknown_name_corrects_th
     assert cli.main([*argv, *click, "-o", str(out)]) == 0, capsys.readouterr().err
     corrected = read_volume(out).array
     assert "zoom-in window(s)" in capsys.readouterr().out
-    near = carved(phantom)
+    near = carved_by(phantom)
     assert whole[near].all() and not corrected[near].any()

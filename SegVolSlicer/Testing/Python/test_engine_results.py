@@ -6,7 +6,7 @@ import inspect
 
 import numpy as np
 import pytest
-from fake_segvol import LEFT_IJK, RIGHT_IJK, BandSegVol, CountingBandSegVol, ball, pancreas
+from fake_segvol import LEFT_IJK, RIGHT_IJK, CountingBandSegVol, ball, carved_by, pancreas
 from fake_segvol import PANCREAS_CENTRE_IJK as CENTRE_IJK
 
 from SegVolSlicerLib.engine import Engine, EngineHost, ModelChoice, SessionOptions, TargetJob, VolumeInput
@@ -30,11 +30,6 @@ def host(model):
 @pytest.fixture
 def volume(phantom):
     return VolumeInput("ct", phantom.volume, phantom.ijk_to_ras, signature=1)
-
-
-def carved_by(phantom, centre_ijk):
-    """The pancreas voxels a negative click carves (the stand-in's ball, a voxel inside)."""
-    return ball(phantom.labels.shape, centre_ijk, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
 
 
 def outside(changed, shape):
