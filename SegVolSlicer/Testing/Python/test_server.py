@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import uvicorn
+from cli_helpers import segvol_serve_in_thread
 from fake_segvol import FakeSegVol
 from fastapi.testclient import TestClient
 from recording_reporter import RecordingReporter
@@ -438,23 +438,10 @@ print('ok')
 
 def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch, stand_in_model):
     """The command as users start it (in a thread; the stand-in as its model): key, session limit, timeout."""
-    started = []
-
-    class RecordedServer(uvicorn.Server):
-        def __init__(self, config):
-            super().__init__(config)
-            started.append(self)
-
-    monkeypatch.setattr(uvicorn, "Server", RecordedServer)
     stand_in_model(FakeSegVol())
     monkeypatch.setenv("SEGVOL_API_KEY", "from-the-environment")  # the key file wins
     (tmp_path / "key").write_text("k3y\n")
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
     argv = [
-        "serve",
-        "--port",
-        str(port),
         "--api-key-file",
         str(tmp_path / "key"),
         "--max-sessions",
@@ -464,14 +451,7 @@ def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch, stand_in_mo
         "--device",
         "cpu",
     ]
-    thread = threading.Thread(target=cli.main, args=(argv,), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not (started and started[0].started):
-            assert time.monotonic() < deadline and thread.is_alive(), "segvol serve did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{port}"
+    with segvol_serve_in_thread(argv, monkeypatch) as url:
         with pytest.raises(AccessRefused):
             SegVolClient(url, "from-the-environment").info()
         with SegVolClient(url, "k3y") as client:
@@ -482,11 +462,6 @@ def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch, stand_in_mo
                 assert session.segment(Target("liver", text="liver"), zoom_in=False).mask.any()
                 with pytest.raises(ServerBusy, match="try again in 30 s"):
                     client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras)
-    finally:
-        if started:
-            started[0].should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_segvol_serve_on_a_port_in_use_is_one_clear_error(stand_in_model, capsys):
