@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .engine import EngineHost, VolumeInput
-from .imageio import atomic_output, write_mask
+from .files import atomic_output
+from .imageio import write_mask
 from .inference.label_prompts import PromptMode, label_prompts
 from .reporting import NO_REPORT, Reporter
 from .vocabulary import resolve_name, unknown_name_warning

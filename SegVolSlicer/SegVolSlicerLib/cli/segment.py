@@ -205,7 +205,7 @@ def _check_before_reading(args, output: Path, stats: Path | None) -> None:
 def _clicks(args, volume):
     import numpy as np
 
-    from ..imageio import points_from_files
+    from ..markups import points_from_files
     from ..prompts import Points
 
     clicks = []
@@ -226,7 +226,7 @@ def _targets(args, volume):
     """The run's targets; says before the model runs what of the prompts it will not use as given."""
     import numpy as np
 
-    from ..imageio import read_roi_corners
+    from ..markups import read_roi_corners
     from ..prompts import NEGATIVE, Box, plan_targets
 
     points = _clicks(args, volume)
@@ -280,14 +280,16 @@ def _check_from_mask_args(args) -> None:
 def _refine_mask(host, where, mask, name, points, reporter):
     """The mask's segment from its evaluation-protocol prompts, then corrected around the clicks (if any)."""
     from ..engine import TargetJob
-    from ..prompts import Target
+    from ..prompts import Box, Target
 
     job = TargetJob(Target(name, text=name), result_key=name)  # the engine keeps it for the clicks
     result = host.segment_from_mask(where, job, mask, reporter)
     if points is None:
         return result
-    # No box of their own: the clicks correct locally within the mask's box, which the engine keeps.
-    clicks = TargetJob(Target(name, result.text, points), result_key=name, correct=True)
+    # No box of their own: the clicks correct locally within the mask's box, which the engine keeps. Negative
+    # clicks for a name SegVol does not know (no text) say what to segment only with that box, so they carry it.
+    box = Box.around_mask(mask) if result.text is None and not points.has_positive else None
+    clicks = TargetJob(Target(name, result.text, points, box), result_key=name, correct=True)
     return host.segment(where, [clicks], reporter=reporter)[0]
 
 

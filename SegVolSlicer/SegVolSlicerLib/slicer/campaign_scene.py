@@ -14,7 +14,7 @@ import vtk
 from .. import terminology
 from ..campaign.records import CORRECTION, FROM_MASK, OFFICIAL
 from ..clinical.confidence import MEAN_TAG, UNCERTAIN_TAG, result_confidence
-from . import bridge
+from . import segments
 
 if TYPE_CHECKING:  # SimpleITK is imported on first use (Slicer loads the module before installing it)
     from ..imageio import Segment
@@ -30,7 +30,7 @@ def segment_tags(segment: Segment) -> dict[str, str]:
 def show_case(scene, case_id: str, loaded):
     """The case's CT as a volume node and its existing result as a segmentation node: (volume, segmentation)."""
     volume = slicer.util.addVolumeFromArray(loaded.volume.array, loaded.volume.ijk_to_ras, case_id)
-    segmentation = bridge.create_segmentation_node(volume)
+    segmentation = segments.create_segmentation_node(volume)
     for segment in loaded.segments:
         segment_id = segmentation.GetSegmentation().AddEmptySegment("", segment.name, list(segment.colour))
         added = segmentation.GetSegmentation().GetSegment(segment_id)

@@ -20,7 +20,7 @@ from .. import terminology
 from ..errors import InputError
 from ..geometry import ModelAxes, ijk_to_ras_points, ras_to_ijk_points
 from ..prompts import STROKE_SPACING_MM, Box
-from . import bridge
+from . import bridge, segments
 
 SHAPE_KJI = (12, 20, 24)
 
@@ -169,31 +169,6 @@ def check_stroke_prompts():
         _check(len(along) > 2 and np.all(gaps <= STROKE_SPACING_MM + 1e-6), f"{role}: clicks {gaps} mm apart")
 
 
-def check_prompts_in_model_space():
-    """Markups reach the zoom-out grid (32x256x256 after crop and resize) and map back to the same voxels."""
-    from ..inference.model_space import ModelSpace
-    from ..inference.preprocess import prepare_volume
-
-    for label, ijk_to_ras in geometries().items():
-        volume = make_volume(ijk_to_ras, label)
-        voxels, matrix = bridge.read_volume(volume)
-        space = ModelSpace(prepare_volume(voxels, matrix))
-        ijk = np.array([[12.0, 10.0, 6.0], [8.0, 12.5, 5.0]])  # inside the body crop
-        points = bridge.read_points([_add_points("clicks", ijk_to_ras_points(ijk_to_ras, ijk))], matrix)
-        _check(np.all(space.contains_crop(space.ijk_to_crop(points.ijk))), f"{label}: clicks outside the crop")
-        zoom_out = space.ijk_to_zoom_out(points.ijk)
-        _check(
-            np.all(zoom_out > -0.5) and np.all(zoom_out < np.array([32, 256, 256]) - 0.5),
-            f"{label}: clicks left the zoom-out grid: {zoom_out}",
-        )
-        _check(np.allclose(space.zoom_out_to_ijk(zoom_out), ijk, atol=1e-6), f"{label}: zoom-out -> IJK round trip")
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-        box = Box((2, 3, 1), (17, 12, 9))
-        set_roi_to_box(roi, box, ijk_to_ras)
-        corners = space.ijk_to_crop(bridge.read_box(roi, matrix).corners_ijk())
-        _check(np.allclose(space.crop_to_ijk(corners), box.corners_ijk()), f"{label}: box corners round trip")
-
-
 def check_roi_prompt():
     """An ROI maps to the voxel box it covers: aligned round trip, rotated ROI, ROI under a transform."""
     box = Box((2, 3, 1), (17, 12, 9))
@@ -258,10 +233,10 @@ def check_mask_to_segment():
     """A mask becomes a named, coloured, coded segment on the volume grid; other segments stay bit-identical."""
     for label, ijk_to_ras in geometries().items():
         volume, segmentation, manual, shape = _volume_with_manual_segments(ijk_to_ras, label)
-        writer = bridge.SegmentWriter(segmentation, volume)
+        writer = segments.SegmentWriter(segmentation, volume)
         liver, spleen = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (5, 0, 10), (12, 9, 24))
         liver_id, spleen_id = writer.write(
-            [(bridge.spec_for_text("Liver"), liver), (bridge.spec_for_text("spleen"), spleen)]
+            [(segments.spec_for_text("Liver"), liver), (segments.spec_for_text("spleen"), spleen)]
         )
         _check(np.array_equal(_segment_array(segmentation, liver_id, volume), liver), f"{label}: liver voxels")
         stored = slicer.vtkOrientedImageData()
@@ -295,22 +270,22 @@ def check_mask_to_segment():
 def check_rerun_updates_in_place():
     """Re-running a text target replaces its segment's voxels; refining targets the chosen segment."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
-    writer = bridge.SegmentWriter(segmentation, volume)
+    writer = segments.SegmentWriter(segmentation, volume)
     first, second = _blob(shape, (2, 4, 4), (8, 12, 14)), _blob(shape, (6, 1, 2), (11, 7, 9))
-    (segment_id,) = writer.write([(bridge.spec_for_text("kidney left"), first)])
+    (segment_id,) = writer.write([(segments.spec_for_text("kidney left"), first)])
     count = segmentation.GetSegmentation().GetNumberOfSegments()
-    (again,) = writer.write([(bridge.spec_for_text("left kidney"), second)])
+    (again,) = writer.write([(segments.spec_for_text("left kidney"), second)])
     _check(again == segment_id, "re-run created a new segment")
     _check(segmentation.GetSegmentation().GetNumberOfSegments() == count, "segment count changed")
     _check(np.array_equal(_segment_array(segmentation, segment_id, volume), second), "re-run did not replace")
     manual_id = next(iter(manual))
-    (refined,) = writer.write([(bridge.spec_for_segment(segmentation, manual_id), first)])
+    (refined,) = writer.write([(segments.spec_for_segment(segmentation, manual_id), first)])
     _check(refined == manual_id, "refine wrote elsewhere")
     _check(np.array_equal(_segment_array(segmentation, manual_id, volume), first), "refine did not replace")
-    new_spec = bridge.spec_for_new_segment(segmentation)
+    new_spec = segments.spec_for_new_segment(segmentation)
     _check(new_spec.name == "SegVol 1", f"first default name {new_spec.name}")
     writer.write([(new_spec, second)])
-    _check(bridge.spec_for_new_segment(segmentation).name == "SegVol 2", "default names do not count up")
+    _check(segments.spec_for_new_segment(segmentation).name == "SegVol 2", "default names do not count up")
     writer.close()
 
 
@@ -319,10 +294,10 @@ def check_undo_steps():
     volume = make_volume(lps_flipped_ijk_to_ras())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     shape = slicer.util.arrayFromVolume(volume).shape
-    writer = bridge.SegmentWriter(segmentation, volume)
+    writer = segments.SegmentWriter(segmentation, volume)
     masks = [_blob(shape, (1, 1, 1), (4 + n, 6, 6)) for n in range(3)]
-    (segment_id,) = writer.write([(bridge.spec_for_text("aorta"), masks[0])])
-    writer.write([(bridge.spec_for_text("aorta"), masks[1])])
+    (segment_id,) = writer.write([(segments.spec_for_text("aorta"), masks[0])])
+    writer.write([(segments.spec_for_text("aorta"), masks[1])])
     writer._save_state()  # a manual edit, as the Segment Editor records it
     slicer.util.updateSegmentBinaryLabelmapFromArray(masks[2], segmentation, segment_id, volume)
     states = [_segment_array(segmentation, segment_id, volume)]
@@ -342,9 +317,9 @@ def check_overwrite_settings():
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
     editor_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor_node.SetOverwriteMode(editor_node.OverwriteAllSegments)
-    writer = bridge.SegmentWriter(segmentation, volume, editor_node=editor_node)
+    writer = segments.SegmentWriter(segmentation, volume, editor_node=editor_node)
     mask = _blob(shape, (2, 4, 4), (8, 12, 14))
-    (segment_id,) = writer.write([(bridge.spec_for_text("stomach"), mask)])
+    (segment_id,) = writer.write([(segments.spec_for_text("stomach"), mask)])
     for other, before in manual.items():
         after = _segment_array(segmentation, other, volume)
         _check(np.array_equal(after, before * (1 - mask)), f"overwrite-all did not carve {other}")
@@ -352,7 +327,7 @@ def check_overwrite_settings():
     editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
     before = {sid: _segment_array(segmentation, sid, volume) for sid in manual}
     bigger = _blob(shape, (0, 0, 0), (12, 20, 24))
-    writer.write([(bridge.spec_for_text("stomach"), bigger)])
+    writer.write([(segments.spec_for_text("stomach"), bigger)])
     outside = 1 - np.maximum.reduce(list(before.values()))
     _check(
         np.array_equal(_segment_array(segmentation, segment_id, volume), outside),
@@ -388,15 +363,15 @@ def check_surface_segmentations():
     surfaces = _surface_segmentation(volume)
     # Counted, not expected to be 0: the Segment Editor's own node is a singleton that scene.Clear() keeps.
     editor_nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems()
-    _expect_input_error(lambda: bridge.SegmentWriter(surfaces, volume), "Binary labelmap")
+    _expect_input_error(lambda: segments.SegmentWriter(surfaces, volume), "Binary labelmap")
     _check(
         slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentEditorNode").GetNumberOfItems() == editor_nodes,
         "a refused writer left its editor node in the scene",
     )
     empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty surfaces")
     empty.GetSegmentation().SetSourceRepresentationName("Closed surface")
-    writer = bridge.SegmentWriter(empty, volume)
-    (segment_id,) = writer.write([(bridge.spec_for_text("liver"), mask)])
+    writer = segments.SegmentWriter(empty, volume)
+    (segment_id,) = writer.write([(segments.spec_for_text("liver"), mask)])
     writer.close()
     _check(np.array_equal(_segment_array(empty, segment_id, volume), mask), "the result was not stored as voxels")
 
@@ -404,11 +379,11 @@ def check_surface_segmentations():
 def check_seg_nrrd_roundtrip(folder=None):
     """Written segments survive .seg.nrrd save and load: voxels, names, colours, terminology, target tags."""
     volume, segmentation, manual, shape = _volume_with_manual_segments(oblique_lps_ijk_to_ras())
-    writer = bridge.SegmentWriter(segmentation, volume)
+    writer = segments.SegmentWriter(segmentation, volume)
     written = writer.write(
         [
-            (bridge.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
-            (bridge.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3))),
+            (segments.spec_for_text("postcava"), _blob(shape, (2, 4, 4), (8, 12, 14))),
+            (segments.spec_for_new_segment(segmentation), _blob(shape, (0, 0, 0), (3, 3, 3))),
         ]
     )
     writer.close()
@@ -422,7 +397,7 @@ def check_seg_nrrd_roundtrip(folder=None):
         _check(copy is not None, f"segment {segment_id} lost")
         _check(copy.GetName() == original.GetName(), f"name {copy.GetName()}")
         _check(np.allclose(copy.GetColor(), original.GetColor(), atol=1e-6), f"colour of {copy.GetName()}")
-        for tag in (terminology.TERMINOLOGY_ENTRY_TAG, bridge.TARGET_TAG):
+        for tag in (terminology.TERMINOLOGY_ENTRY_TAG, segments.TARGET_TAG):
             a, b = vtk.reference(""), vtk.reference("")
             original.GetTag(tag, a)
             copy.GetTag(tag, b)
@@ -434,7 +409,7 @@ def check_seg_nrrd_roundtrip(folder=None):
             f"voxels of {copy.GetName()}",
         )
     target = vtk.reference("")
-    loaded.GetSegmentation().GetSegment(written[0]).GetTag(bridge.TARGET_TAG, target)
+    loaded.GetSegmentation().GetSegment(written[0]).GetTag(segments.TARGET_TAG, target)
     _check(target.get() == "inferior vena cava", "target tag lost")
 
 
@@ -639,4 +614,3 @@ BRIDGE_CHECKS = (
     check_campaign,
 )
 LOGIC_CHECKS = (check_logic_refuses_unusable_input, check_logic_writes_where_it_read)  # take the module's logic
-ENGINE_CHECKS = (check_prompts_in_model_space,)  # need SegVol's Python packages (torch, MONAI)

@@ -18,7 +18,8 @@ from ..clinical.confidence import result_confidence
 from ..clinical.statistics import SegmentStatistics, segment_statistics
 from ..errors import InputError
 from ..terminology import TERMINOLOGY_ENTRY_TAG, Code
-from .bridge import MADE_BY_TAG, MADE_SEMIAUTOMATICALLY, TARGET_TAG, world_ijk_to_ras
+from .bridge import world_ijk_to_ras
+from .segments import MADE_BY_TAG, MADE_SEMIAUTOMATICALLY, TARGET_TAG
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM volume plugin on the volumes it loads
 SLICER_ROUTE = (

@@ -44,6 +44,14 @@ def space(ct):
     return ModelSpace(prepare_volume(ct.volume, ct.ijk_to_ras))
 
 
+@pytest.fixture(scope="module")
+def phantom():
+    """The layout phantom (fake_segvol.layout_ct): organs placed so that the stand-in reaches every zoom-in branch."""
+    from fake_segvol import layout_ct
+
+    return layout_ct()
+
+
 @pytest.fixture
 def stand_in_model(monkeypatch):
     """Every EngineHost of the test runs a stand-in network (fake_segvol's) instead of loading weights:

@@ -183,6 +183,37 @@ def layout_ct():
     )
 
 
+# Places in the layout phantom, (i, j, k): the pancreas runs along I through two zoom-in windows; LEFT/RIGHT each
+# lie in one window only.
+PANCREAS_CENTRE_IJK = (160.0, 48.0, 20.0)
+LEFT_IJK, RIGHT_IJK = (40.0, 48.0, 20.0), (290.0, 48.0, 20.0)
+
+
+def pancreas(*clicks, labels=None, **prompts):
+    """The layout phantom's pancreas as a Target: its text, and `clicks` (negative unless `labels` say)."""
+    import numpy as np
+
+    from SegVolSlicerLib.prompts import Points, Target
+
+    labels = [0] * len(clicks) if labels is None else labels
+    points = Points(np.asarray(clicks, dtype=np.float64), labels) if clicks else None
+    return Target("pancreas", text="pancreas", points=points, **prompts)
+
+
+def ball(shape, centre_ijk, radius):
+    """The voxels (K,J,I) within `radius` of `centre_ijk`."""
+    import numpy as np
+
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij", sparse=True)
+    ci, cj, ck = centre_ijk
+    return (k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= radius**2
+
+
+def carved_by(phantom, centre_ijk=PANCREAS_CENTRE_IJK):
+    """The pancreas voxels a negative click at `centre_ijk` carves (BandSegVol's ball, a voxel inside)."""
+    return ball(phantom.labels.shape, centre_ijk, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
+
+
 class FullGpuSegVol(FakeSegVol):
     """On a GPU that has no room: every encoder pass off the CPU runs out of memory."""
 

@@ -341,12 +341,11 @@ def test_the_nnunet_check_names_each_broken_rule(ct_folder, host, tmp_path):
 
 
 @pytest.fixture
-def fake_weights(tmp_path, monkeypatch):
+def fake_weights(tmp_path, stand_in_model):
     """A weights file to hash (the job's fingerprint); the stand-in model runs."""
     path = tmp_path / "SegVol_v1.pth"
     torch.save({"stand-in": torch.zeros(1)}, path)
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+    stand_in_model(FakeSegVol())
     return path
 
 

@@ -11,7 +11,6 @@ from cli_helpers import run_cli, segvol_command, segvol_env
 from fake_segvol import FakeSegVol, FullGpuSegVol
 
 from SegVolSlicerLib import cli
-from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.geometry import ijk_to_ras_points, ras_to_lps_points
 from SegVolSlicerLib.imageio import read_volume
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
@@ -25,10 +24,8 @@ def ct_files(ct, tmp_path_factory):
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
-    return model
+def fake_model(stand_in_model):
+    return stand_in_model(FakeSegVol())
 
 
 def organ_centre_ijk(ct, label):
@@ -360,10 +357,10 @@ BAD_SEGMENT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_SEGMENT_CASES))
-def test_bad_input_is_one_clear_line_and_no_output(case, bad_inputs, ct_files, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_clear_line_and_no_output(case, bad_inputs, ct_files, tmp_path, capsys, stand_in_model):
     argv, message = BAD_SEGMENT_CASES[case]
     if case != "bad checkpoint":
-        monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: FakeSegVol())
+        stand_in_model(FakeSegVol())
     names = {**bad_inputs, "image": ct_files[0], "tmp": tmp_path}
     argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
     if "-o" not in argv:
@@ -377,11 +374,8 @@ def test_bad_input_is_one_clear_line_and_no_output(case, bad_inputs, ct_files, t
 
 
 @pytest.mark.parametrize("case", ["constant volume", "NaN voxels", "2-D image", "point outside"])
-def test_bad_volume_fails_before_the_model_loads(case, bad_inputs, ct_files, tmp_path, capsys, monkeypatch):
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded")  # seconds (a 724 MB checkpoint) before the error
-
-    monkeypatch.setattr(EngineHost, "model", load_model)
+def test_bad_volume_fails_before_the_model_loads(case, bad_inputs, ct_files, tmp_path, capsys, stand_in_model):
+    stand_in_model(None)  # loading takes seconds (a 724 MB checkpoint) before the error
     argv, message = BAD_SEGMENT_CASES[case]
     names = {**bad_inputs, "image": ct_files[0], "tmp": tmp_path}
     argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv] + ["-o", str(tmp_path / "out.seg.nrrd")]
@@ -521,11 +515,8 @@ def test_a_full_gpu_falls_back_to_the_cpu_as_in_slicer(ct_files, tmp_path, capsy
 
 
 @pytest.fixture
-def model_must_not_run(monkeypatch):
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded")  # a refusal must come before the model runs
-
-    monkeypatch.setattr(EngineHost, "model", load_model)
+def model_must_not_run(stand_in_model):
+    stand_in_model(None)  # a refusal must come before the model runs
 
 
 def bytes_of(paths):

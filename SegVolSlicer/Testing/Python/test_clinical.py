@@ -43,11 +43,6 @@ def series(tmp_path_factory) -> Path:
     return folder
 
 
-def use_model(monkeypatch, model):
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
-    return model
-
-
 def raw_series(folder: Path) -> list[pydicom.Dataset]:
     """The source slices in the order of their position along the slice normal (independently of ITK)."""
     datasets = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
@@ -68,10 +63,10 @@ def masks_by_highdicom(path: Path, folder: Path, fractional: bool = False) -> np
     )
 
 
-def test_dicom_seg_has_the_seg_nrrd_masks_for_highdicom_and_dcmqi(series, tmp_path, monkeypatch, capsys):
+def test_dicom_seg_has_the_seg_nrrd_masks_for_highdicom_and_dcmqi(series, tmp_path, stand_in_model, capsys):
     """Guards: frames matched to the wrong slices (file or position order), rows/columns swapped, segments
     mixed up; the SEG's geometry must place each frame where dcmqi (ITK) puts the CT's slice."""
-    use_model(monkeypatch, FakeSegVol())
+    stand_in_model(FakeSegVol())
     texts = [arg for text in TEXTS for arg in ("--text", text)]
     assert run_cli(["segment", series, *texts, "-o", tmp_path / "r.seg.nrrd"], capsys)[0] == 0
     code, out, err = run_cli(["segment", series, *texts, "-o", tmp_path / "r.dcm"], capsys)
@@ -98,13 +93,13 @@ def raw_hu(folder: Path) -> np.ndarray:
     return np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in raw_series(folder)])
 
 
-def test_dicom_seg_references_codes_and_algorithm(series, tmp_path, monkeypatch, capsys):
+def test_dicom_seg_references_codes_and_algorithm(series, tmp_path, stand_in_model, capsys):
     """Guards: a SEG that does not reference its CT (study, series, frame of reference, instances), loses the
     per-frame positions, the anatomy codes or the algorithm identification (AUTOMATIC for text,
     SEMIAUTOMATIC for clicks)."""
     import highdicom as hd
 
-    use_model(monkeypatch, FakeSegVol())
+    stand_in_model(FakeSegVol())
     assert (
         run_cli(["segment", series, "--text", "liver", "--text", "left kidney", "-o", tmp_path / "a.dcm"], capsys)[0]
         == 0
@@ -151,9 +146,9 @@ def test_dicom_seg_references_codes_and_algorithm(series, tmp_path, monkeypatch,
     assert lesion.SegmentLabel == "lesion" and lesion.SegmentAlgorithmType == "SEMIAUTOMATIC"
 
 
-def test_fractional_seg_round_trips_the_probabilities(series, tmp_path, monkeypatch, capsys):
+def test_fractional_seg_round_trips_the_probabilities(series, tmp_path, stand_in_model, capsys):
     """Guards: FRACTIONAL written from anything but the engine's probabilities, or scaled wrongly."""
-    model = use_model(monkeypatch, FakeSegVol())
+    model = stand_in_model(FakeSegVol())
     code, out, err = run_cli(
         ["segment", series, "--text", "liver", "--probabilities", "-o", tmp_path / "p.dcm"], capsys
     )
@@ -170,8 +165,8 @@ def test_fractional_seg_round_trips_the_probabilities(series, tmp_path, monkeypa
     assert result.probabilities.max() > 0.3 and np.ptp(result.probabilities) > 0.3  # not a trivial map
 
 
-def test_probability_map_beside_a_non_dicom_output(series, tmp_path, monkeypatch, capsys):
-    use_model(monkeypatch, ConstantLogitSegVol({"liver": 2.0, "spleen": 0.4}))
+def test_probability_map_beside_a_non_dicom_output(series, tmp_path, stand_in_model, capsys):
+    stand_in_model(ConstantLogitSegVol({"liver": 2.0, "spleen": 0.4}))
     output = tmp_path / "r.seg.nrrd"
     assert (
         run_cli(["segment", series, "--text", "liver", "--text", "spleen", "--probabilities", "-o", output], capsys)[0]
@@ -186,15 +181,11 @@ def test_probability_map_beside_a_non_dicom_output(series, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("output", ["r.dcm", "p.dcm --probabilities"])
-def test_dicom_seg_for_a_non_dicom_input_is_refused(output, series, tmp_path, capsys, monkeypatch):
+def test_dicom_seg_for_a_non_dicom_input_is_refused(output, series, tmp_path, capsys, stand_in_model):
     """Guards: a SEG that references nothing (or the model running for nothing) for a NIfTI input."""
     nifti = tmp_path / "ct.nii.gz"
     sitk.WriteImage(read_volume(series).reference, str(nifti))
-
-    def no_model(self, reporter=None):
-        raise AssertionError("the model must not load for a refused output")
-
-    monkeypatch.setattr(EngineHost, "model", no_model)
+    stand_in_model(None)  # the model must not load for a refused output
     name, *flags = output.split()
     code, out, err = run_cli(["segment", nifti, "--text", "liver", *flags, "-o", tmp_path / name], capsys)
     assert code == 2 and "DICOM series" in err and "not a DICOM folder" in err
@@ -227,10 +218,10 @@ def independent_statistics(folder: Path, mask: np.ndarray) -> dict:
 
 
 @pytest.mark.parametrize("stats_name", ["stats.csv", "stats.json"])
-def test_statistics_equal_numpy_on_the_written_files(stats_name, series, tmp_path, monkeypatch, capsys):
+def test_statistics_equal_numpy_on_the_written_files(stats_name, series, tmp_path, stand_in_model, capsys):
     """Guards: volume from the wrong spacing, HU from a rescaled or reordered volume, centroid in RAS or
     IJK when the file says LPS, i/j swapped."""
-    use_model(monkeypatch, FakeSegVol())
+    stand_in_model(FakeSegVol())
     output, stats = tmp_path / "r.seg.nrrd", tmp_path / stats_name
     code, out, err = run_cli(
         ["segment", series, "--text", "liver", "--text", "spleen", "-o", output, "--stats", stats], capsys
@@ -254,10 +245,10 @@ def test_statistics_equal_numpy_on_the_written_files(stats_name, series, tmp_pat
             np.testing.assert_allclose(got, expected[name], atol=1e-3, err_msg=name)
 
 
-def test_confidence_comes_from_the_known_probabilities(series, tmp_path, monkeypatch, capsys):
+def test_confidence_comes_from_the_known_probabilities(series, tmp_path, stand_in_model, capsys):
     """Guards: a confidence from anything but the probabilities the mask thresholds (a stand-in with constant
     logits: sigmoid(2) = 0.8808 for liver, sigmoid(0.4) = 0.5987 for spleen, nothing for aorta)."""
-    use_model(monkeypatch, ConstantLogitSegVol({"liver": 2.0, "spleen": 0.4}))
+    stand_in_model(ConstantLogitSegVol({"liver": 2.0, "spleen": 0.4}))
     output, stats = tmp_path / "r.seg.nrrd", tmp_path / "stats.json"
     argv = ["segment", series, "--text", "liver", "--text", "spleen", "--text", "aorta", "-o", output, "--stats", stats]
     code, out, err = run_cli(argv, capsys)
@@ -313,9 +304,11 @@ def test_confidence_is_the_mean_probability_inside_and_the_uncertain_share():
     assert Confidence.from_tags(Confidence(0.95, 0.1).tags()) == Confidence(0.95, 0.1)
 
 
-def test_batch_writes_dicom_seg_and_one_statistics_table(series, tmp_path, monkeypatch, synthetic_checkpoint, capsys):
+def test_batch_writes_dicom_seg_and_one_statistics_table(
+    series, tmp_path, stand_in_model, synthetic_checkpoint, capsys
+):
     """Guards: --output-format ignored, a non-DICOM case stopping the run, stats.csv missing cases."""
-    use_model(monkeypatch, FakeSegVol())
+    stand_in_model(FakeSegVol())
     nifti = tmp_path / "inputs" / "plain.nii.gz"
     nifti.parent.mkdir()
     sitk.WriteImage(read_volume(series).reference, str(nifti))
@@ -382,12 +375,12 @@ def test_the_server_returns_statistics_and_confidence_with_the_masks(series):
     assert remote[1].confidence.low and not remote[0].confidence.low
 
 
-def test_an_updated_segment_gets_its_new_confidence(series, tmp_path, monkeypatch, capsys):
+def test_an_updated_segment_gets_its_new_confidence(series, tmp_path, stand_in_model, capsys):
     """Guards: a segment updated in an existing .seg.nrrd keeping the confidence of the mask it replaced."""
     output = tmp_path / "r.seg.nrrd"
-    use_model(monkeypatch, ConstantLogitSegVol({"liver": 2.0, "spleen": 2.0}))
+    stand_in_model(ConstantLogitSegVol({"liver": 2.0, "spleen": 2.0}))
     assert run_cli(["segment", series, "--text", "liver", "--text", "spleen", "-o", output], capsys)[0] == 0
-    use_model(monkeypatch, ConstantLogitSegVol({"liver": 0.4}))
+    stand_in_model(ConstantLogitSegVol({"liver": 0.4}))
     assert run_cli(["segment", series, "--text", "liver", "-o", output], capsys)[0] == 0
     tags = {s.name: s.fields["Tags"] for s in read_segmentation(output, read_ct(series))}
     assert f"{MEAN_TAG}:0.5987|" in tags["liver"] and "TerminologyEntry:" in tags["liver"]

@@ -9,29 +9,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
+from fake_segvol import (
+    LEFT_IJK,
+    PANCREAS_CENTRE_IJK,
+    RIGHT_IJK,
+    CountingBandSegVol,
+    carved_by,
+    pancreas,
+)
 from recording_reporter import RecordingReporter
 from test_server import in_process
 
 from SegVolSlicerLib import cli
 from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
-from SegVolSlicerLib.imageio import read_clicks, read_volume
+from SegVolSlicerLib.imageio import read_volume
 from SegVolSlicerLib.inference import SegVolSession
 from SegVolSlicerLib.inference.label_prompts import PromptMode, label_prompts
 from SegVolSlicerLib.inference.point_sampling import make_generator
 from SegVolSlicerLib.inference.windows import WindowPlan
+from SegVolSlicerLib.markups import read_clicks
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
-PANCREAS_CENTRE_IJK = (160.0, 48.0, 20.0)  # (i, j, k): the pancreas runs along I through two zoom-in windows
-LEFT_IJK, RIGHT_IJK = (40.0, 48.0, 20.0), (290.0, 48.0, 20.0)  # each in one window only
 ABOVE_ROI_IJK = (160.0, 48.0, 2.0)  # on the body, above the pancreas's zoom-in region
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return layout_ct()
 
 
 @pytest.fixture
@@ -44,34 +45,17 @@ def session(phantom, model):
     return SegVolSession(model, phantom.volume, phantom.ijk_to_ras)
 
 
-def pancreas(*clicks, labels=None, **prompts):
-    labels = [0] * len(clicks) if labels is None else labels
-    points = Points(np.asarray(clicks, dtype=np.float64), labels) if clicks else None
-    return Target("pancreas", text="pancreas", points=points, **prompts)
-
-
-def ball(shape, centre_ijk, radius):
-    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij", sparse=True)
-    ci, cj, ck = centre_ijk
-    return (k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= radius**2
-
-
 def outside(changed, shape):
     keep = np.ones(shape, dtype=bool)
     keep[changed] = False
     return keep
 
 
-def carved(phantom):
-    """The pancreas voxels a negative click at its centre carves (the stand-in's ball, a voxel inside)."""
-    return ball(phantom.labels.shape, PANCREAS_CENTRE_IJK, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
-
-
 def test_a_negative_click_removes_its_ball_with_refine_but_not_with_the_official_pipeline(session, phantom):
     """Guards the user's clicks reaching the full-resolution windows: the official zoom-in prompts its
     windows from the coarse mask only, so there the negative click leaves the structure in place."""
     first = session.segment(pancreas())
-    near = carved(phantom)
+    near = carved_by(phantom)
     assert first.mask[near].all() and first.windows == 2
 
     fixed = session.refine(first, pancreas(PANCREAS_CENTRE_IJK))
@@ -296,6 +280,26 @@ def test_cli_from_mask_with_a_negative_click_corrects_the_segment(phantom, tmp_p
     assert cli.main([*argv, "--name", "pancreas", *click, "-o", str(out)]) == 0
     corrected = read_volume(out).array
     assert "1 zoom-in window(s)" in capsys.readouterr().out
-    near = carved(phantom)
+    near = carved_by(phantom)
     assert whole[near].all() and not corrected[near].any()
     assert cli.main([*argv, "-o", str(out)]) == 2 and "--name" in capsys.readouterr().err
+
+
+def test_cli_from_mask_with_only_negative_clicks_and_an_unknown_name_corrects_the_segment(
+    phantom, tmp_path, stand_in_model, capsys
+):
+    """The mistake: `--from-mask M --name NAME --negative-points ...` for a name SegVol does not know refused
+    with "no usable prompt" (no text, no box, no positive click), although the engine keeps the mask's box
+    for a correction that gives none."""
+    stand_in_model(per_load=lambda host: CountingBandSegVol())
+    write_ct(phantom, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    argv = ["segment", str(tmp_path / "ct.nii.gz"), "--from-mask", str(tmp_path / "labels.nii.gz"), "--name", "my blob"]
+    assert cli.main([*argv, "-o", str(out)]) == 0
+    whole = read_volume(out).array
+    click = ["--negative-point-ijk", *map(str, PANCREAS_CENTRE_IJK)]
+    assert cli.main([*argv, *click, "-o", str(out)]) == 0, capsys.readouterr().err
+    corrected = read_volume(out).array
+    assert "zoom-in window(s)" in capsys.readouterr().out
+    near = carved_by(phantom)
+    assert whole[near].all() and not corrected[near].any()

@@ -49,10 +49,8 @@ def scans(ct, tmp_path_factory):
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
-    return model
+def fake_model(stand_in_model):
+    return stand_in_model(FakeSegVol())
 
 
 def read_rows(path):
@@ -189,11 +187,11 @@ def test_batch_refuses_bad_arguments(scans, tmp_path, fake_model, capsys):
 
 @pytest.mark.parametrize("case", ["the input folder", "inside a DICOM case", "onto a case", "onto the manifest"])
 def test_a_batch_output_folder_that_would_write_into_or_over_inputs_is_refused(
-    case, scans, tmp_path, capsys, monkeypatch
+    case, scans, tmp_path, capsys, stand_in_model
 ):
     """Guards: batch outputs landing in an input folder (a DICOM series, or a folder of cases that the next run
     takes as cases), or replacing an input file (a case, a manifest); checked before any model loads."""
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model was loaded"))
+    stand_in_model(None)
     out = tmp_path / "out"
     out.mkdir()
     if case == "the input folder":
@@ -217,10 +215,10 @@ def test_a_batch_output_folder_that_would_write_into_or_over_inputs_is_refused(
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
-def test_batch_names_a_missing_extra_before_any_case_runs(scans, tmp_path, capsys, monkeypatch):
+def test_batch_names_a_missing_extra_before_any_case_runs(scans, tmp_path, capsys, monkeypatch, stand_in_model):
     """Guards: `--output-format dicom-seg` without the [dicom] extra failing every case after its model run,
     with no install hint."""
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model was loaded"))
+    stand_in_model(None)
     for name in ("pydicom", "highdicom"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     argv = ["batch", scans, "--text", "liver", "--output-dir", tmp_path / "o", "--output-format", "dicom-seg"]

@@ -15,7 +15,6 @@ from pydicom.sr.codedict import codes
 
 from SegVolSlicerLib import terminology
 from SegVolSlicerLib.clinical.dicom_seg import cielab_from_rgb
-from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.testing.synthetic_dicom import write_ct_series
 
 SHAPE_KJI = (8, 20, 24)
@@ -32,9 +31,8 @@ def series(tmp_path):
     return tmp_path / "CT"
 
 
-def segment_both_ways(series, tmp_path, capsys, monkeypatch, *prompts) -> tuple[sitk.Image, pydicom.Dataset]:
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+def segment_both_ways(series, tmp_path, capsys, stand_in_model, *prompts) -> tuple[sitk.Image, pydicom.Dataset]:
+    stand_in_model(FakeSegVol())
     for name in ("r.seg.nrrd", "r.dcm"):
         code, out, err = run_cli(["segment", series, *prompts, "-o", tmp_path / name], capsys)
         assert code == 0, err
@@ -63,12 +61,12 @@ def seg_codes(item) -> list[tuple[str, str]]:
     ]
 
 
-def test_seg_colours_read_by_dcmqi_are_the_seg_nrrd_colours(series, tmp_path, capsys, monkeypatch):
+def test_seg_colours_read_by_dcmqi_are_the_seg_nrrd_colours(series, tmp_path, capsys, stand_in_model):
     """Guards: SEG segments without RecommendedDisplayCIELabValue (dcmqi and Slicer's QuantitativeReporting
     then show every segment in one default colour), or with colours other than the .seg.nrrd's (wrong
     CIELab conversion or scaling, segments mixed up)."""
     prompts = [arg for text in TEXTS for arg in ("--text", text)]
-    nrrd, _ = segment_both_ways(series, tmp_path, capsys, monkeypatch, *prompts)
+    nrrd, _ = segment_both_ways(series, tmp_path, capsys, stand_in_model, *prompts)
     expected = seg_nrrd_segments(nrrd)
     meta = dcmqi_read(tmp_path / "r.dcm", tmp_path / "dcmqi")
     read = [
@@ -80,11 +78,11 @@ def test_seg_colours_read_by_dcmqi_are_the_seg_nrrd_colours(series, tmp_path, ca
     assert read[0][1] == tuple(round(c * 255) for c in liver)  # Slicer's own liver colour
 
 
-def test_codes_are_one_coding_across_seg_and_seg_nrrd(series, tmp_path, capsys, monkeypatch):
+def test_codes_are_one_coding_across_seg_and_seg_nrrd(series, tmp_path, capsys, stand_in_model):
     """Guards: free text coded three ways (SCT 91723000 in the SEG, 123037004 for the SEG's other segments,
     Tissue in the .seg.nrrd), a click-only segment coded apart, anatomy codes differing between the files."""
     prompts = [arg for text in TEXTS for arg in ("--text", text)]
-    nrrd, seg = segment_both_ways(series, tmp_path, capsys, monkeypatch, *prompts)
+    nrrd, seg = segment_both_ways(series, tmp_path, capsys, stand_in_model, *prompts)
     expected = seg_nrrd_segments(nrrd)
     assert [seg_codes(item) for item in seg.SegmentSequence] == [segment["codes"] for segment in expected]
     tissue = ("SCT", "85756007")
@@ -93,7 +91,7 @@ def test_codes_are_one_coding_across_seg_and_seg_nrrd(series, tmp_path, capsys, 
 
     (tmp_path / "clicks").mkdir()
     nrrd, seg = segment_both_ways(
-        series, tmp_path / "clicks", capsys, monkeypatch, "--point-ijk", 12, 10, 4, "--name", "blob"
+        series, tmp_path / "clicks", capsys, stand_in_model, "--point-ijk", 12, 10, 4, "--name", "blob"
     )
     (segment,) = seg_nrrd_segments(nrrd)
     assert segment["codes"] == seg_codes(seg.SegmentSequence[0]) == [tissue, tissue, ("", "")]

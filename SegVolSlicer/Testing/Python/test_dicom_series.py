@@ -18,7 +18,6 @@ from dicom_validators import assert_valid_dicom
 from fake_segvol import FakeSegVol
 
 from SegVolSlicerLib.dicom_series import find_series
-from SegVolSlicerLib.engine import EngineHost
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.imageio import read_ct
 from SegVolSlicerLib.testing.synthetic_dicom import oblique_axes, slice_positions, write_ct_series
@@ -40,16 +39,8 @@ def along_normal(positions) -> np.ndarray:
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    def refuse(self, reporter=None):
-        raise AssertionError("the model must not load: the series check comes first")
-
-    monkeypatch.setattr(EngineHost, "model", refuse)
-
-
-def use_model(monkeypatch):
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+def no_model(stand_in_model):
+    stand_in_model(None)  # the series check comes first
 
 
 def test_synthetic_series_are_valid_dicom(tmp_path):
@@ -89,12 +80,12 @@ def test_two_series_in_a_folder_are_listed_and_one_is_picked(tmp_path, capfd, no
         read_ct(soft[0], series=uids["soft tissue"])
 
 
-def test_a_dicom_seg_references_the_series_picked(tmp_path, capsys, monkeypatch):
+def test_a_dicom_seg_references_the_series_picked(tmp_path, capsys, stand_in_model):
     """Guards: the SEG of `--series B` referencing the folder's other (larger) series, or failing after the
     model ran because the folder has several."""
     import highdicom as hd
 
-    use_model(monkeypatch)
+    stand_in_model(FakeSegVol())
     folder = tmp_path / "study"
     write_ct_series(folder, phantom_hu(), series_number=3)
     bone = write_ct_series(folder, phantom_hu()[:6], series_number=4)
@@ -109,10 +100,10 @@ def test_a_dicom_seg_references_the_series_picked(tmp_path, capsys, monkeypatch)
     }
 
 
-def test_batch_takes_each_series_of_a_folder_as_a_case(tmp_path, capsys, monkeypatch, synthetic_checkpoint):
+def test_batch_takes_each_series_of_a_folder_as_a_case(tmp_path, capsys, stand_in_model, synthetic_checkpoint):
     """Guards: batch reading a folder of two series as one case (the larger series), or as two cases of the
     same series."""
-    use_model(monkeypatch)
+    stand_in_model(FakeSegVol())
     folder = tmp_path / "study"
     write_ct_series(folder, phantom_hu(), series_number=3)
     write_ct_series(folder, phantom_hu()[:6], series_number=4)
@@ -145,7 +136,7 @@ def test_a_gapped_series_is_refused_with_the_missing_positions(tmp_path, capfd, 
     assert not (tmp_path / "r.seg.nrrd").exists()
 
 
-def test_allow_gaps_resamples_onto_the_slices_positions_with_a_warning(tmp_path, capfd, monkeypatch):
+def test_allow_gaps_resamples_onto_the_slices_positions_with_a_warning(tmp_path, capfd, stand_in_model):
     """Guards: --allow-gaps stretching the acquired slices over the gap (each acquired slice must stay at its
     DICOM position), filling the gap with anything but its neighbours, or saying nothing; its DICOM SEG must
     reference each acquired instance at its position."""
@@ -166,7 +157,7 @@ def test_allow_gaps_resamples_onto_the_slices_positions_with_a_warning(tmp_path,
     k = SHAPE_KJI[0] - 1 - 4  # the missing slice, in ITK's ascending order
     np.testing.assert_array_equal(volume.array[k], np.rint((hu[3].astype(float) + hu[5]) / 2))
 
-    use_model(monkeypatch)
+    stand_in_model(FakeSegVol())
     argv = ["segment", folder, "--allow-gaps", "--text", "liver", "-o", tmp_path / "r.dcm"]
     code, out, err = run_cli(argv, capfd)
     assert code == 0, err
@@ -207,9 +198,9 @@ def test_mixed_orientations_and_duplicate_slices_are_refused(tmp_path):
         read_ct(tmp_path / "twice")
 
 
-def test_a_series_that_is_not_ct_is_a_warning(tmp_path, capsys, monkeypatch):
+def test_a_series_that_is_not_ct_is_a_warning(tmp_path, capsys, stand_in_model):
     """Guards: an MR series segmented with no word that SegVol is a CT model."""
-    use_model(monkeypatch)
+    stand_in_model(FakeSegVol())
     write_ct_series(tmp_path / "MR", phantom_hu(), modality="MR")
     code, out, err = run_cli(["segment", tmp_path / "MR", "--text", "liver", "-o", tmp_path / "r.seg.nrrd"], capsys)
     assert code == 0 and "is MR, not CT" in err

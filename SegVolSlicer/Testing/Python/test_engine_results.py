@@ -6,21 +6,15 @@ import inspect
 
 import numpy as np
 import pytest
-from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
+from fake_segvol import LEFT_IJK, RIGHT_IJK, CountingBandSegVol, ball, carved_by, pancreas
+from fake_segvol import PANCREAS_CENTRE_IJK as CENTRE_IJK
 
 from SegVolSlicerLib.engine import Engine, EngineHost, ModelChoice, SessionOptions, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
 from SegVolSlicerLib.reporting import Reporter
 
-CENTRE_IJK = (160.0, 48.0, 20.0)  # (i, j, k): the pancreas runs along I through two zoom-in windows
-LEFT_IJK, RIGHT_IJK = (40.0, 48.0, 20.0), (290.0, 48.0, 20.0)  # each in one window only
 ABOVE_ROI_IJK = (160.0, 48.0, 2.0)  # on the body, above the pancreas's zoom-in region
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return layout_ct()
 
 
 @pytest.fixture
@@ -36,23 +30,6 @@ def host(model):
 @pytest.fixture
 def volume(phantom):
     return VolumeInput("ct", phantom.volume, phantom.ijk_to_ras, signature=1)
-
-
-def pancreas(*clicks, labels=None):
-    labels = [0] * len(clicks) if labels is None else labels
-    points = Points(np.asarray(clicks, dtype=np.float64), labels) if clicks else None
-    return Target("pancreas", text="pancreas", points=points)
-
-
-def ball(shape, centre_ijk, radius):
-    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij", sparse=True)
-    ci, cj, ck = centre_ijk
-    return (k - ck) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= radius**2
-
-
-def carved_by(phantom, centre_ijk):
-    """The pancreas voxels a negative click carves (the stand-in's ball, a voxel inside)."""
-    return ball(phantom.labels.shape, centre_ijk, BandSegVol.CLICK_RADIUS - 1) & (phantom.labels == 1)
 
 
 def outside(changed, shape):
@@ -211,9 +188,9 @@ def test_a_corrected_result_of_a_changed_volume_is_not_used(host, volume, phanto
     assert host.has_result(changed, "k") and not host.has_result(volume, "k")
 
 
-def test_another_model_drops_the_kept_results(volume, monkeypatch):
+def test_another_model_drops_the_kept_results(volume, stand_in_model):
     host = EngineHost(ModelChoice("a.pth", "cpu"))
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: CountingBandSegVol())
+    stand_in_model(per_load=lambda host: CountingBandSegVol())
     host.segment(volume, [TargetJob(pancreas(), "k")])
     host.select(ModelChoice("a.pth", "cpu"))
     assert host.has_result(volume, "k")

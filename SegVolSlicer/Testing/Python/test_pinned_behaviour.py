@@ -17,11 +17,11 @@ from fake_segvol import FakeSegVol
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 from vtk.util import numpy_support
 
-from SegVolSlicerLib import cli, imageio
+from SegVolSlicerLib import cli, imageio, markups
 from SegVolSlicerLib.errors import InputError
 from SegVolSlicerLib.inference.prompt_mapping import prompts_from_target
 from SegVolSlicerLib.prompts import NEGATIVE, POSITIVE, Points, Target
-from SegVolSlicerLib.slicer import bridge, checks
+from SegVolSlicerLib.slicer import bridge, checks, segments
 from SegVolSlicerLib.testing.synthetic_ct import write_ct
 
 
@@ -76,8 +76,8 @@ def test_lps_markups_are_converted_to_ras(tmp_path):
         tmp_path / "ras.mrk.json", {"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": points}
     )
     identity = np.eye(4)  # IJK = RAS: the clicks read are the RAS positions
-    assert np.allclose(imageio.read_clicks(lps, identity).ijk, [[-10.0, 20.0, 30.0]])
-    assert np.allclose(imageio.read_clicks(ras, identity).ijk, [[10.0, -20.0, 30.0]])
+    assert np.allclose(markups.read_clicks(lps, identity).ijk, [[-10.0, 20.0, 30.0]])
+    assert np.allclose(markups.read_clicks(ras, identity).ijk, [[10.0, -20.0, 30.0]])
 
 
 def test_rotated_roi_file_agrees_with_slicer(tmp_path, slicer_scene):  # noqa: F811
@@ -93,7 +93,7 @@ def test_rotated_roi_file_agrees_with_slicer(tmp_path, slicer_scene):  # noqa: F
     path = tmp_path / "box.mrk.json"
     assert slicer.util.saveNode(roi, str(path))
     assert json.loads(path.read_text())["markups"][0]["coordinateSystem"] == "LPS"
-    ours, slicers = imageio.read_roi_corners(path), bridge.roi_corners_ras(roi)
+    ours, slicers = markups.read_roi_corners(path), bridge.roi_corners_ras(roi)
     ours, slicers = (sorted(map(tuple, np.round(corners, 6))) for corners in (ours, slicers))  # as point sets
     assert np.allclose(ours, slicers, atol=1e-6)
 
@@ -123,8 +123,8 @@ def test_writing_honours_the_segmentations_parent_transform(slicer_scene):  # no
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(moved))
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
-    writer = bridge.SegmentWriter(segmentation, volume)
-    (segment_id,) = writer.write([(bridge.spec_for_text("liver"), mask)])
+    writer = segments.SegmentWriter(segmentation, volume)
+    (segment_id,) = writer.write([(segments.spec_for_text("liver"), mask)])
     writer.close()
     labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(segment_id)
     local = vtk.vtkMatrix4x4()

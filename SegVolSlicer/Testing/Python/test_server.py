@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import uvicorn
+from cli_helpers import segvol_serve_in_thread
 from fake_segvol import FakeSegVol
 from fastapi.testclient import TestClient
+from recording_reporter import RecordingReporter
+from test_cli import organ_centre_ijk
 
 from SegVolSlicerLib import cli, wire
 from SegVolSlicerLib.client import (
@@ -27,7 +29,6 @@ from SegVolSlicerLib.client import (
 from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.errors import Cancelled, InputError
 from SegVolSlicerLib.prompts import Box, Points, Target
-from SegVolSlicerLib.reporting import Reporter
 from SegVolSlicerLib.server import SegVolServer, ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct, write_ct
 
@@ -37,10 +38,6 @@ URL = "http://127.0.0.1"  # the in-process app's base URL: nothing listens there
 @pytest.fixture(scope="module")
 def ct():
     return make_synthetic_ct()
-
-
-def organ_centre_ijk(ct, label):
-    return np.argwhere(ct.labels == label).mean(0)[::-1]
 
 
 @contextlib.contextmanager
@@ -145,10 +142,9 @@ def test_remote_engine_keeps_one_session_per_volume_and_signature(ct):
         assert engine.closer.join(10) and engine.session_keys() == [] and server.sessions == {}
 
 
-def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_path, monkeypatch, capsys):
+def test_cli_segment_through_a_server_writes_what_the_local_run_writes(ct, tmp_path, stand_in_model, capsys):
     write_ct(ct, tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz")
-    model = FakeSegVol()
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: model)
+    stand_in_model(FakeSegVol())
     argv = ["segment", str(tmp_path / "ct.nii.gz"), "--text", "liver", "--text", "spleen", "--no-zoom-in"]
     assert cli.main(argv + ["-o", str(tmp_path / "local.nii.gz")]) == 0
     key_file = tmp_path / "key.txt"
@@ -211,9 +207,9 @@ def test_requests_without_the_right_key_get_401(ct):
             SegVolClient(URL, "wrong", http=http).open_session(ct.volume, ct.ijk_to_ras)
 
 
-def test_serve_refuses_other_addresses_without_a_key(monkeypatch, capsys):
+def test_serve_refuses_other_addresses_without_a_key(monkeypatch, capsys, stand_in_model):
     monkeypatch.delenv("SEGVOL_API_KEY", raising=False)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+    stand_in_model(None)
     assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
     assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
 
@@ -391,15 +387,6 @@ class GatedSegVol(FakeSegVol):
         return super().encode_image(image)
 
 
-class Recorder(Reporter):
-    def __init__(self):
-        super().__init__()
-        self.events = []
-
-    def progress(self, stage, done, total):
-        self.events.append((stage, done, total))
-
-
 def test_cancel_in_the_middle_of_the_zoom_in(ct):
     model = GatedSegVol()
     with (
@@ -407,7 +394,7 @@ def test_cancel_in_the_middle_of_the_zoom_in(ct):
         client.open_session(ct.volume, ct.ijk_to_ras) as session,
         ThreadPoolExecutor(1) as pool,
     ):
-        reporter = Recorder()
+        reporter = RecordingReporter()
         running = pool.submit(session.segment, Target("liver", text="liver"), True, reporter)
         assert model.in_zoom_in.wait(30)
         reporter.cancel.set()
@@ -449,25 +436,12 @@ print('ok')
 # --- segvol serve ---
 
 
-def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
+def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch, stand_in_model):
     """The command as users start it (in a thread; the stand-in as its model): key, session limit, timeout."""
-    started = []
-
-    class RecordedServer(uvicorn.Server):
-        def __init__(self, config):
-            super().__init__(config)
-            started.append(self)
-
-    monkeypatch.setattr(uvicorn, "Server", RecordedServer)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: FakeSegVol())
+    stand_in_model(FakeSegVol())
     monkeypatch.setenv("SEGVOL_API_KEY", "from-the-environment")  # the key file wins
     (tmp_path / "key").write_text("k3y\n")
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
     argv = [
-        "serve",
-        "--port",
-        str(port),
         "--api-key-file",
         str(tmp_path / "key"),
         "--max-sessions",
@@ -477,14 +451,7 @@ def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
         "--device",
         "cpu",
     ]
-    thread = threading.Thread(target=cli.main, args=(argv,), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not (started and started[0].started):
-            assert time.monotonic() < deadline and thread.is_alive(), "segvol serve did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{port}"
+    with segvol_serve_in_thread(argv, monkeypatch) as url:
         with pytest.raises(AccessRefused):
             SegVolClient(url, "from-the-environment").info()
         with SegVolClient(url, "k3y") as client:
@@ -495,15 +462,10 @@ def test_segvol_serve_applies_its_options(ct, tmp_path, monkeypatch):
                 assert session.segment(Target("liver", text="liver"), zoom_in=False).mask.any()
                 with pytest.raises(ServerBusy, match="try again in 30 s"):
                     client.open_session(ct.volume[::-1].copy(), ct.ijk_to_ras)
-    finally:
-        if started:
-            started[0].should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
 
 
-def test_segvol_serve_on_a_port_in_use_is_one_clear_error(monkeypatch, capsys):
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+def test_segvol_serve_on_a_port_in_use_is_one_clear_error(stand_in_model, capsys):
+    stand_in_model(None)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         assert cli.main(["serve", "--port", str(taken.getsockname()[1])]) == 2
     assert "choose another --port" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from cli_helpers import segvol_serve_in_thread
 from fake_segvol import FakeSegVol
 from fastapi.testclient import TestClient
 from test_server import in_process, prompts_of, same_results
@@ -414,7 +414,7 @@ def test_logs_have_no_session_ids_and_a_disconnect_is_one_line(ct, caplog):
 # --- several devices ---
 
 
-def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, monkeypatch):
+def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, monkeypatch, stand_in_model):
     """`segvol serve --device cpu --device cpu`: one model per device, the sessions spread over them, and the
     two jobs overlap in time (each model waits at a barrier for the other: one model for both, or one worker
     for both, breaks the barrier); every result equals in-process bit for bit."""
@@ -435,26 +435,9 @@ def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, m
             spans.setdefault(id(self), (start, time.monotonic()))
             return result
 
-    models, started = {}, []
-
-    class RecordedServer(uvicorn.Server):
-        def __init__(self, config):
-            super().__init__(config)
-            started.append(self)
-
-    monkeypatch.setattr(uvicorn, "Server", RecordedServer)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: models.setdefault(id(self), Meeting()))
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
-    argv = ["serve", "--port", str(port), "--device", "cpu", "--device", "cpu"]
-    thread = threading.Thread(target=cli.main, args=(argv,), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not (started and started[0].started):
-            assert time.monotonic() < deadline and thread.is_alive(), "segvol serve did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{port}"
+    models = {}
+    stand_in_model(per_load=lambda host: models.setdefault(id(host), Meeting()))
+    with segvol_serve_in_thread(["--device", "cpu", "--device", "cpu"], monkeypatch) as url:
         with SegVolClient(url) as client:
             sessions = [client.open_session(volume, ct.ijk_to_ras) for volume in volumes]
             devices = client.request("GET", "/info").json()["devices"]
@@ -465,10 +448,6 @@ def test_two_cpu_replicas_run_two_sessions_at_once_with_in_process_results(ct, m
                 same_results(got, want)
             for session in sessions:
                 session.close()
-    finally:
-        if started:
-            started[0].should_exit = True
-        thread.join(30)
     (start_a, end_a), (start_b, end_b) = spans.values()
     assert max(start_a, start_b) < min(end_a, end_b)  # the two devices worked at the same time
     assert len(models) == 2
@@ -481,11 +460,11 @@ def test_a_volume_beyond_the_whole_budget_is_one_sentence_for_the_client(ct):
         assert server.sessions == {}
 
 
-def test_cuda_all_without_a_gpu_is_one_clear_error(monkeypatch, capsys):
+def test_cuda_all_without_a_gpu_is_one_clear_error(monkeypatch, capsys, stand_in_model):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(EngineHost, "model", lambda self, reporter=None: pytest.fail("the model must not load"))
+    stand_in_model(None)
     assert cli.main(["serve", "--device", "cuda:all", "--port", "0"]) == 2
     assert "--device cuda:all: no CUDA GPU is usable here" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -3,9 +3,7 @@ one volume, within the one memory budget. The stand-in network of test_correctio
 correction started from the wrong result shows."""
 
 import numpy as np
-import pytest
-from fake_segvol import CountingBandSegVol, FakeSegVol, layout_ct
-from test_correction import LEFT_IJK, PANCREAS_CENTRE_IJK, pancreas
+from fake_segvol import LEFT_IJK, PANCREAS_CENTRE_IJK, CountingBandSegVol, FakeSegVol, pancreas
 from test_server import URL, in_process
 
 from SegVolSlicerLib import wire
@@ -14,11 +12,6 @@ from SegVolSlicerLib.engine import EngineHost, TargetJob, VolumeInput
 from SegVolSlicerLib.prompts import Target
 from SegVolSlicerLib.server import ServerSettings
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return layout_ct()
 
 
 def test_two_segmentations_with_a_liver_each_correct_their_own_result(phantom):

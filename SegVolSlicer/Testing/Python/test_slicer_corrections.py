@@ -4,13 +4,12 @@ The stand-in network (fake_segvol.CountingBandSegVol) carves a ball around a neg
 
 import numpy as np
 import slicer
-from fake_segvol import BandSegVol, CountingBandSegVol, layout_ct
+from fake_segvol import PANCREAS_CENTRE_IJK as CENTRE_IJK
+from fake_segvol import CountingBandSegVol, carved_by, layout_ct
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
 from SegVolSlicerLib.geometry import ijk_to_ras_points
 from SegVolSlicerLib.slicer import bridge
-
-CENTRE_IJK = (160.0, 48.0, 20.0)  # the pancreas's centre
 
 
 def setup_scene(module):
@@ -34,20 +33,13 @@ def segment_array(segmentation, segment_id, volume):
     return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
 
 
-def carved(ct):
-    k, j, i = np.meshgrid(*(np.arange(n) for n in ct.labels.shape), indexing="ij", sparse=True)
-    radius = BandSegVol.CLICK_RADIUS - 1
-    near = (i - CENTRE_IJK[0]) ** 2 + (j - CENTRE_IJK[1]) ** 2 + (k - CENTRE_IJK[2]) ** 2 <= radius**2
-    return near & (ct.labels == 1)
-
-
 def test_clicks_on_a_segment_with_a_result_correct_it_locally_or_officially(slicer_module, slicer_scene):  # noqa: F811
     ct, volume, segmentation, logic, model = setup_scene(slicer_module)
     (pancreas,), _ = logic.process(volume, segmentation, names="pancreas")
     (spleen,), _ = logic.process(volume, segmentation, names="spleen")
     spleen_before = segment_array(segmentation, spleen, volume)
     whole = segment_array(segmentation, pancreas, volume)
-    assert whole[carved(ct)].all()
+    assert whole[carved_by(ct)].all()
 
     click = negative_click(ct)
     encoded = model.image_calls
@@ -58,11 +50,11 @@ def test_clicks_on_a_segment_with_a_result_correct_it_locally_or_officially(slic
     (result,) = logic.run(request)
     logic.apply(request, [result])
     assert result.windows == 1 and model.image_calls == encoded
-    assert not segment_array(segmentation, pancreas, volume)[carved(ct)].any()
+    assert not segment_array(segmentation, pancreas, volume)[carved_by(ct)].any()
     assert np.array_equal(segment_array(segmentation, spleen, volume), spleen_before)  # other segments untouched
 
     logic.process(volume, segmentation, names="pancreas", pointNodes=[click], corrections=slicer_module.CORRECTIONS[1])
-    assert segment_array(segmentation, pancreas, volume)[carved(ct)].all()  # the official zoom-in ignores it
+    assert segment_array(segmentation, pancreas, volume)[carved_by(ct)].all()  # the official zoom-in ignores it
 
 
 def test_an_existing_segment_is_refined_from_its_mask_then_corrected_locally(slicer_module, slicer_scene):  # noqa: F811
@@ -77,7 +69,7 @@ def test_an_existing_segment_is_refined_from_its_mask_then_corrected_locally(sli
     (fixed,) = logic.run(correction)
     logic.apply(correction, [fixed])
     assert fixed.windows == 1 and fixed.warnings == []
-    assert not segment_array(segmentation, drawn, volume)[carved(ct)].any()
+    assert not segment_array(segmentation, drawn, volume)[carved_by(ct)].any()
 
 
 def erase(segmentation, segment_id, volume, region):
@@ -106,7 +98,7 @@ def test_a_correction_keeps_a_hand_erase_far_from_the_click(slicer_module, slice
     assert not window[far].any()  # the erase lies outside the rerun window
     after = segment_array(segmentation, pancreas, volume)
     assert not after[far].any(), "the correction brought back voxels erased by hand"
-    assert not after[carved(ct)].any()  # and the click still carved
+    assert not after[carved_by(ct)].any()  # and the click still carved
 
 
 def test_edited_voxels_the_correction_replaces_are_told(slicer_module, slicer_scene):  # noqa: F811

@@ -10,7 +10,7 @@ import pytest
 import slicer
 from slicer_core_env import slicer_module, slicer_scene  # noqa: F401  (fixtures)
 
-from SegVolSlicerLib.slicer import bridge, checks
+from SegVolSlicerLib.slicer import bridge, checks, segments
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_prompt_nodes_are_tagged_and_distinct(slicer_scene):  # noqa: F811
 
 
 def test_names_are_split_once_each():
-    assert bridge.split_names(" liver,spleen ; left  kidney\nliver,, ") == ["liver", "spleen", "left kidney"]
+    assert segments.split_names(" liver,spleen ; left  kidney\nliver,, ") == ["liver", "spleen", "left kidney"]
 
 
 def test_terminology_matches_slicers_own_lookup():
