@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import EngineHost, VolumeInput
-from .files import atomic_output
+from .files import atomic_output, staged_outputs
 from .imageio import write_mask
 from .inference.label_prompts import PromptMode, label_prompts
 from .reporting import NO_REPORT, Reporter
@@ -146,7 +146,10 @@ def evaluate_case(
     geometry)."""
     results = evaluate_classes(host, volume, labels_kji, classes, prompt, zoom_in=zoom_in, reporter=reporter)
     folder.mkdir(parents=True, exist_ok=True)
-    for result in results:
-        write_mask(folder / mask_file_name(result.name), result.mask, reference)
-    write_metrics_csv(folder / "metrics.csv", [result.row() for result in results])
+    # All or none: a mask that cannot be written leaves neither the masks before it nor metrics.csv.
+    paths = [folder / mask_file_name(result.name) for result in results] + [folder / "metrics.csv"]
+    with staged_outputs(paths) as staged:
+        for result, path in zip(results, staged):
+            write_mask(path, result.mask, reference)
+        write_metrics_csv(staged[-1], [result.row() for result in results])
     return results
