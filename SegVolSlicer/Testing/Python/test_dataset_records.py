@@ -55,3 +55,18 @@ def test_a_failed_case_is_never_done_and_records_no_outputs(tmp_path):
     record = records.commit({"id": "case_1", "status": "error", "error": "corrupt", "fingerprint": FINGERPRINT})
     assert record["outputs"] == {}
     assert not records.outcome("case_1", FINGERPRINT).done
+
+
+def test_commit_records_the_staged_outputs_only_and_leaves_no_staging(tmp_path):
+    """Guards a half-written temporary file (a dot-name, as atomic writes leave them) recorded as an output,
+    an output two folders deep failing to move onto its final name, and the staging folder left behind."""
+    records = Records(tmp_path / "out")
+    staging = records.start("case_2")
+    (staging / "deep" / "er").mkdir(parents=True)
+    (staging / "deep" / "er" / "case_2.csv").write_bytes(b"a,b\n")
+    (staging / ".case_2.csv.tmp").write_bytes(b"partial")
+    record = records.commit({"id": "case_2", "status": "ok", "fingerprint": FINGERPRINT})
+    assert list(record["outputs"]) == ["deep/er/case_2.csv"]
+    assert (records.output_dir / "deep" / "er" / "case_2.csv").read_bytes() == b"a,b\n"
+    assert not records.staging_dir("case_2").exists()
+    assert records.outcome("case_2", FINGERPRINT).done
