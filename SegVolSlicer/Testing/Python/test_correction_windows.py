@@ -4,11 +4,13 @@ phantom's kidney: its two blobs sit in opposite corners, so its zoom-in region t
 
 import numpy as np
 import pytest
+import torch
 from fake_segvol import CountingBandSegVol, layout_ct
 
 from SegVolSlicerLib.inference import SegVolSession
-from SegVolSlicerLib.inference.correction import nearest_window
+from SegVolSlicerLib.inference.correction import nearest_window, with_user_clicks
 from SegVolSlicerLib.inference.roi import Roi
+from SegVolSlicerLib.inference.window_prompts import WindowPrompts
 from SegVolSlicerLib.inference.windows import WindowPlan
 from SegVolSlicerLib.prompts import Points, Target
 
@@ -78,3 +80,21 @@ def test_a_correction_writes_only_the_voxels_its_windows_cover_not_their_boundin
     assert fixed.mask[uncovered_in_box].all()  # kept as the user left them
     assert np.array_equal(fixed.mask[~covered], hand_edited[~covered])
     assert not fixed.mask[covered].all()  # and the model's answer was written where the windows run
+
+
+def test_a_window_gets_the_users_clicks_inside_its_real_image_part_only_borders_included():
+    """Guards the inside test of the user's clicks: a click on the window's first real voxel dropped (`>`),
+    one on its end (`<=`) or inside on one axis only (`|`) added, or their window coordinates or labels
+    lost. Window 0 of the kidney plan holds crop [2, 34) x [0, 81) x [7, 263), its offset (2, -87, 7)."""
+    window = WindowPlan.for_roi(KIDNEY_ROI).windows[0]
+    crop = np.array(
+        [[2.0, 0.0, 7.0], [34.0, 40.0, 100.0], [10.0, 40.0, 263.0], [10.0, 90.0, 300.0], [20.0, 80.0, 262.0]]
+    )
+    labels = np.array([1, 1, 0, 1, 0])
+    usual = WindowPrompts(torch.zeros(1, 6), (torch.full((1, 1, 3), 5.0), torch.ones(1, 1)))
+    prompts = with_user_clicks(usual, window, crop, labels)
+    coords, got_labels = prompts.points
+    assert coords.dtype == torch.float32 and got_labels.dtype == torch.float32
+    assert coords[0].tolist() == [[5.0, 5.0, 5.0], [0.0, 87.0, 0.0], [18.0, 167.0, 255.0]]
+    assert got_labels[0].tolist() == [1.0, 1.0, 0.0]
+    assert with_user_clicks(usual, window, crop[1:4], labels[1:4]) is usual  # none inside: unchanged
