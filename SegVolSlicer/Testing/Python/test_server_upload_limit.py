@@ -7,12 +7,11 @@ import socket
 import httpx
 import numpy as np
 from fake_segvol import FakeSegVol
-from test_server import real_server
 from test_server_limits import read_reply, session_spec
 
 from SegVolSlicerLib import wire
 from SegVolSlicerLib.engine import EngineHost
-from SegVolSlicerLib.server import ServerSettings, create_app
+from SegVolSlicerLib.server import ServerSettings, create_app, serve_in_thread
 from SegVolSlicerLib.testing.synthetic_ct import synthetic_ijk_to_ras
 
 # JSON bodies up to 2 KiB, uploads up to 0.3 MiB; the body stalls after 2 s (then the answer would be a 408).
@@ -46,15 +45,14 @@ def head_and_problem(reply: bytes) -> tuple[dict[str, str], dict]:
 
 def test_a_volume_put_beyond_the_upload_limit_is_refused_before_its_body_is_read():
     """Guards the guard no longer limiting the volume PUT (or limiting it only once the body is complete): a
-    declared length beyond the limit is refused from the head alone, an undeclared one as soon as the bytes
-    received pass the limit, while the body is still unfinished (a guard that waits would answer 408 when
-    the body stalls, or read all of it). And a frame within the upload limit but beyond the JSON limit is
-    taken: the volume PUT has its own limit."""
+    declared length beyond the limit is refused from the head alone, an undeclared one (chunked) too, before
+    any of its body is read, and a body that stalls within the limit times out. And a frame within the upload
+    limit but beyond the JSON limit is taken: the volume PUT has its own limit."""
     volume = small_volume()
     frame = wire.pack_volume(volume)
     assert SETTINGS.max_request_bytes < len(frame) < SETTINGS.max_upload_bytes < TOO_LARGE  # the premise
     app = create_app(EngineHost(model=FakeSegVol()), SETTINGS)
-    with real_server(app) as url:
+    with serve_in_thread(app) as url:
         port = int(url.rsplit(":", 1)[1])
         session_id = open_session(url, volume)
 
@@ -66,7 +64,7 @@ def test_a_volume_put_beyond_the_upload_limit_is_refused_before_its_body_is_read
         assert headers["content-type"] == "application/json" and problem["code"] == "request-too-large"
         assert problem["detail"].startswith("request of 3.0 MB: this server takes at most 0.3 MB"), problem
 
-        with socket.create_connection(("127.0.0.1", port), 10) as sock:
+        with socket.create_connection(("127.0.0.1", port), 10) as sock:  # no declared length: refused at once
             sock.sendall(put_head(session_id, "Transfer-Encoding: chunked"))
             chunk = b"x" * 4096
             for _ in range(SETTINGS.max_upload_bytes // len(chunk) + 8):  # never the last (empty) chunk
@@ -75,19 +73,20 @@ def test_a_volume_put_beyond_the_upload_limit_is_refused_before_its_body_is_read
                 except OSError:  # the server answered and closed while we were still sending
                     break
             reply = read_reply(sock)
-        assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+        assert reply.startswith(b"HTTP/1.1 411"), reply[:300]
         headers, problem = head_and_problem(reply)
-        assert problem["code"] == "request-too-large"
-        assert headers.get("connection") == "close"  # half a body was read: the connection cannot go on
+        assert problem["code"] == "length-required"
+        assert headers.get("connection") == "close"  # the body is not read: the connection cannot go on
 
         with socket.create_connection(("127.0.0.1", port), 10) as sock:  # within the limit, then a stall
-            sock.sendall(put_head(session_id, "Transfer-Encoding: chunked") + b"4\r\nxxxx\r\n")
+            sock.sendall(put_head(session_id, f"Content-Length: {len(frame)}") + b"xxxx")
             reply = read_reply(sock)
         assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
         headers, problem = head_and_problem(reply)
         assert problem == {"detail": "the request body stalled: send it again", "code": "request-timeout"}
         assert headers["content-type"] == "application/json" and headers.get("connection") == "close"
 
+        session_id = open_session(url, volume)  # the stalled upload closed its session (an interrupted upload)
         taken = httpx.put(
             f"{url}{wire.API}/sessions/{session_id}/volume",
             content=frame,

@@ -14,7 +14,7 @@ from SegVolSlicerLib.inference.prompt_mapping import BoxMap, ClickMap
 from SegVolSlicerLib.inference.roi import Roi
 from SegVolSlicerLib.inference.window_prompts import (
     SENTINEL_BOX,
-    click_window_map,
+    clicked_voxels_in_window,
     prediction_box_in_window,
     user_box_in_window,
     window_prompts,
@@ -51,9 +51,7 @@ def test_a_click_is_cut_into_the_window_at_the_windows_offset_borders_included()
     outside), a click on the window's first voxel dropped (`>` for `>=`), and one just past its end kept."""
     window = PLAN.windows[1]  # padded start (0, 0, 31): cuts crop [2, 34) x [0, 81) x [38, 294)
     clicks = ClickMap(np.array([[10, 20, 100], [2, 0, 38], [34, 20, 100], [10, 20, 37]]))
-    window_map = click_window_map(clicks, PLAN, window)
-    assert tuple(window_map.shape) == (32, 81, 256) and window_map.dtype == torch.float32
-    assert torch.nonzero(window_map).tolist() == [[0, 0, 0], [8, 20, 62]]
+    assert clicked_voxels_in_window(clicks, PLAN, window).tolist() == [[0, 0, 0], [8, 20, 62]]
 
 
 def test_point_mode_gives_the_prediction_box_and_the_clicks_drawn_from_the_given_generator(prediction):
@@ -65,7 +63,9 @@ def test_point_mode_gives_the_prediction_box_and_the_clicks_drawn_from_the_given
     prompts = window_prompts(PLAN, window, None, clicks, prediction, make_generator(7))
     assert prompts.boxes is not None and prompts.boxes.shape == (1, 6)
     assert tuple(prompts.boxes[0].tolist()) != SENTINEL_BOX
-    expected = select_points(click_window_map(clicks, PLAN, window), make_generator(7))
+    dense = torch.zeros(32, 256, 256)  # the window's click map as the official code lays it out
+    dense[tuple(clicked_voxels_in_window(clicks, PLAN, window).T)] = 1
+    expected = select_points(dense, make_generator(7))
     assert prompts.points is not None
     assert torch.equal(prompts.points[0][0], expected[0]) and torch.equal(prompts.points[1][0], expected[1])
 
