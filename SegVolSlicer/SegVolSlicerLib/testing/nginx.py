@@ -51,7 +51,7 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
     for address, port in zip(CONFIG_ADDRESSES, (*box_ports, listen)):
         text = text.replace(f"{address};", f"127.0.0.1:{port};")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "segvol.conf").write_text(text)
+    (folder / "segvol.conf").write_text(text, encoding="utf-8")
     temp = ""
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / kind).mkdir(exist_ok=True)
@@ -60,7 +60,8 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
     main.write_text(
         f"worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} warn;\n"
         f"events {{ worker_connections 512; }}\nhttp {{\naccess_log {folder / 'access.log'};\n{temp}"
-        f"include {folder / 'segvol.conf'};\n}}\n"
+        f"include {folder / 'segvol.conf'};\n}}\n",
+        encoding="utf-8",
     )
     check = subprocess.run([nginx, "-t", "-p", str(folder), "-c", str(main)], capture_output=True, text=True)
     if check.returncode != 0:

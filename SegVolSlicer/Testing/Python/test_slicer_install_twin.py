@@ -46,8 +46,14 @@ RESULTS = {}
 
 
 def installed() -> dict[str, str]:
+    """The twin's distributions; not the project's own metadata beside the module (the egg-info an editable
+    install of this checkout leaves in the folder Slicer loads the module from: no package of the twin's)."""
     importlib.invalidate_caches()
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    return {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in importlib.metadata.distributions()
+        if Path(d.locate_file("")).resolve() != MODULE_DIR
+    }
 
 
 def requirement_names(path) -> set[str]:
