@@ -34,11 +34,17 @@ def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int
     command += ["--session-prefix", prefix]
     process = subprocess.Popen(command, stderr=log.open("w"), stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 180
-    while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text(encoding="utf-8"))):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")
-        time.sleep(0.2)
-    port = int(found.group(1))  # the model is loaded before the address is printed; uvicorn listens a moment later
-    wait_for_port(port, lambda: process.poll() is None, deadline - time.monotonic(), log.read_text)
+    try:  # a box that never comes up is stopped here: nothing outlives the test
+        while not (found := re.search(r"at http://127\.0\.0\.1:(\d+)", log.read_text(encoding="utf-8"))):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")
+            time.sleep(0.2)
+        port = int(found.group(1))  # the model is loaded before the address is printed; uvicorn listens just after
+        wait_for_port(
+            port, lambda: process.poll() is None, deadline - time.monotonic(), lambda: log.read_text(encoding="utf-8")
+        )
+    except BaseException:
+        stop(process)
+        raise
     return process, port
 
 
