@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .processes import stop_process
+
 # The addresses deploy/segvol-nginx.conf names: box 1, box 2, and where nginx listens.
 CONFIG_ADDRESSES = ("127.0.0.1:8765", "127.0.0.1:8766", "127.0.0.1:8080")
 
@@ -74,9 +76,4 @@ def run_nginx(config: Path, box_ports: tuple[int, int], folder: Path) -> Iterato
         )
         yield listen
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)

@@ -17,6 +17,7 @@ from SegVolSlicerLib.client import SegVolClient
 from SegVolSlicerLib.engine import EngineHost, VolumeInput
 from SegVolSlicerLib.prompts import Target
 from SegVolSlicerLib.testing.nginx import nginx_executable, run_nginx, wait_for_port
+from SegVolSlicerLib.testing.processes import stop_process
 from SegVolSlicerLib.testing.synthetic_ct import make_synthetic_ct
 
 CONFIG = Path(__file__).parents[3] / "deploy" / "segvol-nginx.conf"
@@ -49,13 +50,7 @@ def start_box(checkpoint, prefix: str, log: Path) -> tuple[subprocess.Popen, int
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    stop_process(process, signal.SIGINT)  # segvol serve's Ctrl-C: it closes its sessions
 
 
 def sessions_on(port: int) -> int:

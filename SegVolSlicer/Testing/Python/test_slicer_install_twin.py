@@ -36,6 +36,7 @@ from slicer_core_env import slicer_module  # noqa: F401  (fixture)
 from test_slicer_stock_panel import Dialogs, open_panel
 
 from SegVolSlicerLib.slicer import dependencies
+from SegVolSlicerLib.testing.processes import stop_process
 
 RELEASE = os.environ.get("SEGVOL_SLICER_TWIN")
 pytestmark = pytest.mark.skipif(not RELEASE, reason="installs packages: runs in the Slicer twin (.ci/slicer-twin)")
@@ -137,12 +138,7 @@ def server_url(made):
                 time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+        stop_process(server)
 
 
 def segment_mask(parameters):
